@@ -1,0 +1,91 @@
+"""Benchmark: the pairwise measure set at the paper's scale vs one dense matmul of the same size.
+
+Prints, for C classes of dimension d (default the paper's 29,233 x 1,024) on random means:
+- wall time of ``measure_collapse`` (CDNV, interference, log kernel, per-class row means), in a
+  fresh process, everything included;
+- wall time of one plain dense float32 matmul with the flops of the upper triangle
+  ((C x d) @ (d x C/2)), measured in the same run;
+- their ratio (goal <= 1.5, stretch 1.2) and the peak memory beyond the inputs (goal < 2 GiB).
+
+    python scripts/benchmark_measures.py                 # paper scale, ~30 s on 2 CPU cores
+    python scripts/benchmark_measures.py --classes 3000 --dim 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+
+def rss_gib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", type=int, default=29_233)
+    p.add_argument("--dim", type=int, default=1_024)
+    p.add_argument("--tile-size", type=int, default=2048)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from hf_collapse import CollapseStatistics, measure_collapse
+
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    C, d = args.classes, args.dim
+    g = torch.Generator().manual_seed(args.seed)
+    # statistics of random class means: one fake sample per class is enough to fill the state
+    stats = CollapseStatistics(C, d, device=dev)
+    stats.counts.fill_(10.0)
+    stats.sums.copy_(torch.randn(C, d, generator=g, dtype=torch.float64) * 10.0)
+    stats.sq_sums.copy_(stats.sums.pow(2).sum(1) / 10.0 + 10.0 * d)  # sigma_c^2 = d
+    stats.has_shift = True
+    sync()
+    base_rss = rss_gib()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+
+    t0 = time.perf_counter()
+    res = measure_collapse(stats, k=2.0, per_class=True, tile_size=args.tile_size,
+                           dtype=getattr(torch, args.dtype))
+    sync()
+    t_measure = time.perf_counter() - t0
+    peak = peak_gib() - base_rss
+    if dev.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**30
+
+    a = torch.randn(C, d, generator=g).to(dev)
+    b = torch.randn(C // 2, d, generator=g).to(dev)
+    sync()
+    t0 = time.perf_counter()
+    _ = a @ b.T  # (C, C/2): the flops of the upper triangle
+    sync()
+    t_dense = time.perf_counter() - t0
+
+    print(f"C={C} d={d} tile={args.tile_size} dtype={args.dtype} device={dev} threads={torch.get_num_threads()}")
+    for key in ("nc1_cdnv", "nc2_interference_mean", "nc2_interference_std", "gnc2_log_kernel_mean",
+                "gnc2_uniformity_cov"):
+        print(f"  {key:<24} {res[key]:.6g}")
+    print(f"measure_collapse (pairwise set): {t_measure:8.2f} s")
+    print(f"dense matmul (C x d)@(d x C/2):   {t_dense:8.2f} s")
+    print(f"ratio:                           {t_measure / t_dense:8.2f}   (goal <= 1.5, stretch 1.2)")
+    print(f"peak memory beyond inputs:       {peak:8.2f} GiB (goal < 2)")
+
+
+if __name__ == "__main__":
+    main()

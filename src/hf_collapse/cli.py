@@ -1,0 +1,45 @@
+"""The ``hf-collapse`` command line (also ``python -m hf_collapse.cli``).
+
+Each sub-command lives in its own module, which exposes ``add_parser(subparsers)``; the parser it
+adds sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command modules, in the order ``--help`` lists them
+COMMAND_MODULES = [
+    "hf_collapse.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="hf-collapse", description="Measure neural collapse in Hugging Face models.")
+    parser.add_argument("--version", action="version", version=f"hf_collapse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # user errors: one clear line instead of a traceback
+        print(f"hf-collapse {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
