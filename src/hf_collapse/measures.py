@@ -167,6 +167,26 @@ def _pairwise_sweep(u, r, s, k, tile_size, dtype, progress):
     return cdnv_sum, row, log_sum, log_sq, shift
 
 
+def _check_distinct(mu, idx):
+    """Raise if two present classes have exactly the same mean (CDNV undefined), in O(K d + K log K):
+    sort a random projection and compare the rows of near-equal neighbours."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(mu.shape[1], generator=g, dtype=torch.float64).to(mu.device)
+    proj = mu @ v  # (K,)
+    order = proj.argsort()
+    sp = proj[order]
+    tol = 1e-12 * float(sp.abs().max()) + 1e-300
+    cand = ((sp[1:] - sp[:-1]).abs() <= tol).nonzero().squeeze(1)[:10_000]
+    for i in cand.tolist():
+        a, b = int(order[i]), int(order[i + 1])
+        if torch.equal(mu[a], mu[b]):
+            a, b = sorted((int(idx[a]), int(idx[b])))
+            raise ValueError(
+                f"classes {a} and {b} have identical means, so their CDNV is infinite; "
+                f"remove duplicate classes before measuring"
+            )
+
+
 def _raise_identical(D, i0, j0):
     bad = ~torch.isfinite(D) | (D == 0)
     if i0 == j0:
@@ -265,6 +285,7 @@ def measure_collapse(
             f"class(es) {bad} have a mean equal to the global mean mu_bar (centred norm 0): "
             f"their norms, angles and log kernel are undefined"
         )
+    _check_distinct(mu, idx)
     u = M / r[:, None]  # (K, d) unit centred means
     out: dict[str, float] = {}
     n_pairs = K * (K - 1) / 2

@@ -297,25 +297,19 @@ class CollapseStatistics:
         self._recentre(common)
         self.has_shift = bool(n > 0)
         # 2) one flat buffer, one all-reduce
-        parts = [self.counts, self.sums.reshape(-1), self.sq_sums]
+        names = ["counts", "sums", "sq_sums"]
         if self.second_moment is not None:
-            parts.append(self.second_moment.reshape(-1))
+            names.append("second_moment")
         if self.frozen_means is not None:
-            parts += [self.pass2_counts, self.pass2_sq_sums]
-        flat = torch.cat(parts).to(self._comm_device(group))
+            names += ["pass2_counts", "pass2_sq_sums"]
+        parts = [getattr(self, n_) for n_ in names]
+        flat = torch.cat([p.reshape(-1) for p in parts]).to(self._comm_device(group))
         dist.all_reduce(flat, group=group)
         flat = flat.to(self.device)
-        out, i = [], 0
-        for p in parts:
-            out.append(flat[i:i + p.numel()].view_as(p))
+        i = 0
+        for name, p in zip(names, parts):
+            setattr(self, name, flat[i:i + p.numel()].view_as(p).clone())
             i += p.numel()
-        self.counts, self.sums, self.sq_sums = out[0], out[1].clone(), out[2]
-        j = 3
-        if self.second_moment is not None:
-            self.second_moment = out[j].clone()
-            j += 1
-        if self.frozen_means is not None:
-            self.pass2_counts, self.pass2_sq_sums = out[j], out[j + 1]
         return self
 
     @staticmethod

@@ -1,0 +1,229 @@
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from reference import dense_statistics  # noqa: E402
+
+from hf_collapse import CollapseStatistics  # noqa: E402
+
+
+def make_data(N=600, C=12, d=6, seed=0, offset=0.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (N,), generator=g)
+    centres = torch.randn(C, d, generator=g, dtype=torch.float64) * 3
+    h = (centres[y] + torch.randn(N, d, generator=g, dtype=torch.float64) + offset).to(dtype)
+    return h, y
+
+
+def test_matches_dense_two_pass():
+    h, y = make_data()
+    y[::7] = -100
+    s = CollapseStatistics(12, 6)
+    s.update(h, y)
+    counts, means, variances = dense_statistics(h.double().numpy(), y.numpy(), 12)
+    np.testing.assert_array_equal(s.counts.numpy(), counts)
+    np.testing.assert_allclose(s.means.numpy(), means, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s.variances.numpy(), variances, rtol=1e-10)
+    assert s.num_tokens == int((y != -100).sum())
+    assert s.counts.dtype == s.means.dtype == s.variances.dtype == torch.float64
+
+
+def test_large_common_offset_one_pass_is_accurate():
+    # unit-scale noise on a 1e3 offset: the naive E||h||^2 - ||E h||^2 loses digits, the shifted sums do not
+    h, y = make_data(N=4000, C=10, d=16, offset=1e3, dtype=torch.float64)
+    s = CollapseStatistics(10, 16)
+    for chunk_h, chunk_y in zip(h.split(333), y.split(333)):
+        s.update(chunk_h, chunk_y)
+    _, means, variances = dense_statistics(h.numpy(), y.numpy(), 10)
+    np.testing.assert_allclose(s.variances.numpy(), variances, rtol=1e-6)
+    np.testing.assert_allclose(s.means.numpy(), means, rtol=1e-12)
+    # and the exact second pass agrees too
+    s.begin_second_pass()
+    s.update_second_pass(h, y)
+    np.testing.assert_allclose(s.variances.numpy(), variances, rtol=1e-12)
+
+
+def test_large_offset_survives_merge_with_different_shifts():
+    h, y = make_data(N=3000, C=8, d=8, offset=1e3, dtype=torch.float64)
+    a, b = CollapseStatistics(8, 8), CollapseStatistics(8, 8)
+    a.update(h[:1000], y[:1000])  # different first batches -> different shifts
+    b.update(h[1000:], y[1000:])
+    assert not torch.equal(a.shift, b.shift)
+    a.merge(b)
+    _, means, variances = dense_statistics(h.numpy(), y.numpy(), 8)
+    np.testing.assert_allclose(a.variances.numpy(), variances, rtol=1e-6)
+    np.testing.assert_allclose(a.means.numpy(), means, rtol=1e-12)
+
+
+@pytest.mark.parametrize("covariance", [False, True])
+def test_batch_order_size_and_split_invariance(covariance):
+    h, y = make_data(N=500, C=9, d=5, seed=3, dtype=torch.float64)
+    whole = CollapseStatistics(9, 5, covariance=covariance)
+    whole.update(h, y)
+    perm = torch.randperm(500, generator=torch.Generator().manual_seed(1))
+    shuffled = CollapseStatistics(9, 5, covariance=covariance)
+    for idx in perm.split(37):
+        shuffled.update(h[idx], y[idx])
+    parts = []
+    for idx in perm.split(170):  # three "processes"
+        p = CollapseStatistics(9, 5, covariance=covariance)
+        p.update(h[idx], y[idx])
+        parts.append(p)
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    for other in (shuffled, merged):
+        torch.testing.assert_close(other.counts, whole.counts, rtol=0, atol=0)
+        torch.testing.assert_close(other.means, whole.means, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(other.variances, whole.variances, rtol=1e-10, atol=1e-12)
+        if covariance:
+            torch.testing.assert_close(other.within_class_covariance(), whole.within_class_covariance(),
+                                       rtol=1e-10, atol=1e-12)
+
+
+def test_within_class_covariance_matches_dense():
+    h, y = make_data(N=400, C=5, d=4, dtype=torch.float64)
+    s = CollapseStatistics(5, 4, covariance=True)
+    s.update(h, y)
+    _, means, _ = dense_statistics(h.numpy(), y.numpy(), 5)
+    dev = h.numpy() - means[y.numpy()]
+    np.testing.assert_allclose(s.within_class_covariance().numpy(), dev.T @ dev / 400, rtol=1e-10, atol=1e-12)
+
+
+def test_accepts_batched_sequences_and_numpy():
+    h, y = make_data(N=60, C=4, d=3)
+    s1 = CollapseStatistics(4, 3)
+    s1.update(h.view(6, 10, 3), y.view(6, 10))  # (B, T, d)
+    s2 = CollapseStatistics(4, 3)
+    s2.update(h.numpy(), y.numpy())
+    torch.testing.assert_close(s1.means, s2.means)
+    s3 = CollapseStatistics(4, 3)
+    s3.update(h.to(torch.bfloat16), y)  # low-precision input is accumulated in float64
+    assert s3.means.dtype == torch.float64
+
+
+def test_ignore_index_and_empty_batches():
+    s = CollapseStatistics(3, 2)
+    s.update(torch.zeros(4, 2), torch.full((4,), -100))
+    assert s.num_tokens == 0
+    with pytest.raises(ValueError, match="no labelled sample"):
+        s.global_mean
+    s2 = CollapseStatistics(3, 2, ignore_index=7)
+    s2.update(torch.ones(2, 2), torch.tensor([7, 1]))
+    assert s2.counts.tolist() == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "features, labels, err, match",
+    [
+        (torch.zeros(4, 3), torch.tensor([0, 1, 2, 5]), ValueError, r"label 5 is outside \[0, 5\)"),
+        (torch.zeros(4, 3), torch.tensor([0, -1, 2, 3]), ValueError, r"label -1 is outside"),
+        (torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]), ValueError, "dimension 2 but .* dim=3"),
+        (torch.zeros(4, 3), torch.tensor([0, 1, 2]), ValueError, "does not match features shape"),
+        (torch.zeros(3), torch.tensor([0, 1, 2]), ValueError, "must have shape"),
+        (torch.zeros(4, 3, dtype=torch.long), torch.tensor([0, 1, 2, 3]), TypeError, "floating-point"),
+        (torch.zeros(4, 3), torch.tensor([0.0, 1, 2, 3]), TypeError, "integer"),
+        (torch.tensor([[0.0, 1, float("nan")]] * 4), torch.tensor([0, 1, 2, 3]), ValueError, "NaN or infinite"),
+        ("features", torch.tensor([0]), TypeError, "torch.Tensor or numpy"),
+    ],
+)
+def test_bad_input(features, labels, err, match):
+    s = CollapseStatistics(5, 3)
+    with pytest.raises(err, match=match):
+        s.update(features, labels)
+    assert s.num_tokens == 0  # nothing half-accumulated
+
+
+def test_nonfinite_in_ignored_rows_is_fine():
+    s = CollapseStatistics(2, 2)
+    s.update(torch.tensor([[float("inf"), 0.0], [1.0, 2.0]]), torch.tensor([-100, 1]))
+    assert s.counts.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_bad_constructor(bad):
+    with pytest.raises(ValueError):
+        CollapseStatistics(bad, 3)
+    with pytest.raises(ValueError):
+        CollapseStatistics(3, bad)
+
+
+def test_merge_mismatch():
+    with pytest.raises(ValueError, match="cannot merge"):
+        CollapseStatistics(3, 2).merge(CollapseStatistics(4, 2))
+    with pytest.raises(TypeError):
+        CollapseStatistics(3, 2).merge("x")
+
+
+def test_save_load_roundtrip(tmp_path):
+    h, y = make_data(N=200, C=6, d=4)
+    s = CollapseStatistics(6, 4, covariance=True)
+    s.update(h, y)
+    s.metadata["dataset"] = "unit-test"
+    path = tmp_path / "sub" / "statistics.safetensors"
+    s.save(path, extra_tensors={"per_class.count": s.counts.clone()}, metadata={"k": "2.0"})
+    assert [p.name for p in path.parent.iterdir()] == ["statistics.safetensors"]  # no temp files left
+    t, extras = CollapseStatistics.load_with_extras(path)
+    for name in ("counts", "means", "variances", "within_class_covariance"):
+        a, b = getattr(s, name), getattr(t, name)
+        a, b = (a(), b()) if callable(a) else (a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert t.metadata["dataset"] == "unit-test" and t.metadata["k"] == "2.0"
+    assert set(extras) == {"per_class.count"}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        assert meta["schema"] == "hf_collapse.statistics" and meta["num_classes"] == "6" and meta["dim"] == "4"
+        assert meta["num_tokens"] == "200" and meta["dtype"] == "float64" and "library_version" in meta
+        for name, shape in (("counts", [6]), ("means", [6, 4]), ("variances", [6])):
+            t_ = f.get_tensor(name)
+            assert t_.dtype == torch.float64 and list(t_.shape) == shape
+    # loaded state keeps accumulating exactly like the original
+    s.update(h[:50], y[:50])
+    t.update(h[:50], y[:50])
+    torch.testing.assert_close(s.variances, t.variances)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no statistics file"):
+        CollapseStatistics.load(tmp_path / "missing.safetensors")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="corrupt.safetensors.*not a readable safetensors"):
+        CollapseStatistics.load(bad)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="not an hf_collapse statistics file"):
+        CollapseStatistics.load(foreign)
+    s = CollapseStatistics(3, 2)
+    s.update(torch.randn(5, 2), torch.tensor([0, 1, 2, 0, 1]))
+    good = tmp_path / "good.safetensors"
+    s.save(good)
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    newer = tmp_path / "newer.safetensors"
+    save_file(tensors, str(newer), metadata={**meta, "schema_version": "99"})
+    with pytest.raises(ValueError, match="schema version 99"):
+        CollapseStatistics.load(newer)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({**tensors, "means": tensors["means"][:, :1].contiguous()}, str(wrong), metadata=meta)
+    with pytest.raises(ValueError, match="'means' has shape"):
+        CollapseStatistics.load(wrong)
+
+
+def test_metadata_is_string_json_safe(tmp_path):
+    from hf_collapse.statistics import metadata_json
+
+    s = CollapseStatistics(2, 2)
+    s.update(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    s.save(tmp_path / "s.safetensors", metadata={"data": metadata_json({"files": ["a.txt"], "tokens": 4})})
+    t = CollapseStatistics.load(tmp_path / "s.safetensors")
+    assert json.loads(t.metadata["data"]) == {"files": ["a.txt"], "tokens": 4}
