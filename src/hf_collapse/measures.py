@@ -118,6 +118,9 @@ def _pairwise_sweep(u, r, s, k, tile_size, dtype, progress):
     sv = torch.stack([st, ones], 1)  # (K, 2): [sigma^2, 1]
     row = torch.zeros(K, dtype=torch.float64, device=dev)
     cdnv_sum = log_sum = log_sq = 0.0
+    # Three tile buffers, reused: fresh large allocations cost page faults on every tile.
+    size = min(tile_size, K) ** 2
+    buf_t, buf_d, buf_r = (torch.empty(size, dtype=dtype, device=dev) for _ in range(3))
 
     starts = list(range(0, K, tile_size))
     n_tiles = len(starts) * (len(starts) + 1) // 2
@@ -131,12 +134,14 @@ def _pairwise_sweep(u, r, s, k, tile_size, dtype, progress):
         ui, ri = ut[i0:i1], rt[i0:i1]
         for j0 in starts[a:]:
             j1 = min(j0 + tile_size, K)
+            n, m = i1 - i0, j1 - j0
             diag = i0 == j0
             uj, rj = ut[j0:j1], rt[j0:j1]
-            T = torch.addmm(two, ui, uj.T, alpha=-2.0)  # (n, m) ||u_c - u_c'||^2 = 2 - 2 cos
-            T.clamp_(min=tiny)
-            # ||mu_c - mu_c'||^2 = (r_c - r_c')^2 + r_c r_c' ||u_c - u_c'||^2
-            D = (ri[:, None] - rj[None, :]).square_().addcmul_(T, torch.outer(ri, rj))  # (n, m)
+            T = torch.addmm(two, ui, uj.T, alpha=-2.0, out=buf_t[: n * m].view(n, m))  # ||u_c - u_c'||^2
+            T.clamp_min_(tiny)
+            # ||mu_c - mu_c'||^2 = (r_c - r_c')^2 + r_c r_c' ||u_c - u_c'||^2  (no cancellation in (r_c - r_c'))
+            D = torch.sub(ri[:, None], rj[None, :], out=buf_d[: n * m].view(n, m)).square_()
+            D.addcmul_(T, torch.outer(ri, rj, out=buf_r[: n * m].view(n, m)))
             P = D.pow_(power)  # (n, m) ||mu_c - mu_c'||^-(2+k)
             L = T.log_().add_(2.0 * shift)  # (n, m) -2 (log kernel - shift)
             if diag:
@@ -149,17 +154,16 @@ def _pairwise_sweep(u, r, s, k, tile_size, dtype, progress):
             if not math.isfinite(tile_sum):
                 _raise_identical(D, i0, j0)
             row[i0:i1] += r_part
-            ls, lq = float(L.sum(dtype=torch.float64)), float(torch.dot(L.view(-1), L.view(-1)))
-            if diag:  # a diagonal tile holds every pair twice
-                cdnv_sum += tile_sum / 2
-                log_sum += -0.5 * ls / 2
-                log_sq += 0.25 * lq / 2
-            else:
+            if not diag:
                 cols = sv[i0:i1].T @ P  # (2, m)
                 row[j0:j1] += 0.5 * (cols[0].double() + s[j0:j1] * cols[1].double())
-                cdnv_sum += tile_sum
-                log_sum += -0.5 * ls
-                log_sq += 0.25 * lq
+            # log-kernel sums: per-row float32 sums (BLAS mv), added up in float64
+            ls = float((L @ ones[:m]).double().sum())
+            lq = float((torch.mul(L, L, out=P) @ ones[:m]).double().sum())
+            half = 0.5 if diag else 1.0  # a diagonal tile holds every pair twice
+            cdnv_sum += half * tile_sum
+            log_sum += half * -0.5 * ls
+            log_sq += half * 0.25 * lq
             if bar is not None:
                 bar.update(1)
     if bar is not None:
