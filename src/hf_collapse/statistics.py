@@ -178,7 +178,7 @@ class CollapseStatistics:
                 )
             if not bool(torch.isfinite(features).all()):
                 raise ValueError("features contain NaN or infinite values (in rows with a valid label)")
-        if self._follow_input and self.num_tokens == 0 and features.device != self.device:
+        if self._follow_input and features.device != self.device and self.num_tokens == 0:
             self.to(features.device)
         return features.to(self.device, torch.float64), labels.to(self.device, torch.long)
 
