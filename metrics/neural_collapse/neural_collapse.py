@@ -15,6 +15,7 @@ the first ``EvaluationModule`` subclass it finds in this module's namespace as t
 """
 
 import os
+import warnings
 
 import datasets
 import evaluate
@@ -231,8 +232,10 @@ class NeuralCollapse(evaluate.Metric):
                 if num_classes < 1:
                     raise ValueError("no labelled sample: every label is -100 (ignored)")
         stats = CollapseStatistics(int(num_classes), d)
-        for h, y in rows:
-            stats.update(torch.from_numpy(h), torch.from_numpy(y))
+        with warnings.catch_warnings():  # Arrow's arrays are read-only; the core only reads them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for h, y in rows:
+                stats.update(torch.from_numpy(h), torch.from_numpy(y))
         return self._measure([stats], **kwargs)
 
     def _measure(self, stats_list, weights=None, bias=None, k=2.0, test_features=None, test_labels=None,
