@@ -183,31 +183,30 @@ def test_cli_install_check_export(tmp_path, capsys):
     assert "registered" in capsys.readouterr().out
 
 
+_LOAD_CODE = ("import evaluate, numpy as np\n"
+              "nc = evaluate.load('neural_collapse')\n"
+              "r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n"
+              "print('CDNV', round(r['nc1_cdnv'], 8), type(nc).__module__)\n")
+
+
+def _clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_CACHE", "PYTHONPATH"))}
+    env.update(HF_EVALUATE_OFFLINE="1", **extra)
+    return env
+
+
 def test_bare_name_loads_offline_from_any_directory(tmp_path):
     """A clean HF_HOME, HF_EVALUATE_OFFLINE=1, a working directory without the metric folder."""
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_CACHE"))}
-    env.update(PYTHONPATH=str(REPO / "src"), HF_EVALUATE_OFFLINE="1")
-    code = ("import evaluate, numpy as np, sys\n"
-            "nc = evaluate.load('neural_collapse')\n"
-            "r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n"
-            "print('CDNV', round(r['nc1_cdnv'], 8), type(nc).__module__)\n")
-    # 1) explicit command (registration on import switched off, so the command alone must suffice)
+    code = _LOAD_CODE
+    # the explicit command (registration on import switched off, so the command alone must suffice)
     home1 = tmp_path / "home1"
-    env1 = dict(env, HF_HOME=str(home1), HF_COLLAPSE_REGISTER_METRIC="0")
+    env1 = _clean_env(PYTHONPATH=str(REPO / "src"), HF_HOME=str(home1), HF_COLLAPSE_REGISTER_METRIC="0")
     assert cli_main(["install-metric", "--modules-cache", str(home1 / "modules")]) == 0
     out = subprocess.run([PY, "-c", code], cwd=workdir, env=env1, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"CDNV {round(1 / 169, 8)} evaluate_modules.metrics.evaluate-metric--neural_collapse." in out.stdout
-    # 2) registration on `import hf_collapse`, in a second clean HF_HOME
-    env2 = dict(env, HF_HOME=str(tmp_path / "home2"))
-    out = subprocess.run([PY, "-c", "import hf_collapse\n" + code], cwd=workdir, env=env2, capture_output=True,
-                         text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f"CDNV {round(1 / 169, 8)}" in out.stdout
-    registered = reg.registered_script(tmp_path / "home2" / "modules")
-    assert registered.read_bytes() == (METRIC_DIR / "neural_collapse.py").read_bytes()
 
 
 def test_wheel_ships_the_registered_module(tmp_path):
@@ -227,6 +226,16 @@ def test_wheel_ships_the_registered_module(tmp_path):
         for name in reg.SHIPPED_FILES:
             assert z.read(f"hf_collapse/evaluate_module/{name}") == (METRIC_DIR / name).read_bytes(), name
         assert z.read("hf_collapse/evaluate_module/neural_collapse.py") == script.read_bytes()
+        z.extractall(tmp_path / "site")  # what `pip install` of this pure-python wheel puts in site-packages
+    # installed package, clean HF_HOME, offline, another directory: `import hf_collapse` registers it
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = _clean_env(PYTHONPATH=str(tmp_path / "site"), HF_HOME=str(tmp_path / "home"))
+    out = subprocess.run([PY, "-c", "import hf_collapse; print(hf_collapse.__file__)\n" + _LOAD_CODE], cwd=workdir,
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith(str(tmp_path / "site" / "hf_collapse")) and f"CDNV {round(1 / 169, 8)}" in out.stdout
+    assert reg.registered_script(tmp_path / "home" / "modules").read_bytes() == script.read_bytes()
 
 
 def test_statistics_configuration(evaluate_env, tmp_path):
