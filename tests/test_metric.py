@@ -266,6 +266,8 @@ def test_statistics_configuration(evaluate_env, tmp_path):
         nc.add(statistics=str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="statistics="):
         nc.add_batch(features=np.zeros((2, d), np.float32), labels=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="statistics="):
+        nc.add()
 
 
 def test_two_process_mode_equals_one_process(evaluate_env):

@@ -197,7 +197,9 @@ class NeuralCollapse(evaluate.Metric):
     def add(self, *, features=None, labels=None, **kwargs):
         """One sample: ``features`` (d,) and an int ``labels`` (or ``statistics=`` one path)."""
         if self.config_name == STATISTICS_CONFIG:
-            return self.add_batch(statistics=[kwargs.pop("statistics", None)], **kwargs)
+            if kwargs.get("statistics") is None:
+                raise ValueError("add needs `statistics=`: the path of a saved CollapseStatistics file")
+            return self.add_batch(statistics=[kwargs.pop("statistics")], **kwargs)
         if features is None or labels is None:
             raise ValueError("add needs `features` (d,) and `labels` (an int)")
         return self.add_batch(features=_to_numpy(features, "features")[None], labels=np.asarray([labels]), **kwargs)
