@@ -6,3 +6,8 @@ from .statistics import CollapseStatistics  # noqa: E402
 from .measures import CollapseResult, measure_collapse  # noqa: E402
 
 __all__ = ["CollapseStatistics", "CollapseResult", "measure_collapse", "__version__"]
+
+# make evaluate.load("neural_collapse") work offline (cheap, idempotent, never raises; see metric_registry)
+from .metric_registry import register_on_import as _register_metric  # noqa: E402
+
+_register_metric()
