@@ -1,0 +1,433 @@
+"""Pre-measured checkpoints: the measured-model folder, its weights hash, push to and load from the Hub.
+
+A *measured model folder* (what ``hf-collapse measure --output-dir`` and the CollapseTrainer write)::
+
+    config.json, model.safetensors (or shards), tokenizer files   # save_pretrained
+    README.md                                                     # model card (write_model_card)
+    collapse/statistics.safetensors    # CollapseStatistics.save; per-class outputs as per_class.<name>
+    collapse/metrics.json              # flat JSON object: measure keys + num_tokens, num_classes, ...
+    collapse/collapse.png              # figure embedded in the card (optional)
+    collapse/<name>/...                # further measurements side by side (per epoch, per dataset, ...)
+
+The statistics header records ``weights_sha256`` (see :func:`weights_sha256`), so a reader can
+tell whether the statistics belong to the weights next to them. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from .measures import MEASURE_KEYS, CollapseResult
+from .statistics import CollapseStatistics
+
+logger = logging.getLogger(__name__)
+
+COLLAPSE_DIR = "collapse"
+STATISTICS_FILE = "statistics.safetensors"
+METRICS_FILE = "metrics.json"
+FIGURE_FILE = "collapse.png"
+PER_CLASS_PREFIX = "per_class."
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# files never pushed: hidden ones (.git, .cache/huggingface of local_dir downloads), temp files, caches
+_SKIP_PARTS = ("__pycache__",)
+
+# safetensors dtype codes, as in the file header, for the torch dtypes a model may hold
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _ST_DTYPES[getattr(torch, _name)] = _code
+
+
+# ---------------------------------------------------------------------------------------- layout
+def measurement_subdir(name: Optional[str] = None) -> str:
+    """Path inside the folder of measurement ``name``: ``collapse`` for the default (None),
+    ``collapse/<name>`` otherwise (``name`` of letters, digits, ``.``, ``_``, ``-``)."""
+    if name is None or name == "":
+        return COLLAPSE_DIR
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+        raise ValueError(f"measurement name {name!r} is invalid: use letters, digits, '.', '_' and '-'")
+    return f"{COLLAPSE_DIR}/{name}"
+
+
+def list_measurements(folder: str | os.PathLike) -> list[Optional[str]]:
+    """Names of the measurements in ``folder``: ``None`` for ``collapse/`` itself, then the
+    sub-folder names holding a statistics file, sorted."""
+    root = Path(folder) / COLLAPSE_DIR
+    found: list[Optional[str]] = [None] if (root / STATISTICS_FILE).is_file() else []
+    if root.is_dir():
+        found += sorted(p.name for p in root.iterdir() if (p / STATISTICS_FILE).is_file() and _NAME.match(p.name))
+    return found
+
+
+# ---------------------------------------------------------------------------------------- weights hash
+def _tensor_digest(dtype: str, shape, data) -> str:
+    h = hashlib.sha256(f"{dtype}|{','.join(str(int(s)) for s in shape)}|".encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+def _folder_weight_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if not files:
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        hint = f" (found {', '.join(pickled)}: re-save with save_pretrained(safe_serialization=True))" if pickled else ""
+        raise FileNotFoundError(f"no *.safetensors weights in {str(folder)!r}{hint}")
+    return files
+
+
+def _file_digests(path: Path) -> list[str]:
+    """Per-tensor digests of one safetensors file, read from its header and raw bytes (no torch load)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{str(path)!r} is not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        size = os.fstat(f.fileno()).st_size
+        if n > size - 8:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file (header length {n} > file size)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file (bad header: {e})") from e
+        start = 8 + n
+        digests = []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                try:
+                    a, b = info["data_offsets"]
+                    dtype, shape = info["dtype"], info["shape"]
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"{str(path)!r}: tensor {name!r} has a malformed header entry") from e
+                if not 0 <= a <= b <= size - start:
+                    raise ValueError(f"{str(path)!r}: tensor {name!r} lies outside the file (truncated?)")
+                digests.append(_tensor_digest(dtype, shape, view[start + a:start + b]))
+    return digests
+
+
+def _module_digests(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    digests = []
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"weights_sha256: state entry {name!r} is a {type(t).__name__}, expected a tensor")
+        if t.dtype not in _ST_DTYPES:
+            raise TypeError(f"weights_sha256: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        t = t.detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        digests.append(_tensor_digest(_ST_DTYPES[t.dtype], t.shape, raw))
+    return digests
+
+
+def weights_sha256(folder_or_model) -> str:
+    """A hash of a model's weights that is the same for a saved folder and the model in memory.
+
+    ``folder_or_model``: a folder holding ``*.safetensors`` weights (top level; shards included), a
+    ``torch.nn.Module`` (its ``state_dict()``) or a mapping name -> tensor. Each tensor gives
+    sha256(dtype | shape | raw little-endian bytes); the result is sha256 of the sorted set of those
+    digests. Names are left out on purpose, and equal tensors count once: so the hash does not
+    depend on sharding, on tied weights being saved once, or on key renaming at save time. It does
+    depend on dtype (a float32 copy of bfloat16 weights hashes differently). Nothing is unpickled.
+    """
+    if isinstance(folder_or_model, (str, os.PathLike)):
+        folder = Path(folder_or_model)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"weights_sha256: no folder at {str(folder)!r}")
+        digests = [d for p in _folder_weight_files(folder) for d in _file_digests(p)]
+    elif isinstance(folder_or_model, torch.nn.Module):
+        digests = _module_digests(folder_or_model.state_dict())
+    elif isinstance(folder_or_model, Mapping):
+        digests = _module_digests(folder_or_model)
+    else:
+        raise TypeError(f"weights_sha256 expects a folder path, an nn.Module or a dict of tensors, "
+                        f"got {type(folder_or_model).__name__}")
+    if not digests:
+        raise ValueError("weights_sha256: no tensors to hash")
+    return hashlib.sha256("\n".join(sorted(set(digests))).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- reading
+def read_metrics(path: str | os.PathLike) -> dict:
+    """Read ``metrics.json``; FileNotFoundError / ValueError name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics file at {str(path)!r}")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{str(path)!r} holds a JSON {type(metrics).__name__}, expected an object of measures")
+    for key in MEASURE_KEYS:
+        if key in metrics and not isinstance(metrics[key], (int, float)):
+            raise ValueError(f"{str(path)!r}: measure {key!r} is {metrics[key]!r}, expected a number")
+    return metrics
+
+
+def read_measurement(folder: str | os.PathLike, name: Optional[str] = None):
+    """Read one measurement of a folder: ``(statistics, per_class, metrics, result)``.
+
+    Raises FileNotFoundError naming the missing file (and the measurements that do exist) and
+    ValueError for corrupt, foreign or inconsistent files.
+    """
+    folder = Path(folder)
+    sub = folder / measurement_subdir(name)
+    stats_path = sub / STATISTICS_FILE
+    if not stats_path.is_file():
+        have = list_measurements(folder)
+        listed = ", ".join("default" if n is None else repr(n) for n in have) or "none"
+        raise FileNotFoundError(f"no collapse statistics at {str(stats_path)!r} (measurements in this folder: {listed})")
+    stats, extras = CollapseStatistics.load_with_extras(stats_path)
+    per_class = {k[len(PER_CLASS_PREFIX):]: v for k, v in extras.items() if k.startswith(PER_CLASS_PREFIX)}
+    metrics = read_metrics(sub / METRICS_FILE)
+    for key, actual in (("num_tokens", stats.num_tokens), ("num_classes", stats.num_classes)):
+        if key in metrics and int(metrics[key]) != int(actual):
+            raise ValueError(f"{str(sub / METRICS_FILE)!r} says {key}={metrics[key]} but {str(stats_path)!r} holds "
+                             f"{actual}: the two files come from different measurements")
+    result = CollapseResult({k: float(metrics[k]) for k in MEASURE_KEYS if k in metrics},
+                            per_class=per_class or None, info={"source": str(sub)})
+    return stats, per_class, metrics, result
+
+
+def verify_weights(folder: str | os.PathLike, stats: CollapseStatistics, stats_path: str) -> Optional[str]:
+    """Compare ``weights_sha256`` recorded in the statistics with the weights in ``folder``.
+
+    Returns the hash when it matches, None when the file records none (logged); raises ValueError on
+    a mismatch."""
+    recorded = stats.metadata.get("weights_sha256")
+    if not recorded:
+        logger.warning("%s records no weights_sha256: cannot check that it belongs to these weights", stats_path)
+        return None
+    actual = weights_sha256(folder)
+    if actual != recorded:
+        raise ValueError(
+            f"{stats_path!r} was measured on weights with sha256 {recorded[:16]}..., but the weights in "
+            f"{str(folder)!r} hash to {actual[:16]}...: the statistics do not belong to this model "
+            "(pass check_weights=False to load anyway)"
+        )
+    return actual
+
+
+# ---------------------------------------------------------------------------------------- loading
+@dataclass
+class MeasuredModel:
+    """A model with its collapse measurement, as returned by :func:`load_measured`."""
+
+    path: str  # local folder (a cache snapshot for Hub repos)
+    statistics: CollapseStatistics
+    metrics: dict
+    result: CollapseResult  # the measures as stored in metrics.json, with .per_class
+    model: Any = None
+    tokenizer: Any = None
+    name: Optional[str] = None  # measurement name; None for collapse/
+    repo_id: Optional[str] = None
+    commit: Optional[str] = None  # snapshot commit for Hub repos
+    weights_sha256: Optional[str] = None  # verified hash, None when not checked
+    measurements: list = field(default_factory=list)  # all measurement names in the folder
+
+    @property
+    def per_class(self) -> Optional[dict]:
+        return self.result.per_class
+
+    @property
+    def metadata(self) -> dict:
+        return self.statistics.metadata
+
+    def __repr__(self) -> str:
+        source = f"{self.repo_id}@{self.commit[:10]}" if self.repo_id and self.commit else self.path
+        model = type(self.model).__name__ if self.model is not None else None
+        head = (f"MeasuredModel({source!r}, measurement={self.name or 'default'!s}, model={model}, "
+                f"classes={int(self.statistics.present.sum())}/{self.statistics.num_classes}, "
+                f"dim={self.statistics.dim}, tokens={self.statistics.num_tokens}, "
+                f"weights={'verified' if self.weights_sha256 else 'unchecked'})")
+        return head + ("\n" + self.result.table() if len(self.result) else "")
+
+
+def _snapshot_complete(folder: Path, sub: str, need_weights: bool) -> bool:
+    if not (folder / sub / STATISTICS_FILE).is_file() or not (folder / sub / METRICS_FILE).is_file():
+        return False
+    return not need_weights or ((folder / "config.json").is_file() and any(folder.glob("*.safetensors")))
+
+
+def _fallback_snapshot(repo_id: str, cache_dir, sub: str, need_weights: bool, reason: str) -> Optional[Path]:
+    """Offline: the newest cached snapshot of ``repo_id`` that holds the measurement (and weights).
+
+    Works around the trap where ``refs/main`` points at a snapshot that lacks the model files (a
+    later commit of which only README.md was fetched) although an older complete one is cached."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    if not root.is_dir():
+        return None
+    complete = [p for p in root.iterdir() if p.is_dir() and _snapshot_complete(p, sub, need_weights)]
+    if not complete:
+        return None
+    best = max(complete, key=lambda p: max((f.stat().st_mtime for f in p.rglob("*")), default=p.stat().st_mtime))
+    logger.warning("%s; using the newest complete cached snapshot %s instead", reason, best.name)
+    return best
+
+
+def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, local_files_only):
+    """Local folder or Hub repo -> (folder, repo_id, commit)."""
+    path = Path(os.fspath(repo_id_or_path)).expanduser()
+    if path.is_dir():
+        return path, None, None
+    if not isinstance(repo_id_or_path, str) or repo_id_or_path.count("/") > 1 or path.is_absolute() \
+            or repo_id_or_path.startswith("."):
+        raise FileNotFoundError(f"no measured model folder at {str(path)!r}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError
+
+    sub = measurement_subdir(name)
+    # without weights, fetch only what a measurement needs
+    patterns = None if need_weights else [f"{COLLAPSE_DIR}/*", "*.json", "README.md"]
+    repo_id = repo_id_or_path
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                                        local_files_only=bool(local_files_only), allow_patterns=patterns))
+    except IncompleteSnapshotError as e:
+        folder = None
+        reason = str(e).split(". ")[0]
+    else:
+        reason = f"cached snapshot {folder.name} of {repo_id} lacks {sub}/{STATISTICS_FILE} or the model files"
+    if folder is None or not _snapshot_complete(folder, sub, need_weights):
+        if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+            fallback = None  # an explicit commit must not be swapped for another one
+        else:
+            fallback = _fallback_snapshot(repo_id, cache_dir, sub, need_weights, reason)
+        if fallback is None:
+            raise FileNotFoundError(f"{reason}, and no other cached snapshot holds them")
+        folder = fallback
+    return folder, repo_id, folder.name
+
+
+def load_measured(repo_id_or_path, revision: Optional[str] = None, *, name: Optional[str] = None,
+                  load_model: bool = True, load_tokenizer: bool = True, check_weights: bool = True,
+                  model_class=None, token=None, cache_dir=None, local_files_only: Optional[bool] = None,
+                  **model_kwargs) -> MeasuredModel:
+    """Load a pre-measured model: weights, tokenizer, collapse statistics and measures, in one call.
+
+    Args:
+        repo_id_or_path: a local measured-model folder or a Hub repo id (downloaded with
+            ``snapshot_download``; with ``HF_HUB_OFFLINE=1`` it is read from the cache).
+        revision: branch, tag or commit of a Hub repo.
+        name: which measurement (``collapse/<name>/``); None for the default ``collapse/``.
+        load_model / load_tokenizer: set False to read the statistics only (then only ``collapse/``
+            and the JSON files are downloaded and the weights are not checked).
+        check_weights: compare the ``weights_sha256`` recorded with the statistics against the
+            weights in the folder; a mismatch raises ValueError.
+        model_class: the class whose ``from_pretrained`` loads the model (default
+            ``AutoModelForCausalLM``); ``model_kwargs`` go to it (e.g. ``torch_dtype``).
+
+    Never unpickles: weights must be safetensors, statistics are safetensors, metrics JSON.
+    """
+    folder, repo_id, commit = _resolve(repo_id_or_path, revision, name, load_model, token, cache_dir,
+                                       local_files_only)
+    stats, _per_class, metrics, result = read_measurement(folder, name)
+    stats_path = str(folder / measurement_subdir(name) / STATISTICS_FILE)
+    verified = verify_weights(folder, stats, stats_path) if (check_weights and load_model) else None
+    model = tokenizer = None
+    if load_model:
+        if model_class is None:
+            from transformers import AutoModelForCausalLM as model_class
+        model_kwargs.setdefault("use_safetensors", True)
+        model = model_class.from_pretrained(folder, **model_kwargs)
+    if load_tokenizer and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return MeasuredModel(path=str(folder), statistics=stats, metrics=metrics, result=result, model=model,
+                         tokenizer=tokenizer, name=name, repo_id=repo_id, commit=commit, weights_sha256=verified,
+                         measurements=list_measurements(folder))
+
+
+# ---------------------------------------------------------------------------------------- pushing
+def _files_to_push(folder: Path) -> list[Path]:
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") or part in _SKIP_PARTS for part in rel.parts):
+            out.append(p)
+    return out
+
+
+def default_commit_message(folder: str | os.PathLike) -> str:
+    """E.g. ``Add llama model with neural-collapse statistics (default: 20000 tokens, 312 classes, k=2)``."""
+    folder = Path(folder)
+    parts = []
+    for name in list_measurements(folder):
+        stats_path = folder / measurement_subdir(name) / STATISTICS_FILE
+        try:
+            stats = CollapseStatistics.load(stats_path)
+        except (ValueError, FileNotFoundError):
+            continue
+        k = stats.metadata.get("k")
+        parts.append(f"{name or 'default'}: {stats.num_tokens} tokens, {int(stats.present.sum())} classes"
+                     + (f", k={k}" if k else ""))
+    model_type = "model"
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type") or model_type
+    except (OSError, ValueError):
+        pass
+    return f"Add {model_type} with neural-collapse statistics ({'; '.join(parts)})"
+
+
+def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token=None,
+                  revision: Optional[str] = None, commit_message: Optional[str] = None,
+                  commit_description: Optional[str] = None):
+    """Push a measured-model folder to the Hub in ONE commit; returns the ``CommitInfo``.
+
+    Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it
+    does not exist. Every non-hidden file of the folder is committed with ``HfApi.create_commit``
+    (``upload_folder`` may split large folders into several commits when ``hf_xet`` is installed).
+    The folder is only read: a failed push leaves it as it was.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no measured model folder at {str(folder)!r}")
+    names = list_measurements(folder)
+    if not names:
+        raise FileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE} (nor "
+                                f"{COLLAPSE_DIR}/<name>/{STATISTICS_FILE}): measure it first")
+    for name in names:  # fail before any network traffic on files a reader would reject
+        read_measurement(folder, name)
+    if not (folder / "README.md").is_file():
+        logger.warning("%s has no README.md: the repo will have no model card (see write_model_card)", folder)
+    files = _files_to_push(folder)
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+                  for p in files]
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    info = api.create_commit(repo_id, operations=operations, commit_message=commit_message or
+                             default_commit_message(folder), commit_description=commit_description,
+                             revision=revision, repo_type="model")
+    logger.info("pushed %d files of %s to %s (%s)", len(operations), folder, repo_id, info.commit_url)
+    return info
+
+
+def __getattr__(name):  # write_model_card lives in model_card.py (Jinja + matplotlib), imported lazily
+    if name in ("write_model_card", "render_model_card"):
+        from . import model_card
+
+        return getattr(model_card, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
