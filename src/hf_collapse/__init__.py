@@ -6,3 +6,11 @@ from .statistics import CollapseStatistics  # noqa: E402
 from .measures import CollapseResult, measure_collapse  # noqa: E402
 
 __all__ = ["CollapseStatistics", "CollapseResult", "measure_collapse", "__version__"]
+
+
+def __getattr__(name):  # lazy: loading measured models pulls in transformers and huggingface_hub
+    if name in ("load_measured", "push_measured", "MeasuredModel"):
+        from . import hub
+
+        return getattr(hub, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
