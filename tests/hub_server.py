@@ -469,7 +469,7 @@ class LocalHub:
 
 
 def main() -> None:
-    """Run the server in the foreground: ``python tests/hub_server.py [--port N]``, for manual checks."""
+    """Run the server in the foreground: ``python tests/hub_server.py [--seconds N]``, for manual checks."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

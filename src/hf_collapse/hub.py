@@ -292,7 +292,7 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
             or repo_id_or_path.startswith("."):
         raise FileNotFoundError(f"no measured model folder at {str(path)!r}")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import IncompleteSnapshotError
+    from huggingface_hub.errors import IncompleteSnapshotError, RepositoryNotFoundError
 
     sub = measurement_subdir(name)
     # without weights, fetch only what a measurement needs
@@ -304,6 +304,9 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
     except IncompleteSnapshotError as e:
         folder = None
         reason = str(e).split(". ")[0]
+    except RepositoryNotFoundError as e:
+        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo you can access "
+                                f"({str(e).splitlines()[0]})") from e
     else:
         reason = f"cached snapshot {folder.name} of {repo_id} lacks {sub}/{STATISTICS_FILE} or the model files"
     if folder is None or not _snapshot_complete(folder, sub, need_weights):
