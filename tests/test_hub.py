@@ -213,6 +213,9 @@ def test_push_download_offline_round_trip(hub_env, measured):
     assert info.oid == HfApi().model_info("tester/stories260K-measured").sha
     assert hub_env.hub.state.repos["tester/stories260K-measured"].private
     assert "collapse/statistics.safetensors" in hub_env.hub.files("tester/stories260K-measured")
+    card_text = hub_env.hub.file("tester/stories260K-measured", "README.md").decode()
+    assert 'load_measured("tester/stories260K-measured")' in card_text  # placeholder filled on upload
+    assert 'load_measured("REPO_ID")' in (measured / "README.md").read_text()  # local card untouched
     assert hub_env.hub.state.unhandled == []
 
     local = load_measured(measured)
@@ -262,6 +265,17 @@ def test_offline_refs_main_trap(hub_env, measured, caplog):
     assert "newest complete cached snapshot" in caplog.text
     with pytest.raises(FileNotFoundError, match="lacks collapse/statistics.safetensors or the model files"):
         load_measured(repo, revision=second.oid)  # an explicit commit is never swapped for another
+
+
+def test_push_to_branch(hub_env, measured):
+    push_measured(measured, "tester/branched")
+    (measured / "collapse" / "metrics.json").write_text(json.dumps(
+        {**json.loads((measured / "collapse" / "metrics.json").read_text()), "nc1_cdnv": 123.0}))
+    info = push_measured(measured, "tester/branched", revision="v2", commit_message="v2 metrics")
+    assert hub_env.hub.state.commits[-1] == ("tester/branched", "v2", "v2 metrics")
+    assert load_measured("tester/branched", revision="v2", load_model=False).result["nc1_cdnv"] == 123.0
+    assert load_measured("tester/branched", load_model=False).result["nc1_cdnv"] != 123.0
+    assert load_measured("tester/branched", revision=info.oid, load_model=False).commit == info.oid
 
 
 def test_bad_folder_is_rejected_before_any_upload(hub_env, measured):

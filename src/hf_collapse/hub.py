@@ -38,6 +38,7 @@ STATISTICS_FILE = "statistics.safetensors"
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "collapse.png"
 PER_CLASS_PREFIX = "per_class."
+REPO_ID_PLACEHOLDER = "REPO_ID"  # what the card says where the repo id was not known when it was written
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # files never pushed: hidden ones (.git, .cache/huggingface of local_dir downloads), temp files, caches
 _SKIP_PARTS = ("__pycache__",)
@@ -399,7 +400,8 @@ def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
     Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it
     does not exist. Every non-hidden file of the folder is committed with ``HfApi.create_commit``
     (``upload_folder`` may split large folders into several commits when ``hf_xet`` is installed).
-    The folder is only read: a failed push leaves it as it was.
+    The folder is only read: a failed push leaves it as it was (a card written before the repo id
+    was known says ``REPO_ID``; the uploaded copy names ``repo_id`` instead).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -415,8 +417,15 @@ def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
     if not (folder / "README.md").is_file():
         logger.warning("%s has no README.md: the repo will have no model card (see write_model_card)", folder)
     files = _files_to_push(folder)
-    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
-                  for p in files]
+    operations = []
+    for p in files:
+        rel = p.relative_to(folder).as_posix()
+        content = str(p)
+        if rel == "README.md":  # a card rendered before the repo id was known: fill it in the upload only
+            text = p.read_text(encoding="utf-8")
+            if REPO_ID_PLACEHOLDER in text:
+                content = text.replace(REPO_ID_PLACEHOLDER, repo_id).encode("utf-8")
+        operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision not in (None, "main"):
