@@ -17,12 +17,14 @@ import pytest
 import torch
 
 from hf_collapse import CollapseStatistics, measure_collapse
-from hf_collapse.hub import (list_measurements, load_measured, push_measured, read_measurement,
-                             weights_sha256)
+from hf_collapse.hub import (find_measurement, list_measurements, load_measured, push_measured,
+                             read_measurement, weights_sha256)
 from hf_collapse.model_card import TEMPLATE_PATH, card_metrics, write_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+# huggingface_hub's LFS upload passes a file object as data=, which its HTTP client deprecates
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -276,6 +278,30 @@ def test_push_to_branch(hub_env, measured):
     assert load_measured("tester/branched", revision="v2", load_model=False).result["nc1_cdnv"] == 123.0
     assert load_measured("tester/branched", load_model=False).result["nc1_cdnv"] != 123.0
     assert load_measured("tester/branched", revision=info.oid, load_model=False).commit == info.oid
+
+
+def test_find_measurement_for_skipping_the_pass(hub_env, measured, tiny):
+    model, tok, lines = tiny
+    measure_into(measured, model, tok, lines[:6], name="short", extra_meta={"max_tokens": "500"})
+    push_measured(measured, "tester/findme")
+    h = weights_sha256(model)
+    m = find_measurement("tester/findme", weights_sha256=h, k=2, max_tokens=500)
+    assert m is not None and m.name == "short" and m.model is None
+    assert not any(Path(m.path).glob("*.safetensors"))  # only collapse/ and JSON were fetched
+    assert find_measurement("tester/findme", weights_sha256=h, k=2).name is None
+    assert find_measurement("tester/findme", weights_sha256=h, k=3) is None
+    assert find_measurement("tester/findme", weights_sha256="0" * 64) is None
+    assert find_measurement("tester/nothing-here", weights_sha256=h) is None
+    assert find_measurement(measured, weights_sha256=h, split="validation", max_tokens=500).name == "short"
+
+
+def test_card_hyperparameters_from_statistics_header(measured, tiny):
+    model, tok, lines = tiny
+    shutil.rmtree(measured / "collapse")
+    measure_into(measured, model, tok, lines[:4], extra_meta={"hyperparameters": json.dumps({"num_epochs": 3})})
+    text = write_model_card(measured).read_text()
+    assert "## Training hyperparameters" in text and "- num_epochs: 3" in text
+    assert "base_model" not in text.split("---")[1]  # none known: no base_model key
 
 
 def test_bad_folder_is_rejected_before_any_upload(hub_env, measured):

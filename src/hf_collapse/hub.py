@@ -284,8 +284,9 @@ def _fallback_snapshot(repo_id: str, cache_dir, sub: str, need_weights: bool, re
     return best
 
 
-def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, local_files_only):
-    """Local folder or Hub repo -> (folder, repo_id, commit)."""
+def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, local_files_only, require=True):
+    """Local folder or Hub repo -> (folder, repo_id, commit); with ``require``, the folder holds
+    measurement ``name`` (and the weights if ``need_weights``)."""
     path = Path(os.fspath(repo_id_or_path)).expanduser()
     if path.is_dir():
         return path, None, None
@@ -310,7 +311,7 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
                                 f"({str(e).splitlines()[0]})") from e
     else:
         reason = f"cached snapshot {folder.name} of {repo_id} lacks {sub}/{STATISTICS_FILE} or the model files"
-    if folder is None or not _snapshot_complete(folder, sub, need_weights):
+    if folder is None or (require and not _snapshot_complete(folder, sub, need_weights)):
         if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
             fallback = None  # an explicit commit must not be swapped for another one
         else:
@@ -359,6 +360,58 @@ def load_measured(repo_id_or_path, revision: Optional[str] = None, *, name: Opti
     return MeasuredModel(path=str(folder), statistics=stats, metrics=metrics, result=result, model=model,
                          tokenizer=tokenizer, name=name, repo_id=repo_id, commit=commit, weights_sha256=verified,
                          measurements=list_measurements(folder))
+
+
+def _same(stored, wanted) -> bool:
+    if stored is None:
+        return False
+    try:
+        return float(stored) == float(wanted)
+    except (TypeError, ValueError):
+        return str(stored) == str(wanted)
+
+
+def measurement_mismatches(stats: CollapseStatistics, *, weights_sha256: Optional[str] = None,
+                           **expected) -> list[str]:
+    """Why stored statistics do not answer a new request (empty list: they do).
+
+    ``weights_sha256`` must equal the recorded hash; every ``expected`` key (e.g. ``k=2``,
+    ``data_sha256=...``, ``max_tokens=20000``, ``split="validation"``) must equal the header value
+    (numbers compared as numbers). ``None`` values are not checked."""
+    problems = []
+    meta = stats.metadata
+    if weights_sha256 is not None and meta.get("weights_sha256") != weights_sha256:
+        problems.append("weights_sha256 differs" if meta.get("weights_sha256") else "no weights_sha256 recorded")
+    for key, wanted in expected.items():
+        if wanted is not None and not _same(meta.get(key), wanted):
+            problems.append(f"{key}: stored {meta.get(key)!r}, wanted {wanted!r}")
+    return problems
+
+
+def find_measurement(repo_id_or_path, revision: Optional[str] = None, *, weights_sha256: Optional[str] = None,
+                     token=None, cache_dir=None, **expected) -> Optional[MeasuredModel]:
+    """The first measurement (default, then named ones) of a folder or Hub repo that matches (see
+    :func:`measurement_mismatches`), without model or tokenizer; None if there is none. Fetches only
+    ``collapse/`` and the JSON files: for ``hf-collapse measure`` to skip the collection pass when
+    the repo already holds matching statistics."""
+    try:
+        folder, repo_id, commit = _resolve(repo_id_or_path, revision, None, False, token, cache_dir, None,
+                                           require=False)
+    except FileNotFoundError:
+        return None
+    names = list_measurements(folder)
+    for name in names:
+        try:
+            stats, _, metrics, result = read_measurement(folder, name)
+        except (FileNotFoundError, ValueError) as e:
+            logger.info("measurement %s of %s is unusable: %s", name or "default", repo_id_or_path, e)
+            continue
+        problems = measurement_mismatches(stats, weights_sha256=weights_sha256, **expected)
+        if not problems:
+            return MeasuredModel(path=str(folder), statistics=stats, metrics=metrics, result=result, name=name,
+                                 repo_id=repo_id, commit=commit, measurements=names)
+        logger.info("measurement %s of %s does not match: %s", name or "default", repo_id_or_path, "; ".join(problems))
+    return None
 
 
 # ---------------------------------------------------------------------------------------- pushing

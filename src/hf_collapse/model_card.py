@@ -11,6 +11,7 @@ holds a byte-identical copy for readers browsing the repo (a test keeps them equ
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -154,17 +155,29 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
         "split": get("split"), "dataset_revision": get("dataset_revision"), "data_files": get("data_files"),
         "data_sha256": get("data_sha256"), "max_tokens": get("max_tokens"), "command": get("command"),
         "base_model": get("base_model"), "weights_sha256": meta.get("weights_sha256"),
-        "figure": fig_rel, "settings": settings,
+        "figure": fig_rel, "settings": settings, "hyperparameters": _json_dict(meta.get("hyperparameters")),
     }
 
 
-def _hyperparameters(info: dict) -> Optional[dict]:
+def _json_dict(text) -> Optional[dict]:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value else None
+
+
+def _hyperparameters(info: dict, measurements: list) -> Optional[dict]:
+    """From ``info`` (``hyperparameters`` or a ``trainer``), else a statistics header's JSON
+    ``hyperparameters`` entry."""
     hp = info.get("hyperparameters")
     trainer = info.get("trainer")
     if hp is None and trainer is not None:
         from transformers.modelcard import extract_hyperparameters_from_trainer
 
         hp = extract_hyperparameters_from_trainer(trainer)
+    if hp is None:
+        hp = next((m["hyperparameters"] for m in measurements if m["hyperparameters"]), None)
     return dict(hp) if hp else None
 
 
@@ -216,7 +229,7 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
     )
     kwargs = dict(
         model_name=model_name, repo_id=info.get("repo_id"), description=info.get("description"),
-        base_model_name=base_model, measurements=measurements, hyperparameters=_hyperparameters(info),
+        base_model_name=base_model, measurements=measurements, hyperparameters=_hyperparameters(info, measurements),
         citation=CITATION, library_version=__version__, metric_prefix=METRIC_TYPE_PREFIX,
     )
     return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **kwargs)
