@@ -98,6 +98,16 @@ def test_weights_hash_same_for_model_folder_and_shards(tiny, tmp_path):
     first = next(iter(changed))
     changed[first].view(-1)[0] += 1e-3
     assert weights_sha256(changed) != h
+    from safetensors.torch import save_file
+
+    odd = {"a": torch.randn(3, 5).bfloat16(), "b": torch.tensor(True), "c": torch.zeros(0, 4),
+           "d": torch.arange(7), "e": torch.tensor(2.5, dtype=torch.float16)}
+    (tmp_path / "odd").mkdir()
+    save_file(odd, tmp_path / "odd" / "model.safetensors")
+    assert weights_sha256(tmp_path / "odd") == weights_sha256(odd)
+    (tmp_path / "odd" / "model.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(ValueError, match="model.safetensors.*not a safetensors file"):
+        weights_sha256(tmp_path / "odd")
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors weights"):
         weights_sha256(tmp_path)
     with pytest.raises(TypeError, match="expects a folder path"):
