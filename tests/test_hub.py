@@ -216,8 +216,12 @@ def test_clear_errors_for_bad_files(measured, tiny):
 def test_push_download_offline_round_trip(hub_env, measured):
     from huggingface_hub import HfApi, ModelCard
 
+    for junk in ("checkpoint-5/optimizer.pt", ".cache/huggingface/x.lock", "collapse/__pycache__/x.pyc"):
+        (measured / junk).parent.mkdir(parents=True, exist_ok=True)
+        (measured / junk).write_bytes(b"junk")
     before = tree_digest(measured)
     info = push_measured(measured, "tester/stories260K-measured", private=True)
+    assert not any(("junk" in f or "checkpoint" in f or "cache" in f) for f in hub_env.hub.files("tester/stories260K-measured"))
     assert tree_digest(measured) == before  # pushing only reads the folder
     commits = [c for c in hub_env.hub.state.commits if c[0] == "tester/stories260K-measured"]
     assert len(commits) == 2 and commits[0][2] == "initial commit"  # create_repo + ONE commit

@@ -416,9 +416,13 @@ def find_measurement(repo_id_or_path, revision: Optional[str] = None, *, weights
 
 # ---------------------------------------------------------------------------------------- pushing
 def _files_to_push(folder: Path) -> list[Path]:
+    """Every file but hidden ones, ``__pycache__`` and, as ``Trainer.push_to_hub`` does, top-level
+    ``checkpoint-*`` and ``_*`` entries."""
     out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
+        if rel.parts[0].startswith(("checkpoint-", "_")):
+            continue
         if p.is_file() and not any(part.startswith(".") or part in _SKIP_PARTS for part in rel.parts):
             out.append(p)
     return out

@@ -72,6 +72,13 @@ def _meta(metadata: dict, key: str):
     return None
 
 
+def _hub_id(name) -> bool:
+    """Whether a dataset/model name looks like a Hub id rather than a local file or folder."""
+    name = str(name or "")
+    return bool(name) and not name.startswith(("/", ".", "~")) and name.count("/") <= 1 \
+        and not name.lower().endswith((".txt", ".json", ".jsonl", ".csv", ".parquet", ".arrow"))
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else ("nan" if math.isnan(value) else f"{value:.6g}")
@@ -203,11 +210,11 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
     base_model = info.get("base_model") or next((m["base_model"] for m in measurements if m["base_model"]), None)
     if base_model is None and trainer is not None:
         base_model = getattr(getattr(trainer.model, "config", None), "_name_or_path", None) or None
-    if base_model and (os.path.isabs(str(base_model)) or str(base_model).startswith(".")):
+    if base_model and not _hub_id(base_model):
         base_model = None  # a local path is no Hub id: the Hub would reject it in base_model
     model_name = info.get("model_name") or (info.get("repo_id") or "").split("/")[-1] or folder.resolve().name
     datasets = info.get("datasets") or ([info["dataset"]] if info.get("dataset") else None) \
-        or sorted({m["dataset"] for m in measurements if m["dataset"] and "/" in str(m["dataset"])}) or None
+        or sorted({str(m["dataset"]) for m in measurements if _hub_id(m["dataset"])}) or None
     task = info.get("pipeline_tag", "text-generation")
     results = []
     for m in measurements:
