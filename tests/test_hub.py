@@ -294,6 +294,16 @@ def test_push_to_branch(hub_env, measured):
     assert load_measured("tester/branched", revision=info.oid, load_model=False).commit == info.oid
 
 
+def test_online_repo_without_statistics_is_an_error_not_a_fallback(hub_env, measured):
+    from huggingface_hub import HfApi
+
+    push_measured(measured, "tester/dropped")
+    load_measured("tester/dropped", load_model=False)  # a complete snapshot is now cached
+    HfApi().delete_folder("collapse", repo_id="tester/dropped", commit_message="drop statistics")
+    with pytest.raises(FileNotFoundError, match=r"tester/dropped \(revision main, commit [0-9a-f]{40}\) holds no collapse/"):
+        load_measured("tester/dropped", load_model=False)
+
+
 def test_find_measurement_for_skipping_the_pass(hub_env, measured, tiny):
     model, tok, lines = tiny
     measure_into(measured, model, tok, lines[:6], name="short", extra_meta={"max_tokens": "500"})

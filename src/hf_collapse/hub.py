@@ -284,6 +284,22 @@ def _fallback_snapshot(repo_id: str, cache_dir, sub: str, need_weights: bool, re
     return best
 
 
+def _hub_answers(repo_id: str, revision, token, local_files_only) -> bool:
+    """Whether the Hub can be asked now (not offline and it answers, even with an HTTP error)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        HfApi(token=token).repo_info(repo_id, revision=revision)
+    except HfHubHTTPError:
+        return True
+    except Exception:  # connection refused, timeout, offline mode: we are offline in effect
+        return False
+    return True
+
+
 def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, local_files_only, require=True):
     """Local folder or Hub repo -> (folder, repo_id, commit); with ``require``, the folder holds
     measurement ``name`` (and the weights if ``need_weights``)."""
@@ -314,6 +330,9 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
     if folder is None or (require and not _snapshot_complete(folder, sub, need_weights)):
         if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
             fallback = None  # an explicit commit must not be swapped for another one
+        elif folder is not None and _hub_answers(repo_id, revision, token, local_files_only):
+            raise FileNotFoundError(f"{repo_id} (revision {revision or 'main'}, commit {folder.name}) holds no "
+                                    f"{sub}/{STATISTICS_FILE} with {METRICS_FILE}" + (" or no model files" if need_weights else ""))
         else:
             fallback = _fallback_snapshot(repo_id, cache_dir, sub, need_weights, reason)
         if fallback is None:
