@@ -340,11 +340,13 @@ def test_bad_folder_is_rejected_before_any_upload(hub_env, measured):
         push_measured(measured, "tester/bad")
 
 
-def test_push_to_unreachable_hub_changes_nothing(hub_env, measured):
+def test_push_to_unreachable_hub_changes_nothing(hub_env, measured, capsys):
+    from hf_collapse.cli import main
+
     before = tree_digest(measured)
     hub_env.hub.stop()
-    with pytest.raises(Exception):
-        push_measured(measured, "tester/unreachable")
+    assert main(["push", str(measured), "tester/unreachable"]) == 1
+    assert "could not push" in capsys.readouterr().err
     assert tree_digest(measured) == before
 
 

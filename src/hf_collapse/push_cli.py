@@ -6,16 +6,20 @@ import argparse
 import sys
 
 
-def run(args) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
+_NETWORK_MODULES = ("huggingface_hub", "httpx", "httpx2", "httpcore", "requests", "urllib3")
 
+
+def run(args) -> int:
     from .hub import push_measured
 
     try:
         info = push_measured(args.folder, args.repo_id, private=args.private, token=args.token,
                              revision=args.revision, commit_message=args.commit_message)
-    except HfHubHTTPError as e:  # network/auth/server errors: one line, local files untouched
-        print(f"hf-collapse push: the Hub refused the push of {args.folder} to {args.repo_id}: {e}", file=sys.stderr)
+    except Exception as e:  # Hub/network errors: one line (local files are untouched); others propagate
+        if type(e).__module__.split(".")[0] not in _NETWORK_MODULES or isinstance(e, (ValueError, FileNotFoundError)):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"hf-collapse push: could not push {args.folder} to {args.repo_id}: {first}", file=sys.stderr)
         return 1
     print(info.commit_url)
     return 0
