@@ -7,7 +7,6 @@ through the ``hub_env`` fixture (tests/conftest.py).
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
