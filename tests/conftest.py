@@ -50,8 +50,13 @@ def hub_env(tmp_path, monkeypatch):
     and friends are its bound methods) and transformers' cached ``HfApi``. ``HF_HUB_DISABLE_XET``
     makes uploads use the LFS protocol the server speaks instead of Xet (hf_xet is installed).
     """
+    import sys
+
     import huggingface_hub
     from huggingface_hub import constants
+
+    if str(Path(__file__).parent) not in sys.path:  # also under --import-mode=importlib
+        sys.path.insert(0, str(Path(__file__).parent))
     from hub_server import LocalHub
 
     hub = LocalHub(max_seconds=300).start()
