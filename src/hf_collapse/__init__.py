@@ -11,3 +11,11 @@ __all__ = ["CollapseStatistics", "CollapseResult", "measure_collapse", "__versio
 from .metric_registry import register_on_import as _register_metric  # noqa: E402
 
 _register_metric()
+
+
+def __getattr__(name):  # lazy: loading measured models pulls in transformers and huggingface_hub
+    if name in ("load_measured", "push_measured", "MeasuredModel"):
+        from . import hub
+
+        return getattr(hub, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = [
     "hf_collapse.demo",
     "hf_collapse.install_metric",
+    "hf_collapse.push_cli",
 ]
 
 
