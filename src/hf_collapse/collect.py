@@ -415,7 +415,10 @@ class FeatureCollector:
             if not self._active() or name not in self.nc4:
                 return None
             h, y = self._features_labels(args, kwargs)
-            logits = output if isinstance(output, torch.Tensor) and output.shape[-1] == self.num_classes else None
+            # the output is the model's logits only when the hooked module is the linear head
+            is_head = classifier_of(module)[0] is not None
+            logits = output if is_head and isinstance(output, torch.Tensor) and output.shape[-1] == self.num_classes \
+                else None
             if logits is not None and self.task == "sequence_classification" and logits.dim() == 3:
                 logits = None  # pooled after the head: use the weights instead
             if logits is not None:
