@@ -26,12 +26,15 @@ def measure_args(shared_data, out, *extra):
 
 def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
     one = tmp_path / "one"
-    assert main(measure_args(shared_data, one)) == 0
+    layers = ["--layers", "model.layers.3"]  # layer-wise NC rides along
+    assert main(measure_args(shared_data, one, *layers)) == 0
     printed = capsys.readouterr().out
     assert "nc1_cdnv" in printed and "nc4_agreement" in printed
     m1 = json.loads((one / "collapse" / "metrics.json").read_text())
     assert m1["num_tokens"] == 3000 and m1["num_classes"] == 512 and m1["k"] == 2.0
     assert {"nc1_cdnv", "nc3_duality_mean", "nc4_agreement", "ncc_accuracy"} <= set(m1)
+    assert "model_layers_3_nc1_cdnv" in m1 and "model_layers_3_ncc_accuracy" in m1
+    assert m1["model_layers_3_nc1_cdnv"] != m1["nc1_cdnv"]
     assert m1["data"].startswith("file:train-head.txt sha256:")
     stats, extra = CollapseStatistics.load_with_extras(one / "collapse" / "statistics.safetensors")
     assert stats.num_tokens == 3000 and stats.means.shape == (512, 64)
@@ -45,7 +48,7 @@ def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
     two = tmp_path / "two"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              "29513", "-m", "hf_collapse.cli", *measure_args(shared_data, two)]
+              "29513", "-m", "hf_collapse.cli", *measure_args(shared_data, two, *layers)]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -113,3 +113,13 @@ def test_two_processes_match_one(shared_data, tmp_path):
     for k in keys:
         assert dist_metrics[k] == pytest.approx(m1[k], rel=1e-9, abs=1e-12), k
     # (eval_loss is not compared: the Trainer averages per-batch losses, which include the padding)
+
+
+def test_dedicated_pass_with_budget_and_no_nc4(shared_data, tmp_path):
+    train, evals = blocks(shared_data)
+    trainer = CollapseTrainer(model=tiny_gpt_neo(), args=training_args(tmp_path), eval_dataset=evals,
+                              collapse_dataset=train,
+                              collapse_args=CollapseArguments(collapse_max_tokens=50, collapse_nc4=False))
+    m = trainer.evaluate()
+    assert trainer.collapse_report.statistics.num_tokens == 50
+    assert "eval_nc1_cdnv" in m and "eval_nc4_agreement" not in m and "eval_ncc_accuracy" not in m
