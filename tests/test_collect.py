@@ -164,3 +164,51 @@ def test_bad_input():
                                     "labels": torch.tensor([[0, 1, V + 3, 2]])}], progress=False)
     with pytest.raises(ValueError, match="max_tokens"):
         collect_statistics(model, batches(1), max_tokens=0, progress=False)
+
+
+def test_sequence_classification_head_on_every_token():
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=V, n_embd=D, n_layer=1, n_head=2, n_positions=32,
+                                                     num_labels=3, pad_token_id=0)).eval()
+    g = torch.Generator().manual_seed(2)
+    data = []
+    for _ in range(4):
+        ids = torch.randint(1, V, (4, 8), generator=g)
+        ids[0, 5:] = 0  # padded row: the model pools position 4
+        data.append({"input_ids": ids, "attention_mask": (ids != 0).long(),
+                     "labels": torch.randint(0, 3, (4,), generator=g)})
+    stats = collect_statistics(model, data, modules="score", task="sequence_classification", progress=False)
+    ref = CollapseStatistics(3, D)
+    with torch.no_grad():
+        for b in data:
+            h = model.transformer(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            last = torch.tensor([4, 7, 7, 7])  # last non-pad token of each row
+            ref.update(h[torch.arange(4), last], b["labels"])
+    assert stats.num_tokens == 16
+    torch.testing.assert_close(stats.means, ref.means, rtol=1e-5, atol=1e-6)
+    rep = measure_model(model, data, data, modules="score", task="sequence_classification", progress=False)
+    assert 0 <= rep.result["nc4_agreement"] <= 1 and "nc3_duality_mean" in rep.result
+
+
+def test_token_classification():
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    model = BertForTokenClassification(BertConfig(vocab_size=V, hidden_size=D, num_hidden_layers=1,
+                                                  num_attention_heads=2, intermediate_size=32, num_labels=4,
+                                                  max_position_embeddings=32)).eval()
+    g = torch.Generator().manual_seed(3)
+    data = []
+    for _ in range(3):
+        labels = torch.randint(0, 4, (2, 10), generator=g)
+        labels[:, 0] = -100  # e.g. [CLS]
+        data.append({"input_ids": torch.randint(0, V, (2, 10), generator=g), "labels": labels})
+    stats = collect_statistics(model, data, modules="classifier", task="token_classification", progress=False)
+    ref = CollapseStatistics(4, D)
+    with torch.no_grad():
+        for b in data:
+            ref.update(model.bert(input_ids=b["input_ids"]).last_hidden_state, b["labels"])
+    assert stats.num_tokens == 3 * 2 * 9
+    torch.testing.assert_close(stats.means, ref.means, rtol=1e-5, atol=1e-6)

@@ -341,6 +341,7 @@ class FeatureCollector:
         if self._handles:
             return
         self._handles.append(self.model.register_forward_pre_hook(self._top_hook, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._top_done))
         for i, (name, mod) in enumerate(self.modules.items()):
             if self.mode == "stats":
                 h = mod.register_forward_pre_hook(self._make_pre_hook(name, i == 0), with_kwargs=True)
@@ -367,9 +368,11 @@ class FeatureCollector:
         self._batch = batch
         return None
 
+    def _top_done(self, module, args, output):
+        self._batch = None  # labels belong to this forward only
+        return None
+
     def _features_labels(self, args, kwargs):
-        if self._batch is None:
-            raise RuntimeError("a hooked module ran without the model's forward: call the model itself")
         h = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if not isinstance(h, torch.Tensor):
             raise ValueError("the hooked module received no tensor input")
@@ -397,7 +400,7 @@ class FeatureCollector:
 
     def _make_pre_hook(self, name, first):
         def hook(module, args, kwargs):
-            if not self._active():
+            if not self._active() or self._batch is None:  # not inside the model's own forward
                 return None
             h, y = self._features_labels(args, kwargs)
             h, y = self._budget(h, y, first)
@@ -412,7 +415,7 @@ class FeatureCollector:
 
     def _make_post_hook(self, name, first):
         def hook(module, args, kwargs, output):
-            if not self._active() or name not in self.nc4:
+            if not self._active() or name not in self.nc4 or self._batch is None:
                 return None
             h, y = self._features_labels(args, kwargs)
             # the output is the model's logits only when the hooked module is the linear head

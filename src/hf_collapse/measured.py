@@ -101,7 +101,7 @@ def build_metrics(statistics: CollapseStatistics, result, settings: Optional[Map
 def _simple_report(folder: str, metrics: Mapping, metadata: Mapping) -> str:
     lines = ["---", "tags:", "- neural-collapse", "- hf_collapse", "---", "",
              f"# Neural collapse measurements: {metadata.get('model_name', os.path.basename(os.path.abspath(folder)))}",
-             "", "Measured with [hf_collapse](https://github.com/) (Wu & Papyan 2024, *Linguistic Collapse*).", "",
+             "", "Measured with hf_collapse (neural collapse measures of Wu & Papyan 2024, *Linguistic Collapse*).", "",
              "| measure | value |", "|---|---|"]
     for k, v in metrics.items():
         lines.append(f"| `{k}` | {v:.6g} |" if isinstance(v, float) else f"| `{k}` | {v} |")
