@@ -191,7 +191,10 @@ def run(args) -> int:
             print(report.table())
             if args.output_dir:
                 metadata = {"data": data, "nc4_data": settings["nc4_data"] or "", "max_tokens": str(args.max_tokens),
-                            "block_size": str(args.block_size), "k": str(float(args.k)), "model_name": args.model}
+                            "block_size": str(args.block_size), "k": str(float(args.k)),
+                            # a Hub id as given; a local folder by its name (no machine paths published)
+                            "model_name": os.path.basename(os.path.normpath(args.model))
+                            if os.path.isdir(args.model) else args.model}
                 extra = {k: v for k, v in settings.items() if k not in ("model",)}
                 extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
                 save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
