@@ -69,19 +69,27 @@ def test_resume_after_interruption(shared_data, tmp_path, monkeypatch):
     full = tmp_path / "full"
     args = ["--checkpoint-every", "1", "--no-save-model"]
     assert main(measure_args(shared_data, full, *args)) == 0
-    # crash in the NC4 pass: the statistics checkpoint stays, the folder is not written
+    # crash in pass 1, right after the checkpoint of batch 2 (of 5)
     import hf_collapse.collect as collect
 
-    def boom(*a, **k):
-        raise KeyboardInterrupt
+    real = collect._write_checkpoint
 
-    monkeypatch.setattr(collect, "collect_nc4", boom)
+    def write_then_crash(path, statistics, batches, tokens, fp):
+        real(path, statistics, batches, tokens, fp)
+        if batches == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(collect, "_write_checkpoint", write_then_crash)
     with pytest.raises(KeyboardInterrupt):
         main(measure_args(shared_data, out, *args))
-    assert (out / "collapse" / ".checkpoint" / "latest.json").is_file()
+    assert json.loads((out / "collapse" / ".checkpoint" / "latest.json").read_text())["batches"] == 2
     assert not (out / "collapse" / "metrics.json").exists()
     monkeypatch.undo()
+    found = []
+    real_read = collect._read_checkpoint
+    monkeypatch.setattr(collect, "_read_checkpoint", lambda *a: found.append(real_read(*a)) or found[-1])
     assert main(measure_args(shared_data, out, *args, "--resume")) == 0
+    assert found and found[0][1] == 2  # it continued at batch 2, not from scratch
     a = json.loads((full / "collapse" / "metrics.json").read_text())
     b = json.loads((out / "collapse" / "metrics.json").read_text())
     assert a == b
