@@ -212,3 +212,17 @@ def test_token_classification():
             ref.update(model.bert(input_ids=b["input_ids"]).last_hidden_state, b["labels"])
     assert stats.num_tokens == 3 * 2 * 9
     torch.testing.assert_close(stats.means, ref.means, rtol=1e-5, atol=1e-6)
+
+
+def test_statistics_of_another_model_are_rejected():
+    model = tiny_model()
+    wrong = CollapseStatistics(V + 1, D)
+    wrong.update(torch.randn(10, D), torch.arange(10))
+    with pytest.raises(ValueError, match="do not match the classifier"):
+        collect_nc4(model, batches(1), wrong, progress=False)
+    from hf_collapse.collect import measure_statistics
+
+    wrong_d = CollapseStatistics(V, D + 2)
+    wrong_d.update(torch.randn(10, D + 2), torch.arange(10))
+    with pytest.raises(ValueError, match="do not match the classifier"):
+        measure_statistics(model, wrong_d)

@@ -113,6 +113,26 @@ def classifier_of(module: torch.nn.Module) -> tuple[Optional[torch.Tensor], Opti
     return None, None
 
 
+def head_weights(model, name, module, stats: CollapseStatistics):
+    """Classifier (W, b) of ``module`` for NC3/NC4, or (None, None) when it is not a classifier of
+    the statistics' C classes (an inner ``nn.Linear`` measured for layer-wise NC).
+
+    The output embeddings must match the statistics: a mismatch means statistics of another model.
+    """
+    w, b = classifier_of(module)
+    if w is None:
+        return None, None
+    if tuple(w.shape) == (stats.num_classes, stats.dim):
+        return w, b
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if module is head or w.shape[0] == stats.num_classes:
+        raise ValueError(
+            f"statistics of shape (C={stats.num_classes}, d={stats.dim}) do not match the classifier {name!r} "
+            f"of shape {tuple(w.shape)}: they were collected on another model or module"
+        )
+    return None, None
+
+
 def _num_classes(model, modules: Mapping[str, torch.nn.Module], num_classes: Optional[int]) -> int:
     if num_classes is not None:
         return int(num_classes)
@@ -711,9 +731,7 @@ def collect_nc4(model, dataloader, statistics, *, modules: ModulesArg = None, ta
                                  ignore_index=_first(statistics).ignore_index)
     stats = _as_dict(statistics, list(collector.modules))
     for name, mod in collector.modules.items():
-        w, b = classifier_of(mod)
-        if w is not None and w.shape[0] != stats[name].num_classes:
-            w = b = None
+        w, b = head_weights(collector.model, name, mod, stats[name])
         collector.nc4[name] = NC4Counter(stats[name], w, b, dtype=dtype)
     collector.num_classes = _first(statistics).num_classes
     _run_pass(model, dataloader, collector, max_tokens=max_tokens, max_batches=max_batches, progress=progress,
@@ -797,9 +815,7 @@ def measure_statistics(model, statistics, *, modules: ModulesArg = None, nc4=Non
     stats = _as_dict(statistics, list(mods))
     results = {}
     for name, mod in mods.items():
-        w, b = classifier_of(mod)
-        if w is not None and w.shape[0] != stats[name].num_classes:
-            w = b = None
+        w, b = head_weights(inner, name, mod, stats[name])
         res = measure_collapse(stats[name], weights=w, bias=b, k=k, per_class=per_class, tile_size=tile_size,
                                dtype=dtype, progress=progress)
         if nc4 is not None and name in nc4:
