@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -484,7 +484,6 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
     device = _model_device(inner)
     rank, world = _dist_info()
     tokens = tokens0
-    it: Iterable = dataloader
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -502,7 +501,7 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
     batches = 0
     try:
         with torch.no_grad():
-            for batch in it:
+            for batch in dataloader:
                 if max_batches is not None and batches >= max_batches:
                     break
                 if batches < skip_batches:
@@ -527,6 +526,9 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
         if bar is not None:
             bar.close()
         inner.train(was_training)
+        if hasattr(dataloader, "gradient_state") and hasattr(dataloader, "end"):
+            # an Accelerate dataloader left early (budget) stays registered as the active one
+            dataloader.end()
     return batches, tokens
 
 
