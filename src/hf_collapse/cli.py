@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "hf_collapse.demo",
     "hf_collapse.install_metric",
     "hf_collapse.push_cli",
+    "hf_collapse.measure_cli",
 ]
 
 
