@@ -367,26 +367,25 @@ def test_cli_push_then_load_in_fresh_processes(hub_env, measured):
 
 
 def test_trainer_push_to_hub_carries_card_and_statistics(hub_env, tiny, tmp_path):
-    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers import TrainingArguments, default_data_collator
+
+    from hf_collapse.trainer import CollapseArguments, CollapseTrainer
 
     model, tok, lines = tiny
     model = type(model)(model.config)
     model.load_state_dict(tiny[0].state_dict())
-    ids = [tok(x, return_tensors="pt").input_ids[0, :32] for x in lines[:8]]
+    ids = [tok(x, return_tensors="pt").input_ids[0, :32] for x in lines[:12]]
     data = [{"input_ids": i, "labels": i} for i in ids if len(i) == 32]
-
-    class MeasuredTrainer(Trainer):  # what CollapseTrainer does: measure, then our card
-        def create_model_card(self, **kwargs):
-            measure_into(Path(self.args.output_dir), self.model, tok, lines[:5])
-            write_model_card(self.args.output_dir, trainer=self, repo_id=self.hub_model_id)
 
     out = tmp_path / "run"
     args = TrainingArguments(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, report_to=[],
                              save_strategy="no", push_to_hub=True, hub_model_id="tester/trained", use_cpu=True,
                              learning_rate=1e-3, logging_steps=1, disable_tqdm=True)
-    trainer = MeasuredTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                              data_collator=default_data_collator)
+    trainer = CollapseTrainer(model=model, args=args, train_dataset=data, eval_dataset=data[:6], processing_class=tok,
+                              data_collator=default_data_collator, collapse_args=CollapseArguments(collapse_per_class=True))
     trainer.train()
+    metrics = trainer.evaluate()
+    assert "eval_nc1_cdnv" in metrics
     trainer.push_to_hub(commit_message="end of training")
     hub = hub_env.hub
     assert hub.state.commits[-1] == ("tester/trained", "main", "end of training")
@@ -398,4 +397,5 @@ def test_trainer_push_to_hub_carries_card_and_statistics(hub_env, tiny, tmp_path
     assert "neural-collapse/nc1_cdnv" in card and "learning_rate: 0.001" in card
     m = load_measured("tester/trained")  # statistics belong to the pushed (trained) weights
     assert m.weights_sha256 == weights_sha256(trainer.model)
+    assert m.metrics["nc1_cdnv"] == pytest.approx(metrics["eval_nc1_cdnv"], rel=1e-12)
     assert hub.state.unhandled == []

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, recorded in measured folders
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

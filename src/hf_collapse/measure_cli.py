@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import shutil
 import sys
 
@@ -194,7 +195,13 @@ def run(args) -> int:
                             "block_size": str(args.block_size), "k": str(float(args.k)),
                             # a Hub id as given; a local folder by its name (no machine paths published)
                             "model_name": os.path.basename(os.path.normpath(args.model))
-                            if os.path.isdir(args.model) else args.model}
+                            if os.path.isdir(args.model) else args.model,
+                            "command": "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))}
+                if args.dataset:  # a Hub dataset: the card links it and names the split
+                    metadata.update(dataset=args.dataset, split=args.split or "",
+                                    dataset_config=args.dataset_config or "")
+                else:
+                    metadata["data_sha256"] = data.rsplit("sha256:", 1)[-1]
                 extra = {k: v for k, v in settings.items() if k not in ("model",)}
                 extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
                 save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,

@@ -8,10 +8,10 @@ Layout written by ``save_measured(output_dir, ...)``::
                                                           variances (C,), raw sums, per_class.* tensors
       collapse/metrics.json                               flat {measure keys, num_tokens, num_classes,
                                                           num_classes_present, settings...}
-      README.md                                           report (the Hub model card once available)
+      README.md                                           the Hub model card (``hf_collapse.hub.write_model_card``)
 
 The statistics header records ``k``, the data description, the token budget, ``weights_sha256``
-(sha256 of the model's tensors, see ``weights_sha256``) and the library version, so a published
+(``hf_collapse.weights_hash.weights_sha256`` of the model's tensors) and the library version, so a published
 folder says exactly what was measured on what.
 """
 
@@ -27,27 +27,10 @@ from typing import Mapping, Optional
 import torch
 
 from .statistics import CollapseStatistics
+from .weights_hash import weights_sha256
 
 STATISTICS_FILE = os.path.join("collapse", "statistics.safetensors")
 METRICS_FILE = os.path.join("collapse", "metrics.json")
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over the model's state dict: names, dtypes, shapes and raw bytes, sorted by name.
-
-    Tied parameters appear under each name (as in ``state_dict``). Independent of the file format,
-    so it identifies the weights whether they were saved as safetensors, bin, or never saved.
-    """
-    from .collect import unwrap_model
-
-    h = hashlib.sha256()
-    for name, t in sorted(unwrap_model(model).state_dict().items()):
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def file_sha256(path) -> str:
@@ -98,25 +81,9 @@ def build_metrics(statistics: CollapseStatistics, result, settings: Optional[Map
     return out
 
 
-def _simple_report(folder: str, metrics: Mapping, metadata: Mapping) -> str:
-    lines = ["---", "tags:", "- neural-collapse", "- hf_collapse", "---", "",
-             f"# Neural collapse measurements: {metadata.get('model_name', os.path.basename(os.path.abspath(folder)))}",
-             "", "Measured with hf_collapse (neural collapse measures of Wu & Papyan 2024, *Linguistic Collapse*).", "",
-             "| measure | value |", "|---|---|"]
-    for k, v in metrics.items():
-        lines.append(f"| `{k}` | {v:.6g} |" if isinstance(v, float) else f"| `{k}` | {v} |")
-    lines += ["", "## Provenance", ""]
-    for k in ("data", "max_tokens", "k", "weights_sha256", "library_version"):
-        if k in metadata:
-            lines.append(f"- **{k}**: `{metadata[k]}`")
-    lines += ["", "Files: `collapse/statistics.safetensors` (float64 class counts, means, variances), "
-              "`collapse/metrics.json`.", ""]
-    return "\n".join(lines)
-
-
 def save_measured(output_dir, *, model, tokenizer=None, statistics: CollapseStatistics, result,
                   metrics_extra: Optional[Mapping] = None, metadata: Optional[Mapping] = None,
-                  card: bool = True, save_model: bool = True) -> str:
+                  card: bool = True, save_model: bool = True, card_info: Optional[Mapping] = None) -> str:
     """Write the measured model folder (layout in the module docstring); returns its path.
 
     ``metadata`` should describe the data (``data``: dataset id/split or file sha256s, ``max_tokens``)
@@ -147,13 +114,7 @@ def save_measured(output_dir, *, model, tokenizer=None, statistics: CollapseStat
     metrics = build_metrics(statistics, result, {"k": float(meta["k"]), **dict(metrics_extra or {})})
     _atomic_write_text(os.path.join(output_dir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
     if card:
-        try:
-            from .hub import write_model_card  # issue 5: the Hub model card
-        except ImportError:
-            write_model_card = None
-        if write_model_card is not None:
-            write_model_card(output_dir)
-        else:
-            _atomic_write_text(os.path.join(output_dir, "README.md"),
-                               _simple_report(output_dir, metrics, {**meta, "library_version": __version__}))
+        from .hub import write_model_card
+
+        write_model_card(output_dir, **dict(card_info or {}))
     return output_dir

@@ -118,15 +118,26 @@ def _finish(model, stats_or_collector, cargs: CollapseArguments, nc4_loader, pro
                               dtype=cargs.torch_dtype, settings=settings)
 
 
-def save_report_statistics(report: CollapseReport, folder: str, step: Optional[int] = None) -> None:
-    """Write the report's statistics into ``folder/collapse/`` (layer-wise ones as ``<layer>.safetensors``)."""
+def save_report_statistics(report: CollapseReport, folder: str, step: Optional[int] = None, model=None) -> None:
+    """Write the report's statistics into ``folder/collapse/`` (layer-wise ones as ``<layer>.safetensors``).
+
+    With ``model`` the folder becomes a *measured model folder* (``hf_collapse.measured``): the
+    statistics header records the weights hash and ``collapse/metrics.json`` is written too.
+    """
+    from .measured import save_measured
+
     meta = {"k": str(report.settings.get("k", 2.0))}
     if step is not None:
         meta["global_step"] = str(step)
-    extra = {}
-    if report.result.per_class:
-        extra = {f"per_class.{k}": v for k, v in report.result.per_class.items()}
-    report.statistics.save(os.path.join(folder, STATISTICS_IN_CHECKPOINT), extra_tensors=extra, metadata=meta)
+    if model is not None:
+        extra = {k: v for k, v in report.settings.items() if k != "k"}
+        save_measured(folder, model=model, statistics=report.statistics, result=report.result,
+                      metrics_extra=extra, metadata=meta, card=False, save_model=False)
+    else:
+        extra = {}
+        if report.result.per_class:
+            extra = {f"per_class.{k}": v for k, v in report.result.per_class.items()}
+        report.statistics.save(os.path.join(folder, STATISTICS_IN_CHECKPOINT), extra_tensors=extra, metadata=meta)
     for name, st in report.all_statistics.items():
         if name != report.primary:
             st.save(os.path.join(folder, "collapse", f"{name}.safetensors"), metadata=meta)
@@ -219,7 +230,37 @@ class CollapseTrainer(Trainer):
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            save_report_statistics(self.collapse_report, folder, self.state.global_step)
+            save_report_statistics(self.collapse_report, folder, self.state.global_step, model=self.model)
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
+        """``Trainer.save_model`` plus the latest collapse statistics: the folder is a measured model
+        folder, so ``push_to_hub`` publishes weights and statistics in one commit."""
+        super().save_model(output_dir, _internal_call)
+        if (self.collapse_report is not None and self.collapse_args.collapse_save_statistics
+                and self.is_world_process_zero()):
+            save_report_statistics(self.collapse_report, output_dir or self.args.output_dir, self.state.global_step,
+                                   model=self.model)
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs):
+        """The hf_collapse card (NC table, ``model-index`` with every measure, figure) when the output
+        folder holds collapse statistics; the stock ``Trainer`` card otherwise."""
+        if not self.is_world_process_zero():
+            return
+        folder = self.args.output_dir
+        if not os.path.isfile(os.path.join(folder, STATISTICS_IN_CHECKPOINT)):
+            return super().create_model_card(language=language, license=license, tags=tags, model_name=model_name,
+                                             finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
+                                             dataset=dataset, dataset_args=dataset_args)
+        from .hub import write_model_card
+
+        info = {"language": language, "license": license, "model_name": model_name, "base_model": finetuned_from,
+                "dataset": dataset if isinstance(dataset, str) else None,
+                "datasets": list(dataset_tags) if isinstance(dataset_tags, (list, tuple)) else
+                ([dataset_tags] if dataset_tags else None),
+                "tags": [tags] if isinstance(tags, str) else tags}
+        write_model_card(folder, trainer=self, repo_id=self.hub_model_id,
+                         **{k: v for k, v in info.items() if v is not None})
 
 
 class CollapseCallback(TrainerCallback):
@@ -307,4 +348,5 @@ class CollapseCallback(TrainerCallback):
 
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             if os.path.isdir(folder):
-                save_report_statistics(self.collapse_report, folder, state.global_step)
+                save_report_statistics(self.collapse_report, folder, state.global_step,
+                                       model=kwargs.get("model"))
