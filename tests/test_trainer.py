@@ -123,3 +123,13 @@ def test_dedicated_pass_with_budget_and_no_nc4(shared_data, tmp_path):
     m = trainer.evaluate()
     assert trainer.collapse_report.statistics.num_tokens == 50
     assert "eval_nc1_cdnv" in m and "eval_nc4_agreement" not in m and "eval_ncc_accuracy" not in m
+
+
+def test_callback_passed_in_callbacks_list(shared_data, tmp_path):
+    _, evals = blocks(shared_data)
+    cb = CollapseCallback(CollapseArguments(collapse_nc4=False))
+    trainer = Trainer(model=tiny_gpt_neo(), args=training_args(tmp_path), eval_dataset=evals, callbacks=[cb])
+    metrics = trainer.evaluate()  # hooks were installed by on_init_end
+    assert "eval_nc1_cdnv" in metrics and "eval_nc4_agreement" not in metrics
+    assert "eval_nc1_cdnv" in trainer.state.log_history[-1]
+    cb.remove()
