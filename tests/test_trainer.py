@@ -36,6 +36,8 @@ def test_arguments_parse_from_command_line():
     assert c.collapse_k == 1.5 and c.modules == ["transformer.h.1", "lm_head"] and c.torch_dtype == torch.float64
     with pytest.raises(ValueError, match="collapse_dtype"):
         CollapseArguments(collapse_dtype="half")
+    with pytest.raises(ValueError, match="unknown collapse_measures"):
+        CollapseArguments(collapse_measures=["nc9"])
 
 
 def test_collapse_trainer_logs_and_checkpoints(shared_data, tmp_path):
@@ -123,3 +125,14 @@ def test_dedicated_pass_with_budget_and_no_nc4(shared_data, tmp_path):
     m = trainer.evaluate()
     assert trainer.collapse_report.statistics.num_tokens == 50
     assert "eval_nc1_cdnv" in m and "eval_nc4_agreement" not in m and "eval_ncc_accuracy" not in m
+
+
+def test_callback_passed_in_callbacks_list(shared_data, tmp_path):
+    _, evals = blocks(shared_data)
+    cb = CollapseCallback(CollapseArguments(collapse_nc4=False, collapse_measures=["nc1_cdnv", "nc2_norm_mean"]))
+    trainer = Trainer(model=tiny_gpt_neo(), args=training_args(tmp_path), eval_dataset=evals, callbacks=[cb])
+    metrics = trainer.evaluate()  # hooks were installed by on_init_end
+    assert "eval_nc1_cdnv" in metrics and "eval_nc4_agreement" not in metrics
+    assert "eval_nc2_norm_mean" in metrics and "eval_nc3_duality_mean" not in metrics  # collapse_measures
+    assert "eval_nc1_cdnv" in trainer.state.log_history[-1]
+    cb.remove()

@@ -30,6 +30,7 @@ batch of a prepared dataloader, rank r keeps its first ``clamp(remainder - r*B, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -104,13 +105,33 @@ def resolve_modules(model: torch.nn.Module, modules: ModulesArg = None) -> dict[
     return out
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded DTensor (FSDP2 / tensor parallel) gathered to the full tensor (a collective)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def classifier_of(module: torch.nn.Module) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(weight (C, d), bias (C,) or None) of a linear head, or (None, None) for other modules."""
     w = getattr(module, "weight", None)
     if isinstance(w, torch.Tensor) and w.dim() == 2 and isinstance(module, torch.nn.Linear):
         b = getattr(module, "bias", None)
-        return w.detach(), (b.detach() if isinstance(b, torch.Tensor) else None)
+        return _full(w.detach()), (_full(b.detach()) if isinstance(b, torch.Tensor) else None)
     return None, None
+
+
+@contextlib.contextmanager
+def full_parameters(model):
+    """Inside: the parameters of an FSDP(1)-wrapped ``model`` are whole on every rank (collective;
+    every process must enter). A no-op for other models. Untested here (no GPU, FSDP needs one)."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover
+        FSDP = None
+    if FSDP is not None and isinstance(model, FSDP):
+        with FSDP.summon_full_params(model, writeback=False):
+            yield
+    else:
+        yield
 
 
 def head_weights(model, name, module, stats: CollapseStatistics):
@@ -439,7 +460,7 @@ class FeatureCollector:
                 return None
             h, y = self._features_labels(args, kwargs)
             # the output is the model's logits only when the hooked module is the linear head
-            is_head = classifier_of(module)[0] is not None
+            is_head = isinstance(module, torch.nn.Linear)
             logits = output if is_head and isinstance(output, torch.Tensor) and output.shape[-1] == self.num_classes \
                 else None
             if logits is not None and self.task == "sequence_classification" and logits.dim() == 3:
@@ -733,8 +754,13 @@ def collect_nc4(model, dataloader, statistics, *, modules: ModulesArg = None, ta
                                  ignore_index=_first(statistics).ignore_index)
     stats = _as_dict(statistics, list(collector.modules))
     for name, mod in collector.modules.items():
-        w, b = head_weights(collector.model, name, mod, stats[name])
-        collector.nc4[name] = NC4Counter(stats[name], w, b, dtype=dtype)
+        with full_parameters(model):
+            w, b = head_weights(collector.model, name, mod, stats[name])
+            if task != "sequence_classification":
+                w = b = None  # the head's own logits give the linear prediction: no copy of W needed
+            elif w is not None:  # pooled after a per-token head: predict with a copy of W
+                w, b = w.clone(), (None if b is None else b.clone())
+            collector.nc4[name] = NC4Counter(stats[name], w, b, dtype=dtype)
     collector.num_classes = _first(statistics).num_classes
     _run_pass(model, dataloader, collector, max_tokens=max_tokens, max_batches=max_batches, progress=progress,
               desc="NC4")
@@ -817,9 +843,10 @@ def measure_statistics(model, statistics, *, modules: ModulesArg = None, nc4=Non
     stats = _as_dict(statistics, list(mods))
     results = {}
     for name, mod in mods.items():
-        w, b = head_weights(inner, name, mod, stats[name])
-        res = measure_collapse(stats[name], weights=w, bias=b, k=k, per_class=per_class, tile_size=tile_size,
-                               dtype=dtype, progress=progress)
+        with full_parameters(model):
+            w, b = head_weights(inner, name, mod, stats[name])
+            res = measure_collapse(stats[name], weights=w, bias=b, k=k, per_class=per_class,
+                                   tile_size=tile_size, dtype=dtype, progress=progress)
         if nc4 is not None and name in nc4:
             vals = {**res, **nc4[name]}
             res = CollapseResult({key: float(vals[key]) for key in MEASURE_KEYS if key in vals},

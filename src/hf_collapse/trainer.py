@@ -47,6 +47,8 @@ class CollapseArguments:
     """Settings of the collapse measurement (``HfArgumentParser``-ready: every field is a flag)."""
 
     collapse: bool = field(default=True, metadata={"help": "Measure neural collapse at every evaluation."})
+    collapse_measures: Optional[list[str]] = field(
+        default=None, metadata={"help": "Measure keys to log (default: all), e.g. nc1_cdnv nc4_agreement."})
     collapse_modules: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules whose input is measured (default: the output embeddings). "
                                         "Several give layer-wise NC with keys like eval_<layer>_nc1_cdnv."})
@@ -75,6 +77,20 @@ class CollapseArguments:
                              f"got {self.collapse_task!r}")
         if isinstance(self.collapse_modules, str):
             self.collapse_modules = [self.collapse_modules]
+        if isinstance(self.collapse_measures, str):
+            self.collapse_measures = [self.collapse_measures]
+        if self.collapse_measures:
+            from .measures import MEASURE_KEYS
+
+            bad = [m for m in self.collapse_measures if m not in MEASURE_KEYS]
+            if bad:
+                raise ValueError(f"unknown collapse_measures {bad}; expected keys of {list(MEASURE_KEYS)}")
+
+    def select(self, metrics: dict) -> dict:
+        """Keep the chosen measures (all when ``collapse_measures`` is empty)."""
+        if not self.collapse_measures:
+            return metrics
+        return {k: v for k, v in metrics.items() if any(k.endswith(m) for m in self.collapse_measures)}
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -199,7 +215,7 @@ class CollapseTrainer(Trainer):
         else:
             report = self.measure_collapse(nc4_dataset=self.nc4_dataset, _nc4_loader=nc4_loader)
         self.collapse_report = report
-        output.metrics.update(report.metrics(metric_key_prefix))
+        output.metrics.update(cargs.select(report.metrics(metric_key_prefix)))
         return output
 
     def measure_collapse(self, dataset=None, nc4_dataset=None, *, _nc4_loader=None) -> CollapseReport:
@@ -335,7 +351,7 @@ class CollapseCallback(TrainerCallback):
             self._reset()
             self.collector.enabled = True
         self.collapse_report = report
-        metrics = report.metrics(prefix)
+        metrics = self.collapse_args.select(report.metrics(prefix))
         logs.update(metrics)
         if state.log_history:
             state.log_history[-1].update(metrics)
