@@ -111,3 +111,25 @@ def test_bad_input(shared_data, tmp_path, capsys):
     assert "no column 'text'" in capsys.readouterr().err
     assert main(["measure", model, "--train-file", str(tmp_path / "missing.txt")]) == 1
     assert "no text file" in capsys.readouterr().err
+
+
+def test_measured_folder_is_reused(shared_data, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(measure_args(shared_data, first)) == 0
+    capsys.readouterr()
+    again = tmp_path / "again"  # measuring the measured folder itself: the stored statistics answer
+    args = measure_args(shared_data, again)
+    args[1] = str(first)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "skipping the collection pass" in out
+    a = json.loads((first / "collapse" / "metrics.json").read_text())
+    b = json.loads((again / "collapse" / "metrics.json").read_text())
+    assert {k: a[k] for k in MEASURE_KEYS if k in a} == {k: b[k] for k in MEASURE_KEYS if k in b}
+    # a different budget is a different request: measured again
+    args2 = measure_args(shared_data, tmp_path / "other")
+    args2[1] = str(first)
+    args2[args2.index("--max-tokens") + 1] = "2000"
+    assert main(args2) == 0
+    assert "skipping" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "other" / "collapse" / "metrics.json").read_text())["num_tokens"] == 2000

@@ -169,6 +169,21 @@ def run(args) -> int:
         nc4_budget = args.nc4_max_tokens if args.nc4_max_tokens is not None else args.max_tokens
         nc4_dl = loader("validation", nc4_budget)
         data = describe_data(args, "train")
+        if not args.no_reuse and not args.layers and not args.covariance:
+            found = _matching_measurement(args, model, data)
+            if found is not None:  # the model folder or Hub repo already holds these statistics
+                if main:
+                    print(f"{args.model} already holds statistics of these weights on this data, budget and k "
+                          f"({found.path}): skipping the collection pass (--no-reuse to measure again)")
+                    print(found.result.table())
+                    if args.output_dir:
+                        extra = {k: v for k, v in found.metrics.items() if k not in found.result}
+                        save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=found.statistics,
+                                      result=found.result, metrics_extra=extra, metadata=dict(found.statistics.metadata),
+                                      save_model=not args.no_save_model)
+                        print(f"wrote {args.output_dir}")
+                accelerator.wait_for_everyone()
+                return 0
         ckpt = None
         if args.output_dir and args.checkpoint_every:
             ckpt = os.path.join(args.output_dir, "collapse", ".checkpoint")
@@ -216,6 +231,21 @@ def run(args) -> int:
     return 0
 
 
+def _matching_measurement(args, model, data):
+    """A measurement stored with the model (local measured folder or Hub repo) that answers this
+    request exactly: same weights hash, data, NC4 data, token budget, block size and k; else None."""
+    from .hub import find_measurement
+    from .weights_hash import weights_sha256
+
+    try:
+        return find_measurement(args.model, weights_sha256=weights_sha256(model), data=data,
+                                nc4_data=describe_data(args, "validation"), max_tokens=str(args.max_tokens),
+                                block_size=str(args.block_size), k=float(args.k))
+    except (OSError, ValueError) as e:  # unreachable Hub, unreadable files: just measure
+        logger.info("no reusable measurement in %s: %s", args.model, e)
+        return None
+
+
 def resolve_head_name(model):
     from .collect import resolve_modules
 
@@ -261,6 +291,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--no-save-model", action="store_true", help="write only collapse/ and README.md")
     o.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint the statistics every N batches "
                    "into OUTPUT/collapse/.checkpoint (0: never)")
+    o.add_argument("--no-reuse", action="store_true",
+                   help="measure even when MODEL already holds statistics of the same weights, data, budget and k")
     o.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
