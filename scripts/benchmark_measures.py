@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", type=int, default=29_233)
     p.add_argument("--dim", type=int, default=1_024)
-    p.add_argument("--tile-size", type=int, default=2048)
+    p.add_argument("--tile-size", type=int, default=1024)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -835,7 +835,7 @@ class CollapseReport:
 
 
 def measure_statistics(model, statistics, *, modules: ModulesArg = None, nc4=None, k: float = 2.0,
-                       per_class: bool = False, tile_size: int = 2048, dtype=torch.float32,
+                       per_class: bool = False, tile_size: int = 1024, dtype=torch.float32,
                        progress: bool = False, settings=None) -> CollapseReport:
     """Measures from collected statistics, with NC3 weights read from each hooked linear head."""
     inner = unwrap_model(model)
@@ -858,7 +858,7 @@ def measure_statistics(model, statistics, *, modules: ModulesArg = None, nc4=Non
 def measure_model(model, dataloader, nc4_dataloader=None, *, modules: ModulesArg = None, task: str = "causal_lm",
                   num_classes: Optional[int] = None, k: float = 2.0, max_tokens: Optional[int] = None,
                   max_batches: Optional[int] = None, nc4_max_tokens: Optional[int] = None,
-                  per_class: bool = False, tile_size: int = 2048, dtype=torch.float32, covariance: bool = False,
+                  per_class: bool = False, tile_size: int = 1024, dtype=torch.float32, covariance: bool = False,
                   accelerator=None, progress: bool = True, checkpoint_path=None,
                   checkpoint_every: Optional[int] = None, pooling: str = "last") -> CollapseReport:
     """Both passes and the measures: statistics on ``dataloader``, NC4 on ``nc4_dataloader``.

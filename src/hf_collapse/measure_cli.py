@@ -279,7 +279,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, default=8, help="sequences per batch and process (default: 8)")
     m = p.add_argument_group("measures")
     m.add_argument("--k", type=float, default=2.0, help="CDNV power k (default: 2, as in the paper)")
-    m.add_argument("--tile-size", type=int, default=2048, help="tile edge of the pairwise sweep")
+    m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
     m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
     m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
     m.add_argument("--layers", nargs="*", default=None,

@@ -25,11 +25,11 @@ ncc_accuracy           share of test samples whose nearest class centre is their
 CoV = std / |mean| with the population std; it is defined as 0 when the std is 0 (no variation,
 e.g. all log-norms equal 0) and +inf when the mean is 0 but the std is not.
 
-How it scales: the pairwise sums never form a C x C matrix. Interference mean/std come in closed
-form from U = sum_c u_c and the d x d matrix u^T u (sum_{c,c'} cos = ||U||^2, sum cos^2 = ||u^T u||_F^2).
-CDNV and the log kernel come from one sweep over the upper triangle of the Gram matrix of unit
-centred means in tiles: per tile ``T = 2 - 2 u_i u_j^T = ||u_c - u_c'||^2`` from one GEMM, then
-``||mu_c - mu_c'||^2 = (r_c - r_c')^2 + r_c r_c' T``. Tiles are float32 by default (float64
+How it scales: the pairwise sums never form a C x C matrix. The interference mean comes in closed
+form from U = sum_c u_c (sum_{c,c'} cos = ||U||^2). CDNV, the log kernel and the interference spread
+come from one sweep over the upper triangle of the Gram matrix of unit centred means in tiles: per
+tile ``T = 2 - 2 u_i u_j^T = ||u_c - u_c'||^2`` from one GEMM, then
+``||mu_c - mu_c'||^2 = (r_c - r_c')^2 + r_c r_c' T`` and ``cos - m = -(T - 2 (1 - m)) / 2``. Tiles are float32 by default (float64
 accumulation, shifted sums for the variance); ``dtype=torch.float64`` gives exact results.
 
 Departures from the paper, on purpose:
@@ -95,11 +95,12 @@ def _mean_std(total: float, total_sq: float, n: float, shift: float = 0.0) -> tu
     return m + shift, math.sqrt(var)
 
 
-def _pairwise_sweep(u, r, s, k, tile_size, dtype, progress):
+def _pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress):
     """One pass over the upper triangle of the Gram matrix of unit centred means ``u`` (K, d).
 
-    Returns the CDNV sum over pairs, its per-class row sums (K,), and the shifted sum / sum of
-    squares of the log kernel over pairs, with the shift used. All accumulators are float64.
+    Returns the CDNV sum over pairs, its per-class row sums (K,), the shifted sum / sum of squares
+    of the log kernel over pairs with the shift used, and the sum over pairs of (cos - cos_mean)^2.
+    All accumulators are float64.
     """
     K = u.shape[0]
     dev = u.device
@@ -117,7 +118,7 @@ def _pairwise_sweep(u, r, s, k, tile_size, dtype, progress):
     ones = torch.ones(K, dtype=dtype, device=dev)
     sv = torch.stack([st, ones], 1)  # (K, 2): [sigma^2, 1]
     row = torch.zeros(K, dtype=torch.float64, device=dev)
-    cdnv_sum = log_sum = log_sq = 0.0
+    cdnv_sum = log_sum = log_sq = cos_sq = 0.0
     # Three tile buffers, reused: fresh large allocations cost page faults on every tile.
     size = min(tile_size, K) ** 2
     buf_t, buf_d, buf_r = (torch.empty(size, dtype=dtype, device=dev) for _ in range(3))
@@ -143,32 +144,35 @@ def _pairwise_sweep(u, r, s, k, tile_size, dtype, progress):
             D = torch.sub(ri[:, None], rj[None, :], out=buf_d[: n * m].view(n, m)).square_()
             D.addcmul_(T, torch.outer(ri, rj, out=buf_r[: n * m].view(n, m)))
             P = D.pow_(power)  # (n, m) ||mu_c - mu_c'||^-(2+k)
+            # interference spread around its exact mean m: (cos - m) = -(T - 2 (1 - m)) / 2
+            E = torch.sub(T, 2.0 * (1.0 - cos_mean), out=buf_r[: n * m].view(n, m))
             L = T.log_().add_(2.0 * shift)  # (n, m) -2 (log kernel - shift)
             if diag:
                 P.fill_diagonal_(0.0)
                 L.fill_diagonal_(0.0)
-            # CDNV_cc' = (s_c + s_c') P_cc' / 2: row sums are two matrix-vector products
-            rows = P @ sv[j0:j1]  # (n, 2): [sum_j P s_j, sum_j P]
-            r_part = 0.5 * (rows[:, 0].double() + s[i0:i1] * rows[:, 1].double())  # (n,)
+                E.fill_diagonal_(0.0)
+            eq = float(E.square_().sum(1).double().sum())
+            # CDNV_cc' = (s_c + s_c') P_cc' / 2: row sums from one matrix-vector product and one sum
+            r_part = 0.5 * ((P @ st[j0:j1]).double() + s[i0:i1] * P.sum(1).double())  # (n,)
             tile_sum = float(r_part.sum())
             if not math.isfinite(tile_sum):
                 _raise_identical(D, i0, j0)
             row[i0:i1] += r_part
             if not diag:
-                cols = sv[i0:i1].T @ P  # (2, m)
-                row[j0:j1] += 0.5 * (cols[0].double() + s[j0:j1] * cols[1].double())
-            # log-kernel sums: per-row float32 sums (BLAS mv), added up in float64
-            ls = float((L @ ones[:m]).double().sum())
-            lq = float((torch.mul(L, L, out=P) @ ones[:m]).double().sum())
+                row[j0:j1] += 0.5 * ((st[i0:i1] @ P).double() + s[j0:j1] * P.sum(0).double())
+            # log-kernel sums: per-row float32 sums, added up in float64
+            ls = float(L.sum(1).double().sum())
+            lq = float(L.square_().sum(1).double().sum())
             half = 0.5 if diag else 1.0  # a diagonal tile holds every pair twice
             cdnv_sum += half * tile_sum
             log_sum += half * -0.5 * ls
             log_sq += half * 0.25 * lq
+            cos_sq += half * 0.25 * eq
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return cdnv_sum, row, log_sum, log_sq, shift
+    return cdnv_sum, row, log_sum, log_sq, shift, cos_sq
 
 
 def _check_distinct(mu, idx):
@@ -234,7 +238,7 @@ def measure_collapse(
     labels=None,
     *,
     per_class: bool = False,
-    tile_size: int = 2048,
+    tile_size: int = 1024,
     dtype: torch.dtype = torch.float32,
     batch_size: int = 1024,
     device=None,
@@ -277,9 +281,7 @@ def measure_collapse(
     K = idx.numel()
     if K < 2:
         raise ValueError(f"neural collapse needs at least 2 classes with samples, got {K}")
-    mu = stats.means.to(dev)[idx]  # (K, d) float64
-    sig = stats.variances.to(dev)[idx]  # (K,)
-    counts = stats.counts.to(dev)[idx]
+    counts, mu, sig = (t.to(dev) for t in stats.moments(idx.to(stats.device)))  # (K,), (K, d), (K,) float64
     mu_bar = mu.mean(0)  # (d,)
     M = mu - mu_bar  # (K, d) centred means
     r = M.norm(dim=1)  # (K,)
@@ -294,28 +296,26 @@ def measure_collapse(
     out: dict[str, float] = {}
     n_pairs = K * (K - 1) / 2
 
-    # ---- NC1: CDNV, and the log kernel riding the same sweep
-    cdnv_sum, cdnv_rows, log_sum, log_sq, shift = _pairwise_sweep(u, r, sig, k, tile_size, dtype, progress)
+    # ---- NC2 interference mean in closed form: sum_{c<c'} cos = (||sum_c u_c||^2 - K) / 2
+    U = u.sum(0)  # (d,)
+    cos_mean = (float(U @ U) - K) / 2 / n_pairs
+
+    # ---- NC1: CDNV; the log kernel and the interference spread ride the same sweep
+    cdnv_sum, cdnv_rows, log_sum, log_sq, shift, cos_sq = _pairwise_sweep(u, r, sig, k, cos_mean, tile_size,
+                                                                           dtype, progress)
     out["nc1_cdnv"] = cdnv_sum / n_pairs
     if stats.covariance:
         sigma_w = stats.within_class_covariance().to(dev)  # (d, d)
         sigma_b = M.T @ M / K  # (d, d)
         out["nc1_trace_ratio"] = float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True))) / K
 
-    # ---- NC2: equinorm (log norms) and equiangularity (interference, closed form)
+    # ---- NC2: equinorm (log norms), equiangularity (interference), hyperspherical uniformity
     logr = r.log()
     m, sd = float(logr.mean()), float(logr.std(unbiased=False))
     out["nc2_norm_mean"], out["nc2_equinorm_cov"] = m, cov(sd, m)
-    U = u.sum(0)  # (d,)
-    gram_d = torch.zeros(d, d, dtype=torch.float64, device=dev)  # u^T u, by row chunks
-    for chunk in u.split(max(tile_size, 1)):
-        c = chunk.to(dtype)
-        gram_d += (c.T @ c).double()
-    cos_sum = (float(U @ U) - K) / 2  # sum over c < c'
-    cos_sq = (float(gram_d.pow(2).sum()) - K) / 2
-    m, sd = _mean_std(cos_sum, cos_sq, n_pairs)
-    out["nc2_interference_mean"], out["nc2_interference_std"] = m, sd
-    out["nc2_equiangularity_cov"] = cov(sd, m)
+    sd = math.sqrt(max(cos_sq / n_pairs, 0.0))
+    out["nc2_interference_mean"], out["nc2_interference_std"] = cos_mean, sd
+    out["nc2_equiangularity_cov"] = cov(sd, cos_mean)
     m, sd = _mean_std(log_sum, log_sq, n_pairs, shift)
     out["gnc2_log_kernel_mean"], out["gnc2_uniformity_cov"] = m, cov(sd, m)
 

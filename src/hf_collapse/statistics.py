@@ -326,28 +326,39 @@ class CollapseStatistics:
         if self.num_tokens == 0:
             raise ValueError("no labelled sample has been accumulated: call update(features, labels) first")
 
+    def moments(self, index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(counts, means, variances)`` of the classes in ``index`` (default: all), float64.
+
+        means mu_c = S_c / N_c + s; variances sigma_c^2 = Q_c / N_c - ||S_c / N_c||^2 (shifted one-pass,
+        clamped at 0 against round-off), or the exact second-pass sums once they cover every sample.
+        Absent classes get zeros. Indexing first keeps the cost at the size of ``index``.
+        """
+        sel = (lambda t: t) if index is None else (lambda t: t[index])
+        n = sel(self.counts)
+        safe = n.clamp(min=1)
+        centred = sel(self.sums) / safe[:, None]  # (., d) shifted means
+        means = torch.where(n[:, None] > 0, centred + self.shift, torch.zeros_like(centred))
+        if self.pass2_counts is not None and torch.equal(self.pass2_counts, self.counts):
+            variances = sel(self.pass2_sq_sums) / safe
+        else:
+            variances = (sel(self.sq_sums) / safe - centred.pow(2).sum(1)).clamp(min=0)
+        return n, means, variances
+
     @property
     def means(self) -> torch.Tensor:
         """Class means mu_c (C, d), float64; rows of absent classes are 0."""
-        n = self.counts.clamp(min=1)[:, None]
-        return torch.where(self.counts[:, None] > 0, self.sums / n + self.shift, torch.zeros_like(self.sums))
+        return self.moments()[1]
 
     @property
     def global_mean(self) -> torch.Tensor:
         """Unweighted mean of the present class means, mu_bar (d,) (paper eq. 2)."""
         self._require_data()
-        return self.means[self.present].mean(0)
+        return self.moments(self.present.nonzero().squeeze(1))[1].mean(0)
 
     @property
     def variances(self) -> torch.Tensor:
-        """Biased within-class variances sigma_c^2 = E||h - mu_c||^2 (C,), float64; 0 for absent
-        classes. Uses the exact second pass once it has covered every sample, else the shifted
-        one-pass formula (clamped at 0 against round-off)."""
-        if self.pass2_counts is not None and torch.equal(self.pass2_counts, self.counts):
-            return self.pass2_sq_sums / self.counts.clamp(min=1)
-        n = self.counts.clamp(min=1)
-        centred = self.sq_sums / n - (self.sums / n[:, None]).pow(2).sum(1)
-        return centred.clamp(min=0)
+        """Biased within-class variances sigma_c^2 = E||h - mu_c||^2 (C,), float64; 0 for absent classes."""
+        return self.moments()[2]
 
     def within_class_covariance(self) -> torch.Tensor:
         """Pooled within-class covariance Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (d, d)."""

@@ -55,7 +55,7 @@ class CollapseArguments:
     collapse_task: str = field(default="causal_lm", metadata={
         "help": "How labels align with features: causal_lm, token_classification or sequence_classification."})
     collapse_k: float = field(default=2.0, metadata={"help": "CDNV power k (paper: 2)."})
-    collapse_tile_size: int = field(default=2048, metadata={"help": "Tile edge of the pairwise sweep."})
+    collapse_tile_size: int = field(default=1024, metadata={"help": "Tile edge of the pairwise sweep."})
     collapse_dtype: str = field(default="float32", metadata={"help": "float32 or float64 for tiles and NC4."})
     collapse_max_tokens: Optional[int] = field(
         default=None, metadata={"help": "Token budget of the statistics pass (a dedicated pass, not the eval loop)."})

@@ -241,7 +241,7 @@ class NeuralCollapse(evaluate.Metric):
         return self._measure([stats], **kwargs)
 
     def _measure(self, stats_list, weights=None, bias=None, k=2.0, test_features=None, test_labels=None,
-                 dtype="float32", tile_size=2048, device=None):
+                 dtype="float32", tile_size=1024, device=None):
         stats = stats_list[0] if len(stats_list) == 1 else stats_list[0].clone()
         for other in stats_list[1:]:
             stats.merge(other)  # sums add: merging shards equals accumulating their samples together
