@@ -36,12 +36,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
+from .atomic import atomic_write_text
 from .measures import MEASURE_KEYS, CollapseResult, measure_collapse
 from .statistics import CollapseStatistics
 
@@ -600,10 +600,7 @@ def _write_checkpoint(path, statistics, batches, tokens, fp):
     if rank == 0:
         info = {"fingerprint": fp, "batches": batches, "tokens": tokens, "world_size": world,
                 "modules": list(statistics), "folder": os.path.basename(step_dir)}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path)
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, os.path.join(path, "latest.json"))
+        atomic_write_text(os.path.join(path, "latest.json"), json.dumps(info))
         for d in os.listdir(path):
             if d.startswith("step-") and d != info["folder"]:
                 shutil.rmtree(os.path.join(path, d), ignore_errors=True)

@@ -21,11 +21,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Mapping, Optional
 
 import torch
 
+from .atomic import atomic_write_text
 from .statistics import CollapseStatistics
 from .weights_hash import weights_sha256
 
@@ -39,27 +39,6 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _publishable(path: str) -> None:
-    """mkstemp creates files 0600; give published files the usual permissions (0644 minus umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o644 & ~umask)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        _publishable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _json_value(v):
@@ -110,9 +89,8 @@ def save_measured(output_dir, *, model, tokenizer=None, statistics: CollapseStat
         extra = {f"per_class.{k}": v.detach().cpu().to(torch.float64 if v.is_floating_point() else torch.int64)
                  for k, v in result.per_class.items()}
     statistics.save(os.path.join(output_dir, STATISTICS_FILE), extra_tensors=extra, metadata=meta)
-    _publishable(os.path.join(output_dir, STATISTICS_FILE))
     metrics = build_metrics(statistics, result, {"k": float(meta["k"]), **dict(metrics_extra or {})})
-    _atomic_write_text(os.path.join(output_dir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(os.path.join(output_dir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
     if card:
         from .hub import write_model_card
 

@@ -24,10 +24,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from .atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +64,10 @@ def _metric_root(cache) -> Path:
     return Path(cache if cache is not None else modules_cache()) / "evaluate_modules" / "metrics" / CACHE_NAME
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _touch_init(directory: Path) -> None:
     init = directory / "__init__.py"
     if not init.exists():
-        _write_atomic(init, b"")
+        atomic_write_bytes(init, b"")
 
 
 def is_registered(cache: Optional[os.PathLike] = None) -> bool:
@@ -119,12 +108,12 @@ def register_metric(cache: Optional[os.PathLike] = None) -> Path:
                       script.parent.parent, script.parent):
         _touch_init(directory)
     if not script.is_file() or script.read_bytes() != source:
-        _write_atomic(script, source)
+        atomic_write_bytes(script, source)
         logger.info("registered the neural_collapse metric at %s", script)
     meta = script.with_suffix(".json")
     if not meta.exists():  # the record evaluate keeps beside a cached script
         record = {"original file path": str(shipped_metric_dir() / script.name), "local file path": str(script)}
-        _write_atomic(meta, json.dumps(record).encode())
+        atomic_write_bytes(meta, json.dumps(record).encode())
     newest = _newest_other_mtime(script)
     if script.stat().st_mtime <= newest:  # an older/other version would win: make ours the newest
         t = max(time.time(), newest + 1.0)

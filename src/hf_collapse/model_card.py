@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from .atomic import atomic_write
 from .hub import (COLLAPSE_DIR, FIGURE_FILE, STATISTICS_FILE, list_measurements, measurement_subdir,
                   read_measurement)
 
@@ -85,19 +85,6 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def plot_per_class(per_class: dict, path: str | os.PathLike, title: str = "") -> Optional[Path]:
     """Two panels from per-class outputs: class-mean norm vs token frequency, and the distribution
     of per-class CDNV row means. Returns the PNG path, or None when the inputs are missing."""
@@ -133,7 +120,7 @@ def plot_per_class(per_class: dict, path: str | os.PathLike, title: str = "") ->
     fig.tight_layout()
     path = Path(path)
     try:
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
     return path
@@ -247,7 +234,7 @@ def write_model_card(folder: str | os.PathLike, *, figure: bool = True, **info: 
     atomically, replacing any previous card; returns its path."""
     card = render_model_card(folder, figure=figure, **info)
     path = Path(folder) / "README.md"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(str(card), encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(str(card), encoding="utf-8"))
     return path
 
 

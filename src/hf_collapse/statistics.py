@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Mapping, Optional
 
 import torch
+
+from .atomic import atomic_write
 
 SCHEMA = "hf_collapse.statistics"
 SCHEMA_VERSION = 1
@@ -404,18 +405,7 @@ class CollapseStatistics:
             covariance=str(int(self.covariance)), has_shift=str(int(self.has_shift)),
             ignore_index=str(self.ignore_index), library_version=_library_version(),
         )
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> "CollapseStatistics":
