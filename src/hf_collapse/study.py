@@ -76,7 +76,7 @@ class StudyArguments:
     bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 mixed precision (default: when the GPU supports it)"})
     logging_steps: int = field(default=50, metadata={"help": "log the training loss every N steps"})
     eval_strategy: str = field(default="epoch", metadata={"help": "when to evaluate (and log NC metrics): epoch, steps or no"})
-    progress: bool = field(default=False, metadata={"help": "show tqdm progress bars"})
+    progress: bool = field(default=False, metadata={"help": "show tqdm progress bars and print the training logs"})
 
 
 def run_name(width: int, depth: int, epochs: float, weight_decay: float, seed: int = 0) -> str:
@@ -197,7 +197,7 @@ def _bf16_available() -> bool:
 
 def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, report_to="none") -> dict:
     """Train, evaluate, measure and save one model; returns its row (config, ``eval_loss``, measures)."""
-    from transformers import GPTNeoForCausalLM, Trainer, TrainingArguments, set_seed
+    from transformers import GPTNeoForCausalLM, PrinterCallback, Trainer, TrainingArguments, set_seed
 
     data = data if data is not None else prepare_data(args)
     name = args.run_name or run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed)
@@ -218,6 +218,8 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, report_
     )
     trainer = Trainer(model=model, args=targs, train_dataset=PackedDataset(data.train),
                       eval_dataset=PackedDataset(data.validation))
+    if not args.progress:   # quiet: no per-log print lines either
+        trainer.remove_callback(PrinterCallback)
     train_out = trainer.train()
     eval_loss = float(trainer.evaluate()["eval_loss"])
     model = trainer.model
