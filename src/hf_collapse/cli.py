@@ -13,6 +13,7 @@ import sys
 # sub-command modules, in the order ``--help`` lists them
 COMMAND_MODULES = [
     "hf_collapse.demo",
+    "hf_collapse.measure_cli",
     "hf_collapse.analysis",
 ]
 

@@ -58,12 +58,20 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def _publishable(path: str) -> None:
+    """mkstemp creates files 0600; give published files the usual permissions (0644 minus umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o644 & ~umask)
+
+
 def _atomic_write_text(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        _publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -135,6 +143,7 @@ def save_measured(output_dir, *, model, tokenizer=None, statistics: CollapseStat
         extra = {f"per_class.{k}": v.detach().cpu().to(torch.float64 if v.is_floating_point() else torch.int64)
                  for k, v in result.per_class.items()}
     statistics.save(os.path.join(output_dir, STATISTICS_FILE), extra_tensors=extra, metadata=meta)
+    _publishable(os.path.join(output_dir, STATISTICS_FILE))
     metrics = build_metrics(statistics, result, {"k": float(meta["k"]), **dict(metrics_extra or {})})
     _atomic_write_text(os.path.join(output_dir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
     if card:

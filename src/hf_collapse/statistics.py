@@ -309,10 +309,11 @@ class CollapseStatistics:
         for p in parts:
             out.append(flat[i:i + p.numel()].view_as(p))
             i += p.numel()
-        self.counts, self.sums, self.sq_sums = out[0], out[1].clone(), out[2]
+        C, d = self.num_classes, self.dim
+        self.counts, self.sums, self.sq_sums = out[0], out[1].reshape(C, d).clone(), out[2]
         j = 3
         if self.second_moment is not None:
-            self.second_moment = out[j].clone()
+            self.second_moment = out[j].reshape(d, d).clone()
             j += 1
         if self.frozen_means is not None:
             self.pass2_counts, self.pass2_sq_sums = out[j], out[j + 1]

@@ -1,0 +1,262 @@
+"""``hf-collapse measure MODEL``: measure a causal LM on text and write a measured model folder.
+
+Data: local text files (``--train-file`` for the statistics, ``--validation-file`` for NC4) or a
+Hub dataset (``--dataset`` + ``--split`` / ``--validation-split``, ``--text-column``). Documents are
+split on ``<|endoftext|>`` lines (else on blank lines), tokenized with a BOS token in front when
+the tokenizer has one, concatenated and cut into blocks of ``--block-size`` tokens. The budget
+``--max-tokens`` counts *labelled* tokens (positions with a next token); the data are cut to exactly
+that many before any batching, so 1 and N processes measure the same tokens.
+
+Under ``accelerate launch`` / ``torchrun`` each process measures its shard (Accelerate's prepared
+dataloader), the statistics are all-reduced, and the main process writes the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- data
+def iter_file_documents(path):
+    """Documents of a text file: split on ``<|endoftext|>`` lines if present, else on blank lines."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no text file at {path!r}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    sep = "<|endoftext|>"
+    parts = text.split(sep) if sep in text else text.split("\n\n")
+    for p in parts:
+        p = p.strip()
+        if p:
+            yield p
+
+
+def iter_dataset_documents(name, config, split, text_column, streaming=False):
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except Exception as e:  # network, missing split, ... -> one clear line
+        raise ValueError(f"could not load dataset {name!r} (config {config!r}, split {split!r}): {e}") from e
+    cols = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
+    if text_column not in cols:
+        raise ValueError(f"dataset {name!r} split {split!r} has no column {text_column!r}; columns: {cols}; "
+                         f"choose one with --text-column")
+    for row in ds:
+        t = row[text_column]
+        if isinstance(t, str) and t.strip():
+            yield t
+
+
+def token_blocks(documents, tokenizer, block_size: int, max_tokens):
+    """Blocks (lists of ids) of at most ``block_size`` tokens holding exactly ``max_tokens``
+    labelled positions (block of n tokens -> n - 1 labels), or all the data when ``max_tokens`` is None."""
+    if block_size < 2:
+        raise ValueError(f"--block-size must be at least 2, got {block_size}")
+    bos = tokenizer.bos_token_id
+    blocks, buf, labelled = [], [], 0
+    for doc in documents:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if bos is not None:
+            ids = [bos] + ids
+        buf.extend(ids)
+        while len(buf) >= block_size:
+            take = block_size
+            if max_tokens is not None:
+                take = min(take, max_tokens - labelled + 1)
+            blocks.append(buf[:take])
+            labelled += take - 1
+            buf = buf[take:]
+            if max_tokens is not None and labelled >= max_tokens:
+                return blocks
+    if len(buf) >= 2 and (max_tokens is None or labelled < max_tokens):
+        take = len(buf) if max_tokens is None else min(len(buf), max_tokens - labelled + 1)
+        blocks.append(buf[:take])
+    return blocks
+
+
+class _Blocks(torch.utils.data.Dataset):
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, i):
+        return self.blocks[i]
+
+
+def collate(blocks):
+    """Right-pad a list of id lists: input_ids (B, T), attention_mask (B, T) with 0 on padding."""
+    T = max(len(b) for b in blocks)
+    ids = torch.zeros(len(blocks), T, dtype=torch.long)
+    mask = torch.zeros(len(blocks), T, dtype=torch.long)
+    for i, b in enumerate(blocks):
+        ids[i, :len(b)] = torch.tensor(b)
+        mask[i, :len(b)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _documents(args, which):
+    if which == "train":
+        if args.train_file:
+            return iter_file_documents(args.train_file)
+        return iter_dataset_documents(args.dataset, args.dataset_config, args.split, args.text_column, args.streaming)
+    if args.validation_file:
+        return iter_file_documents(args.validation_file)
+    if args.dataset and args.validation_split:
+        return iter_dataset_documents(args.dataset, args.dataset_config, args.validation_split, args.text_column,
+                                      args.streaming)
+    return None
+
+
+def describe_data(args, which) -> str:
+    from .measured import file_sha256
+
+    path = args.train_file if which == "train" else args.validation_file
+    if path:
+        return f"file:{os.path.basename(path)} sha256:{file_sha256(path)}"
+    split = args.split if which == "train" else args.validation_split
+    if args.dataset and split:
+        return f"dataset:{args.dataset}" + (f"/{args.dataset_config}" if args.dataset_config else "") + f" split:{split}"
+    return ""
+
+
+# ---------------------------------------------------------------------------- command
+def run(args) -> int:
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .collect import collect_nc4, collect_statistics, measure_statistics
+    from .measured import save_measured
+
+    if not args.train_file and not args.dataset:
+        raise ValueError("give the measurement data: --train-file FILE or --dataset NAME")
+    if args.train_file and args.dataset:
+        raise ValueError("give either --train-file or --dataset, not both")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    # on a machine without CUDA, cpu=True makes Accelerate use gloo (MULTI_CPU) under a launcher
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    progress = main and not args.no_progress
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
+        model.to(accelerator.device).eval()
+
+        def loader(which, budget):
+            docs = _documents(args, which)
+            if docs is None:
+                return None
+            blocks = token_blocks(docs, tokenizer, args.block_size, budget)
+            if not blocks:
+                raise ValueError(f"the {which} data hold no labelled token (empty text?)")
+            dl = torch.utils.data.DataLoader(_Blocks(blocks), batch_size=args.batch_size, collate_fn=collate)
+            return accelerator.prepare_data_loader(dl)
+
+        train_dl = loader("train", args.max_tokens)
+        nc4_budget = args.nc4_max_tokens if args.nc4_max_tokens is not None else args.max_tokens
+        nc4_dl = loader("validation", nc4_budget)
+        data = describe_data(args, "train")
+        ckpt = None
+        if args.output_dir and args.checkpoint_every:
+            ckpt = os.path.join(args.output_dir, "collapse", ".checkpoint")
+            if not args.resume and main and os.path.isdir(ckpt):
+                shutil.rmtree(ckpt)
+            accelerator.wait_for_everyone()
+        modules = None if not args.layers else [*resolve_head_name(model), *args.layers]
+        stats = collect_statistics(model, train_dl, modules=modules, progress=progress, checkpoint_path=ckpt,
+                                   checkpoint_every=args.checkpoint_every if ckpt else None,
+                                   covariance=args.covariance,
+                                   data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
+        nc4 = None
+        if nc4_dl is not None:
+            nc4 = collect_nc4(model, nc4_dl, stats, modules=modules, dtype=dtype, progress=progress)
+        settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_budget if nc4_dl else None,
+                    "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
+                    "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model}
+        report = measure_statistics(model, stats, modules=modules, nc4=nc4, k=args.k, per_class=True,
+                                    tile_size=args.tile_size, dtype=dtype, settings=settings)
+        if main:
+            print(report.table())
+            if args.output_dir:
+                metadata = {"data": data, "nc4_data": settings["nc4_data"] or "", "max_tokens": str(args.max_tokens),
+                            "block_size": str(args.block_size), "k": str(float(args.k)), "model_name": args.model}
+                extra = {k: v for k, v in settings.items() if k not in ("model",)}
+                extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
+                save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
+                              result=report.result, metrics_extra=extra, metadata=metadata,
+                              save_model=not args.no_save_model)
+                if ckpt and os.path.isdir(ckpt):
+                    shutil.rmtree(ckpt)
+                print(f"wrote {args.output_dir}")
+        accelerator.wait_for_everyone()
+    finally:
+        _shutdown()
+    return 0
+
+
+def resolve_head_name(model):
+    from .collect import resolve_modules
+
+    return list(resolve_modules(model, None))
+
+
+def _shutdown():
+    """Destroy the process group so no rank hangs at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("measure", help="measure neural collapse of a causal LM and write a measured model folder",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="Hub id or local folder with model and tokenizer")
+    d = p.add_argument_group("data")
+    d.add_argument("--train-file", help="text file for the statistics (pass 1)")
+    d.add_argument("--validation-file", help="text file for NC4 (pass 2)")
+    d.add_argument("--dataset", help="Hub dataset id (instead of --train-file)")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d.add_argument("--split", default="train", help="split for the statistics (default: train)")
+    d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
+    d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    d.add_argument("--streaming", action="store_true", help="stream the Hub dataset instead of downloading it")
+    d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
+    d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
+    d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")
+    d.add_argument("--batch-size", type=int, default=8, help="sequences per batch and process (default: 8)")
+    m = p.add_argument_group("measures")
+    m.add_argument("--k", type=float, default=2.0, help="CDNV power k (default: 2, as in the paper)")
+    m.add_argument("--tile-size", type=int, default=2048, help="tile edge of the pairwise sweep")
+    m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
+    m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
+    m.add_argument("--layers", nargs="*", default=None,
+                   help="also measure at these modules' inputs (layer-wise NC), e.g. model.layers.2")
+    m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to load the model in")
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", help="write the measured model folder here")
+    o.add_argument("--no-save-model", action="store_true", help="write only collapse/ and README.md")
+    o.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint the statistics every N batches "
+                   "into OUTPUT/collapse/.checkpoint (0: never)")
+    o.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main as _main
+
+    sys.exit(_main(["measure", *sys.argv[1:]]))

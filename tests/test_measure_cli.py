@@ -1,0 +1,102 @@
+"""``hf-collapse measure``: the measured folder, 1 vs 2 processes, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_collapse import CollapseStatistics
+from hf_collapse.cli import main
+from hf_collapse.measures import MEASURE_KEYS
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def measure_args(shared_data, out, *extra):
+    d = shared_data
+    return ["measure", str(d / "models" / "stories260K"), "--train-file", str(d / "tinystories" / "train-head.txt"),
+            "--validation-file", str(d / "tinystories" / "validation-head.txt"), "--max-tokens", "3000",
+            "--block-size", "128", "--batch-size", "5", "--dtype", "float64", "--no-progress",
+            "--output-dir", str(out), *extra]
+
+
+def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
+    one = tmp_path / "one"
+    assert main(measure_args(shared_data, one)) == 0
+    printed = capsys.readouterr().out
+    assert "nc1_cdnv" in printed and "nc4_agreement" in printed
+    m1 = json.loads((one / "collapse" / "metrics.json").read_text())
+    assert m1["num_tokens"] == 3000 and m1["num_classes"] == 512 and m1["k"] == 2.0
+    assert {"nc1_cdnv", "nc3_duality_mean", "nc4_agreement", "ncc_accuracy"} <= set(m1)
+    assert m1["data"].startswith("file:train-head.txt sha256:")
+    stats, extra = CollapseStatistics.load_with_extras(one / "collapse" / "statistics.safetensors")
+    assert stats.num_tokens == 3000 and stats.means.shape == (512, 64)
+    assert "per_class.cdnv_row_mean" in extra and extra["per_class.class_ids"].numel() == m1["num_classes_present"]
+    assert len(stats.metadata["weights_sha256"]) == 64 and stats.metadata["k"] == "2.0"
+    assert (one / "README.md").is_file() and (one / "model.safetensors").is_file()
+    assert (one / "tokenizer.json").is_file() and not (one / "collapse" / ".checkpoint").exists()
+
+    # the same command under 2 processes (gloo); 24 blocks in batches of 5 per process leave an uneven
+    # last step, so Accelerate pads it with repeated blocks that must not be counted
+    two = tmp_path / "two"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              "29513", "-m", "hf_collapse.cli", *measure_args(shared_data, two)]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m2 = json.loads((two / "collapse" / "metrics.json").read_text())
+    assert m2.keys() == m1.keys()
+    for key, v in m1.items():
+        if isinstance(v, float):
+            assert m2[key] == pytest.approx(v, rel=1e-9, abs=1e-12), key
+        else:
+            assert m2[key] == v, key
+    s2 = CollapseStatistics.load(two / "collapse" / "statistics.safetensors")
+    assert torch.equal(s2.counts, stats.counts)
+    torch.testing.assert_close(s2.means, stats.means, rtol=1e-10, atol=1e-12)
+
+
+def test_resume_after_interruption(shared_data, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    full = tmp_path / "full"
+    args = ["--checkpoint-every", "1", "--no-save-model"]
+    assert main(measure_args(shared_data, full, *args)) == 0
+    # crash in the NC4 pass: the statistics checkpoint stays, the folder is not written
+    import hf_collapse.collect as collect
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(collect, "collect_nc4", boom)
+    with pytest.raises(KeyboardInterrupt):
+        main(measure_args(shared_data, out, *args))
+    assert (out / "collapse" / ".checkpoint" / "latest.json").is_file()
+    assert not (out / "collapse" / "metrics.json").exists()
+    monkeypatch.undo()
+    assert main(measure_args(shared_data, out, *args, "--resume")) == 0
+    a = json.loads((full / "collapse" / "metrics.json").read_text())
+    b = json.loads((out / "collapse" / "metrics.json").read_text())
+    assert a == b
+    assert not (out / "collapse" / ".checkpoint").exists()
+
+
+def test_bad_input(shared_data, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    model = str(shared_data / "models" / "stories260K")
+    assert main(["measure", model, "--train-file", str(empty), "--no-progress"]) == 1
+    assert "no labelled token" in capsys.readouterr().err
+    assert main(["measure", model, "--no-progress"]) == 1
+    assert "--train-file" in capsys.readouterr().err
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "data.csv").write_text("story\nOnce upon a time\n")
+    assert main(["measure", model, "--dataset", str(ds), "--no-progress"]) == 1
+    assert "no column 'text'" in capsys.readouterr().err
+    assert main(["measure", model, "--train-file", str(tmp_path / "missing.txt")]) == 1
+    assert "no text file" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""CollapseTrainer / CollapseCallback: NC metrics in evaluate() and the logs, checkpoints, 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import HfArgumentParser, Trainer, TrainerCallback
+
+from hf_collapse import CollapseStatistics
+from hf_collapse.trainer import CollapseArguments, CollapseCallback, CollapseTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from collapse_train_helpers import blocks, tiny_gpt_neo, training_args  # noqa: E402
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+HELPER = str(Path(__file__).resolve().parent / "collapse_train_helpers.py")
+
+
+class Recorder(TrainerCallback):
+    """Stands in for a report_to integration: records what on_log hands it."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        self.logs.append(dict(logs))
+
+
+def test_arguments_parse_from_command_line():
+    (c,) = HfArgumentParser(CollapseArguments).parse_args_into_dataclasses(
+        ["--collapse_k", "1.5", "--collapse_modules", "transformer.h.1", "lm_head", "--collapse_dtype", "float64"])
+    assert c.collapse_k == 1.5 and c.modules == ["transformer.h.1", "lm_head"] and c.torch_dtype == torch.float64
+    with pytest.raises(ValueError, match="collapse_dtype"):
+        CollapseArguments(collapse_dtype="half")
+
+
+def test_collapse_trainer_logs_and_checkpoints(shared_data, tmp_path):
+    train, evals = blocks(shared_data)
+    rec = Recorder()
+    trainer = CollapseTrainer(model=tiny_gpt_neo(), args=training_args(tmp_path), train_dataset=train,
+                              eval_dataset=evals, callbacks=[rec],
+                              collapse_args=CollapseArguments(collapse_modules=["lm_head", "transformer.h.1"]))
+    trainer.train()
+    evals_logged = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert len(evals_logged) == 2
+    for h in evals_logged:
+        assert h["eval_nc1_cdnv"] > 0 and 0 <= h["eval_nc4_agreement"] <= 1
+        assert "eval_transformer_h_1_nc1_cdnv" in h and "eval_transformer_h_1_ncc_accuracy" in h
+    assert any("eval_nc1_cdnv" in r for r in rec.logs)  # integrations see them
+    metrics = trainer.evaluate()
+    assert "eval_nc2_interference_mean" in metrics and "eval_loss" in metrics
+    # statistics = what the eval set holds: 7 sequences x 31 labelled positions
+    assert trainer.collapse_report.statistics.num_tokens == 7 * 31
+    saved = CollapseStatistics.load(tmp_path / "checkpoint-4" / "collapse" / "statistics.safetensors")
+    assert saved.num_tokens == 7 * 31 and saved.metadata["global_step"] == "4"
+    rep = trainer.measure_collapse()
+    assert rep.result["nc1_cdnv"] == pytest.approx(metrics["eval_nc1_cdnv"], rel=1e-9)
+
+
+def test_callback_on_stock_trainer(shared_data, tmp_path):
+    train, evals = blocks(shared_data)
+    rec = Recorder()
+    trainer = Trainer(model=tiny_gpt_neo(), args=training_args(tmp_path, max_steps=2, save_steps=2),
+                      train_dataset=train, eval_dataset=evals)
+    trainer.add_callback(rec)  # an integration registered before ours
+    cb = CollapseCallback(CollapseArguments()).attach(trainer)
+    trainer.train()
+    ev = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert ev and "eval_nc1_cdnv" in ev[0] and "eval_nc4_agreement" in ev[0]
+    assert any("eval_nc1_cdnv" in r for r in rec.logs)
+    metrics = trainer.evaluate()
+    assert "eval_nc1_cdnv" in metrics
+    assert cb.collapse_report.statistics.num_tokens == 7 * 31  # the NC4 pass did not feed pass 1
+    assert (tmp_path / "checkpoint-2" / "collapse" / "statistics.safetensors").is_file()
+    # callback and trainer agree on the same model
+    ct = CollapseTrainer(model=trainer.model, args=training_args(tmp_path / "b"), eval_dataset=evals)
+    m2 = ct.evaluate()
+    for k in ("eval_nc1_cdnv", "eval_nc3_duality_mean", "eval_nc4_agreement"):
+        assert m2[k] == pytest.approx(metrics[k], rel=1e-6), k
+    cb.remove()
+    assert not trainer.model.lm_head._forward_pre_hooks
+
+
+def test_two_processes_match_one(shared_data, tmp_path):
+    """Train under 2 processes (gloo); its final eval metrics equal a 1-process evaluation of the
+    same weights. The 7-sequence eval set in per-device batches of 2 makes Accelerate pad the last
+    step with a repeated sequence, which must not be counted."""
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           HELPER, str(out), str(shared_data)]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["world_size"] == 2
+    dist_metrics = res["final"]
+    assert any("eval_nc1_cdnv" in h for h in res["log_history"][:-1])  # logged during training too
+
+    from transformers import GPTNeoForCausalLM
+
+    model = GPTNeoForCausalLM.from_pretrained(out / "final")
+    _, evals = blocks(shared_data)
+    one = CollapseTrainer(model=model, args=training_args(tmp_path / "one"), eval_dataset=evals,
+                          collapse_args=CollapseArguments(collapse_dtype="float64"))
+    m1 = one.evaluate()
+    assert one.collapse_report.statistics.num_tokens == 7 * 31
+    keys = [k for k in m1 if "nc" in k]
+    assert len(keys) >= 10
+    for k in keys:
+        assert dist_metrics[k] == pytest.approx(m1[k], rel=1e-9, abs=1e-12), k
+    # (eval_loss is not compared: the Trainer averages per-batch losses, which include the padding)
