@@ -195,9 +195,19 @@ def _bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, report_to="none") -> dict:
-    """Train, evaluate, measure and save one model; returns its row (config, ``eval_loss``, measures)."""
-    from transformers import GPTNeoForCausalLM, PrinterCallback, Trainer, TrainingArguments, set_seed
+def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collapse_args=None, report_to="none",
+              training_overrides: Optional[dict] = None) -> dict:
+    """Train, evaluate, measure and save one model; returns its row (config, ``eval_loss``, measures).
+
+    Training uses ``CollapseTrainer``: every evaluation (``eval_strategy``, and the final one) logs
+    ``eval_nc*`` metrics of the validation data beside ``eval_loss`` (``collapse_args``:
+    ``CollapseArguments``). The saved measurement is the paper's: statistics over the training
+    tokens (``measure_max_tokens``), NC4 on validation tokens. ``training_overrides`` go to
+    ``TrainingArguments`` (e.g. ``max_steps``).
+    """
+    from transformers import GPTNeoForCausalLM, PrinterCallback, TrainingArguments, set_seed
+
+    from .trainer import CollapseTrainer
 
     data = data if data is not None else prepare_data(args)
     name = args.run_name or run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed)
@@ -215,13 +225,15 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, report_
         weight_decay=args.weight_decay, seed=args.seed, data_seed=args.seed, bf16=bf16,
         eval_strategy=args.eval_strategy, save_strategy="no", logging_steps=args.logging_steps,
         report_to=report_to, disable_tqdm=not args.progress, dataloader_num_workers=0,
+        **(training_overrides or {}),
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=PackedDataset(data.train),
-                      eval_dataset=PackedDataset(data.validation))
+    trainer = CollapseTrainer(model=model, args=targs, train_dataset=PackedDataset(data.train),
+                              eval_dataset=PackedDataset(data.validation), collapse_args=collapse_args)
     if not args.progress:   # quiet: no per-log print lines either
         trainer.remove_callback(PrinterCallback)
     train_out = trainer.train()
-    eval_loss = float(trainer.evaluate()["eval_loss"])
+    final_eval = trainer.evaluate()
+    eval_loss = float(final_eval["eval_loss"])
     model = trainer.model
     report = measure_lm(model, data.train, data.validation, batch_size=args.batch_size,
                         max_tokens=args.measure_max_tokens, nc4_max_tokens=args.nc4_max_tokens, progress=args.progress)
@@ -230,7 +242,9 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, report_
     info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
             "weight_decay": args.weight_decay, "seed": args.seed, "num_parameters": num_parameters,
             "eval_loss": eval_loss, "train_loss": float(train_out.training_loss),
-            "train_tokens": int(data.train.numel()), "data": data.source, "arguments": asdict(args)}
+            "train_tokens": int(data.train.numel()), "data": data.source, "arguments": asdict(args),
+            "final_eval": {k: float(v) for k, v in final_eval.items() if isinstance(v, (int, float))},
+            "log_history": trainer.state.log_history}
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)   # save_strategy="no": only an empty folder
     if trainer.is_world_process_zero():
         save_measured(folder, model=model, tokenizer=tok, statistics=report.statistics, result=result,
