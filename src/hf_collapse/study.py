@@ -225,6 +225,7 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
         weight_decay=args.weight_decay, seed=args.seed, data_seed=args.seed, bf16=bf16,
         eval_strategy=args.eval_strategy, save_strategy="no", logging_steps=args.logging_steps,
         report_to=report_to, disable_tqdm=not args.progress, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **(training_overrides or {}),
     )
     trainer = CollapseTrainer(model=model, args=targs, train_dataset=PackedDataset(data.train),
