@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "hf_collapse.demo",
     "hf_collapse.measure_cli",
     "hf_collapse.analysis",
+    "hf_collapse.tokens",
 ]
 
 
