@@ -17,7 +17,8 @@ decay 0.0005 or 0.1, the data shuffling seed as the only difference between repl
         collapse/statistics.safetensors                        class statistics + per_class.<key> tensors
 
 Measurement follows the paper: class statistics of the top-layer features (the input of the LM
-head, after the final layer norm) over the training tokens, NC4 agreement on validation tokens.
+head, after the final layer norm) over the training tokens, NC4 agreement on validation tokens
+(``CollapseTrainer.measure_collapse``, so it is sharded and reduced under ``accelerate launch``).
 
 Names: ``TinyStories-{L}x{d}_{E}{D}{S}``, as the paper's ``TinyStories-12x1024_10L``: E the epochs,
 D the weight decay (``L`` = 0.0005, ``H`` = 0.1, else ``W`` + the value), S the seed (left out for 0).
@@ -31,7 +32,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -158,27 +159,6 @@ def prepare_data(args: StudyArguments) -> StudyData:
 # measuring
 
 
-@torch.no_grad()
-def measure_lm(model, train_blocks: torch.Tensor, val_blocks: torch.Tensor, *, batch_size: int = 32,
-               max_tokens: Optional[int] = None, nc4_max_tokens: Optional[int] = 100_000, progress: bool = False):
-    """``hf_collapse.collect.measure_model`` on packed blocks: statistics over ``train_blocks``, NC4 on ``val_blocks``.
-
-    Returns the ``CollapseReport`` (``.statistics``, ``.result`` with ``per_class``).
-    """
-    from .collect import measure_model
-
-    def loader(blocks):
-        return torch.utils.data.DataLoader(PackedDataset(blocks), batch_size=batch_size)
-
-    was_training = model.training
-    model.eval()
-    try:
-        return measure_model(model, loader(train_blocks), loader(val_blocks), task="causal_lm",
-                             max_tokens=max_tokens, nc4_max_tokens=nc4_max_tokens, per_class=True, progress=progress)
-    finally:
-        model.train(was_training)
-
-
 def _atomic_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -236,8 +216,12 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     final_eval = trainer.evaluate()
     eval_loss = float(final_eval["eval_loss"])
     model = trainer.model
-    report = measure_lm(model, data.train, data.validation, batch_size=args.batch_size,
-                        max_tokens=args.measure_max_tokens, nc4_max_tokens=args.nc4_max_tokens, progress=args.progress)
+    # the saved measurement: statistics over training tokens, NC4 on validation tokens, through the
+    # trainer's prepared (sharded) dataloaders so that several processes never count a token twice
+    trainer.collapse_args = replace(trainer.collapse_args, collapse_max_tokens=args.measure_max_tokens,
+                                    collapse_nc4=True, collapse_nc4_max_tokens=args.nc4_max_tokens,
+                                    collapse_per_class=True)
+    report = trainer.measure_collapse(dataset=PackedDataset(data.train), nc4_dataset=PackedDataset(data.validation))
     result = report.result
     num_parameters = sum(p.numel() for p in model.parameters())
     info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
