@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "hf_collapse.install_metric",
     "hf_collapse.push_cli",
     "hf_collapse.measure_cli",
+    "hf_collapse.analysis",
+    "hf_collapse.tokens",
 ]
 
 

@@ -1,0 +1,115 @@
+"""Study analysis: run tables, fits, permutation tests, figures, report, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hf_collapse import cli
+from hf_collapse.analysis import (analyze, collect_runs, correlations, linear_fit, permutation_test, read_csv_rows,
+                                  read_run)
+
+
+def _synthetic_rows(n=24, seed=0, slope=2.0, noise=0.05):
+    """Planted: nc1_cdnv = 0.5 + slope * loss + noise; nc2_equinorm_cov independent noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        width, depth, epochs = [16, 32, 64][i % 3], [1, 2][i // 3 % 2], [1, 3][i // 6 % 2]
+        loss = 3.0 - 0.3 * np.log2(width / 16) - 0.2 * depth - 0.1 * epochs + rng.normal(0, 0.05)
+        rows.append({"name": f"run{i}", "width": width, "depth": depth, "epochs": epochs, "seed": i,
+                     "num_parameters": width * width * depth * 12, "val_loss": float(loss),
+                     "nc1_cdnv": float(0.5 + slope * loss + rng.normal(0, noise)),
+                     "nc2_equinorm_cov": float(rng.normal(1.0, 0.1)),
+                     "nc3_duality_mean": float(1.0 - 0.2 * loss + rng.normal(0, noise))})
+    return rows
+
+
+def test_linear_fit_recovers_planted_line():
+    rows = _synthetic_rows(n=60, noise=0.01)
+    loss = [r["val_loss"] for r in rows]
+    fit = linear_fit(loss, [r["nc1_cdnv"] for r in rows])
+    assert fit["slope"] == pytest.approx(2.0, rel=0.05)
+    assert fit["intercept"] == pytest.approx(0.5, abs=0.2)
+    expected_r2 = np.var(2.0 * np.array(loss)) / (np.var(2.0 * np.array(loss)) + 0.01 ** 2)
+    assert fit["r2"] == pytest.approx(expected_r2, abs=0.01) and fit["r2"] > 0.99
+    noisy = linear_fit(loss, [r["nc2_equinorm_cov"] for r in rows])
+    assert noisy["r2"] < 0.15
+
+
+def test_permutation_test_planted_effect_and_noise():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=21)          # 21 replicas as in Table 1
+    effect = 0.8 * x + rng.normal(0, 0.5, size=21)
+    noise = rng.normal(size=21)
+    assert permutation_test(x, effect, 10_000, seed=0) < 0.05
+    assert permutation_test(x, noise, 10_000, seed=0) > 0.05
+    # seeded: same p-value twice; p is never 0 (1 + hits over 1 + B)
+    assert permutation_test(x, noise, 2000, seed=3) == permutation_test(x, noise, 2000, seed=3)
+    assert permutation_test(x, 3 * x, 999, seed=0) == pytest.approx(1 / 1000)
+    # calibration: under the null, p < 0.05 in about 5% of data sets
+    ps = [permutation_test(rng.normal(size=12), rng.normal(size=12), 400, seed=s) for s in range(100)]
+    assert 0.0 <= np.mean(np.array(ps) < 0.05) <= 0.15
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="at least 3"):
+        linear_fit([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="equal length"):
+        permutation_test([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="finite"):
+        linear_fit([1, 2, float("nan")], [1, 2, 3])
+    rows = _synthetic_rows(6)
+    rows[0]["val_loss"] = None
+    with pytest.raises(ValueError, match="validation loss"):
+        correlations(rows)
+
+
+def test_analyze_writes_table_report_and_figures(tmp_path):
+    rows = _synthetic_rows()
+    result = analyze(rows, tmp_path, num_permutations=2000)
+    fits = {f["metric"]: f for f in result["fits"]}
+    assert fits["nc1_cdnv"]["p_value"] < 0.05 and fits["nc1_cdnv"]["r2"] > 0.9
+    assert fits["nc2_equinorm_cov"]["p_value"] > 0.05
+    names = {p.name for p in result["figures"]}
+    assert {"nc_vs_val_loss.png", "scaling_width.png", "scaling_depth.png", "scaling_epochs.png"} <= names
+    for p in result["figures"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    report = (tmp_path / "report.md").read_text()
+    assert "![nc_vs_val_loss](nc_vs_val_loss.png)" in report and "nc1_cdnv" in report
+    back = read_csv_rows(tmp_path / "runs.csv")
+    assert len(back) == len(rows) and back[0]["nc1_cdnv"] == pytest.approx(rows[0]["nc1_cdnv"])
+    # planted: cdnv rises with loss (-> collapse with lower loss), duality falls with loss (-> collapse)
+    assert set(result["direction"]["agree"]) >= {"nc1_cdnv", "nc3_duality_mean"}
+
+
+def _write_run(folder, metrics, run=None, state=None):
+    (folder / "collapse").mkdir(parents=True)
+    (folder / "collapse" / "metrics.json").write_text(json.dumps(metrics))
+    if run is not None:
+        (folder / "run.json").write_text(json.dumps(run))
+    if state is not None:
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+
+
+def test_collect_runs_from_folders_and_cli(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for i, r in enumerate(_synthetic_rows(6)):
+        metrics = {k: r[k] for k in ("nc1_cdnv", "nc2_equinorm_cov", "nc3_duality_mean")}
+        if i % 2:   # loss in metrics.json, or else the last eval_loss in trainer_state.json
+            metrics["eval_loss"] = r["val_loss"]
+            _write_run(runs / r["name"], metrics, run={k: r[k] for k in ("name", "width", "depth", "epochs")})
+        else:
+            _write_run(runs / r["name"], metrics,
+                       state={"log_history": [{"eval_loss": 9.0}, {"loss": 1.0}, {"eval_loss": r["val_loss"]}]})
+    rows = collect_runs([runs])
+    assert len(rows) == 6
+    assert rows[0]["val_loss"] == pytest.approx(_synthetic_rows(6)[0]["val_loss"])
+    assert rows[1]["width"] == 32 and "nc1_cdnv" in rows[1]
+    with pytest.raises(FileNotFoundError, match="not a measured run"):
+        read_run(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(runs), "--output-dir", str(out), "--permutations", "500"]) == 0
+    assert (out / "report.md").is_file() and (out / "runs.csv").is_file()
+    assert "nc1_cdnv" in capsys.readouterr().out
+    assert cli.main(["analyze", str(tmp_path / "nothing")]) == 1

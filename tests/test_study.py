@@ -1,0 +1,96 @@
+"""The study: appendix-B configuration, one training run logging NC metrics, train_clm.py on real text, the demo."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_collapse import CollapseStatistics, cli
+from hf_collapse.study import StudyArguments, gpt_neo_config, prepare_data, run_name, train_one
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpt_neo_config_follows_appendix_b():
+    cfg = gpt_neo_config(64, 3, 512, num_heads=4)
+    assert cfg.attention_layers == ["global", "local", "global"]
+    assert cfg.window_size == 256 and cfg.activation_function == "gelu_new"
+    assert cfg.attention_dropout == cfg.embed_dropout == cfg.resid_dropout == 0.0
+    assert cfg.hidden_size == 64 and cfg.num_layers == 3 and cfg.vocab_size == 512
+    assert gpt_neo_config(1024, 12, 50257).attention_layers == ["global", "local"] * 6
+    assert gpt_neo_config(1024, 12, 50257).num_heads == 16
+    with pytest.raises(ValueError, match="divide"):
+        gpt_neo_config(30, 1, 512, num_heads=16)
+    with pytest.raises(ValueError, match="depth"):
+        gpt_neo_config(64, 0, 512)
+
+
+def test_run_name_scheme():
+    assert run_name(1024, 12, 10, 0.0005) == "TinyStories-12x1024_10L"
+    assert run_name(768, 2, 1, 0.1, seed=7) == "TinyStories-2x768_1H7"
+    assert run_name(64, 1, 3, 0.01) == "TinyStories-1x64_3W0.01"
+
+
+def test_train_one_logs_nc_metrics_and_saves_measured_folder(tmp_path):
+    args = StudyArguments(width=32, depth=2, epochs=1, num_heads=4, builtin_stories=300, block_size=32,
+                          batch_size=16, learning_rate=3e-3, output_dir=str(tmp_path), eval_strategy="steps")
+    row = train_one(args, training_overrides={"max_steps": 6, "eval_steps": 3})
+    folder = tmp_path / "TinyStories-2x32_1L"
+    assert row["path"] == str(folder)
+    info = json.loads((folder / "run.json").read_text())
+    evals = [e for e in info["log_history"] if "eval_loss" in e]
+    assert len(evals) >= 2                              # steps 3 and 6 (+ the final evaluate)
+    for e in evals:                                     # NC metrics logged beside eval_loss at each evaluation
+        assert {"eval_nc1_cdnv", "eval_nc4_agreement", "eval_nc3_duality_mean"} <= set(e)
+        assert e["eval_nc1_cdnv"] > 0
+    metrics = json.loads((folder / "collapse" / "metrics.json").read_text())
+    assert metrics["eval_loss"] == pytest.approx(row["val_loss"]) and metrics["nc1_cdnv"] == pytest.approx(row["nc1_cdnv"])
+    stats, extras = CollapseStatistics.load_with_extras(folder / "collapse" / "statistics.safetensors")
+    assert stats.dim == 32 and stats.num_classes == 512 and "per_class.cdnv_row_mean" in extras
+    assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def test_train_clm_script_on_real_text(tmp_path, shared_data):
+    """train_clm.py on the TinyStories sample with the GPT-2 tokenizer, tiny budget."""
+    spec = importlib.util.spec_from_file_location("train_clm", REPO / "scripts" / "train_clm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ts = shared_data / "tinystories"
+    rc = mod.main(["--train_file", str(ts / "train-head.txt"), "--validation_file", str(ts / "validation-head.txt"),
+                   "--tokenizer", str(shared_data / "tokenizers" / "gpt2"), "--max_train_stories", "60",
+                   "--max_eval_blocks", "8", "--width", "32", "--depth", "1", "--num_heads", "4",
+                   "--block_size", "64", "--batch_size", "8", "--epochs", "1", "--output_dir", str(tmp_path),
+                   "--measure_max_tokens", "3000", "--nc4_max_tokens", "500", "--eval_strategy", "no"])
+    assert rc == 0
+    folder = tmp_path / "TinyStories-1x32_1L"
+    metrics = json.loads((folder / "collapse" / "metrics.json").read_text())
+    assert metrics["num_classes"] == 50257 and 100 < metrics["num_classes_present"] < 3000
+    assert metrics["num_tokens"] == 3000
+    assert 5.0 < metrics["eval_loss"] < 11.0            # ln(50257) = 10.8 at chance
+    info = json.loads((folder / "run.json").read_text())
+    assert any("eval_nc1_cdnv" in e for e in info["log_history"])
+
+
+def test_prepare_data_rejects_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        prepare_data(StudyArguments(train_file=str(tmp_path / "nope.txt"), tokenizer="unused"))
+
+
+def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--output-dir", str(out), "--sizes", "1x16,1x32,2x32", "--epochs", "1,2",
+                   "--stories", "300", "--block-size", "32", "--permutations", "200"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "TinyStories-2x32_2H" in text and "directional measures" in text and str(out.resolve()) in text
+    report = (out / "report.md").read_text()
+    assert "| nc1_cdnv |" in report and "![nc_vs_val_loss](nc_vs_val_loss.png)" in report
+    rows = (out / "runs.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 6
+    header = rows[0].split(",")
+    assert {"width", "depth", "epochs", "val_loss", "nc1_cdnv", "nc4_agreement"} <= set(header)
+    pngs = list(out.glob("*.png"))
+    assert len(pngs) >= 2 and all(p.stat().st_size > 5000 for p in pngs)
+    assert len(list((out / "runs").iterdir())) == 6
