@@ -27,12 +27,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .measures import MEASURE_KEYS
 
 logger = logging.getLogger(__name__)
@@ -126,14 +126,6 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
     return keys
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_csv(rows: Sequence[dict], path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> None:
     """The rows as CSV (columns: ``columns`` or every key seen, config first), written atomically."""
     import io
@@ -147,7 +139,7 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, columns: Optional[S
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +372,7 @@ def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutation
             "", "## Figures", ""]
     text += [f"![{p.stem}]({p.name})\n" for p in figures]
     report = out / "report.md"
-    _atomic_write(report, "\n".join(t for t in text if t is not None) + "\n")
+    atomic_write_text(report, "\n".join(t for t in text if t is not None) + "\n")
     return {"rows": rows, "metrics": metrics, "fits": fits, "direction": direction, "figures": figures,
             "report": report}
 

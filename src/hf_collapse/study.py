@@ -31,13 +31,13 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .atomic import atomic_write_text
 from .data import (DEFAULT_HUB_DATASET, PackedDataset, generate_stories, load_hub_stories, load_tokenizer,
                    pack_texts, read_stories, train_tokenizer)
 from .measured import save_measured
@@ -159,14 +159,6 @@ def prepare_data(args: StudyArguments) -> StudyData:
 # measuring
 
 
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # training
 
@@ -235,6 +227,6 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
         save_measured(folder, model=model, tokenizer=tok, statistics=report.statistics, result=result,
                       metrics_extra={"eval_loss": eval_loss, "model_name": name},
                       metadata={"data": data.source, "max_tokens": args.measure_max_tokens, "model_name": name})
-        _atomic_json(folder / "run.json", info)
+        atomic_write_text(folder / "run.json", json.dumps(info, indent=2))
     return {**{k: info[k] for k in ("name", "width", "depth", "epochs", "weight_decay", "seed", "num_parameters")},
             "val_loss": eval_loss, "path": str(folder), **{k: float(v) for k, v in result.items()}}
