@@ -221,7 +221,7 @@ def run(args) -> int:
                 extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
                 save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
                               result=report.result, metrics_extra=extra, metadata=metadata,
-                              save_model=not args.no_save_model)
+                              save_model=not args.no_save_model, card_info={"model_name": metadata["model_name"]})
                 if ckpt and os.path.isdir(ckpt):
                     shutil.rmtree(ckpt)
                 print(f"wrote {args.output_dir}")
