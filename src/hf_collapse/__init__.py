@@ -13,9 +13,17 @@ from .metric_registry import register_on_import as _register_metric  # noqa: E40
 _register_metric()
 
 
-def __getattr__(name):  # lazy: loading measured models pulls in transformers and huggingface_hub
-    if name in ("load_measured", "push_measured", "MeasuredModel"):
-        from . import hub
+_LAZY = {  # heavier modules (transformers, huggingface_hub) load on first use
+    "load_measured": "hub", "push_measured": "hub", "MeasuredModel": "hub",
+    "collect_statistics": "collect", "measure_model": "collect", "CollapseReport": "collect",
+    "CollapseTrainer": "trainer", "CollapseArguments": "trainer", "CollapseCallback": "trainer",
+    "save_measured": "measured",
+}
 
-        return getattr(hub, name)
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
