@@ -292,7 +292,9 @@ def measure_collapse(
             f"their norms, angles and log kernel are undefined"
         )
     _check_distinct(mu, idx)
-    u = M / r[:, None]  # (K, d) unit centred means
+    sigma_b = M.T @ M / K if stats.covariance else None  # (d, d) between-class covariance
+    u = M.div_(r[:, None])  # (K, d) unit centred means (in place: M is not needed any more)
+    del M
     out: dict[str, float] = {}
     n_pairs = K * (K - 1) / 2
 
@@ -306,7 +308,6 @@ def measure_collapse(
     out["nc1_cdnv"] = cdnv_sum / n_pairs
     if stats.covariance:
         sigma_w = stats.within_class_covariance().to(dev)  # (d, d)
-        sigma_b = M.T @ M / K  # (d, d)
         out["nc1_trace_ratio"] = float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True))) / K
 
     # ---- NC2: equinorm (log norms), equiangularity (interference), hyperspherical uniformity

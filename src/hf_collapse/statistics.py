@@ -337,12 +337,15 @@ class CollapseStatistics:
         sel = (lambda t: t) if index is None else (lambda t: t[index])
         n = sel(self.counts)
         safe = n.clamp(min=1)
-        centred = sel(self.sums) / safe[:, None]  # (., d) shifted means
-        means = torch.where(n[:, None] > 0, centred + self.shift, torch.zeros_like(centred))
+        means = sel(self.sums) / safe[:, None]  # (., d) shifted means, a new tensor (worked on in place)
         if self.pass2_counts is not None and torch.equal(self.pass2_counts, self.counts):
             variances = sel(self.pass2_sq_sums) / safe
         else:
-            variances = (sel(self.sq_sums) / safe - centred.pow(2).sum(1)).clamp(min=0)
+            variances = (sel(self.sq_sums) / safe - means.pow(2).sum(1)).clamp(min=0)
+        means += self.shift
+        empty = n == 0
+        if bool(empty.any()):
+            means[empty] = 0.0
         return n, means, variances
 
     @property
