@@ -72,22 +72,22 @@ def test_resume_after_interruption(shared_data, tmp_path, monkeypatch):
     # crash in pass 1, right after the checkpoint of batch 2 (of 5)
     import hf_collapse.collect as collect
 
-    real = collect._write_checkpoint
+    real = collect.write_checkpoint
 
     def write_then_crash(path, statistics, batches, tokens, fp):
         real(path, statistics, batches, tokens, fp)
         if batches == 2:
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(collect, "_write_checkpoint", write_then_crash)
+    monkeypatch.setattr(collect, "write_checkpoint", write_then_crash)
     with pytest.raises(KeyboardInterrupt):
         main(measure_args(shared_data, out, *args))
     assert json.loads((out / "collapse" / ".checkpoint" / "latest.json").read_text())["batches"] == 2
     assert not (out / "collapse" / "metrics.json").exists()
     monkeypatch.undo()
     found = []
-    real_read = collect._read_checkpoint
-    monkeypatch.setattr(collect, "_read_checkpoint", lambda *a: found.append(real_read(*a)) or found[-1])
+    real_read = collect.read_checkpoint
+    monkeypatch.setattr(collect, "read_checkpoint", lambda *a: found.append(real_read(*a)) or found[-1])
     assert main(measure_args(shared_data, out, *args, "--resume")) == 0
     assert found and found[0][1] == 2  # it continued at batch 2, not from scratch
     a = json.loads((full / "collapse" / "metrics.json").read_text())

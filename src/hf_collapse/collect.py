@@ -31,17 +31,14 @@ batch of a prepared dataloader, rank r keeps its first ``clamp(remainder - r*B, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from .atomic import atomic_write_text
+from .checkpoint import dist_info, fingerprint, read_checkpoint, write_checkpoint
 from .measures import MEASURE_KEYS, CollapseResult, measure_collapse
 from .statistics import CollapseStatistics
 
@@ -171,14 +168,6 @@ def _num_classes(model, modules: Mapping[str, torch.nn.Module], num_classes: Opt
     raise ValueError("cannot tell the number of classes: pass num_classes=")
 
 
-def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 # ---------------------------------------------------------------------------- labels
 def align_labels(features: torch.Tensor, batch: Mapping, task: str, *, ignore_index: int = -100,
                  pad_token_id: Optional[int] = None, pooling: str = "last"):
@@ -240,7 +229,7 @@ def _keep_real_samples(features: torch.Tensor, labels: torch.Tensor):
     Same rule as ``Accelerator.gather_for_metrics``: on the last batch of a prepared dataloader the
     gathered batch (rank 0's rows, then rank 1's, ...) is cut to ``remainder`` rows.
     """
-    rank, world = _dist_info()
+    rank, world = dist_info()
     if world == 1:
         return features, labels
     try:
@@ -503,7 +492,7 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
     inner = collector.model
     was_training = inner.training
     device = _model_device(inner)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     tokens = tokens0
     bar = None
     if progress and rank == 0:
@@ -553,93 +542,6 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
     return batches, tokens
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def fingerprint(model, dataloader=None, *, extra: Optional[Mapping] = None) -> str:
-    """A short sha256 over the model's weights, the data (length + first batch) and settings.
-
-    Resuming from a checkpoint with another fingerprint raises, so statistics of different models
-    or data are never mixed.
-    """
-    from .measured import weights_sha256
-
-    h = hashlib.sha256(weights_sha256(model).encode())
-    if dataloader is not None:
-        try:
-            h.update(str(len(dataloader)).encode())
-        except TypeError:
-            pass
-        try:
-            first = next(iter(dataloader))
-            for k in sorted(first):
-                v = first[k]
-                if isinstance(v, torch.Tensor):
-                    h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
-        except StopIteration:
-            pass
-    h.update(json.dumps(dict(extra or {}), sort_keys=True, default=str).encode())
-    return h.hexdigest()[:32]
-
-
-def _ckpt_file(path, rank, name):
-    safe = name.replace("/", "_")
-    return os.path.join(path, f"rank{rank:03d}-{safe}.safetensors")
-
-
-def _write_checkpoint(path, statistics, batches, tokens, fp):
-    """Each rank writes its files into a fresh step folder; rank 0 then points ``latest.json`` at it
-    (atomic rename), and removes older step folders. A crash leaves the previous checkpoint valid."""
-    import torch.distributed as dist
-
-    rank, world = _dist_info()
-    step_dir = os.path.join(path, f"step-{batches:08d}")
-    os.makedirs(step_dir, exist_ok=True)
-    for name, st in statistics.items():
-        st.save(_ckpt_file(step_dir, rank, name), metadata={"fingerprint": fp, "batches": str(batches)})
-    if world > 1:
-        dist.barrier()
-    if rank == 0:
-        info = {"fingerprint": fp, "batches": batches, "tokens": tokens, "world_size": world,
-                "modules": list(statistics), "folder": os.path.basename(step_dir)}
-        atomic_write_text(os.path.join(path, "latest.json"), json.dumps(info))
-        for d in os.listdir(path):
-            if d.startswith("step-") and d != info["folder"]:
-                shutil.rmtree(os.path.join(path, d), ignore_errors=True)
-    if world > 1:
-        dist.barrier()
-
-
-def _read_checkpoint(path, fp, names, num_classes):
-    """Return (statistics dict, batches, tokens) of a valid checkpoint, or None when there is none."""
-    latest = os.path.join(path, "latest.json")
-    if not os.path.isfile(latest):
-        return None
-    with open(latest) as f:
-        info = json.load(f)
-    rank, world = _dist_info()
-    if info.get("fingerprint") != fp:
-        raise ValueError(
-            f"the checkpoint in {path!r} was written for another model, data or settings "
-            f"(fingerprint {info.get('fingerprint')} != {fp}); remove it or use another checkpoint_path"
-        )
-    if info.get("world_size") != world:
-        raise ValueError(f"the checkpoint in {path!r} was written by {info.get('world_size')} processes, "
-                         f"this run has {world}: resume with the same number of processes")
-    step_dir = os.path.join(path, info["folder"])
-    stats = {}
-    for name in info["modules"]:
-        if name not in names:
-            raise ValueError(f"the checkpoint in {path!r} holds module {name!r}, not one of {sorted(names)}")
-        st = CollapseStatistics.load(_ckpt_file(step_dir, rank, name))
-        if st.num_classes != num_classes:
-            raise ValueError(f"checkpoint statistics have C={st.num_classes}, the model has {num_classes} classes")
-        if st.metadata.get("fingerprint") != fp:
-            raise ValueError(f"checkpoint file for {name!r} does not match {path!r}/latest.json")
-        st.metadata.pop("fingerprint", None)
-        st.metadata.pop("batches", None)
-        stats[name] = st
-    return stats, int(info["batches"]), int(info["tokens"])
-
-
 # ---------------------------------------------------------------------------- public API
 def collect_statistics(model, dataloader, *, modules: ModulesArg = None, task: str = "causal_lm",
                        num_classes: Optional[int] = None, max_tokens: Optional[int] = None,
@@ -687,16 +589,16 @@ def collect_statistics(model, dataloader, *, modules: ModulesArg = None, task: s
         checkpoint_path = os.fspath(checkpoint_path)
         os.makedirs(checkpoint_path, exist_ok=True)
         extra = {"task": task, "modules": names, "max_tokens": max_tokens, "max_batches": max_batches,
-                 "data": data_fingerprint, "world": _dist_info()[1]}
+                 "data": data_fingerprint, "world": dist_info()[1]}
         fp = fingerprint(collector.model, dataloader if data_fingerprint is None else None, extra=extra)
-        found = _read_checkpoint(checkpoint_path, fp, names, collector.num_classes)
+        found = read_checkpoint(checkpoint_path, fp, names, collector.num_classes)
         if found is not None:
             collector.statistics, skip, tokens0 = found
             logger.info("resuming collection from %s at batch %d (%d tokens)", checkpoint_path, skip, tokens0)
 
     def on_batch(batches, tokens):
         if checkpoint_every and batches % checkpoint_every == 0:
-            _write_checkpoint(checkpoint_path, collector.statistics, batches, tokens, fp)
+            write_checkpoint(checkpoint_path, collector.statistics, batches, tokens, fp)
 
     if max_tokens is None or tokens0 < max_tokens:
         _run_pass(model, dataloader, collector, max_tokens=max_tokens, max_batches=max_batches, progress=progress,

@@ -115,7 +115,7 @@ def _story(rng: random.Random) -> str:
     endings = [
         f"From that day on, {hero} and {friend} were best friends.",
         f"{hero} was very {p['feeling'](rng)} and went home.",
-        f"And they all lived happily ever after.",
+        "And they all lived happily ever after.",
         f"{hero} never lost the {obj} again.",
         f"The {animal} and {hero} played in the {place} every day.",
     ]

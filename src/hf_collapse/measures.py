@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
 
 import torch
 
@@ -115,8 +114,6 @@ def _pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress):
     tiny = torch.finfo(dtype).tiny
     power = -(1.0 + k / 2.0)  # ||mu_c - mu_c'||^-(2+k) = (dist^2)^-(1+k/2)
     two = torch.tensor(2.0, dtype=dtype, device=dev)
-    ones = torch.ones(K, dtype=dtype, device=dev)
-    sv = torch.stack([st, ones], 1)  # (K, 2): [sigma^2, 1]
     row = torch.zeros(K, dtype=torch.float64, device=dev)
     cdnv_sum = log_sum = log_sq = cos_sq = 0.0
     # Three tile buffers, reused: fresh large allocations cost page faults on every tile.

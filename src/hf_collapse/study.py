@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
