@@ -219,3 +219,19 @@ def test_load_path_and_table(tmp_path):
     b = measure_collapse(str(tmp_path / "s.safetensors"), dtype=torch.float64)
     assert a == b
     assert "nc1_cdnv" in a.table()
+
+
+def test_nearly_parallel_means_are_resolved_in_float32():
+    # two means 1e-3 apart at norm ~100: a float32 Gram matrix alone gets their distance wrong by
+    # orders of magnitude; the close pairs are recomputed in float64
+    base = torch.tensor([[100.0, 0, 0], [100.0, 1e-3, 0], [0, 0, 100.0]], dtype=torch.float64)
+    y = torch.arange(3).repeat(2)
+    noise = torch.zeros(6, 3, dtype=torch.float64)
+    noise[:3, 2] = 1e-4
+    noise[3:, 2] = -1e-4
+    h = base[y] + noise
+    ref, _ = dense_measures(*dense_statistics(h.numpy(), y.numpy(), 3))
+    for dtype, tile in ((torch.float32, 2), (torch.float32, 8), (torch.float64, 2)):
+        res = measure_collapse(stats_of(h, y, 3), dtype=dtype, tile_size=tile)
+        for key in ("nc1_cdnv", "gnc2_log_kernel_mean", "gnc2_uniformity_cov", "nc2_interference_std"):
+            assert res[key] == pytest.approx(ref[key], rel=1e-4), (dtype, tile, key)

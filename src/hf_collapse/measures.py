@@ -37,6 +37,8 @@ Departures from the paper, on purpose:
 - NC3 skips classes whose classifier row is all zeros (cosine undefined) and logs how many;
 - the log kernel caps ||u_c - u_c'||^2 at the smallest positive float, so two classes whose centred
   means point the same way give a large finite value instead of +inf;
+- in float32 tiles, pairs of nearly parallel centred means (||u_c - u_c'||^2 < 1e5 eps) are recomputed
+  in float64, since a Gram matrix cannot resolve them;
 - identical class means (CDNV undefined) and a class mean equal to mu_bar raise ValueError.
 """
 
@@ -112,10 +114,13 @@ def _pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress):
 
     ut, rt, st = u.to(dtype), r.to(dtype), s.to(dtype)
     tiny = torch.finfo(dtype).tiny
+    close = 1e5 * torch.finfo(dtype).eps  # below this, 2 - 2 cos from a GEMM has lost most digits
     power = -(1.0 + k / 2.0)  # ||mu_c - mu_c'||^-(2+k) = (dist^2)^-(1+k/2)
     two = torch.tensor(2.0, dtype=dtype, device=dev)
     row = torch.zeros(K, dtype=torch.float64, device=dev)
-    cdnv_sum = log_sum = log_sq = cos_sq = 0.0
+    # float64 sums over pairs, kept on the device (no host sync per tile):
+    # [CDNV, log kernel - shift, (log kernel - shift)^2, (cos - cos_mean)^2]
+    acc = torch.zeros(4, dtype=torch.float64, device=dev)
     # Three tile buffers, reused: fresh large allocations cost page faults on every tile.
     size = min(tile_size, K) ** 2
     buf_t, buf_d, buf_r = (torch.empty(size, dtype=dtype, device=dev) for _ in range(3))
@@ -136,6 +141,7 @@ def _pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress):
             diag = i0 == j0
             uj, rj = ut[j0:j1], rt[j0:j1]
             T = torch.addmm(two, ui, uj.T, alpha=-2.0, out=buf_t[: n * m].view(n, m))  # ||u_c - u_c'||^2
+            _refine_close_pairs(T, u, i0, j0, close, diag)
             T.clamp_min_(tiny)
             # ||mu_c - mu_c'||^2 = (r_c - r_c')^2 + r_c r_c' ||u_c - u_c'||^2  (no cancellation in (r_c - r_c'))
             D = torch.sub(ri[:, None], rj[None, :], out=buf_d[: n * m].view(n, m)).square_()
@@ -148,28 +154,39 @@ def _pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress):
                 P.fill_diagonal_(0.0)
                 L.fill_diagonal_(0.0)
                 E.fill_diagonal_(0.0)
-            eq = float(E.square_().sum(1).double().sum())
             # CDNV_cc' = (s_c + s_c') P_cc' / 2: row sums from one matrix-vector product and one sum
             r_part = 0.5 * ((P @ st[j0:j1]).double() + s[i0:i1] * P.sum(1).double())  # (n,)
-            tile_sum = float(r_part.sum())
-            if not math.isfinite(tile_sum):
-                _raise_identical(D, i0, j0)
             row[i0:i1] += r_part
             if not diag:
                 row[j0:j1] += 0.5 * ((st[i0:i1] @ P).double() + s[j0:j1] * P.sum(0).double())
-            # log-kernel sums: per-row float32 sums, added up in float64
-            ls = float(L.sum(1).double().sum())
-            lq = float(L.square_().sum(1).double().sum())
-            half = 0.5 if diag else 1.0  # a diagonal tile holds every pair twice
-            cdnv_sum += half * tile_sum
-            log_sum += half * -0.5 * ls
-            log_sq += half * 0.25 * lq
-            cos_sq += half * 0.25 * eq
+            # per-row float32 sums, added up in float64; a diagonal tile holds every pair twice
+            tile = torch.stack([r_part.sum(), -0.5 * L.sum(1).double().sum(), 0.25 * L.square_().sum(1).double().sum(),
+                                0.25 * E.square_().sum(1).double().sum()])
+            acc += tile * (0.5 if diag else 1.0)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
+    cdnv_sum, log_sum, log_sq, cos_sq = acc.tolist()  # the one host sync
+    if not math.isfinite(cdnv_sum):
+        raise ValueError(
+            f"two present classes have means that are numerically indistinguishable in {dtype} "
+            f"(distance 0 after rounding), so the CDNV is infinite; use dtype=torch.float64"
+        )
     return cdnv_sum, row, log_sum, log_sq, shift, cos_sq
+
+
+def _refine_close_pairs(T, u, i0, j0, close, diag):
+    """Recompute in float64, as a direct sum of squared differences, the entries of the tile
+    ``T = ||u_c - u_c'||^2`` that are below ``close``: from a Gram matrix, 2 - 2 cos carries an absolute
+    error of a few float eps, which swamps the distance of nearly parallel centred means (and
+    through it their CDNV). Such pairs are rare, so this costs one comparison pass per tile."""
+    idx = (T < close).nonzero()  # (F, 2) local indices
+    if diag:
+        idx = idx[idx[:, 0] != idx[:, 1]]
+    if idx.numel():
+        a, b = idx[:, 0], idx[:, 1]
+        T[a, b] = (u[i0 + a] - u[j0 + b]).pow(2).sum(1).to(T.dtype)
 
 
 def _check_distinct(mu, idx):
@@ -190,18 +207,6 @@ def _check_distinct(mu, idx):
                 f"classes {a} and {b} have identical means, so their CDNV is infinite; "
                 f"remove duplicate classes before measuring"
             )
-
-
-def _raise_identical(D, i0, j0):
-    bad = ~torch.isfinite(D) | (D == 0)
-    if i0 == j0:
-        bad.fill_diagonal_(False)
-    idx = bad.nonzero()
-    a, b = (int(idx[0, 0]) + i0, int(idx[0, 1]) + j0) if idx.numel() else (i0, j0)
-    raise ValueError(
-        f"present classes #{a} and #{b} have identical (or numerically indistinguishable) means, so the "
-        f"CDNV is infinite; remove duplicate classes or use dtype=torch.float64"
-    )
 
 
 def _check_weights(weights, bias, C, d, device):
