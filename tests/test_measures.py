@@ -235,3 +235,28 @@ def test_nearly_parallel_means_are_resolved_in_float32():
         res = measure_collapse(stats_of(h, y, 3), dtype=dtype, tile_size=tile)
         for key in ("nc1_cdnv", "gnc2_log_kernel_mean", "gnc2_uniformity_cov", "nc2_interference_std"):
             assert res[key] == pytest.approx(ref[key], rel=1e-4), (dtype, tile, key)
+
+
+def test_coincident_means_excluded_on_request():
+    # classes 1 and 4 see exactly the same features (identical contexts): CDNV undefined for that pair
+    h, y, W, _, ht, yt = problem(C=12, seed=8, absent=())
+    y = y.clone()
+    h = h.clone()
+    h[y == 4] = 0.0
+    h[y == 1] = 0.0
+    h[y == 4] += torch.tensor([5.0] + [0.0] * 11, dtype=torch.float64)
+    h[y == 1] += torch.tensor([5.0] + [0.0] * 11, dtype=torch.float64)
+    s = stats_of(h, y, 12)
+    with pytest.raises(ValueError, match=r"classes \[1, 4\] have means identical"):
+        measure_collapse(s, weights=W)
+    with pytest.raises(ValueError, match="coincident must be"):
+        measure_collapse(s, coincident="drop")
+    res = measure_collapse(s, weights=W, features=ht, labels=yt, per_class=True, dtype=torch.float64,
+                           coincident="exclude")
+    assert res.info["num_classes_coincident"] == 2 and res.info["num_classes_present"] == 10
+    assert 1 not in res.per_class["class_ids"].tolist() and 4 not in res.per_class["class_ids"].tolist()
+    # the same as measuring statistics in which those two classes never occurred
+    keep = (y != 1) & (y != 4)
+    ref = measure_collapse(stats_of(h[keep], y[keep], 12), weights=W, features=ht, labels=yt, dtype=torch.float64)
+    for key in ref:
+        assert res[key] == pytest.approx(ref[key], rel=1e-10), key

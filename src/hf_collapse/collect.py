@@ -744,8 +744,10 @@ def measure_statistics(model, statistics, *, modules: ModulesArg = None, nc4=Non
     for name, mod in mods.items():
         with full_parameters(model):
             w, b = head_weights(inner, name, mod, stats[name])
+            # real text has coincident class means (tokens seen once in one context): an evaluation
+            # in the middle of training must not crash on them, so they are left out and counted
             res = measure_collapse(stats[name], weights=w, bias=b, k=k, per_class=per_class,
-                                   tile_size=tile_size, dtype=dtype, progress=progress)
+                                   tile_size=tile_size, dtype=dtype, progress=progress, coincident="exclude")
         if nc4 is not None and name in nc4:
             vals = {**res, **nc4[name]}
             res = CollapseResult({key: float(vals[key]) for key in MEASURE_KEYS if key in vals},

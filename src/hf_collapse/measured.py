@@ -54,6 +54,9 @@ def build_metrics(statistics: CollapseStatistics, result, settings: Optional[Map
     out = {k: _json_value(float(v)) for k, v in result.items()}
     out.update(num_tokens=statistics.num_tokens, num_classes=statistics.num_classes,
                num_classes_present=int(statistics.present.sum()), dim=statistics.dim)
+    info = getattr(result, "info", None) or {}
+    if "num_classes_coincident" in info:  # left out of the measures (identical means)
+        out["num_classes_coincident"] = int(info["num_classes_coincident"])
     for k, v in (settings or {}).items():
         if k not in out:
             out[k] = _json_value(v)

@@ -39,7 +39,9 @@ Departures from the paper, on purpose:
   means point the same way give a large finite value instead of +inf;
 - in float32 tiles, pairs of nearly parallel centred means (||u_c - u_c'||^2 < 1e5 eps) are recomputed
   in float64, since a Gram matrix cannot resolve them;
-- identical class means (CDNV undefined) and a class mean equal to mu_bar raise ValueError.
+- identical class means (CDNV undefined) raise ValueError, or with ``coincident="exclude"`` the classes
+  involved are left out like absent ones (the collection, Trainer and CLI paths do this, and record
+  ``num_classes_coincident``); a class mean equal to mu_bar raises ValueError.
 """
 
 from __future__ import annotations
@@ -189,24 +191,30 @@ def _refine_close_pairs(T, u, i0, j0, close, diag):
         T[a, b] = (u[i0 + a] - u[j0 + b]).pow(2).sum(1).to(T.dtype)
 
 
-def _check_distinct(mu, idx):
-    """Raise if two present classes have exactly the same mean (CDNV undefined), in O(K d + K log K):
-    sort a random projection and compare the rows of near-equal neighbours."""
+def _coincident(mu, rtol: float = 1e-10) -> list[int]:
+    """Positions (rows of ``mu``) of classes whose mean equals another class's mean up to float64
+    round-off (max abs difference <= rtol * max |mu|; classes fed identical features end up ~1e-15
+    apart, not bit-equal, because of the shifted sums). O(K d + K log K): sort a random projection
+    and compare only runs of near-equal projections."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn(mu.shape[1], generator=g, dtype=torch.float64).to(mu.device)
+    atol = rtol * float(mu.abs().max()) + 1e-300
     proj = mu @ v  # (K,)
     order = proj.argsort()
     sp = proj[order]
-    tol = 1e-12 * float(sp.abs().max()) + 1e-300
-    cand = ((sp[1:] - sp[:-1]).abs() <= tol).nonzero().squeeze(1)[:10_000]
-    for i in cand.tolist():
-        a, b = int(order[i]), int(order[i + 1])
-        if torch.equal(mu[a], mu[b]):
-            a, b = sorted((int(idx[a]), int(idx[b])))
-            raise ValueError(
-                f"classes {a} and {b} have identical means, so their CDNV is infinite; "
-                f"remove duplicate classes before measuring"
-            )
+    near = ((sp[1:] - sp[:-1]).abs() <= atol * float(v.abs().sum())).tolist()
+    found, run = set(), [int(order[0])]
+    for i, close in enumerate(near + [False]):
+        if close:
+            run.append(int(order[i + 1]))
+            continue
+        for x in range(len(run)):  # runs are tiny in practice (2 for a duplicated mean)
+            for y in range(x + 1, len(run) if len(run) <= 64 else min(x + 2, len(run))):  # long: neighbours
+                if float((mu[run[x]] - mu[run[y]]).abs().max()) <= atol:
+                    found.update((run[x], run[y]))
+        if i + 1 < len(order):
+            run = [int(order[i + 1])]
+    return sorted(found)
 
 
 def _check_weights(weights, bias, C, d, device):
@@ -245,6 +253,7 @@ def measure_collapse(
     batch_size: int = 1024,
     device=None,
     progress: bool = False,
+    coincident: str = "raise",
 ) -> CollapseResult:
     """Compute every NC measure from accumulated statistics.
 
@@ -261,6 +270,10 @@ def measure_collapse(
         batch_size: test samples per NC4 batch (memory: batch_size x C scores).
         device: where to compute (default: where the statistics are).
         progress: show a tqdm bar over the sweep and the NC4 batches.
+        coincident: what to do with classes whose mean equals another class's exactly (CDNV
+            infinite; real text produces them, e.g. two tokens seen once after the same context):
+            ``"raise"`` (default) or ``"exclude"`` (leave every member of such a group out of all
+            measures, as if absent; counted in ``result.info["num_classes_coincident"]``).
 
     Returns:
         A ``CollapseResult`` (dict of float) with the keys of the module docstring that apply.
@@ -269,6 +282,8 @@ def measure_collapse(
         stats = CollapseStatistics.load(stats)
     if not isinstance(stats, CollapseStatistics):
         raise TypeError(f"stats must be a CollapseStatistics, got {type(stats).__name__}")
+    if coincident not in ("raise", "exclude"):
+        raise ValueError(f"coincident must be 'raise' or 'exclude', got {coincident!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if not isinstance(tile_size, int) or tile_size < 1:
@@ -284,6 +299,22 @@ def measure_collapse(
     if K < 2:
         raise ValueError(f"neural collapse needs at least 2 classes with samples, got {K}")
     counts, mu, sig = (t.to(dev) for t in stats.moments(idx.to(stats.device)))  # (K,), (K, d), (K,) float64
+    same = _coincident(mu)
+    if same:
+        ids = idx[same].tolist()
+        if coincident == "raise":
+            raise ValueError(
+                f"classes {ids[:6]} have means identical to another class's, so their CDNV is infinite; "
+                f"pass coincident='exclude' to leave them out (or remove duplicate classes)"
+            )
+        logger.warning("leaving out %d classes whose means coincide with another class's (up to round-off): %s",
+                       len(ids), ids[:10])
+        keep = torch.ones(K, dtype=torch.bool, device=dev)
+        keep[same] = False
+        idx, counts, mu, sig = idx[keep], counts[keep], mu[keep], sig[keep]
+        K = idx.numel()
+        if K < 2:
+            raise ValueError(f"neural collapse needs at least 2 classes with distinct means, got {K}")
     mu_bar = mu.mean(0)  # (d,)
     M = mu - mu_bar  # (K, d) centred means
     r = M.norm(dim=1)  # (K,)
@@ -293,7 +324,6 @@ def measure_collapse(
             f"class(es) {bad} have a mean equal to the global mean mu_bar (centred norm 0): "
             f"their norms, angles and log kernel are undefined"
         )
-    _check_distinct(mu, idx)
     sigma_b = M.T @ M / K if stats.covariance else None  # (d, d) between-class covariance
     u = M.div_(r[:, None])  # (K, d) unit centred means (in place: M is not needed any more)
     del M
@@ -322,7 +352,8 @@ def measure_collapse(
     m, sd = _mean_std(log_sum, log_sq, n_pairs, shift)
     out["gnc2_log_kernel_mean"], out["gnc2_uniformity_cov"] = m, cov(sd, m)
 
-    info = {"num_classes": C, "num_classes_present": K, "num_tokens": stats.num_tokens, "k": k,
+    info = {"num_classes": C, "num_classes_present": K, "num_classes_coincident": len(same),
+            "num_tokens": stats.num_tokens, "k": k,
             "tile_size": tile_size, "dtype": str(dtype).replace("torch.", "")}
     duality = None
     W = b = None
