@@ -94,3 +94,27 @@ def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
     pngs = list(out.glob("*.png"))
     assert len(pngs) >= 2 and all(p.stat().st_size > 5000 for p in pngs)
     assert len(list((out / "runs").iterdir())) == 6
+
+
+def test_drop_coincident_classes():
+    from hf_collapse import measure_collapse
+    from hf_collapse.study import drop_coincident_classes
+
+    g = torch.Generator().manual_seed(0)
+    stats = CollapseStatistics(10, 4)
+    h = torch.randn(30, 4, generator=g)
+    y = torch.arange(30) % 8
+    stats.update(h, y)
+    same = torch.randn(2, 4, generator=g)
+    stats.update(same, torch.tensor([8, 8]))       # classes 8 and 9: the same two contexts each
+    stats.update(same, torch.tensor([9, 9]))
+    try:   # float32 tiles: an error, or a CDNV blown up by the zero distance
+        blown = measure_collapse(stats)["nc1_cdnv"]
+    except ValueError as e:
+        assert "identical" in str(e)
+        blown = float("inf")
+    assert drop_coincident_classes(stats) == 2
+    assert stats.present.tolist() == [True] * 8 + [False, False] and stats.num_tokens == 30
+    cdnv = measure_collapse(stats)["nc1_cdnv"]
+    assert 0 < cdnv < 100 and blown > 1e6 * cdnv
+    assert drop_coincident_classes(stats) == 0

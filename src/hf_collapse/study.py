@@ -18,7 +18,8 @@ decay 0.0005 or 0.1, the data shuffling seed as the only difference between repl
 
 Measurement follows the paper: class statistics of the top-layer features (the input of the LM
 head, after the final layer norm) over the training tokens, NC4 agreement on validation tokens
-(``CollapseTrainer.measure_collapse``, so it is sharded and reduced under ``accelerate launch``).
+(through the trainer's dataloaders, so it is sharded and reduced under ``accelerate launch``).
+Departure: classes whose means coincide exactly are left out (``drop_coincident_classes``).
 
 Names: ``TinyStories-{L}x{d}_{E}{D}{S}``, as the paper's ``TinyStories-12x1024_10L``: E the epochs,
 D the weight decay (``L`` = 0.0005, ``H`` = 0.1, else ``W`` + the value), S the seed (left out for 0).
@@ -41,6 +42,7 @@ import torch
 from .data import (DEFAULT_HUB_DATASET, PackedDataset, generate_stories, load_hub_stories, load_tokenizer,
                    pack_texts, read_stories, train_tokenizer)
 from .measured import save_measured
+from .statistics import CollapseStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,53 @@ def prepare_data(args: StudyArguments) -> StudyData:
 # measuring
 
 
+def drop_coincident_classes(stats: CollapseStatistics) -> int:
+    """Remove, in place, the classes whose mean coincides (in float32) with another class's mean.
+
+    Real text has identical contexts followed by different tokens (the paper's ambiguity, Rq3): the
+    first position of every packed block sees one token only, so two tokens that each occur once,
+    after the same block-initial token, get identical means and an infinite CDNV
+    (``measure_collapse`` then raises). Seen e.g. in 113K tokens of TinyStories with GPT-2's
+    vocabulary (2 such pairs, all singletons). Departure from the paper: we leave every member of
+    such a group out (like absent classes) and record how many in ``metrics.json``
+    (``num_classes_coincident``). Uses ``torch.unique`` over the K present means, no K x K matrix.
+    """
+    if stats.covariance:
+        raise ValueError("drop_coincident_classes does not support covariance=True statistics")
+    idx = stats.present.nonzero().squeeze(1)                         # (K,)
+    mu = stats.means[idx].to(torch.float32)                          # (K, d)
+    _, inverse, counts = torch.unique(mu, dim=0, return_inverse=True, return_counts=True)
+    bad = idx[counts[inverse] > 1]
+    if bad.numel():
+        logger.warning("leaving out %d classes whose means coincide with another class's (identical contexts)",
+                       bad.numel())
+        stats.counts[bad] = 0
+        stats.sums[bad] = 0
+        stats.sq_sums[bad] = 0
+    return int(bad.numel())
+
+
+def _measure_final(trainer, args: StudyArguments, data: StudyData):
+    """The saved measurement: statistics over training tokens, NC4 on validation tokens (per-class kept).
+
+    Goes through the trainer's prepared (sharded) dataloaders, so under ``accelerate launch`` no
+    token is counted twice; coincident classes are left out (``drop_coincident_classes``).
+    """
+    from .collect import collect_nc4, collect_statistics, measure_statistics
+
+    model = trainer.model
+    progress = trainer.is_world_process_zero() and args.progress
+    model.eval()
+    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), task="causal_lm",
+                               max_tokens=args.measure_max_tokens, progress=progress)
+    dropped = drop_coincident_classes(stats)
+    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, task="causal_lm",
+                      max_tokens=args.nc4_max_tokens, progress=progress)
+    report = measure_statistics(model, stats, nc4=nc4, per_class=True,
+                                settings={"max_tokens": args.measure_max_tokens, "nc4_max_tokens": args.nc4_max_tokens})
+    return report, dropped
+
+
 def _atomic_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -213,15 +262,15 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     if not args.progress:   # quiet: no per-log print lines either
         trainer.remove_callback(PrinterCallback)
     train_out = trainer.train()
-    final_eval = trainer.evaluate()
+    try:
+        final_eval = trainer.evaluate()
+    except ValueError as e:   # NC of the (small) validation set undefined, e.g. coincident class means
+        logger.warning("NC metrics of the final evaluation failed (%s); evaluating the loss only", e)
+        trainer.collapse_args = replace(trainer.collapse_args, collapse=False)
+        final_eval = trainer.evaluate()
     eval_loss = float(final_eval["eval_loss"])
     model = trainer.model
-    # the saved measurement: statistics over training tokens, NC4 on validation tokens, through the
-    # trainer's prepared (sharded) dataloaders so that several processes never count a token twice
-    trainer.collapse_args = replace(trainer.collapse_args, collapse_max_tokens=args.measure_max_tokens,
-                                    collapse_nc4=True, collapse_nc4_max_tokens=args.nc4_max_tokens,
-                                    collapse_per_class=True)
-    report = trainer.measure_collapse(dataset=PackedDataset(data.train), nc4_dataset=PackedDataset(data.validation))
+    report, dropped = _measure_final(trainer, args, data)
     result = report.result
     num_parameters = sum(p.numel() for p in model.parameters())
     info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
@@ -233,7 +282,8 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)   # save_strategy="no": only an empty folder
     if trainer.is_world_process_zero():
         save_measured(folder, model=model, tokenizer=tok, statistics=report.statistics, result=result,
-                      metrics_extra={"eval_loss": eval_loss, "model_name": name},
+                      metrics_extra={"eval_loss": eval_loss, "model_name": name,
+                                     "num_classes_coincident": dropped},
                       metadata={"data": data.source, "max_tokens": args.measure_max_tokens, "model_name": name})
         _atomic_json(folder / "run.json", info)
     return {**{k: info[k] for k in ("name", "width", "depth", "epochs", "weight_decay", "seed", "num_parameters")},
