@@ -93,3 +93,26 @@ def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
     pngs = list(out.glob("*.png"))
     assert len(pngs) >= 2 and all(p.stat().st_size > 5000 for p in pngs)
     assert len(list((out / "runs").iterdir())) == 6
+
+
+def test_coincident_classes_are_left_out_of_the_measures():
+    # real text: two tokens seen only after the same contexts get the same mean (CDNV infinite);
+    # collection, Trainer and study measure with coincident="exclude" and count them
+    from hf_collapse import measure_collapse
+
+    g = torch.Generator().manual_seed(0)
+    stats = CollapseStatistics(10, 4)
+    h = torch.randn(30, 4, generator=g)
+    y = torch.arange(30) % 8
+    stats.update(h, y)
+    same = torch.randn(2, 4, generator=g)
+    stats.update(same, torch.tensor([8, 8]))       # classes 8 and 9: the same two contexts each
+    stats.update(same, torch.tensor([9, 9]))
+    with pytest.raises(ValueError, match="identical"):
+        measure_collapse(stats)
+    res = measure_collapse(stats, coincident="exclude")
+    assert res.info["num_classes_coincident"] == 2
+    clean = CollapseStatistics(10, 4)
+    clean.update(h, y)
+    ref = measure_collapse(clean)
+    assert res["nc1_cdnv"] == pytest.approx(ref["nc1_cdnv"], rel=1e-5) and 0 < res["nc1_cdnv"] < 100

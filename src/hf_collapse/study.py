@@ -18,7 +18,9 @@ decay 0.0005 or 0.1, the data shuffling seed as the only difference between repl
 
 Measurement follows the paper: class statistics of the top-layer features (the input of the LM
 head, after the final layer norm) over the training tokens, NC4 agreement on validation tokens
-(``CollapseTrainer.measure_collapse``, so it is sharded and reduced under ``accelerate launch``).
+(through the trainer's dataloaders, so it is sharded and reduced under ``accelerate launch``).
+Departure: classes whose means coincide (identical contexts in real text) are left out
+(``measure_collapse(..., coincident="exclude")``, counted in ``num_classes_coincident``).
 
 Names: ``TinyStories-{L}x{d}_{E}{D}{S}``, as the paper's ``TinyStories-12x1024_10L``: E the epochs,
 D the weight decay (``L`` = 0.0005, ``H`` = 0.1, else ``W`` + the value), S the seed (left out for 0).
@@ -157,6 +159,27 @@ def prepare_data(args: StudyArguments) -> StudyData:
 # measuring
 
 
+def _measure_final(trainer, args: StudyArguments, data: StudyData):
+    """The saved measurement: statistics over training tokens, NC4 on validation tokens (per-class kept).
+
+    Goes through the trainer's prepared (sharded) dataloaders, so under ``accelerate launch`` no
+    token is counted twice. Classes with coincident means are left out by ``measure_statistics``
+    (counted in ``num_classes_coincident``).
+    """
+    from .collect import collect_nc4, collect_statistics, measure_statistics
+
+    model = trainer.model
+    progress = trainer.is_world_process_zero() and args.progress
+    model.eval()
+    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), task="causal_lm",
+                               max_tokens=args.measure_max_tokens, progress=progress)
+    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, task="causal_lm",
+                      max_tokens=args.nc4_max_tokens, progress=progress)
+    report = measure_statistics(model, stats, nc4=nc4, per_class=True,
+                                settings={"max_tokens": args.measure_max_tokens, "nc4_max_tokens": args.nc4_max_tokens})
+    return report
+
+
 # ---------------------------------------------------------------------------------------------
 # training
 
@@ -203,15 +226,15 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     if not args.progress:   # quiet: no per-log print lines either
         trainer.remove_callback(PrinterCallback)
     train_out = trainer.train()
-    final_eval = trainer.evaluate()
+    try:
+        final_eval = trainer.evaluate()
+    except ValueError as e:   # NC of a (tiny) validation set undefined, e.g. fewer than 2 distinct classes
+        logger.warning("NC metrics of the final evaluation failed (%s); evaluating the loss only", e)
+        trainer.collapse_args = replace(trainer.collapse_args, collapse=False)
+        final_eval = trainer.evaluate()
     eval_loss = float(final_eval["eval_loss"])
     model = trainer.model
-    # the saved measurement: statistics over training tokens, NC4 on validation tokens, through the
-    # trainer's prepared (sharded) dataloaders so that several processes never count a token twice
-    trainer.collapse_args = replace(trainer.collapse_args, collapse_max_tokens=args.measure_max_tokens,
-                                    collapse_nc4=True, collapse_nc4_max_tokens=args.nc4_max_tokens,
-                                    collapse_per_class=True)
-    report = trainer.measure_collapse(dataset=PackedDataset(data.train), nc4_dataset=PackedDataset(data.validation))
+    report = _measure_final(trainer, args, data)
     result = report.result
     num_parameters = sum(p.numel() for p in model.parameters())
     info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
