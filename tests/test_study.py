@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_collapse import CollapseStatistics, cli
 from hf_collapse.study import StudyArguments, gpt_neo_config, prepare_data, run_name, train_one
