@@ -399,3 +399,24 @@ def test_trainer_push_to_hub_carries_card_and_statistics(hub_env, tiny, tmp_path
     assert m.weights_sha256 == weights_sha256(trainer.model)
     assert m.metrics["nc1_cdnv"] == pytest.approx(metrics["eval_nc1_cdnv"], rel=1e-12)
     assert hub.state.unhandled == []
+
+
+def test_non_finite_measures_round_trip_through_metrics_json(tmp_path):
+    # CoV is +inf when a mean is 0 but its spread is not; metrics.json (strict JSON) stores it as "inf"
+    import math
+
+    from hf_collapse.hub import read_metrics
+    from hf_collapse.measured import build_metrics
+    from hf_collapse.measures import CollapseResult
+
+    s = CollapseStatistics(3, 2)
+    s.update(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2]))
+    res = CollapseResult({"nc1_cdnv": 0.5, "nc2_equinorm_cov": math.inf})
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(build_metrics(s, res)))
+    assert json.loads(path.read_text())["nc2_equinorm_cov"] == "inf"
+    back = read_metrics(path)
+    assert back["nc2_equinorm_cov"] == math.inf and back["nc1_cdnv"] == 0.5
+    path.write_text(json.dumps({"nc1_cdnv": "large"}))
+    with pytest.raises(ValueError, match="expected a number"):
+        read_metrics(path)

@@ -40,7 +40,7 @@ def fingerprint(model, dataloader=None, *, extra: Optional[Mapping] = None) -> s
     Resuming from a checkpoint with another fingerprint raises, so statistics of different models
     or data are never mixed.
     """
-    from .measured import weights_sha256
+    from .weights_hash import weights_sha256
 
     h = hashlib.sha256(weights_sha256(model).encode())
     if dataloader is not None:

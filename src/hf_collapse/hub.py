@@ -73,7 +73,9 @@ def read_metrics(path: str | os.PathLike) -> dict:
     if not isinstance(metrics, dict):
         raise ValueError(f"{str(path)!r} holds a JSON {type(metrics).__name__}, expected an object of measures")
     for key in MEASURE_KEYS:
-        if key in metrics and not isinstance(metrics[key], (int, float)):
+        if metrics.get(key) in ("inf", "-inf", "nan"):  # how save_measured writes non-finite values
+            metrics[key] = float(metrics[key])
+        elif key in metrics and not isinstance(metrics[key], (int, float)):
             raise ValueError(f"{str(path)!r}: measure {key!r} is {metrics[key]!r}, expected a number")
     return metrics
 
