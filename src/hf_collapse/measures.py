@@ -198,7 +198,7 @@ def _coincident(mu, rtol: float = 1e-10) -> list[int]:
     and compare only runs of near-equal projections."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn(mu.shape[1], generator=g, dtype=torch.float64).to(mu.device)
-    atol = rtol * float(mu.abs().max()) + 1e-300
+    atol = rtol * float(torch.linalg.vector_norm(mu, float("inf"))) + 1e-300  # max |mu|, no temporary
     proj = mu @ v  # (K,)
     order = proj.argsort()
     sp = proj[order]
