@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import metric_registry as reg
+from ..integrations import metric as reg
 
 
 def add_parser(sub) -> None:

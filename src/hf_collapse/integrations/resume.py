@@ -17,21 +17,14 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 import torch
 
-from .atomic import atomic_write_text
-from .statistics import CollapseStatistics
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, (0, 1) without a process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from ..core.distributed import rank_and_world
+from ..core.io import atomic_write_text
+from ..core.statistics import CollapseStatistics
 
 
 def fingerprint(model, dataloader=None, *, extra: Optional[Mapping] = None) -> str:
@@ -70,7 +63,7 @@ def write_checkpoint(path, statistics, batches, tokens, fp):
     (atomic rename), and removes older step folders. A crash leaves the previous checkpoint valid."""
     import torch.distributed as dist
 
-    rank, world = dist_info()
+    rank, world = rank_and_world()
     step_dir = os.path.join(path, f"step-{batches:08d}")
     os.makedirs(step_dir, exist_ok=True)
     for name, st in statistics.items():
@@ -95,7 +88,7 @@ def read_checkpoint(path, fp, names, num_classes):
         return None
     with open(latest) as f:
         info = json.load(f)
-    rank, world = dist_info()
+    rank, world = rank_and_world()
     if info.get("fingerprint") != fp:
         raise ValueError(
             f"the checkpoint in {path!r} was written for another model, data or settings "

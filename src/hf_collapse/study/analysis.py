@@ -27,27 +27,23 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .measures import MEASURE_KEYS
+from ..core.io import atomic_write_text, fmt
+from ..core.registry import MEASURE_KEYS, MEASURES
 
 logger = logging.getLogger(__name__)
 
 CONFIG_COLUMNS = ("name", "width", "depth", "epochs", "weight_decay", "seed", "num_parameters", "val_loss")
 
 # +1: a larger value means more collapse; -1: a smaller value does; 0: no direction (nc2_norm_mean).
-# The paper's reading: variability (CDNV), non-uniformity (the CoVs) and misalignment shrink with
-# collapse; duality and agreement grow; interference and the log kernel fall towards their minima.
-COLLAPSE_DIRECTION = {
-    "nc1_cdnv": -1, "nc1_trace_ratio": -1, "nc2_norm_mean": 0, "nc2_equinorm_cov": -1,
-    "nc2_interference_mean": -1, "nc2_interference_std": -1, "nc2_equiangularity_cov": -1,
-    "gnc2_log_kernel_mean": -1, "gnc2_uniformity_cov": -1, "nc3_duality_mean": +1, "unc3_duality_cov": -1,
-    "nc3_duality_distance": -1, "nc4_agreement": +1, "ncc_accuracy": +1,
-}
+# From the registry: variability, non-uniformity and misalignment shrink with collapse; duality and
+# agreement grow; interference and the log kernel fall towards their minima.
+COLLAPSE_DIRECTION = {key: m.sign for key, m in MEASURES.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,17 +315,9 @@ def direction_summary(rows: Sequence[dict], fits: Sequence[dict]) -> dict:
             "holds": len(agree) > len(disagree)}
 
 
-def _fmt(v) -> str:
-    if v is None or v == "":
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c), 4) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -393,32 +381,3 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict]:
                     row[k] = v
             rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# hf-collapse analyze
-
-
-def run(args) -> int:
-    rows = []
-    for p in args.runs:
-        rows.extend(read_csv_rows(p) if str(p).endswith(".csv") else collect_runs([p]))
-    result = analyze(rows, args.output_dir, num_permutations=args.permutations, seed=args.seed)
-    print(markdown_table(result["fits"], ["metric", "r2", "slope", "p_value"]))
-    d = result["direction"]
-    print(f"\nlower validation loss goes with more collapse on {len(d['agree'])} of "
-          f"{len(d['agree']) + len(d['disagree'])} directional measures")
-    print(f"wrote {result['report']} (+ runs.csv, correlations.csv, {len(result['figures'])} figures)")
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("analyze", help="tabulate measured runs, fit measures against validation loss, plot",
-                       description="Collect measured runs (folders with collapse/metrics.json, or folders of "
-                                   "them, or runs.csv tables) into runs.csv, fit every measure against the "
-                                   "validation loss (R^2, permutation test) and write report.md with figures.")
-    p.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or runs.csv files")
-    p.add_argument("--output-dir", default="collapse_analysis", help="where report.md, CSVs and PNGs go")
-    p.add_argument("--permutations", type=int, default=10_000, help="permutations per test (default 10^4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutation test")
-    p.set_defaults(func=run)

@@ -12,10 +12,13 @@ or ``~/.cache/huggingface``). Registration writes the metric script shipped insi
 and makes it the newest copy. It is idempotent (nothing is written when the copy is already there
 and newest) and atomic (temp file + ``os.replace``), so concurrent processes may all register.
 
-It runs on ``import hf_collapse`` (a few stat calls and two small reads; set
-``HF_COLLAPSE_REGISTER_METRIC=0`` to skip it) and on ``hf-collapse install-metric``. On import, any
-OSError (read-only or unwritable cache) is logged and ignored. Set ``HF_EVALUATE_OFFLINE=1`` to skip
+It runs through ``hf-collapse install-metric`` (which ``scripts/setup.sh`` runs) or
+:func:`register_metric`; importing hf_collapse writes nothing. Set ``HF_EVALUATE_OFFLINE=1`` to skip
 evaluate's Hub attempt (about 1.5 s per load without network).
+
+The module's files live once, in the repository's ``metrics/neural_collapse/`` (evaluate's layout);
+setuptools maps that folder to the package ``hf_collapse.evaluate_module``, so wheels and editable
+installs both reach it through ``importlib.resources``.
 """
 
 from __future__ import annotations
@@ -28,19 +31,20 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .atomic import atomic_write_bytes
+from ..core.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 METRIC_NAME = "neural_collapse"
 CACHE_NAME = f"evaluate-metric--{METRIC_NAME}"  # evaluate's folder name for the bare name
 SHIPPED_FILES = ("neural_collapse.py", "README.md", "app.py", "requirements.txt")
-DISABLE_ENV = "HF_COLLAPSE_REGISTER_METRIC"
 
 
 def shipped_metric_dir() -> Path:
     """The metric module inside the installed package (the files a wheel carries)."""
-    return Path(__file__).resolve().parent / "evaluate_module"
+    from importlib.resources import files
+
+    return Path(str(files("hf_collapse.evaluate_module")))
 
 
 def modules_cache() -> Path:
@@ -119,16 +123,3 @@ def register_metric(cache: Optional[os.PathLike] = None) -> Path:
         t = max(time.time(), newest + 1.0)
         os.utime(script, (t, t))
     return script
-
-
-def register_on_import() -> None:
-    """The cheap, never-failing registration run by ``import hf_collapse``."""
-    if os.getenv(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return
-    try:
-        if not is_registered():
-            register_metric()
-    except OSError as e:
-        logger.warning("could not register the neural_collapse evaluate metric in %s (%s); "
-                       "evaluate.load('neural_collapse') may not find it offline. Set HF_MODULES_CACHE to a "
-                       "writable folder or %s=0 to silence this.", modules_cache(), e, DISABLE_ENV)

@@ -29,37 +29,23 @@ Everything is accumulated in float64 whatever the input dtype.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 import torch
 
-from .atomic import atomic_write
-
-SCHEMA = "hf_collapse.statistics"
-SCHEMA_VERSION = 1
+from .._version import __version__
+from .io import SCHEMA, SCHEMA_VERSION, as_tensor, atomic_write, read_statistics_file
 
 
-def _library_version() -> str:
-    from . import __version__
+def comm_device(group=None) -> torch.device:
+    """Where collective buffers must live: the current CUDA device for NCCL, else the CPU."""
+    import torch.distributed as dist
 
-    return __version__
-
-
-def _as_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    try:
-        import numpy as np
-
-        if isinstance(x, np.ndarray):
-            return torch.from_numpy(x)
-    except ImportError:  # pragma: no cover - numpy ships with torch
-        pass
-    if isinstance(x, (list, tuple)):
-        return torch.as_tensor(x)
-    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if dist.is_available() and dist.is_initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class CollapseStatistics:
@@ -121,7 +107,7 @@ class CollapseStatistics:
     def device(self) -> torch.device:
         return self.counts.device
 
-    def to(self, device) -> "CollapseStatistics":
+    def to(self, device) -> CollapseStatistics:
         """Move the state to ``device`` in place and return ``self``."""
         for name in ("counts", "sums", "sq_sums", "shift", "second_moment", "frozen_means",
                      "pass2_counts", "pass2_sq_sums"):
@@ -145,8 +131,8 @@ class CollapseStatistics:
 
     # ------------------------------------------------------------------ input checks
     def _check_batch(self, features, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        features = _as_tensor(features, "features")
-        labels = _as_tensor(labels, "labels")
+        features = as_tensor(features, "features")
+        labels = as_tensor(labels, "labels")
         if not features.is_floating_point():
             raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
@@ -237,7 +223,7 @@ class CollapseStatistics:
         self.sums += self.counts[:, None] * delta
         self.shift = new_shift.clone()
 
-    def _check_compatible(self, other: "CollapseStatistics") -> None:
+    def _check_compatible(self, other: CollapseStatistics) -> None:
         if not isinstance(other, CollapseStatistics):
             raise TypeError(f"can only merge CollapseStatistics, got {type(other).__name__}")
         if (other.num_classes, other.dim) != (self.num_classes, self.dim):
@@ -250,7 +236,7 @@ class CollapseStatistics:
         if self.frozen_means is not None or other.frozen_means is not None:
             raise ValueError("merge the first-pass statistics before begin_second_pass()")
 
-    def merge(self, other: "CollapseStatistics") -> "CollapseStatistics":
+    def merge(self, other: CollapseStatistics) -> CollapseStatistics:
         """Add ``other``'s samples to ``self`` (in place) and return ``self``."""
         self._check_compatible(other)
         if other.num_tokens == 0:
@@ -266,7 +252,7 @@ class CollapseStatistics:
             self.second_moment += other.second_moment
         return self
 
-    def clone(self) -> "CollapseStatistics":
+    def clone(self) -> CollapseStatistics:
         new = CollapseStatistics(self.num_classes, self.dim, covariance=self.covariance,
                                  device=self.device, ignore_index=self.ignore_index)
         for name in ("counts", "sums", "sq_sums", "shift", "second_moment", "frozen_means",
@@ -277,7 +263,7 @@ class CollapseStatistics:
         new.metadata = dict(self.metadata)
         return new
 
-    def reduce(self, group=None) -> "CollapseStatistics":
+    def reduce(self, group=None) -> CollapseStatistics:
         """All-reduce (SUM) the state over the processes of ``torch.distributed`` (in place).
 
         Two collectives: a (d+1)-vector to agree on a common shift (the global mean), then the
@@ -290,7 +276,7 @@ class CollapseStatistics:
             return self
         # 1) common shift = global mean of all samples; processes without data contribute zeros
         head = torch.cat([self.sums.sum(0) + self.counts.sum() * self.shift, self.counts.sum()[None]])
-        head = head.to(self._comm_device(group))
+        head = head.to(comm_device(group))
         dist.all_reduce(head, group=group)
         head = head.to(self.device)
         n = head[-1]
@@ -304,7 +290,7 @@ class CollapseStatistics:
         if self.frozen_means is not None:
             names += ["pass2_counts", "pass2_sq_sums"]
         parts = [getattr(self, n_) for n_ in names]
-        flat = torch.cat([p.reshape(-1) for p in parts]).to(self._comm_device(group))
+        flat = torch.cat([p.reshape(-1) for p in parts]).to(comm_device(group))
         dist.all_reduce(flat, group=group)
         flat = flat.to(self.device)
         i = 0
@@ -312,15 +298,6 @@ class CollapseStatistics:
             setattr(self, name, flat[i:i + p.numel()].view_as(p).clone())
             i += p.numel()
         return self
-
-    @staticmethod
-    def _comm_device(group) -> torch.device:
-        import torch.distributed as dist
-
-        backend = dist.get_backend(group)
-        if backend == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
 
     # ------------------------------------------------------------------ derived
     def _require_data(self) -> None:
@@ -406,12 +383,12 @@ class CollapseStatistics:
             schema=SCHEMA, schema_version=str(SCHEMA_VERSION), num_classes=str(self.num_classes),
             dim=str(self.dim), num_tokens=str(self.num_tokens), dtype="float64",
             covariance=str(int(self.covariance)), has_shift=str(int(self.has_shift)),
-            ignore_index=str(self.ignore_index), library_version=_library_version(),
+            ignore_index=str(self.ignore_index), library_version=__version__,
         )
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device=None) -> "CollapseStatistics":
+    def load(cls, path: str | os.PathLike, device=None) -> CollapseStatistics:
         """Read a file written by ``save``; validates the schema, shapes and dtypes.
 
         Raises FileNotFoundError for a missing file and ValueError naming the file and the problem
@@ -421,33 +398,10 @@ class CollapseStatistics:
         return stats
 
     @classmethod
-    def load_with_extras(cls, path, device=None) -> tuple["CollapseStatistics", dict[str, torch.Tensor]]:
+    def load_with_extras(cls, path, device=None) -> tuple[CollapseStatistics, dict[str, torch.Tensor]]:
         """Like ``load`` but also return the extra tensors saved beside the statistics."""
-        from safetensors import safe_open
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no statistics file at {path!r}")
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
-        if meta.get("schema") != SCHEMA:
-            raise ValueError(
-                f"{path!r} is not an hf_collapse statistics file (schema {meta.get('schema')!r}, expected {SCHEMA!r})"
-            )
-        try:
-            version = int(meta.get("schema_version", ""))
-            C, d = int(meta["num_classes"]), int(meta["dim"])
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{path!r} has a malformed statistics header: {e}") from e
-        if version > SCHEMA_VERSION:
-            raise ValueError(
-                f"{path!r} uses statistics schema version {version}, newer than this hf_collapse "
-                f"supports ({SCHEMA_VERSION}); upgrade hf_collapse"
-            )
+        meta, tensors = read_statistics_file(path)
+        path, C, d = os.fspath(path), int(meta["num_classes"]), int(meta["dim"])
         expected = {"counts": (C,), "sums": (C, d), "sq_sums": (C,), "shift": (d,), "means": (C, d),
                     "variances": (C,)}
         covariance = meta.get("covariance") == "1"
@@ -481,8 +435,3 @@ class CollapseStatistics:
         return (f"CollapseStatistics(num_classes={self.num_classes}, dim={self.dim}, "
                 f"present={int(self.present.sum())}, tokens={self.num_tokens}, "
                 f"covariance={self.covariance}, device={self.device})")
-
-
-def metadata_json(obj) -> str:
-    """Encode a metadata value (dict/list) for the safetensors header, which holds strings only."""
-    return json.dumps(obj, sort_keys=True)

@@ -17,16 +17,15 @@ present classes). A named word is looked up as every single-token form found: ``
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
-from .statistics import CollapseStatistics
+from ..core.io import fmt
+from ..core.statistics import CollapseStatistics
 
 RANKED = ("mean_norm", "cdnv_row_mean", "interference_row_mean")
 COLUMNS = ("count", "mean_norm", "variance", "cdnv_row_mean", "interference_row_mean", "duality")
@@ -101,12 +100,6 @@ def token_report(folder, tokenizer=None, *, top: int = 10, lookup: Sequence[str]
             "min_count": min_count}
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.5g}"
-    return str(v)
-
-
 def format_report(rep: dict) -> str:
     cols = [c for c in COLUMNS if c in rep["average"]]
     head = f"{'id':>7}  {'token':<16}" + "".join(f"{c:>22}" for c in cols)
@@ -114,13 +107,13 @@ def format_report(rep: dict) -> str:
     def line(r):
         if r.get("absent"):
             return f"{r['token_id']:>7}  {json.dumps(r['text']):<16}  (no occurrence in the measured data)"
-        return f"{r['token_id']:>7}  {json.dumps(r['text']):<16}" + "".join(f"{_fmt(r.get(c, '')):>22}" for c in cols)
+        return f"{r['token_id']:>7}  {json.dumps(r['text']):<16}" + "".join(f"{fmt(r.get(c, '')):>22}" for c in cols)
 
     out = [f"{rep['num_classes']} classes present; rankings over classes with >= {rep['min_count']} tokens", ""]
     for key, parts in rep["rankings"].items():
         for side in ("smallest", "largest"):
             out += [f"## {side} {key}", head, *[line(r) for r in parts[side]], ""]
-    avg = f"{'(avg)':>7}  {'(average token)':<16}" + "".join(f"{_fmt(rep['average'][c]):>22}" for c in cols)
+    avg = f"{'(avg)':>7}  {'(average token)':<16}" + "".join(f"{fmt(rep['average'][c]):>22}" for c in cols)
     if rep["lookup"]:
         out += ["## lookup vs the average token", head]
         for item in rep["lookup"]:
@@ -131,37 +124,3 @@ def format_report(rep: dict) -> str:
     else:
         out += ["## average token", head, avg]
     return "\n".join(out)
-
-
-def _tokenizer(folder: Path, name: Optional[str]):
-    from transformers import AutoTokenizer
-
-    src = name or (str(folder) if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-                   else None)
-    return AutoTokenizer.from_pretrained(src) if src else None
-
-
-def run(args) -> int:
-    folder = Path(args.folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"no measured folder at {folder}")
-    tok = _tokenizer(folder if folder.is_dir() else folder.parent, args.tokenizer)
-    rep = token_report(folder, tok, top=args.top, lookup=args.lookup or (), min_count=args.min_count)
-    if tok is None:
-        print("(no tokenizer in the folder and none given with --tokenizer: token texts are left empty)")
-    print(format_report(rep))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rep, indent=2))
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokens", help="tokens with extreme norms / CDNV / interference; look up named tokens",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="measured model folder (with collapse/statistics.safetensors and per_class.* tensors)")
-    p.add_argument("--lookup", nargs="*", metavar="WORD", help="words to look up (e.g. bank spring Lily Tim)")
-    p.add_argument("--top", type=int, default=10, help="tokens per list")
-    p.add_argument("--min-count", type=int, default=1, help="rank only classes with at least this many tokens")
-    p.add_argument("--tokenizer", help="tokenizer name or folder (default: the measured folder's)")
-    p.add_argument("--json", help="also write the report as JSON to this file")
-    p.set_defaults(func=run)

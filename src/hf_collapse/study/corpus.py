@@ -1,30 +1,19 @@
-"""Text for the study: a built-in story corpus, tokenizers, GPT-style packing, file and Hub loaders.
+"""The built-in story corpus and a tokenizer trained on it (the demo and tests; no network needed).
 
-The built-in corpus (``generate_stories``) stands in for TinyStories where the real text is not at
-hand (the demo, tests). It is procedural but built to have the properties that matter for
-collapse: a Zipf-like vocabulary (so token classes are heavily imbalanced), story openings shared
-by most stories (so many contexts are ambiguous: after "named" any name can follow) and entities
-that recur within a story (so a model with attention can learn more than bigram statistics).
-It is deterministic per seed: story ``i`` of seed ``s`` depends only on ``(s, i)``.
-
-Packing (``pack_texts``) follows GPT/TinyStories practice: every text is tokenized, followed by the
-end-of-text token, all are concatenated, and the stream is cut into chunks of ``block_size``
-tokens; the ragged tail is dropped. Labels are the inputs (the model shifts them).
+``generate_stories`` stands in for TinyStories where the real text is not at hand. It is procedural
+but built to have the properties that matter for collapse: a Zipf-like vocabulary (so token classes
+are heavily imbalanced), story openings shared by most stories (so many contexts are ambiguous:
+after "named" any name can follow) and entities that recur within a story (so a model with attention
+can learn more than bigram statistics). It is deterministic per seed: story ``i`` of seed ``s``
+depends only on ``(s, i)``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import random
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
-import torch
-
-logger = logging.getLogger(__name__)
-
-EOS = "<|endoftext|>"
-DEFAULT_HUB_DATASET = "roneneldan/TinyStories"
+from ..integrations.data import EOS
 
 # ---------------------------------------------------------------------------------------------
 # built-in procedural stories
@@ -136,8 +125,6 @@ def generate_stories(num_stories: int, seed: int = 0) -> list[str]:
     return [_story(random.Random(f"hf_collapse-stories-{seed}-{i}")) for i in range(num_stories)]
 
 
-# ---------------------------------------------------------------------------------------------
-# tokenizers
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2):
@@ -159,125 +146,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS,
                                    unk_token=EOS)
-
-
-def load_tokenizer(name_or_path: str):
-    """``AutoTokenizer.from_pretrained`` with a pad token (the eos token) set, as packing needs none but collators do."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(name_or_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-# ---------------------------------------------------------------------------------------------
-# packing
-
-
-def pack_token_ids(sequences: Iterable[Sequence[int]], block_size: int, eos_id: Optional[int],
-                   max_blocks: Optional[int] = None) -> torch.Tensor:
-    """GPT-style packing: concatenate ``seq + [eos]`` for every sequence, cut into rows of ``block_size``.
-
-    Returns a LongTensor ``(N, block_size)``; the ragged tail (< block_size tokens) is dropped.
-    ``eos_id=None`` concatenates without separators. Stops after ``max_blocks`` rows if given.
-    """
-    if not isinstance(block_size, int) or block_size < 2:
-        raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
-    stream: list[int] = []
-    limit = None if max_blocks is None else max_blocks * block_size
-    for seq in sequences:
-        stream.extend(int(t) for t in seq)
-        if eos_id is not None:
-            stream.append(int(eos_id))
-        if limit is not None and len(stream) >= limit:
-            break
-    n = len(stream) // block_size
-    if max_blocks is not None:
-        n = min(n, max_blocks)
-    if n == 0:
-        raise ValueError(f"the texts hold {len(stream)} tokens, fewer than one block of {block_size}")
-    return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)  # (N, T)
-
-
-def pack_texts(texts: Sequence[str], tokenizer, block_size: int, max_blocks: Optional[int] = None,
-               batch_size: int = 1000) -> torch.Tensor:
-    """Tokenize ``texts`` (no special tokens added) and pack them with the tokenizer's eos token: ``(N, T)``."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token to separate packed texts")
-
-    def batches():
-        for i in range(0, len(texts), batch_size):
-            for ids in tokenizer(list(texts[i:i + batch_size]), add_special_tokens=False)["input_ids"]:
-                yield ids
-
-    return pack_token_ids(batches(), block_size, tokenizer.eos_token_id, max_blocks=max_blocks)
-
-
-class PackedDataset(torch.utils.data.Dataset):
-    """Rows of a packed ``(N, T)`` tensor as ``{"input_ids", "labels"}`` examples for ``Trainer``."""
-
-    def __init__(self, blocks: torch.Tensor):
-        if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2:
-            raise TypeError("PackedDataset expects a (N, T) LongTensor from pack_texts / pack_token_ids")
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return self.blocks.shape[0]
-
-    def __getitem__(self, i):
-        row = self.blocks[i]
-        return {"input_ids": row, "labels": row.clone()}
-
-
-# ---------------------------------------------------------------------------------------------
-# loaders
-
-
-def read_stories(path: str | os.PathLike, separator: str = EOS, max_stories: Optional[int] = None) -> list[str]:
-    """Stories from a TinyStories-format text file: stories separated by lines holding ``separator``.
-
-    A file without any separator line (e.g. the TinyStories validation text) is returned as one
-    text, so packing adds no end-of-text tokens inside it.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no text file at {path!r}")
-    with open(path, encoding="utf-8") as f:
-        raw = f.read()
-    stories, current = [], []
-    for line in raw.splitlines():
-        if line.strip() == separator:
-            stories.append("\n".join(current).strip())
-            current = []
-        else:
-            current.append(line)
-    stories.append("\n".join(current).strip())
-    stories = [s for s in stories if s]
-    if max_stories is not None:
-        stories = stories[:max_stories]
-    if not stories:
-        raise ValueError(f"{path!r} holds no text")
-    return stories
-
-
-def load_hub_stories(dataset_name: str = DEFAULT_HUB_DATASET, split: str = "train", text_column: str = "text",
-                     max_stories: Optional[int] = None, **kwargs) -> list[str]:
-    """Texts of a Hugging Face Hub dataset (default TinyStories) via ``datasets.load_dataset``.
-
-    With ``max_stories`` the split is streamed and only that many stories are read.
-    """
-    import datasets
-
-    if max_stories is not None:
-        ds = datasets.load_dataset(dataset_name, split=split, streaming=True, **kwargs)
-        out = []
-        for ex in ds:
-            if len(out) >= max_stories:
-                break
-            out.append(ex[text_column])
-        return out
-    ds = datasets.load_dataset(dataset_name, split=split, **kwargs)
-    if text_column not in ds.column_names:
-        raise ValueError(f"dataset {dataset_name!r} has no column {text_column!r} (columns: {ds.column_names})")
-    return list(ds[text_column])

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 _NETWORK_MODULES = ("huggingface_hub", "httpx", "httpx2", "httpcore", "requests", "urllib3")
 
 
 def run(args) -> int:
-    from .hub import push_measured
+    from ..integrations.hub import push_measured
 
     try:
         info = push_measured(args.folder, args.repo_id, private=args.private, token=args.token,

@@ -10,19 +10,20 @@ import argparse
 import importlib
 import sys
 
-# sub-command modules, in the order ``--help`` lists them
+# sub-command modules, in workflow order (as ``--help`` lists them): measure a model, inspect its
+# tokens, publish it, analyse several runs, the end-to-end demo, then setup of the evaluate module
 COMMAND_MODULES = [
-    "hf_collapse.demo",
-    "hf_collapse.install_metric",
-    "hf_collapse.push_cli",
-    "hf_collapse.measure_cli",
-    "hf_collapse.analysis",
-    "hf_collapse.tokens",
+    "hf_collapse.cli.measure",
+    "hf_collapse.cli.tokens",
+    "hf_collapse.cli.push",
+    "hf_collapse.cli.analyze",
+    "hf_collapse.cli.demo",
+    "hf_collapse.cli.install_metric",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(prog="hf-collapse", description="Measure neural collapse in Hugging Face models.")
     parser.add_argument("--version", action="version", version=f"hf_collapse {__version__}")

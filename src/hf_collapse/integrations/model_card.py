@@ -1,12 +1,12 @@
 """Model cards for measured models: a Jinja template rendered through ``huggingface_hub.ModelCard``.
 
 ``write_model_card(folder, **info)`` reads every measurement of a measured-model folder (see
-:mod:`hf_collapse.hub`), draws one figure per measurement from its per-class outputs
+:mod:`hf_collapse.integrations.folder`), draws one figure per measurement from its per-class outputs
 (``collapse[/<name>]/collapse.png``) and writes ``README.md`` whose YAML carries a ``model-index``
 with each NC measure as a result (metric type ``neural-collapse/<key>``, with dataset and split),
-so the numbers are machine-readable on the Hub. The template ships in the package
-(``hf_collapse/templates/collapse_model_card.md.j2``); ``model_cards/`` at the repository root
-holds a byte-identical copy for readers browsing the repo (a test keeps them equal).
+so the numbers are machine-readable on the Hub. The measure names, meanings and directions come from
+the registry (:mod:`hf_collapse.core.registry`); the template ships in the package
+(``hf_collapse/templates/collapse_model_card.md.j2``).
 """
 
 from __future__ import annotations
@@ -17,38 +17,13 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import atomic_write
-from .hub import (COLLAPSE_DIR, FIGURE_FILE, STATISTICS_FILE, list_measurements, measurement_subdir,
-                  read_measurement)
+from .._version import __version__
+from ..core.io import atomic_write, fmt
+from ..core.registry import CITATION_BIBTEX, MEASURES
+from .folder import COLLAPSE_DIR, FIGURE_FILE, STATISTICS_FILE, list_measurements, measurement_subdir, read_measurement
 
-TEMPLATE_PATH = Path(__file__).with_name("templates") / "collapse_model_card.md.j2"
+TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "templates" / "collapse_model_card.md.j2"
 METRIC_TYPE_PREFIX = "neural-collapse/"
-
-# key -> (display name, what it means, which direction is "more collapsed")
-MEASURE_INFO = {
-    "nc1_cdnv": ("NC1 CDNV", "within-class variance relative to the distance between class means (eq. 4)", "lower"),
-    "nc1_trace_ratio": ("NC1 tr(Σ_W Σ_B⁺)/K", "within- over between-class covariance (Papyan et al. 2020)", "lower"),
-    "nc2_norm_mean": ("NC2 mean log-norm", "mean log-norm of the centred class means (a scale, eq. 5)", "none (scale)"),
-    "nc2_equinorm_cov": ("NC2 equinorm CoV", "variation of the class-mean log-norms", "lower"),
-    "nc2_interference_mean": ("NC2 interference", "mean cosine between centred class means (eq. 6)", "towards -1/(K-1)"),
-    "nc2_interference_std": ("NC2 interference std", "spread of those cosines", "lower"),
-    "nc2_equiangularity_cov": ("NC2 equiangularity CoV", "variation of those cosines", "lower"),
-    "gnc2_log_kernel_mean": ("GNC2 log kernel", "mean log inverse distance of unit class means (eq. 7)", "lower"),
-    "gnc2_uniformity_cov": ("GNC2 uniformity CoV", "variation of that kernel: hyperspherical uniformity", "lower"),
-    "nc3_duality_mean": ("NC3 duality", "mean cosine between classifier rows and centred class means (eq. 8)", "higher"),
-    "unc3_duality_cov": ("UNC3 duality CoV", "variation of those cosines: uniform duality", "lower"),
-    "nc3_duality_distance": ("NC3 duality distance", "mean distance of unit classifiers to unit class means (eq. 11)", "lower"),
-    "nc4_agreement": ("NC4 agreement", "share of held-out tokens where the classifier and nearest class mean agree (eq. 10)", "higher"),
-    "ncc_accuracy": ("NCC accuracy", "accuracy of the nearest-class-mean classifier on held-out tokens", "higher"),
-}
-
-CITATION = """@inproceedings{wu2024linguistic,
-  title     = {Linguistic Collapse: Neural Collapse in (Large) Language Models},
-  author    = {Wu, Robert and Papyan, Vardan},
-  booktitle = {Advances in Neural Information Processing Systems},
-  year      = {2024},
-  url       = {https://arxiv.org/abs/2405.13634}
-}"""
 
 # statistics-header keys the card reads (first one present wins); ``info`` arguments override them
 _META_ALIASES = {
@@ -77,12 +52,6 @@ def _hub_id(name) -> bool:
     name = str(name or "")
     return bool(name) and not name.startswith(("/", ".", "~")) and name.count("/") <= 1 \
         and not name.lower().endswith((".txt", ".json", ".jsonl", ".csv", ".parquet", ".arrow"))
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else ("nan" if math.isnan(value) else f"{value:.6g}")
-    return str(value)
 
 
 def plot_per_class(per_class: dict, path: str | os.PathLike, title: str = "") -> Optional[Path]:
@@ -136,9 +105,8 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
         fig_rel = f"{sub}/{FIGURE_FILE}"
     elif (folder / sub / FIGURE_FILE).is_file():
         fig_rel = f"{sub}/{FIGURE_FILE}"
-    rows = [{"key": key, "value": _fmt(value), "name": MEASURE_INFO.get(key, (key, "", ""))[0],
-             "meaning": MEASURE_INFO.get(key, (key, "", ""))[1], "direction": MEASURE_INFO.get(key, (key, "", ""))[2]}
-            for key, value in result.items()]
+    rows = [{"key": key, "value": fmt(value, 6), "name": MEASURES[key].name, "meaning": MEASURES[key].meaning,
+             "direction": MEASURES[key].direction_text} for key, value in result.items()]
     settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
     return {
         "name": name, "title": name or "default", "path": sub, "rows": rows, "values": dict(result),
@@ -186,8 +154,6 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from . import __version__
-
     folder = Path(folder)
     names = list_measurements(folder)
     if not names:
@@ -212,7 +178,7 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
             results.append(EvalResult(
                 task_type=task, dataset_type=str(m["dataset"] or "text"), dataset_name=str(dataset_name),
                 dataset_split=m["split"], dataset_config=m["dataset_config"], dataset_revision=m["dataset_revision"],
-                metric_type=METRIC_TYPE_PREFIX + key, metric_name=MEASURE_INFO.get(key, (key,))[0],
+                metric_type=METRIC_TYPE_PREFIX + key, metric_name=MEASURES[key].name if key in MEASURES else key,
                 metric_value=float(value), metric_config=m["name"],
             ))
     tags = ["neural-collapse", "hf_collapse"] + [t for t in (info.get("tags") or []) if t not in ("neural-collapse",)]
@@ -224,7 +190,7 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
     kwargs = dict(
         model_name=model_name, repo_id=info.get("repo_id"), description=info.get("description"),
         base_model_name=base_model, measurements=measurements, hyperparameters=_hyperparameters(info, measurements),
-        citation=CITATION, library_version=__version__, metric_prefix=METRIC_TYPE_PREFIX,
+        citation=CITATION_BIBTEX, library_version=__version__, metric_prefix=METRIC_TYPE_PREFIX,
     )
     return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **kwargs)
 

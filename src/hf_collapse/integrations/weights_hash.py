@@ -12,8 +12,8 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 

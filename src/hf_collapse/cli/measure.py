@@ -22,88 +22,9 @@ import sys
 
 import torch
 
+from ..integrations.data import TokenBlocks, collate, iter_dataset_documents, iter_file_documents, token_blocks
+
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------- data
-def iter_file_documents(path):
-    """Documents of a text file: split on ``<|endoftext|>`` lines if present, else on blank lines."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no text file at {path!r}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    sep = "<|endoftext|>"
-    parts = text.split(sep) if sep in text else text.split("\n\n")
-    for p in parts:
-        p = p.strip()
-        if p:
-            yield p
-
-
-def iter_dataset_documents(name, config, split, text_column, streaming=False):
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
-    except Exception as e:  # network, missing split, ... -> one clear line
-        raise ValueError(f"could not load dataset {name!r} (config {config!r}, split {split!r}): {e}") from e
-    cols = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
-    if text_column not in cols:
-        raise ValueError(f"dataset {name!r} split {split!r} has no column {text_column!r}; columns: {cols}; "
-                         f"choose one with --text-column")
-    for row in ds:
-        t = row[text_column]
-        if isinstance(t, str) and t.strip():
-            yield t
-
-
-def token_blocks(documents, tokenizer, block_size: int, max_tokens):
-    """Blocks (lists of ids) of at most ``block_size`` tokens holding exactly ``max_tokens``
-    labelled positions (block of n tokens -> n - 1 labels), or all the data when ``max_tokens`` is None."""
-    if block_size < 2:
-        raise ValueError(f"--block-size must be at least 2, got {block_size}")
-    bos = tokenizer.bos_token_id
-    blocks, buf, labelled = [], [], 0
-    for doc in documents:
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
-        if bos is not None:
-            ids = [bos] + ids
-        buf.extend(ids)
-        while len(buf) >= block_size:
-            take = block_size
-            if max_tokens is not None:
-                take = min(take, max_tokens - labelled + 1)
-            blocks.append(buf[:take])
-            labelled += take - 1
-            buf = buf[take:]
-            if max_tokens is not None and labelled >= max_tokens:
-                return blocks
-    if len(buf) >= 2 and (max_tokens is None or labelled < max_tokens):
-        take = len(buf) if max_tokens is None else min(len(buf), max_tokens - labelled + 1)
-        blocks.append(buf[:take])
-    return blocks
-
-
-class _Blocks(torch.utils.data.Dataset):
-    def __init__(self, blocks):
-        self.blocks = blocks
-
-    def __len__(self):
-        return len(self.blocks)
-
-    def __getitem__(self, i):
-        return self.blocks[i]
-
-
-def collate(blocks):
-    """Right-pad a list of id lists: input_ids (B, T), attention_mask (B, T) with 0 on padding."""
-    T = max(len(b) for b in blocks)
-    ids = torch.zeros(len(blocks), T, dtype=torch.long)
-    mask = torch.zeros(len(blocks), T, dtype=torch.long)
-    for i, b in enumerate(blocks):
-        ids[i, :len(b)] = torch.tensor(b)
-        mask[i, :len(b)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _documents(args, which):
@@ -120,7 +41,7 @@ def _documents(args, which):
 
 
 def describe_data(args, which) -> str:
-    from .measured import file_sha256
+    from ..integrations.folder import file_sha256
 
     path = args.train_file if which == "train" else args.validation_file
     if path:
@@ -136,8 +57,11 @@ def run(args) -> int:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .collect import collect_nc4, collect_statistics, measure_statistics
-    from .measured import save_measured
+    from ..integrations.folder import layer_key, write_measurement
+    from ..integrations.hub import save_measured
+    from ..integrations.model_card import write_model_card
+    from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
+    from ..integrations.settings import CollapseArguments
 
     if not args.train_file and not args.dataset:
         raise ValueError("give the measurement data: --train-file FILE or --dataset NAME")
@@ -145,7 +69,6 @@ def run(args) -> int:
         raise ValueError("give either --train-file or --dataset, not both")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     # on a machine without CUDA, cpu=True makes Accelerate use gloo (MULTI_CPU) under a launcher
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -162,7 +85,7 @@ def run(args) -> int:
             blocks = token_blocks(docs, tokenizer, args.block_size, budget)
             if not blocks:
                 raise ValueError(f"the {which} data hold no labelled token (empty text?)")
-            dl = torch.utils.data.DataLoader(_Blocks(blocks), batch_size=args.batch_size, collate_fn=collate)
+            dl = torch.utils.data.DataLoader(TokenBlocks(blocks), batch_size=args.batch_size, collate_fn=collate)
             return accelerator.prepare_data_loader(dl)
 
         train_dl = loader("train", args.max_tokens)
@@ -190,19 +113,21 @@ def run(args) -> int:
             if not args.resume and main and os.path.isdir(ckpt):
                 shutil.rmtree(ckpt)
             accelerator.wait_for_everyone()
-        modules = None if not args.layers else [*resolve_head_name(model), *args.layers]
-        stats = collect_statistics(model, train_dl, modules=modules, progress=progress, checkpoint_path=ckpt,
+        cfg = CollapseArguments(
+            collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
+            collapse_k=args.k, collapse_tile_size=args.tile_size, collapse_dtype=args.dtype,
+            collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_budget if nc4_dl else None,
+            collapse_per_class=True, collapse_covariance=args.covariance)
+        stats = collect_statistics(model, train_dl, cfg, progress=progress, checkpoint_path=ckpt,
                                    checkpoint_every=args.checkpoint_every if ckpt else None,
-                                   covariance=args.covariance,
                                    data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
         nc4 = None
         if nc4_dl is not None:
-            nc4 = collect_nc4(model, nc4_dl, stats, modules=modules, dtype=dtype, progress=progress)
+            nc4 = collect_nc4(model, nc4_dl, stats, cfg, progress=progress)
         settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_budget if nc4_dl else None,
                     "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
                     "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model}
-        report = measure_statistics(model, stats, modules=modules, nc4=nc4, k=args.k, per_class=True,
-                                    tile_size=args.tile_size, dtype=dtype, settings=settings)
+        report = measure_statistics(model, stats, cfg, nc4=nc4, extra_settings=settings)
         if main:
             print(report.table())
             if args.output_dir:
@@ -220,8 +145,13 @@ def run(args) -> int:
                 extra = {k: v for k, v in settings.items() if k not in ("model",)}
                 extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
                 save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
-                              result=report.result, metrics_extra=extra, metadata=metadata,
-                              save_model=not args.no_save_model, card_info={"model_name": metadata["model_name"]})
+                              result=report.result, metrics_extra=extra, metadata=metadata, card=False,
+                              save_model=not args.no_save_model)
+                for name, st in report.all_statistics.items():  # --layers: one named measurement each
+                    if name != report.primary:
+                        write_measurement(args.output_dir, st, report.results[name], name=layer_key(name),
+                                          model=model, metadata=metadata, metrics_extra=extra)
+                write_model_card(args.output_dir, model_name=metadata["model_name"])
                 if ckpt and os.path.isdir(ckpt):
                     shutil.rmtree(ckpt)
                 print(f"wrote {args.output_dir}")
@@ -234,8 +164,8 @@ def run(args) -> int:
 def _matching_measurement(args, model, data):
     """A measurement stored with the model (local measured folder or Hub repo) that answers this
     request exactly: same weights hash, data, NC4 data, token budget, block size and k; else None."""
-    from .hub import find_measurement
-    from .weights_hash import weights_sha256
+    from ..integrations.hub import find_measurement
+    from ..integrations.weights_hash import weights_sha256
 
     try:
         return find_measurement(args.model, weights_sha256=weights_sha256(model), data=data,
@@ -247,7 +177,7 @@ def _matching_measurement(args, model, data):
 
 
 def resolve_head_name(model):
-    from .collect import resolve_modules
+    from ..integrations.hooks import resolve_modules
 
     return list(resolve_modules(model, None))
 
@@ -299,6 +229,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main as _main
+    from . import main as _main
 
     sys.exit(_main(["measure", *sys.argv[1:]]))

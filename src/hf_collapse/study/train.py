@@ -37,10 +37,17 @@ from typing import Optional
 
 import torch
 
-from .atomic import atomic_write_text
-from .data import (DEFAULT_HUB_DATASET, PackedDataset, generate_stories, load_hub_stories, load_tokenizer,
-                   pack_texts, read_stories, train_tokenizer)
-from .measured import save_measured
+from ..core.io import atomic_write_text
+from ..integrations.data import (
+    DEFAULT_HUB_DATASET,
+    PackedDataset,
+    load_hub_stories,
+    load_tokenizer,
+    pack_texts,
+    read_stories,
+)
+from ..integrations.hub import save_measured
+from .corpus import generate_stories, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -166,17 +173,18 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     token is counted twice. Classes with coincident means are left out by ``measure_statistics``
     (counted in ``num_classes_coincident``).
     """
-    from .collect import collect_nc4, collect_statistics, measure_statistics
+    from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
 
     model = trainer.model
     progress = trainer.is_world_process_zero() and args.progress
     model.eval()
-    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), task="causal_lm",
-                               max_tokens=args.measure_max_tokens, progress=progress)
-    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, task="causal_lm",
-                      max_tokens=args.nc4_max_tokens, progress=progress)
-    report = measure_statistics(model, stats, nc4=nc4, per_class=True,
-                                settings={"max_tokens": args.measure_max_tokens, "nc4_max_tokens": args.nc4_max_tokens})
+    # the run's own measurement settings (k, tile, dtype, modules), with this measurement's budgets
+    cfg = trainer.collapse_args.override(task="causal_lm", max_tokens=args.measure_max_tokens,
+                                         nc4_max_tokens=args.nc4_max_tokens, per_class=True)
+    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), cfg, progress=progress)
+    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, cfg,
+                      progress=progress)
+    report = measure_statistics(model, stats, cfg, nc4=nc4)
     return report
 
 
@@ -200,7 +208,7 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     """
     from transformers import GPTNeoForCausalLM, PrinterCallback, TrainingArguments, set_seed
 
-    from .trainer import CollapseTrainer
+    from ..integrations.trainer import CollapseTrainer
 
     data = data if data is not None else prepare_data(args)
     name = args.run_name or run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed)

@@ -2,8 +2,8 @@
 
 Trains a grid of GPT-Neo causal LMs (default 3 sizes x 2 training lengths, appendix-B
 architecture scaled down) on the package's built-in procedural stories with a BPE tokenizer
-trained on them at run time, measures each model (``hf_collapse.collect``), then runs the analysis
-(``hf_collapse.analysis``: runs.csv, fits against validation loss, permutation tests, figures,
+trained on them at run time, measures each model (:mod:`hf_collapse.integrations.passes`), then runs the analysis
+(:mod:`hf_collapse.study.analysis`: runs.csv, fits against validation loss, permutation tests, figures,
 report.md). ``--train-file`` / ``--dataset-name`` run the same grid on real text instead.
 
 Departures from the paper, for the time budget: widths 32-128 instead of 64-1024, 4 heads of
@@ -13,8 +13,6 @@ a ~220K-token corpus, a larger learning rate (3e-3).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +29,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
         try:
             depth, width = (int(v) for v in item.strip().lower().split("x"))
         except ValueError:
-            raise ValueError(f"model sizes are DEPTHxWIDTH separated by commas (e.g. 1x32,2x64), got {item!r}")
+            raise ValueError(f"model sizes are DEPTHxWIDTH separated by commas (e.g. 1x32,2x64), got {item!r}") from None
         if depth < 1 or width < 1:
             raise ValueError(f"model size {item!r} must have positive depth and width")
         out.append((depth, width))
@@ -42,7 +40,7 @@ def _epochs(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"--epochs takes numbers separated by commas (e.g. 1,3), got {text!r}")
+        raise ValueError(f"--epochs takes numbers separated by commas (e.g. 1,3), got {text!r}") from None
     if any(v <= 0 for v in vals):
         raise ValueError(f"--epochs must be positive, got {text!r}")
     return vals
@@ -73,7 +71,7 @@ def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_
              max_eval_blocks=None, progress: bool = False) -> dict:
     """Train, measure and analyse the grid; returns the analysis dict plus ``direction`` and ``seconds``."""
     from .analysis import analyze
-    from .study import StudyArguments, prepare_data, train_one
+    from .train import StudyArguments, prepare_data, train_one
 
     start = time.perf_counter()
     grid, lengths = parse_sizes(sizes), _epochs(epochs)
@@ -115,55 +113,3 @@ def _summary(result) -> str:
     rows = sorted(result["rows"], key=lambda r: (r["num_parameters"], r["epochs"]))
     return markdown_table(rows, ["name", "num_parameters", "epochs", "val_loss",
                                  *[k for k in SUMMARY_KEYS if k in result["metrics"]]])
-
-
-def run(args) -> int:
-    if not args.verbose:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        logging.getLogger("hf_collapse").setLevel(logging.WARNING)
-    result = run_demo(args.output_dir, args.sizes, args.epochs, stories=args.stories, train_file=args.train_file,
-                      validation_file=args.validation_file, dataset_name=args.dataset_name, tokenizer=args.tokenizer,
-                      max_train_stories=args.max_train_stories, block_size=args.block_size,
-                      batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-                      seed=args.seed, permutations=args.permutations, measure_max_tokens=args.measure_max_tokens,
-                      max_eval_blocks=args.max_eval_blocks, progress=args.verbose)
-    d = result["direction"]
-    print()
-    print(_summary(result))
-    print()
-    n_dir = len(d["agree"]) + len(d["disagree"])
-    print(f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
-          f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}")
-    print(f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional measures"
-          f" ({'expected direction holds' if d['holds'] else 'expected direction does NOT hold on most measures'})"
-          f"; against: {', '.join(d['disagree']) or 'none'}")
-    print(f"wrote {result['report']}, runs.csv and {len(result['figures'])} figures in "
-          f"{Path(args.output_dir).resolve()} ({result['seconds']:.0f} s)")
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train, measure and analyse a small grid of causal LMs (offline, minutes)",
-                       description=__doc__.split("\n\n")[1])
-    p.add_argument("--output-dir", default="hf_collapse_demo", help="folder for report.md, runs.csv, figures, runs/")
-    p.add_argument("--sizes", default=DEFAULT_SIZES, help="model sizes as DEPTHxWIDTH, comma separated")
-    p.add_argument("--epochs", default=DEFAULT_EPOCHS, help="training lengths in epochs, comma separated")
-    p.add_argument("--stories", type=int, default=3000, help="built-in stories to generate (training)")
-    p.add_argument("--train-file", help="real text instead: TinyStories-format file (<|endoftext|> between stories)")
-    p.add_argument("--validation-file", help="validation text for --train-file (default: last 10%% of it)")
-    p.add_argument("--dataset-name", help="real text from a Hub dataset instead (e.g. roneneldan/TinyStories)")
-    p.add_argument("--tokenizer", default="EleutherAI/gpt-neo-125M", help="tokenizer for real text (name or folder)")
-    p.add_argument("--max-train-stories", type=int, help="use only the first N real stories")
-    p.add_argument("--max-eval-blocks", type=int, help="cap on validation sequences")
-    p.add_argument("--measure-max-tokens", type=int, help="token budget of each statistics pass")
-    p.add_argument("--block-size", type=int, default=64, help="tokens per training sequence")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.1, help="(paper: 0.0005 or 0.1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--permutations", type=int, default=10_000, help="permutations per test")
-    p.add_argument("--verbose", action="store_true", help="progress bars and library logs")
-    p.set_defaults(func=run)
