@@ -1,11 +1,16 @@
 """``hf-collapse measure MODEL``: measure a causal LM on text and write a measured model folder.
 
 Data: local text files (``--train-file`` for the statistics, ``--validation-file`` for NC4) or a
-Hub dataset (``--dataset`` + ``--split`` / ``--validation-split``, ``--text-column``). Documents are
-split on ``<|endoftext|>`` lines (else on blank lines), tokenized with a BOS token in front when
-the tokenizer has one, concatenated and cut into blocks of ``--block-size`` tokens. The budget
-``--max-tokens`` counts *labelled* tokens (positions with a next token); the data are cut to exactly
-that many before any batching, so 1 and N processes measure the same tokens.
+dataset (``--dataset`` + ``--split`` / ``--validation-split``, ``--text-column``), through the one
+pipeline of :mod:`hf_collapse.integrations.data`: documents split on ``<|endoftext|>`` lines (else on
+blank lines), tokenized with a BOS token in front when the tokenizer has one by ``Dataset.map``
+(``--num-proc`` workers) into the Arrow cache (``--cache-dir``; a second run on the same data and
+tokenizer reuses it), concatenated and cut into blocks of ``--block-size`` tokens read back
+memory-mapped (``--streaming``: an ``IterableDataset``, nothing materialised). The budget
+``--max-tokens`` counts *labelled* tokens (positions with a next token); the blocks end exactly at it
+before any batching, so 1 and N processes measure the same tokens. Data with fewer labelled tokens
+than the budget are measured whole (a warning says so); data shorter than one block form one shorter
+block.
 
 Under ``accelerate launch`` / ``torchrun`` each process measures its shard (Accelerate's prepared
 dataloader), the statistics are all-reduced, and the main process writes the folder.
@@ -22,22 +27,39 @@ import sys
 
 import torch
 
-from ..integrations.data import TokenBlocks, collate, iter_dataset_documents, iter_file_documents, token_blocks
+from ..integrations.data import collate, text_blocks
 
 logger = logging.getLogger(__name__)
 
 
-def _documents(args, which):
+def build_blocks(args, which, tokenizer, budget):
+    """Token blocks of the ``train`` or ``validation`` data (None when no validation data are given)."""
+    common = dict(max_tokens=budget, num_proc=args.num_proc, cache_dir=args.cache_dir, streaming=args.streaming)
     if which == "train":
         if args.train_file:
-            return iter_file_documents(args.train_file)
-        return iter_dataset_documents(args.dataset, args.dataset_config, args.split, args.text_column, args.streaming)
+            return text_blocks(tokenizer, args.block_size, files=args.train_file, **common)
+        return text_blocks(tokenizer, args.block_size, dataset=args.dataset, config=args.dataset_config,
+                           split=args.split, text_column=args.text_column, **common)
     if args.validation_file:
-        return iter_file_documents(args.validation_file)
+        return text_blocks(tokenizer, args.block_size, files=args.validation_file, **common)
     if args.dataset and args.validation_split:
-        return iter_dataset_documents(args.dataset, args.dataset_config, args.validation_split, args.text_column,
-                                      args.streaming)
+        return text_blocks(tokenizer, args.block_size, dataset=args.dataset, config=args.dataset_config,
+                           split=args.validation_split, text_column=args.text_column, **common)
     return None
+
+
+def _report_size(blocks, which, budget, main):
+    """Say what the data hold; a budget larger than the data measures what there is (and says so)."""
+    if not hasattr(blocks, "num_labelled"):  # streamed: unknown until the pass ends
+        return
+    if len(blocks) == 0:
+        raise ValueError(f"the {which} data hold no labelled token (empty text?)")
+    if budget is not None and blocks.num_labelled < budget and main:
+        msg = (f"the {which} data hold {blocks.num_labelled:,} labelled tokens, fewer than the budget of "
+               f"{budget:,}: measuring all of them")
+        logger.warning(msg)
+        print(f"hf-collapse measure: note: {msg}", file=sys.stderr)
+    logger.info("%s data: %d blocks, %d labelled tokens", which, len(blocks), blocks.num_labelled)
 
 
 def describe_data(args, which) -> str:
@@ -69,23 +91,37 @@ def run(args) -> int:
         raise ValueError("give either --train-file or --dataset, not both")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    if args.block_size < 2:
+        raise ValueError(f"--block-size must be at least 2, got {args.block_size}")
+    if args.num_proc is not None and args.num_proc < 1:
+        raise ValueError(f"--num-proc must be positive, got {args.num_proc}")
     # on a machine without CUDA, cpu=True makes Accelerate use gloo (MULTI_CPU) under a launcher
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     progress = main and not args.no_progress
+    if not progress:
+        import datasets
+
+        datasets.disable_progress_bars()
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
         model.to(accelerator.device).eval()
 
         def loader(which, budget):
-            docs = _documents(args, which)
-            if docs is None:
+            # the main process tokenizes into the cache first; the others then read the cached files
+            error = None
+            with accelerator.main_process_first():
+                try:  # raise after the barrier: the other processes must not wait for the main one forever
+                    blocks = build_blocks(args, which, tokenizer, budget)
+                except (ValueError, FileNotFoundError) as e:
+                    error = e
+            if error is not None:
+                raise error
+            if blocks is None:
                 return None
-            blocks = token_blocks(docs, tokenizer, args.block_size, budget)
-            if not blocks:
-                raise ValueError(f"the {which} data hold no labelled token (empty text?)")
-            dl = torch.utils.data.DataLoader(TokenBlocks(blocks), batch_size=args.batch_size, collate_fn=collate)
+            _report_size(blocks, which, budget, main)
+            dl = torch.utils.data.DataLoader(blocks, batch_size=args.batch_size, collate_fn=collate)
             return accelerator.prepare_data_loader(dl)
 
         train_dl = loader("train", args.max_tokens)
@@ -202,7 +238,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--split", default="train", help="split for the statistics (default: train)")
     d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
     d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    d.add_argument("--streaming", action="store_true", help="stream the Hub dataset instead of downloading it")
+    d.add_argument("--streaming", action="store_true",
+                   help="stream the data (an IterableDataset: nothing downloaded or cached, tokenized on the fly)")
+    d.add_argument("--num-proc", type=int, default=None,
+                   help="tokenization workers (default: the cores available, one per 1,000 documents at most)")
+    d.add_argument("--cache-dir", default=None, help="datasets cache for the tokenized data "
+                   "(default: HF_DATASETS_CACHE, ~/.cache/huggingface/datasets)")
     d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
     d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
     d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")

@@ -66,6 +66,9 @@ def finish_pass(statistics: Mapping[str, CollapseStatistics], names: Sequence[st
     joins with an empty accumulator of the agreed dimension.
     """
     stats = dict(statistics)
+    for st in stats.values():  # the label / finiteness checks the hooks deferred (one sync each)
+        st.check()
+        st.defer_checks = False
     for name in names:
         if reduce:
             dim = agree_dim(stats[name].dim if name in stats else None)

@@ -64,7 +64,7 @@ class NC4Counter:
         keep = y != self.ignore_index  # (N,)
         h64 = h.to(dev, torch.float64)
         self._bad |= (keep & ((y < 0) | (y >= self.num_classes))).any()
-        self._bad |= ~torch.isfinite(h64[keep]).all()
+        self._bad |= (keep & ~torch.isfinite(h64).all(1)).any()  # not h64[keep]: a bool index syncs
         hc = (h64 - self.mu_bar).to(self.dtype)  # (N, d)
         ncc = self.idx[torch.addmm(self.half_sq, hc, self.Mc.T, alpha=-1.0).argmin(1)]  # (N,)
         if logits is not None:

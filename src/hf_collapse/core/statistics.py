@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 
 from .._version import __version__
+from .checks import BatchChecks
 from .io import SCHEMA, SCHEMA_VERSION, as_tensor, atomic_write, read_statistics_file
 
 
@@ -59,6 +60,8 @@ class CollapseStatistics:
         device: where the state lives. ``None`` follows the first batch's device.
         ignore_index: label value that marks positions without a class (default -100, as in
             ``transformers``).
+        defer_checks: check labels and finiteness on the device and raise only in ``check()``
+            (no host sync per batch; the collection hooks use this), instead of in every ``update``.
 
     Example:
         >>> import torch
@@ -76,6 +79,7 @@ class CollapseStatistics:
         covariance: bool = False,
         device: Optional[torch.device | str] = None,
         ignore_index: int = -100,
+        defer_checks: bool = False,
     ) -> None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -87,6 +91,8 @@ class CollapseStatistics:
         self.ignore_index = ignore_index
         self._follow_input = device is None
         self.metadata: dict[str, str] = {}
+        self.defer_checks = defer_checks
+        self._checks = BatchChecks(num_classes, ignore_index)
         self._allocate(torch.device(device) if device is not None else torch.device("cpu"))
 
     # ------------------------------------------------------------------ state
@@ -152,40 +158,41 @@ class CollapseStatistics:
             )
         features = features.reshape(-1, self.dim)  # (N, d)
         labels = labels.reshape(-1).to(features.device)  # (N,)
-        keep = labels != self.ignore_index
-        if not bool(keep.all()):
-            features, labels = features[keep], labels[keep]
-        if labels.numel():
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.num_classes:
-                bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"label {bad} is outside [0, {self.num_classes}) (num_classes={self.num_classes}); "
-                    f"use {self.ignore_index} (ignore_index) for positions without a class"
-                )
-            if not bool(torch.isfinite(features).all()):
-                raise ValueError("features contain NaN or infinite values (in rows with a valid label)")
-        if self._follow_input and features.device != self.device and self.num_tokens == 0:
+        if self._follow_input and features.device != self.device and not self.has_shift:
             self.to(features.device)
-        return features.to(self.device, torch.float64), labels.to(self.device, torch.long)
+        # rows are masked, not dropped: boolean indexing and int(labels.min()) would sync with the device
+        keep = self._checks.observe(features, labels)  # (N,) bool
+        if not self.defer_checks:
+            self.check()
+        keep = keep.to(self.device)
+        h = torch.where(keep[:, None], features.to(self.device, torch.float64), 0.0)  # (N, d), NaN rows zeroed
+        y = torch.where(keep, labels.to(self.device, torch.long), 0)  # (N,), any valid index for dropped rows
+        return h, y, keep.to(torch.float64)
+
+    def check(self) -> None:
+        """Raise the ValueError of a bad label or non-finite feature seen since the last check (one
+        host sync). ``update`` calls it itself unless ``defer_checks``."""
+        self._checks.raise_pending()
 
     # ------------------------------------------------------------------ accumulation
     def update(self, features, labels) -> None:
         """Add a batch: features (N, d) or (..., d), integer labels of the leading shape.
 
         Rows labelled ``ignore_index`` are skipped. Raises ValueError/TypeError on wrong shapes,
-        dtypes, labels outside [0, C) or non-finite features.
+        dtypes, labels outside [0, C) or non-finite features (the last two in ``check()`` with
+        ``defer_checks``; no host sync happens here then).
         """
-        h, y = self._check_batch(features, labels)  # (N, d) float64, (N,)
-        if y.numel() == 0:
-            return
         if self.frozen_means is not None:
             raise RuntimeError("update() after begin_second_pass(): use update_second_pass() for the second pass")
-        if not self.has_shift:
-            self.shift = h.mean(0)
+        h, y, w = self._check_batch(features, labels)  # (N, d) float64, (N,), (N,) 1.0 = kept
+        if y.numel() == 0:
+            return
+        if not self.has_shift:  # mean of the first batch's kept rows (0 if none: any shift is exact)
+            self.shift = h.sum(0) / w.sum().clamp(min=1)
             self.has_shift = True
-        h = h - self.shift  # (N, d)
-        self.counts += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
+        h = (h - self.shift) * w[:, None]  # (N, d), dropped rows 0
+        # index_add_, not bincount: bincount on CUDA reads the max label back to the host
+        self.counts.index_add_(0, y, w)
         self.sums.index_add_(0, y, h)
         self.sq_sums.index_add_(0, y, h.pow(2).sum(1))
         if self.second_moment is not None:
@@ -204,11 +211,11 @@ class CollapseStatistics:
         """Accumulate exact squared deviations from the frozen means (same data as pass 1)."""
         if self.frozen_means is None:
             raise RuntimeError("call begin_second_pass() before update_second_pass()")
-        h, y = self._check_batch(features, labels)
+        h, y, w = self._check_batch(features, labels)
         if y.numel() == 0:
             return
-        dev = (h - self.frozen_means[y]).pow(2).sum(1)  # (N,)
-        self.pass2_counts += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
+        dev = (h - self.frozen_means[y]).pow(2).sum(1) * w  # (N,)
+        self.pass2_counts.index_add_(0, y, w)
         self.pass2_sq_sums.index_add_(0, y, dev)
 
     # ------------------------------------------------------------------ combination
@@ -253,8 +260,8 @@ class CollapseStatistics:
         return self
 
     def clone(self) -> CollapseStatistics:
-        new = CollapseStatistics(self.num_classes, self.dim, covariance=self.covariance,
-                                 device=self.device, ignore_index=self.ignore_index)
+        new = CollapseStatistics(self.num_classes, self.dim, covariance=self.covariance, device=self.device,
+                                 ignore_index=self.ignore_index, defer_checks=self.defer_checks)
         for name in ("counts", "sums", "sq_sums", "shift", "second_moment", "frozen_means",
                      "pass2_counts", "pass2_sq_sums"):
             t = getattr(self, name)
@@ -373,6 +380,7 @@ class CollapseStatistics:
         """
         from safetensors.torch import save_file
 
+        self.check()
         tensors = self.state_dict()
         for k, v in (extra_tensors or {}).items():
             if k in tensors:

@@ -1,25 +1,53 @@
-"""Text into token blocks: tokenizers, GPT-style packing, document iterators over text files and Hub datasets.
+"""Text into token blocks: the one data pipeline of ``hf-collapse measure``, the study and ``train_clm.py``.
 
-Packing (``pack_texts``) follows GPT/TinyStories practice: every text is tokenized, followed by the
-end-of-text token, all are concatenated, and the stream is cut into chunks of ``block_size``
-tokens; the ragged tail is dropped. Labels are the inputs (the model shifts them). ``token_blocks``
-cuts a document stream at an exact budget of labelled tokens (what ``hf-collapse measure`` uses).
+The pipeline, the way ``run_clm.py`` users know it, on ``datasets``::
+
+    text files / Hub dataset  --load_text_dataset-->   Dataset (one document per row, column "text")
+                              --tokenize_dataset-->    Dataset (column "input_ids", Arrow cache, num_proc)
+                              --TokenBlocks-->         blocks of block_size tokens, read memory-mapped
+
+- Text files are split into documents on ``<|endoftext|>`` lines when the file has one, else on blank
+  lines; the file is read line by line into the Arrow cache (``Dataset.from_generator``), never whole.
+- Tokenization is ``Dataset.map(batched=True, num_proc=...)`` with a fingerprint of (data, tokenizer,
+  options): a second run on the same data and tokenizer loads the cached Arrow file instead of
+  tokenizing again. Tokens are stored as uint16 when the vocabulary fits (GPT-2: 50,257), else int32.
+- ``TokenBlocks`` cuts the concatenated token stream into consecutive blocks of ``block_size`` tokens,
+  reading only the block it is asked for from the memory-mapped cache: memory does not grow with
+  the corpus. With a budget ``max_tokens`` of *labelled* tokens (a block of n tokens has n - 1) the
+  stream ends exactly where the budget is reached, before any batching, so 1 and N processes measure
+  the same tokens. ``--streaming`` uses ``StreamingTokenBlocks`` over an ``IterableDataset``: the
+  same blocks, without materialising the split.
+
+Two packing conventions, options of the same pipeline:
+
+- measuring (default): a BOS token in front of every document when the tokenizer has one; the last,
+  shorter block is kept (its labels count).
+- GPT/TinyStories training (``eos=True, bos=False, drop_last=True``): every document followed by the
+  end-of-text token, the ragged tail dropped; examples carry ``labels`` (the model shifts them).
+
 The built-in synthetic corpus is :mod:`hf_collapse.study.corpus`.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Optional
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 DEFAULT_HUB_DATASET = "roneneldan/TinyStories"
+PIPELINE_VERSION = "1"  # part of every cache fingerprint: bump when the tokenized layout changes
+
 
 # ---------------------------------------------------------------------------------------------
 # tokenizers
@@ -35,19 +63,452 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 of what decides the token ids: class, vocabulary, merges, normaliser, special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:  # a slow tokenizer: its vocabulary
+        text = repr(sorted(tokenizer.get_vocab().items()))
+    text = f"{type(tokenizer).__name__}|{tokenizer.bos_token_id}|{tokenizer.eos_token_id}|{text}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
-# packing
+# documents
+
+
+def _file_format(path: str) -> str:
+    """``"eos"`` when the file has a ``<|endoftext|>`` line, else ``"blank"``; streams the file.
+
+    Raises FileNotFoundError for a missing file and ValueError for one without any text.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no text file at {path!r}")
+    has_text = has_eos = False
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                s = line.strip()
+                if s == EOS:
+                    has_eos = True
+                elif s:
+                    has_text = True
+                if has_eos and has_text:
+                    break
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not has_text:
+        raise ValueError(f"{path!r} holds no text (empty file?): no labelled token to measure")
+    return "eos" if has_eos else "blank"
+
+
+def split_documents(lines: Iterable[str], fmt: str = "eos") -> Iterator[str]:
+    """Documents of a line stream: separated by ``<|endoftext|>`` lines (``fmt="eos"``) or by blank
+    lines (``fmt="blank"``); stripped, empty ones skipped. O(one document) memory."""
+    if fmt not in ("eos", "blank"):
+        raise ValueError(f"fmt must be 'eos' or 'blank', got {fmt!r}")
+    current: list[str] = []
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if (line.strip() == EOS) if fmt == "eos" else (not line.strip()):
+            doc = "\n".join(current).strip()
+            if doc:
+                yield doc
+            current = []
+        else:
+            current.append(line)
+    doc = "\n".join(current).strip()
+    if doc:
+        yield doc
+
+
+def iter_documents(path: str | os.PathLike) -> Iterator[str]:
+    """Documents of a text file (``<|endoftext|>`` lines if present, else blank lines), streamed."""
+    path = os.fspath(path)
+    fmt = _file_format(path)
+    with open(path, encoding="utf-8") as f:
+        yield from split_documents(f, fmt)
+
+
+iter_file_documents = iter_documents  # the first release's name
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes (memoised on path, size and mtime)."""
+    st = os.stat(path)
+    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def _generate_documents(paths: list[str], formats: list[str], digests: list[str]):
+    """Rows ``{"text": document}`` of the files, in order (``digests`` only key the cache)."""
+    for path, fmt in zip(paths, formats):
+        with open(path, encoding="utf-8") as f:
+            for doc in split_documents(f, fmt):
+                yield {"text": doc}
+
+
+def check_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
+    """Create ``cache_dir`` if needed and make sure it is writable; ValueError in one line if not."""
+    if cache_dir is None:
+        import datasets
+
+        target = datasets.config.HF_DATASETS_CACHE
+    else:
+        target = cache_dir
+    target = os.fspath(target)
+    try:
+        os.makedirs(target, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write the datasets cache directory {target!r}: {e.strerror or e} "
+                         f"(choose another with --cache-dir or HF_DATASETS_CACHE)") from None
+    return cache_dir
+
+
+def load_text_dataset(files: Optional[str | os.PathLike | Sequence] = None, *, dataset: Optional[str] = None,
+                      config: Optional[str] = None, split: str = "train", text_column: str = "text",
+                      streaming: bool = False, cache_dir: Optional[str] = None):
+    """Documents as a ``datasets.Dataset`` (or ``IterableDataset`` when ``streaming``), text in ``text_column``.
+
+    ``files``: one or more local text files (documents split on ``<|endoftext|>`` lines, else blank
+    lines; the column is ``"text"``). ``dataset``: a Hub id or local dataset folder for
+    ``datasets.load_dataset`` (one document per row). Errors are one-line ValueError/FileNotFoundError.
+    """
+    import datasets
+
+    if (files is None) == (dataset is None):
+        raise ValueError("give either files or dataset")
+    check_cache_dir(cache_dir)
+    if files is not None:
+        paths = [os.fspath(p) for p in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+        formats = [_file_format(p) for p in paths]  # FileNotFoundError / empty file first, before datasets
+        kwargs = {"paths": paths, "formats": formats, "digests": [file_digest(p) for p in paths]}
+        features = datasets.Features({"text": datasets.Value("string")})
+        if streaming:
+            return datasets.IterableDataset.from_generator(_generate_documents, features=features, gen_kwargs=kwargs)
+        fp = hashlib.sha256(repr((PIPELINE_VERSION, formats, kwargs["digests"])).encode()).hexdigest()[:32]
+        try:
+            return datasets.Dataset.from_generator(_generate_documents, features=features, gen_kwargs=kwargs,
+                                                   cache_dir=cache_dir, fingerprint=fp)
+        except OSError as e:
+            raise ValueError(f"could not write {paths} into the datasets cache: {e}") from None
+    try:
+        ds = datasets.load_dataset(dataset, config, split=split, streaming=streaming, cache_dir=cache_dir)
+    except Exception as e:  # network, missing split, unreadable files, ... -> one clear line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"could not load dataset {dataset!r} (config {config!r}, split {split!r}): {msg}") from None
+    cols = ds.column_names
+    if cols is None:  # a streamed dataset whose features are unknown until the first row
+        first = next(iter(ds), None)
+        cols = [] if first is None else list(first)
+    if text_column not in cols:
+        raise ValueError(f"dataset {dataset!r} split {split!r} has no column {text_column!r}; columns: {cols}; "
+                         f"choose one with --text-column")
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenization
+
+
+class _Tokenize:
+    """Batched map function: texts -> token ids (BOS in front / EOS after each document as asked).
+
+    A class (not a closure) so that ``num_proc`` workers can pickle it; empty texts give no row.
+    """
+
+    def __init__(self, tokenizer, text_column: str, bos_id: Optional[int], eos_id: Optional[int]):
+        self.tokenizer, self.text_column, self.bos_id, self.eos_id = tokenizer, text_column, bos_id, eos_id
+
+    def __call__(self, batch):
+        texts = [t for t in batch[self.text_column] if isinstance(t, str) and t.strip()]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        pre = [] if self.bos_id is None else [self.bos_id]
+        post = [] if self.eos_id is None else [self.eos_id]
+        return {"input_ids": [pre + x + post for x in ids]}
+
+
+def _token_features(tokenizer):
+    import datasets
+
+    # uint16 halves the cache (and the pages read back) for vocabularies up to 65,536 ids
+    dtype = "uint16" if len(tokenizer) <= 65536 else "int32"
+    return datasets.Features({"input_ids": datasets.List(datasets.Value(dtype))})
+
+
+def default_num_proc(num_rows: Optional[int]) -> int:
+    """Workers for tokenization: the cores available, but one per 1,000 documents at most."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if num_rows is None:
+        return cores
+    return max(1, min(cores, num_rows // 1000))
+
+
+def tokenize_dataset(ds, tokenizer, *, text_column: str = "text", bos: bool = True, eos: bool = False,
+                     num_proc: Optional[int] = None, batch_size: int = 1000):
+    """``ds.map(batched=True, num_proc=...)`` into a dataset with one column ``input_ids`` per document.
+
+    ``bos``: put the tokenizer's BOS token (if it has one) in front of every document; ``eos``: put its
+    end-of-text token after every document. A map-style ``ds`` backed by cache files is tokenized
+    into the Arrow cache under a fingerprint of (documents, tokenizer, options): the same request
+    again loads the cached file. An ``IterableDataset`` is tokenized lazily while iterated.
+    """
+    import datasets
+
+    bos_id = tokenizer.bos_token_id if bos else None
+    eos_id = tokenizer.eos_token_id if eos else None
+    if eos and eos_id is None:
+        raise ValueError("the tokenizer has no eos token to separate packed texts")
+    fn = _Tokenize(tokenizer, text_column, bos_id, eos_id)
+    features = _token_features(tokenizer)
+    cols = ds.column_names
+    if isinstance(ds, datasets.IterableDataset):
+        return ds.map(fn, batched=True, batch_size=batch_size, remove_columns=cols, features=features)
+    if num_proc is None:
+        num_proc = default_num_proc(len(ds))
+    num_proc = max(1, min(int(num_proc), len(ds) or 1))
+    fp = hashlib.sha256(repr((PIPELINE_VERSION, ds._fingerprint, tokenizer_digest(tokenizer), text_column,
+                              bos_id, eos_id, features["input_ids"].feature.dtype)).encode()).hexdigest()[:32]
+    try:
+        return ds.map(fn, batched=True, batch_size=batch_size, remove_columns=cols, features=features,
+                      num_proc=num_proc if num_proc > 1 else None, new_fingerprint=fp, desc="tokenizing")
+    except OSError as e:
+        raise ValueError(f"could not write the tokenized data into the datasets cache: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks
+
+
+def budget_end(max_tokens: Optional[int], block_size: int) -> Optional[int]:
+    """Stream position after which no token is used: blocks of ``block_size`` tokens hold
+    ``block_size - 1`` labels each, so ``max_tokens`` labels need ``q`` full blocks and one of ``r + 1``."""
+    if max_tokens is None:
+        return None
+    q, r = divmod(int(max_tokens), block_size - 1)
+    return q * block_size + (r + 1 if r else 0)
+
+
+def _check_block_args(block_size, max_tokens):
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
+        raise ValueError(f"block_size (--block-size) must be an int >= 2, got {block_size!r}")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+
+
+class TokenStream:
+    """The ``input_ids`` of a tokenized ``Dataset``, concatenated, as a random-access stream.
+
+    Holds numpy views of the Arrow chunks (memory-mapped when the dataset lives in the cache) and
+    their start offsets: O(number of chunks) memory, whatever the corpus size.
+    """
+
+    def __init__(self, ds, column: str = "input_ids"):
+        if getattr(ds, "_indices", None) is not None:  # select/shuffle: write the rows in order first
+            ds = ds.flatten_indices()
+        self.dataset = ds
+        self.chunks: list[np.ndarray] = []
+        for chunk in ds.data.column(column).chunks:
+            flat = chunk.flatten()  # respects the chunk's slice; zero-copy
+            if len(flat):
+                self.chunks.append(flat.to_numpy(zero_copy_only=False))
+        self.starts = [0]
+        for c in self.chunks:
+            self.starts.append(self.starts[-1] + len(c))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` of the stream (a copy, int64)."""
+        out = np.empty(max(0, stop - start), dtype=np.int64)
+        i = bisect.bisect_right(self.starts, start) - 1
+        pos = start
+        while pos < stop:
+            c = self.chunks[i]
+            a = pos - self.starts[i]
+            b = min(len(c), stop - self.starts[i])
+            out[pos - start: pos - start + b - a] = c[a:b]
+            pos += b - a
+            i += 1
+        return out
+
+
+class _Blocks:
+    """What both block datasets share: the item format and the exact-budget cut."""
+
+    def _setup(self, block_size, max_tokens, drop_last, examples):
+        _check_block_args(block_size, max_tokens)
+        self.block_size, self.max_tokens, self.drop_last, self.examples = block_size, max_tokens, drop_last, examples
+
+    def _item(self, ids: np.ndarray):
+        row = torch.from_numpy(ids)  # (n,) int64
+        return {"input_ids": row, "labels": row.clone()} if self.examples else row
+
+
+class TokenBlocks(_Blocks, torch.utils.data.Dataset):
+    """Consecutive blocks of ``block_size`` tokens of a tokenized dataset (map-style, random access).
+
+    Block ``i`` is stream tokens ``[i * T, min((i + 1) * T, end))`` where ``end`` is the stream's end
+    or the exact budget of ``max_tokens`` labelled tokens, whichever comes first. The last block may
+    be shorter (``collate`` pads it) unless ``drop_last``; a last block of one token has no label and
+    is dropped. Items are 1-D LongTensors, or ``{"input_ids", "labels"}`` with ``examples=True``.
+
+    The first release's form ``TokenBlocks(list_of_id_lists)`` still works (items as given).
+    """
+
+    def __init__(self, tokens, block_size: Optional[int] = None, *, max_tokens: Optional[int] = None,
+                 drop_last: bool = False, examples: bool = False):
+        if block_size is None:  # the first release: a list of ready blocks
+            self.blocks, self.examples = list(tokens), False
+            return
+        self.blocks = None
+        self._setup(block_size, max_tokens, drop_last, examples)
+        self.stream = tokens if isinstance(tokens, TokenStream) else TokenStream(tokens)
+        total = len(self.stream)
+        cut = budget_end(max_tokens, block_size)
+        self.end = total if cut is None else min(total, cut)
+        T = block_size
+        n = self.end // T if drop_last else -(-self.end // T)
+        if n and not drop_last and self.end - (n - 1) * T < 2:
+            n -= 1  # a trailing single token has no next token
+        self.end = min(self.end, n * T)
+        self.num_blocks = n
+        self.available_tokens = total  # tokens in the whole stream (before any budget)
+
+    def __len__(self) -> int:
+        return len(self.blocks) if self.blocks is not None else self.num_blocks
+
+    def __getitem__(self, i):
+        if self.blocks is not None:
+            return self.blocks[i]
+        if not -self.num_blocks <= i < self.num_blocks:
+            raise IndexError(f"block {i} out of range ({self.num_blocks} blocks)")
+        i %= self.num_blocks
+        T = self.block_size
+        return self._item(self.stream.read(i * T, min((i + 1) * T, self.end)))
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the blocks."""
+        return sum(len(b) for b in self.blocks) if self.blocks is not None else self.end
+
+    @property
+    def num_labelled(self) -> int:
+        """Labelled tokens (positions with a next token in the same block)."""
+        return self.num_tokens - len(self)
+
+    def to_tensor(self) -> torch.Tensor:
+        """All blocks stacked ``(N, T)`` (equal lengths only, e.g. ``drop_last``); small data only."""
+        if len(self) == 0:
+            raise ValueError("no block to stack")
+        rows = [self[i]["input_ids"] if self.examples else torch.as_tensor(self[i]) for i in range(len(self))]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("blocks of different lengths cannot be stacked (use drop_last=True)")
+        return torch.stack(rows)  # (N, T)
+
+
+class StreamingTokenBlocks(_Blocks, torch.utils.data.IterableDataset):
+    """The blocks of ``TokenBlocks`` from a tokenized ``datasets.IterableDataset``, without materialising it.
+
+    Same cut (consecutive blocks, exact budget, last shorter block unless ``drop_last``), so the
+    streamed and the cached pipeline yield the same blocks. Keeps one block of tokens in memory.
+    """
+
+    def __init__(self, tokenized, block_size: int, *, max_tokens: Optional[int] = None, drop_last: bool = False,
+                 examples: bool = False, column: str = "input_ids"):
+        self._setup(block_size, max_tokens, drop_last, examples)
+        self.tokenized, self.column = tokenized, column
+
+    def __iter__(self):
+        T = self.block_size
+        cut = budget_end(self.max_tokens, T)
+        buf: list[int] = []
+        pos = 0  # stream position of buf[0]
+        for row in self.tokenized:
+            buf.extend(int(t) for t in row[self.column])
+            while len(buf) >= T and (cut is None or pos + T <= cut):
+                yield self._item(np.asarray(buf[:T], dtype=np.int64))
+                del buf[:T]
+                pos += T
+            if cut is not None and pos + len(buf) >= cut:
+                break
+        if cut is not None:
+            buf = buf[: max(0, cut - pos)]
+        if buf and (len(buf) == T or (not self.drop_last and len(buf) >= 2)):
+            yield self._item(np.asarray(buf, dtype=np.int64))
+
+
+def collate(blocks):
+    """Right-pad blocks (id lists or 1-D tensors): input_ids (B, T), attention_mask (B, T) with 0 on padding."""
+    T = max(len(b) for b in blocks)
+    ids = torch.zeros(len(blocks), T, dtype=torch.long)
+    mask = torch.zeros(len(blocks), T, dtype=torch.long)
+    for i, b in enumerate(blocks):
+        ids[i, :len(b)] = torch.as_tensor(b)
+        mask[i, :len(b)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def text_blocks(tokenizer, block_size: int, *, files=None, dataset: Optional[str] = None, config=None,
+                split: str = "train", text_column: str = "text", streaming: bool = False,
+                max_tokens: Optional[int] = None, num_proc: Optional[int] = None, cache_dir: Optional[str] = None,
+                bos: bool = True, eos: bool = False, drop_last: bool = False, examples: bool = False):
+    """The whole pipeline: text files or a dataset -> documents -> token ids (cached) -> blocks.
+
+    Returns ``TokenBlocks`` (map-style, cached, memory-mapped) or ``StreamingTokenBlocks`` (``streaming``).
+    """
+    _check_block_args(block_size, max_tokens)
+    docs = load_text_dataset(files, dataset=dataset, config=config, split=split, text_column=text_column,
+                             streaming=streaming, cache_dir=cache_dir)
+    tokenized = tokenize_dataset(docs, tokenizer, text_column="text" if files is not None else text_column,
+                                 bos=bos, eos=eos, num_proc=num_proc)
+    cls = StreamingTokenBlocks if streaming else TokenBlocks
+    return cls(tokenized, block_size, max_tokens=max_tokens, drop_last=drop_last, examples=examples)
+
+
+def blocks_from_texts(texts: Sequence[str], tokenizer, block_size: int, *, max_tokens: Optional[int] = None,
+                      bos: bool = True, eos: bool = False, drop_last: bool = False, examples: bool = False,
+                      num_proc: Optional[int] = 1) -> TokenBlocks:
+    """The pipeline on texts already in memory (an in-memory ``Dataset``, nothing cached)."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": list(texts)})
+    tokenized = tokenize_dataset(ds, tokenizer, bos=bos, eos=eos, num_proc=num_proc)
+    return TokenBlocks(tokenized, block_size, max_tokens=max_tokens, drop_last=drop_last, examples=examples)
+
+
+# ---------------------------------------------------------------------------------------------
+# the first release's helpers, as thin forms of the pipeline
+
+
+def token_blocks(documents, tokenizer, block_size: int, max_tokens):
+    """Blocks (lists of ids) of at most ``block_size`` tokens holding exactly ``max_tokens`` labelled
+    positions, BOS in front of every document (``TokenBlocks`` on in-memory texts)."""
+    _check_block_args(block_size, max_tokens)
+    docs = [d for d in documents if isinstance(d, str) and d.strip()]
+    if not docs:
+        return []
+    blocks = blocks_from_texts(docs, tokenizer, block_size, max_tokens=max_tokens)
+    return [blocks[i].tolist() for i in range(len(blocks))]
 
 
 def pack_token_ids(sequences: Iterable[Sequence[int]], block_size: int, eos_id: Optional[int],
                    max_blocks: Optional[int] = None) -> torch.Tensor:
-    """GPT-style packing: concatenate ``seq + [eos]`` for every sequence, cut into rows of ``block_size``.
-
-    Returns a LongTensor ``(N, block_size)``; the ragged tail (< block_size tokens) is dropped.
-    ``eos_id=None`` concatenates without separators. Stops after ``max_blocks`` rows if given.
-    """
-    if not isinstance(block_size, int) or block_size < 2:
-        raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
+    """GPT-style packing of id lists: ``seq + [eos]`` concatenated, cut into rows of ``block_size``,
+    ragged tail dropped: ``(N, T)``. ``eos_id=None`` concatenates without separators."""
+    _check_block_args(block_size, None)
     stream: list[int] = []
     limit = None if max_blocks is None else max_blocks * block_size
     for seq in sequences:
@@ -56,9 +517,7 @@ def pack_token_ids(sequences: Iterable[Sequence[int]], block_size: int, eos_id: 
             stream.append(int(eos_id))
         if limit is not None and len(stream) >= limit:
             break
-    n = len(stream) // block_size
-    if max_blocks is not None:
-        n = min(n, max_blocks)
+    n = len(stream) // block_size if max_blocks is None else min(len(stream) // block_size, max_blocks)
     if n == 0:
         raise ValueError(f"the texts hold {len(stream)} tokens, fewer than one block of {block_size}")
     return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)  # (N, T)
@@ -66,15 +525,12 @@ def pack_token_ids(sequences: Iterable[Sequence[int]], block_size: int, eos_id: 
 
 def pack_texts(texts: Sequence[str], tokenizer, block_size: int, max_blocks: Optional[int] = None,
                batch_size: int = 1000) -> torch.Tensor:
-    """Tokenize ``texts`` (no special tokens added) and pack them with the tokenizer's eos token: ``(N, T)``."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token to separate packed texts")
-
-    def batches():
-        for i in range(0, len(texts), batch_size):
-            yield from tokenizer(list(texts[i:i + batch_size]), add_special_tokens=False)["input_ids"]
-
-    return pack_token_ids(batches(), block_size, tokenizer.eos_token_id, max_blocks=max_blocks)
+    """Texts packed GPT-style with the tokenizer's eos token: ``(N, T)`` (``blocks_from_texts``, stacked)."""
+    blocks = blocks_from_texts(texts, tokenizer, block_size, bos=False, eos=True, drop_last=True)
+    n = len(blocks) if max_blocks is None else min(len(blocks), max_blocks)
+    if n == 0:
+        raise ValueError(f"the texts hold {len(blocks.stream)} tokens, fewer than one block of {block_size}")
+    return torch.stack([blocks[i] for i in range(n)])  # (N, T)
 
 
 class PackedDataset(torch.utils.data.Dataset):
@@ -93,137 +549,33 @@ class PackedDataset(torch.utils.data.Dataset):
         return {"input_ids": row, "labels": row.clone()}
 
 
-# ---------------------------------------------------------------------------------------------
-# loaders
-
-
 def read_stories(path: str | os.PathLike, separator: str = EOS, max_stories: Optional[int] = None) -> list[str]:
-    """Stories from a TinyStories-format text file: stories separated by lines holding ``separator``.
-
-    A file without any separator line (e.g. the TinyStories validation text) is returned as one
-    text, so packing adds no end-of-text tokens inside it.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no text file at {path!r}")
-    with open(path, encoding="utf-8") as f:
-        raw = f.read()
-    stories, current = [], []
-    for line in raw.splitlines():
-        if line.strip() == separator:
-            stories.append("\n".join(current).strip())
-            current = []
-        else:
-            current.append(line)
-    stories.append("\n".join(current).strip())
-    stories = [s for s in stories if s]
-    if max_stories is not None:
-        stories = stories[:max_stories]
-    if not stories:
-        raise ValueError(f"{path!r} holds no text")
-    return stories
+    """Documents of a text file as a list (``iter_documents``; a file without ``<|endoftext|>``
+    lines is split on blank lines)."""
+    if separator != EOS:
+        raise ValueError(f"only the {EOS!r} separator is supported, got {separator!r}")
+    out = []
+    for doc in iter_documents(path):
+        if max_stories is not None and len(out) >= max_stories:
+            break
+        out.append(doc)
+    return out
 
 
 def load_hub_stories(dataset_name: str = DEFAULT_HUB_DATASET, split: str = "train", text_column: str = "text",
                      max_stories: Optional[int] = None, **kwargs) -> list[str]:
-    """Texts of a Hugging Face Hub dataset (default TinyStories) via ``datasets.load_dataset``.
-
-    With ``max_stories`` the split is streamed and only that many stories are read.
-    """
-    import datasets
-
+    """Texts of a Hub dataset (default TinyStories); with ``max_stories`` the split is streamed."""
+    ds = load_text_dataset(dataset=dataset_name, split=split, text_column=text_column,
+                           streaming=max_stories is not None, **kwargs)
     if max_stories is not None:
-        ds = datasets.load_dataset(dataset_name, split=split, streaming=True, **kwargs)
-        out = []
-        for ex in ds:
-            if len(out) >= max_stories:
-                break
-            out.append(ex[text_column])
-        return out
-    ds = datasets.load_dataset(dataset_name, split=split, **kwargs)
-    if text_column not in ds.column_names:
-        raise ValueError(f"dataset {dataset_name!r} has no column {text_column!r} (columns: {ds.column_names})")
-    return list(ds[text_column])
-
-
-# ---------------------------------------------------------------------------- text files and datasets -> token blocks
-def iter_file_documents(path):
-    """Documents of a text file: split on ``<|endoftext|>`` lines if present, else on blank lines."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no text file at {path!r}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    sep = "<|endoftext|>"
-    parts = text.split(sep) if sep in text else text.split("\n\n")
-    for p in parts:
-        p = p.strip()
-        if p:
-            yield p
+        ds = ds.take(max_stories)
+    return [t for t in (row[text_column] for row in ds) if isinstance(t, str) and t.strip()]
 
 
 def iter_dataset_documents(name, config, split, text_column, streaming=False):
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
-    except Exception as e:  # network, missing split, ... -> one clear line
-        raise ValueError(f"could not load dataset {name!r} (config {config!r}, split {split!r}): {e}") from e
-    cols = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
-    if text_column not in cols:
-        raise ValueError(f"dataset {name!r} split {split!r} has no column {text_column!r}; columns: {cols}; "
-                         f"choose one with --text-column")
+    """Texts of a dataset split, streamed row by row (non-empty ones)."""
+    ds = load_text_dataset(dataset=name, config=config, split=split, text_column=text_column, streaming=streaming)
     for row in ds:
         t = row[text_column]
         if isinstance(t, str) and t.strip():
             yield t
-
-
-def token_blocks(documents, tokenizer, block_size: int, max_tokens):
-    """Blocks (lists of ids) of at most ``block_size`` tokens holding exactly ``max_tokens``
-    labelled positions (block of n tokens -> n - 1 labels), or all the data when ``max_tokens`` is None."""
-    if block_size < 2:
-        raise ValueError(f"--block-size must be at least 2, got {block_size}")
-    bos = tokenizer.bos_token_id
-    blocks, buf, labelled = [], [], 0
-    for doc in documents:
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
-        if bos is not None:
-            ids = [bos] + ids
-        buf.extend(ids)
-        while len(buf) >= block_size:
-            take = block_size
-            if max_tokens is not None:
-                take = min(take, max_tokens - labelled + 1)
-            blocks.append(buf[:take])
-            labelled += take - 1
-            buf = buf[take:]
-            if max_tokens is not None and labelled >= max_tokens:
-                return blocks
-    if len(buf) >= 2 and (max_tokens is None or labelled < max_tokens):
-        take = len(buf) if max_tokens is None else min(len(buf), max_tokens - labelled + 1)
-        blocks.append(buf[:take])
-    return blocks
-
-
-class TokenBlocks(torch.utils.data.Dataset):
-    """A list of token-id blocks as a map-style dataset (``collate`` pads them)."""
-
-    def __init__(self, blocks):
-        self.blocks = blocks
-
-    def __len__(self):
-        return len(self.blocks)
-
-    def __getitem__(self, i):
-        return self.blocks[i]
-
-
-def collate(blocks):
-    """Right-pad a list of id lists: input_ids (B, T), attention_mask (B, T) with 0 on padding."""
-    T = max(len(b) for b in blocks)
-    ids = torch.zeros(len(blocks), T, dtype=torch.long)
-    mask = torch.zeros(len(blocks), T, dtype=torch.long)
-    for i, b in enumerate(blocks):
-        ids[i, :len(b)] = torch.tensor(b)
-        mask[i, :len(b)] = 1
-    return {"input_ids": ids, "attention_mask": mask}

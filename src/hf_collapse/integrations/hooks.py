@@ -277,7 +277,7 @@ class FeatureCollector:
         self.enabled = True
         self._batch: Optional[dict] = None
         self._handles = []
-        self.batch_tokens = 0  # labelled tokens seen by the first module in the last batch
+        self.batch_tokens = 0  # labelled tokens of the first module in the last batch (a device tensor)
 
     # -- install / remove
     def __enter__(self) -> FeatureCollector:
@@ -304,6 +304,11 @@ class FeatureCollector:
             h.remove()
         self._handles.clear()
         self._batch = None
+
+    def check(self) -> None:
+        """Raise the label / finiteness errors the statistics deferred (one host sync per module)."""
+        for st in self.statistics.values():
+            st.check()
 
     # -- hooks
     def _active(self) -> bool:
@@ -338,14 +343,13 @@ class FeatureCollector:
             return h, y
         y = y.reshape(-1)
         h = h.reshape(-1, h.shape[-1])
-        valid = y != self.ignore_index
-        if self.remaining is not None:
+        valid = y != self.ignore_index  # (N,)
+        if self.remaining is not None:  # an int or a device tensor: masked either way, no host sync
             over = valid.cumsum(0) > self.remaining
-            if bool(over.any()):
-                y = y.masked_fill(over, self.ignore_index)
-                valid = valid & ~over
-        if first:
-            self.batch_tokens += int(valid.sum())
+            y = y.masked_fill(over, self.ignore_index)
+            valid = valid & ~over
+        if first:  # a device tensor: read by the pass every N batches, not here
+            self.batch_tokens = self.batch_tokens + valid.sum()
         return h, y
 
     def _make_pre_hook(self, name, first):
@@ -359,6 +363,7 @@ class FeatureCollector:
                 st = CollapseStatistics(self.num_classes, h.shape[-1], covariance=self.covariance,
                                         ignore_index=self.ignore_index)
                 self.statistics[name] = st
+            st.defer_checks = True  # checked by check() / finish_pass, not once per batch
             st.update(h, y)
             return None
         return hook

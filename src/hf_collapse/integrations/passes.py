@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ..core.distributed import finish_pass, global_sum, rank_and_world
+from ..core.distributed import all_reduce_sum, finish_pass, rank_and_world
 from ..core.measures import CollapseResult, measure_collapse
 from ..core.nc4 import NC4Counter
 from ..core.registry import MEASURE_KEYS
@@ -40,14 +40,32 @@ def _model_device(model) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+SYNC_EVERY = 32  # batches between the host's reads of the token count and the deferred checks
+
+
+def _batch_numel(batch) -> float:
+    """Upper bound of a batch's labelled tokens from its shapes alone (no device read)."""
+    ref = batch.get("labels") if batch.get("labels") is not None else batch.get("input_ids")
+    return float(ref.numel()) if isinstance(ref, torch.Tensor) else float("inf")
+
+
 def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max_batches, progress, desc,
-              skip_batches=0, on_batch=None, tokens0=0):
-    """Drive ``model`` over ``dataloader`` under no_grad + eval mode; hooks do the accumulating."""
+              skip_batches=0, on_batch=None, tokens0=0, sync_every: int = SYNC_EVERY):
+    """Drive ``model`` over ``dataloader`` under no_grad + eval mode; hooks do the accumulating.
+
+    No host synchronisation per batch: the labelled-token count stays on the device. In one process
+    the budget cuts the last batch exactly through a device-side remaining count; in several, a whole
+    batch counts while the global count (one all-reduce per batch, asynchronous on NCCL) is below the
+    budget, and later batches are masked out. The host reads the count and the deferred label checks
+    every ``sync_every`` batches, and (one process) at every batch once the batches' shapes allow the
+    budget to be reached, to leave the loop. Returns (batches, tokens).
+    """
     inner = collector.model
     was_training = inner.training
     device = _model_device(inner)
     rank, world = rank_and_world()
-    tokens = tokens0
+    tokens = torch.tensor(tokens0, dtype=torch.long, device=device)  # labelled tokens so far, all processes
+    bound = float(tokens0)  # host-side upper bound of ``tokens``
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -71,19 +89,33 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
                 if batches < skip_batches:
                     batches += 1
                     continue
-                if max_tokens is not None and world == 1:
-                    collector.remaining = max_tokens - tokens
+                if max_tokens is not None:  # device tensors: masking instead of a branch on the host
+                    collector.remaining = (max_tokens - tokens if world == 1 else
+                                           torch.where(tokens < max_tokens, torch.iinfo(torch.long).max, 0))
                 collector.batch_tokens = 0
-                model(**_move(batch, device))
+                try:
+                    model(**_move(batch, device))
+                except Exception:
+                    collector.check()  # a bad label the hooks saw explains the model's own error best
+                    raise
                 batches += 1
-                tokens += global_sum(collector.batch_tokens) if max_tokens is not None else collector.batch_tokens
+                batch_tokens = collector.batch_tokens
+                if max_tokens is not None and world > 1:
+                    batch_tokens = all_reduce_sum(torch.as_tensor(batch_tokens, device=device).reshape(1))[0]
+                tokens = tokens + batch_tokens
+                bound += _batch_numel(batch) * world
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(tokens=tokens)
                 if on_batch is not None:
                     on_batch(batches, tokens)
-                if max_tokens is not None and tokens >= max_tokens:
-                    break
+                near_end = max_tokens is not None and world == 1 and bound >= max_tokens
+                if batches % sync_every == 0 or near_end:
+                    collector.check()  # raises the deferred label / finiteness errors
+                    seen = int(tokens)  # the one host sync of these batches
+                    if bar is not None:
+                        bar.set_postfix(tokens=seen)
+                    if max_tokens is not None and seen >= max_tokens:
+                        break
     finally:
         collector.remove()
         collector.remaining = None
@@ -93,7 +125,8 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
         if hasattr(dataloader, "gradient_state") and hasattr(dataloader, "end"):
             # an Accelerate dataloader left early (budget) stays registered as the active one
             dataloader.end()
-    return batches, tokens
+    collector.check()
+    return batches, int(tokens)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -152,7 +185,7 @@ def collect_statistics(model, dataloader, settings: Optional[CollapseArguments] 
 
     def on_batch(batches, tokens):
         if batches % checkpoint_every == 0:
-            write_checkpoint(checkpoint_path, collector.statistics, batches, tokens, fp)
+            write_checkpoint(checkpoint_path, collector.statistics, batches, int(tokens), fp)
 
     if max_tokens is None or tokens0 < max_tokens:
         _run_pass(model, dataloader, collector, max_tokens=max_tokens, max_batches=max_batches, progress=progress,
