@@ -57,7 +57,6 @@ def _report_size(blocks, which, budget, main):
     if budget is not None and blocks.num_labelled < budget and main:
         msg = (f"the {which} data hold {blocks.num_labelled:,} labelled tokens, fewer than the budget of "
                f"{budget:,}: measuring all of them")
-        logger.warning(msg)
         print(f"hf-collapse measure: note: {msg}", file=sys.stderr)
     logger.info("%s data: %d blocks, %d labelled tokens", which, len(blocks), blocks.num_labelled)
 
@@ -105,8 +104,6 @@ def run(args) -> int:
         datasets.disable_progress_bars()
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
-        model.to(accelerator.device).eval()
 
         def loader(which, budget):
             # the main process tokenizes into the cache first; the others then read the cached files
@@ -127,6 +124,9 @@ def run(args) -> int:
         train_dl = loader("train", args.max_tokens)
         nc4_budget = args.nc4_max_tokens if args.nc4_max_tokens is not None else args.max_tokens
         nc4_dl = loader("validation", nc4_budget)
+        # the model after the data: bad data fail fast, and tokenizing never overlaps the model in memory
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
+        model.to(accelerator.device).eval()
         data = describe_data(args, "train")
         if not args.no_reuse and not args.layers and not args.covariance:
             found = _matching_measurement(args, model, data)

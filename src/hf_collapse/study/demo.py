@@ -85,7 +85,7 @@ def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_
         logging_steps=10_000, eval_strategy="no", progress=progress,
     )
     data = prepare_data(base)
-    print(f"data: {data.source}: {data.train.numel():,} training tokens, {data.validation.numel():,} validation "
+    print(f"data: {data.source}: {data.train.num_tokens:,} training tokens, {data.validation.num_tokens:,} validation "
           f"tokens, vocabulary {len(data.tokenizer)}")
     rows = []
     for depth, width in grid:

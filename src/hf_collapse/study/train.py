@@ -40,11 +40,12 @@ import torch
 from ..core.io import atomic_write_text
 from ..integrations.data import (
     DEFAULT_HUB_DATASET,
-    PackedDataset,
+    TokenBlocks,
+    blocks_from_texts,
     load_hub_stories,
+    load_text_dataset,
     load_tokenizer,
-    pack_texts,
-    read_stories,
+    tokenize_dataset,
 )
 from ..integrations.hub import save_measured
 from .corpus import generate_stories, train_tokenizer
@@ -127,38 +128,59 @@ def gpt_neo_config(width: int, depth: int, vocab_size: int, *, num_heads: int = 
 
 @dataclass
 class StudyData:
-    """Tokenizer and packed ``(N, T)`` train / validation blocks, shared by the runs of a grid."""
+    """Tokenizer and packed train / validation blocks (``TokenBlocks`` of ``{"input_ids", "labels"}``
+    examples, GPT-style: EOS after every story, ragged tail dropped), shared by the runs of a grid."""
 
     tokenizer: object
-    train: torch.Tensor
-    validation: torch.Tensor
+    train: TokenBlocks
+    validation: TokenBlocks
     source: str
 
 
+def _first(ds, n: Optional[int]):
+    return ds if n is None else ds.select(range(min(n, len(ds))))
+
+
 def prepare_data(args: StudyArguments) -> StudyData:
-    """Built-in stories (``builtin_stories > 0``), local files (``train_file``) or the Hub dataset, packed."""
+    """Built-in stories (``builtin_stories > 0``), local files (``train_file``) or the Hub dataset, packed
+    by the pipeline of :mod:`hf_collapse.integrations.data` (files and whole Hub splits are tokenized
+    into the datasets cache, so the runs of a grid and later grids reuse the tokens)."""
+    pack = dict(bos=False, eos=True, drop_last=True, examples=True)
+    # validation budget: max_eval_blocks full blocks of T tokens hold that many x (T - 1) labels
+    val_budget = None if args.max_eval_blocks is None else args.max_eval_blocks * (args.block_size - 1)
     if args.builtin_stories > 0:
         train_texts = generate_stories(args.builtin_stories, seed=0)
         val_texts = generate_stories(max(args.builtin_stories // 10, 50), seed=1)   # disjoint seed
         tokenizer = train_tokenizer(train_texts, vocab_size=args.builtin_vocab_size)
         source = f"built-in procedural stories ({args.builtin_stories} train / {len(val_texts)} validation)"
+        train = blocks_from_texts(train_texts, tokenizer, args.block_size, **pack)
+        val = blocks_from_texts(val_texts, tokenizer, args.block_size, max_tokens=val_budget, **pack)
     elif args.train_file:
-        train_texts = read_stories(args.train_file, max_stories=args.max_train_stories)
+        train_docs = _first(load_text_dataset(args.train_file), args.max_train_stories)
         if args.validation_file:
-            val_texts = read_stories(args.validation_file, max_stories=args.max_eval_stories)
+            val_docs = _first(load_text_dataset(args.validation_file), args.max_eval_stories)
         else:   # hold out the last 10% of the stories
-            cut = max(1, len(train_texts) // 10)
-            train_texts, val_texts = train_texts[:-cut], train_texts[-cut:]
+            cut = max(1, len(train_docs) // 10)
+            train_docs, val_docs = (train_docs.select(range(len(train_docs) - cut)),
+                                    train_docs.select(range(len(train_docs) - cut, len(train_docs))))
         tokenizer = load_tokenizer(args.tokenizer)
-        source = f"{args.train_file} ({len(train_texts)} stories)"
+        source = f"{args.train_file} ({len(train_docs)} stories)"
+        train = TokenBlocks(tokenize_dataset(train_docs, tokenizer, bos=False, eos=True), args.block_size,
+                            drop_last=True, examples=True)
+        val = TokenBlocks(tokenize_dataset(val_docs, tokenizer, bos=False, eos=True), args.block_size,
+                          max_tokens=val_budget, drop_last=True, examples=True)
     else:
         train_texts = load_hub_stories(args.dataset_name, "train", max_stories=args.max_train_stories)
         val_texts = load_hub_stories(args.dataset_name, "validation", max_stories=args.max_eval_stories)
         tokenizer = load_tokenizer(args.tokenizer)
         source = f"{args.dataset_name} ({len(train_texts)} stories)"
-    train = pack_texts(train_texts, tokenizer, args.block_size)
-    val = pack_texts(val_texts, tokenizer, args.block_size, max_blocks=args.max_eval_blocks)
-    logger.info("data: %s -> %d x %d train, %d x %d validation tokens", source, *train.shape, *val.shape)
+        train = blocks_from_texts(train_texts, tokenizer, args.block_size, **pack)
+        val = blocks_from_texts(val_texts, tokenizer, args.block_size, max_tokens=val_budget, **pack)
+    for name, blocks in (("training", train), ("validation", val)):
+        if len(blocks) == 0:
+            raise ValueError(f"the {name} texts hold fewer tokens than one block of {args.block_size}")
+    logger.info("data: %s -> %d x %d train, %d x %d validation tokens", source, len(train), args.block_size,
+                len(val), args.block_size)
     return StudyData(tokenizer, train, val, source)
 
 
@@ -181,8 +203,8 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     # the run's own measurement settings (k, tile, dtype, modules), with this measurement's budgets
     cfg = trainer.collapse_args.override(task="causal_lm", max_tokens=args.measure_max_tokens,
                                          nc4_max_tokens=args.nc4_max_tokens, per_class=True)
-    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), cfg, progress=progress)
-    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, cfg,
+    stats = collect_statistics(model, trainer.get_eval_dataloader(data.train), cfg, progress=progress)
+    nc4 = collect_nc4(model, trainer.get_eval_dataloader(data.validation), stats, cfg,
                       progress=progress)
     report = measure_statistics(model, stats, cfg, nc4=nc4)
     return report
@@ -229,8 +251,8 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
         dataloader_pin_memory=torch.cuda.is_available(),
         **(training_overrides or {}),
     )
-    trainer = CollapseTrainer(model=model, args=targs, train_dataset=PackedDataset(data.train),
-                              eval_dataset=PackedDataset(data.validation), collapse_args=collapse_args)
+    trainer = CollapseTrainer(model=model, args=targs, train_dataset=data.train,
+                              eval_dataset=data.validation, collapse_args=collapse_args)
     if not args.progress:   # quiet: no per-log print lines either
         trainer.remove_callback(PrinterCallback)
     train_out = trainer.train()
@@ -248,7 +270,7 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
             "weight_decay": args.weight_decay, "seed": args.seed, "num_parameters": num_parameters,
             "eval_loss": eval_loss, "train_loss": float(train_out.training_loss),
-            "train_tokens": int(data.train.numel()), "data": data.source, "arguments": asdict(args),
+            "train_tokens": data.train.num_tokens, "data": data.source, "arguments": asdict(args),
             "final_eval": {k: float(v) for k, v in final_eval.items() if isinstance(v, (int, float))},
             "log_history": trainer.state.log_history}
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)   # save_strategy="no": only an empty folder
