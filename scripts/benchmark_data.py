@@ -22,6 +22,7 @@ saved into the temporary folder: its forward is cheap, so the runs show the data
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import subprocess
@@ -71,6 +72,8 @@ def run_measure(model: str, corpus: Path, cache: Path, args) -> dict:
     cmd = [sys.executable, "-m", "hf_collapse.cli", "measure", model, "--train-file", str(corpus),
            "--block-size", str(args.block_size), "--batch-size", str(args.batch_size), "--no-progress",
            "--no-reuse", "--cache-dir", str(cache), "--checkpoint-every", "0"]
+    if args.max_tokens:
+        cmd += ["--max-tokens", str(args.max_tokens)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -117,12 +120,37 @@ def memory_and_cache(args, folder: Path, tokens_per_copy: int) -> list[dict]:
         corpus = make_corpus(folder, size, tokens_per_copy)
         cache = folder / f"cache-{corpus.stem}"
         for run in ("first (tokenizes)", "second (cached)"):
-            res = peak_rss_of(lambda: run_measure(args.model, corpus, cache, args))
+            res = peak_rss_of(functools.partial(run_measure, args.model, corpus, cache, args))
             res.update(corpus=f"{size:.0e}", run=run)
             rows.append(res)
             print(f"  corpus {size:.0e}: {run:<18} tokens {res['tokens']:>11,}  peak RSS {res['rss_mib']:7.1f} MiB  "
                   f"{res['seconds']:6.1f} s  {res['tokens'] / res['seconds']:>9,.0f} tokens/s", flush=True)
     return rows
+
+
+def read_all_blocks(args, folder: Path) -> tuple[int, float, float]:
+    """Resident memory growth (MiB) after reading every block of the largest corpus in this process,
+    with the mapping's pages released as the pass goes (default) and without."""
+    from transformers import AutoTokenizer
+
+    from hf_collapse.integrations.data import text_blocks
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    corpus = make_corpus(folder, args.sizes[-1], args.tokens_per_copy)
+    grow = []
+    for release in (True, False):
+        blocks = text_blocks(tok, args.block_size, files=corpus, cache_dir=str(folder / f"cache-{corpus.stem}"))
+        if not release:
+            blocks.stream._maps = []
+        before = rss_mib()
+        for i in range(len(blocks)):
+            blocks[i]
+        grow.append(rss_mib() - before)
+    return blocks.num_tokens, grow[0], grow[1]
 
 
 def collection_overhead(args, folder: Path) -> tuple[float, float, int]:
@@ -179,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="tiny", help="model folder with tokenizer, or 'tiny' (default): a random "
                    "GPT-Neo 1x32 with the stories260K tokenizer")
     p.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7], help="corpus sizes in tokens")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="budget of the statistics pass (same for every corpus; default: the whole corpus)")
     p.add_argument("--block-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overhead-tokens", type=float, default=1e6, help="corpus size of the overhead comparison")
@@ -192,6 +222,7 @@ def main(argv=None) -> int:
         return 1
     import platform
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
 
     from hf_collapse.integrations.data import iter_documents
@@ -220,6 +251,9 @@ def main(argv=None) -> int:
             for f, s in zip(firsts, seconds):
                 print(f"  corpus {f['corpus']}: second run {s['seconds']:.1f} s vs first {f['seconds']:.1f} s "
                       f"({'not slower' if s['seconds'] <= f['seconds'] else 'SLOWER'})")
+            n, released, kept = read_all_blocks(args, folder)
+            print(f"  reading all {n:,} tokens of the {args.sizes[-1]:.0e} corpus block by block in one process: "
+                  f"RSS +{released:.1f} MiB (pages released every 8 MiB read), +{kept:.1f} MiB without releasing")
         if not args.skip_overhead:
             plain, hooked, tokens = collection_overhead(args, folder)
             print(f"statistics pass vs plain eval forward ({tokens:,} labelled tokens, best of {args.repeats}): "

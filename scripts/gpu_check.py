@@ -22,6 +22,7 @@ On a machine without CUDA it says so and exits with status 0 (CPU CI does not de
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import warnings
@@ -51,12 +52,12 @@ def sweep_rows(args, dev, sync) -> list[tuple[str, str, str]]:
         stats.has_shift = True
         a = torch.randn(C, d, device=dev)
         b = torch.randn(C // 2, d, device=dev)
-        dense = min(_timed(lambda: a @ b.T, sync) for _ in range(3))
+        dense = min(_timed(lambda a=a, b=b: a @ b.T, sync) for _ in range(3))
         times = {}
         for tile in args.tile_sizes:
             measure_collapse(stats, k=2.0, per_class=True, tile_size=tile)  # warm-up (kernels, allocator)
-            times[tile] = min(_timed(lambda: measure_collapse(stats, k=2.0, per_class=True, tile_size=tile), sync)
-                              for _ in range(2))
+            run = functools.partial(measure_collapse, stats, k=2.0, per_class=True, tile_size=tile)
+            times[tile] = min(_timed(run, sync) for _ in range(2))
         best = min(times, key=times.get)
         for tile, t in times.items():
             rows.append((f"pairwise set C={C:,} d={d:,} tile={tile}" + (" (best)" if tile == best else ""),

@@ -14,7 +14,6 @@ from hf_collapse.integrations.data import (
     load_text_dataset,
     split_documents,
     text_blocks,
-    tokenize_dataset,
 )
 
 

@@ -30,7 +30,6 @@ The built-in synthetic corpus is :mod:`hf_collapse.study.corpus`.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
 import logging
@@ -39,8 +38,18 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Optional
 
-import numpy as np
 import torch
+
+from .blocks import (  # noqa: F401  (re-exported: the pipeline's public names live here)
+    PackedDataset,
+    StreamingTokenBlocks,
+    TokenBlocks,
+    TokenStream,
+    budget_end,
+    check_block_args,
+    collate,
+    pack_token_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -287,180 +296,6 @@ def tokenize_dataset(ds, tokenizer, *, text_column: str = "text", bos: bool = Tr
         raise ValueError(f"could not write the tokenized data into the datasets cache: {e}") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# blocks
-
-
-def budget_end(max_tokens: Optional[int], block_size: int) -> Optional[int]:
-    """Stream position after which no token is used: blocks of ``block_size`` tokens hold
-    ``block_size - 1`` labels each, so ``max_tokens`` labels need ``q`` full blocks and one of ``r + 1``."""
-    if max_tokens is None:
-        return None
-    q, r = divmod(int(max_tokens), block_size - 1)
-    return q * block_size + (r + 1 if r else 0)
-
-
-def _check_block_args(block_size, max_tokens):
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
-        raise ValueError(f"block_size (--block-size) must be an int >= 2, got {block_size!r}")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
-
-
-class TokenStream:
-    """The ``input_ids`` of a tokenized ``Dataset``, concatenated, as a random-access stream.
-
-    Holds numpy views of the Arrow chunks (memory-mapped when the dataset lives in the cache) and
-    their start offsets: O(number of chunks) memory, whatever the corpus size.
-    """
-
-    def __init__(self, ds, column: str = "input_ids"):
-        if getattr(ds, "_indices", None) is not None:  # select/shuffle: write the rows in order first
-            ds = ds.flatten_indices()
-        self.dataset = ds
-        self.chunks: list[np.ndarray] = []
-        for chunk in ds.data.column(column).chunks:
-            flat = chunk.flatten()  # respects the chunk's slice; zero-copy
-            if len(flat):
-                self.chunks.append(flat.to_numpy(zero_copy_only=False))
-        self.starts = [0]
-        for c in self.chunks:
-            self.starts.append(self.starts[-1] + len(c))
-
-    def __len__(self) -> int:
-        return self.starts[-1]
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Tokens ``[start, stop)`` of the stream (a copy, int64)."""
-        out = np.empty(max(0, stop - start), dtype=np.int64)
-        i = bisect.bisect_right(self.starts, start) - 1
-        pos = start
-        while pos < stop:
-            c = self.chunks[i]
-            a = pos - self.starts[i]
-            b = min(len(c), stop - self.starts[i])
-            out[pos - start: pos - start + b - a] = c[a:b]
-            pos += b - a
-            i += 1
-        return out
-
-
-class _Blocks:
-    """What both block datasets share: the item format and the exact-budget cut."""
-
-    def _setup(self, block_size, max_tokens, drop_last, examples):
-        _check_block_args(block_size, max_tokens)
-        self.block_size, self.max_tokens, self.drop_last, self.examples = block_size, max_tokens, drop_last, examples
-
-    def _item(self, ids: np.ndarray):
-        row = torch.from_numpy(ids)  # (n,) int64
-        return {"input_ids": row, "labels": row.clone()} if self.examples else row
-
-
-class TokenBlocks(_Blocks, torch.utils.data.Dataset):
-    """Consecutive blocks of ``block_size`` tokens of a tokenized dataset (map-style, random access).
-
-    Block ``i`` is stream tokens ``[i * T, min((i + 1) * T, end))`` where ``end`` is the stream's end
-    or the exact budget of ``max_tokens`` labelled tokens, whichever comes first. The last block may
-    be shorter (``collate`` pads it) unless ``drop_last``; a last block of one token has no label and
-    is dropped. Items are 1-D LongTensors, or ``{"input_ids", "labels"}`` with ``examples=True``.
-
-    The first release's form ``TokenBlocks(list_of_id_lists)`` still works (items as given).
-    """
-
-    def __init__(self, tokens, block_size: Optional[int] = None, *, max_tokens: Optional[int] = None,
-                 drop_last: bool = False, examples: bool = False):
-        if block_size is None:  # the first release: a list of ready blocks
-            self.blocks, self.examples = list(tokens), False
-            return
-        self.blocks = None
-        self._setup(block_size, max_tokens, drop_last, examples)
-        self.stream = tokens if isinstance(tokens, TokenStream) else TokenStream(tokens)
-        total = len(self.stream)
-        cut = budget_end(max_tokens, block_size)
-        self.end = total if cut is None else min(total, cut)
-        T = block_size
-        n = self.end // T if drop_last else -(-self.end // T)
-        if n and not drop_last and self.end - (n - 1) * T < 2:
-            n -= 1  # a trailing single token has no next token
-        self.end = min(self.end, n * T)
-        self.num_blocks = n
-        self.available_tokens = total  # tokens in the whole stream (before any budget)
-
-    def __len__(self) -> int:
-        return len(self.blocks) if self.blocks is not None else self.num_blocks
-
-    def __getitem__(self, i):
-        if self.blocks is not None:
-            return self.blocks[i]
-        if not -self.num_blocks <= i < self.num_blocks:
-            raise IndexError(f"block {i} out of range ({self.num_blocks} blocks)")
-        i %= self.num_blocks
-        T = self.block_size
-        return self._item(self.stream.read(i * T, min((i + 1) * T, self.end)))
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens in the blocks."""
-        return sum(len(b) for b in self.blocks) if self.blocks is not None else self.end
-
-    @property
-    def num_labelled(self) -> int:
-        """Labelled tokens (positions with a next token in the same block)."""
-        return self.num_tokens - len(self)
-
-    def to_tensor(self) -> torch.Tensor:
-        """All blocks stacked ``(N, T)`` (equal lengths only, e.g. ``drop_last``); small data only."""
-        if len(self) == 0:
-            raise ValueError("no block to stack")
-        rows = [self[i]["input_ids"] if self.examples else torch.as_tensor(self[i]) for i in range(len(self))]
-        if len({len(r) for r in rows}) != 1:
-            raise ValueError("blocks of different lengths cannot be stacked (use drop_last=True)")
-        return torch.stack(rows)  # (N, T)
-
-
-class StreamingTokenBlocks(_Blocks, torch.utils.data.IterableDataset):
-    """The blocks of ``TokenBlocks`` from a tokenized ``datasets.IterableDataset``, without materialising it.
-
-    Same cut (consecutive blocks, exact budget, last shorter block unless ``drop_last``), so the
-    streamed and the cached pipeline yield the same blocks. Keeps one block of tokens in memory.
-    """
-
-    def __init__(self, tokenized, block_size: int, *, max_tokens: Optional[int] = None, drop_last: bool = False,
-                 examples: bool = False, column: str = "input_ids"):
-        self._setup(block_size, max_tokens, drop_last, examples)
-        self.tokenized, self.column = tokenized, column
-
-    def __iter__(self):
-        T = self.block_size
-        cut = budget_end(self.max_tokens, T)
-        buf: list[int] = []
-        pos = 0  # stream position of buf[0]
-        for row in self.tokenized:
-            buf.extend(int(t) for t in row[self.column])
-            while len(buf) >= T and (cut is None or pos + T <= cut):
-                yield self._item(np.asarray(buf[:T], dtype=np.int64))
-                del buf[:T]
-                pos += T
-            if cut is not None and pos + len(buf) >= cut:
-                break
-        if cut is not None:
-            buf = buf[: max(0, cut - pos)]
-        if buf and (len(buf) == T or (not self.drop_last and len(buf) >= 2)):
-            yield self._item(np.asarray(buf, dtype=np.int64))
-
-
-def collate(blocks):
-    """Right-pad blocks (id lists or 1-D tensors): input_ids (B, T), attention_mask (B, T) with 0 on padding."""
-    T = max(len(b) for b in blocks)
-    ids = torch.zeros(len(blocks), T, dtype=torch.long)
-    mask = torch.zeros(len(blocks), T, dtype=torch.long)
-    for i, b in enumerate(blocks):
-        ids[i, :len(b)] = torch.as_tensor(b)
-        mask[i, :len(b)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def text_blocks(tokenizer, block_size: int, *, files=None, dataset: Optional[str] = None, config=None,
                 split: str = "train", text_column: str = "text", streaming: bool = False,
                 max_tokens: Optional[int] = None, num_proc: Optional[int] = None, cache_dir: Optional[str] = None,
@@ -469,7 +304,7 @@ def text_blocks(tokenizer, block_size: int, *, files=None, dataset: Optional[str
 
     Returns ``TokenBlocks`` (map-style, cached, memory-mapped) or ``StreamingTokenBlocks`` (``streaming``).
     """
-    _check_block_args(block_size, max_tokens)
+    check_block_args(block_size, max_tokens)
     docs = load_text_dataset(files, dataset=dataset, config=config, split=split, text_column=text_column,
                              streaming=streaming, cache_dir=cache_dir)
     tokenized = tokenize_dataset(docs, tokenizer, text_column="text" if files is not None else text_column,
@@ -496,31 +331,12 @@ def blocks_from_texts(texts: Sequence[str], tokenizer, block_size: int, *, max_t
 def token_blocks(documents, tokenizer, block_size: int, max_tokens):
     """Blocks (lists of ids) of at most ``block_size`` tokens holding exactly ``max_tokens`` labelled
     positions, BOS in front of every document (``TokenBlocks`` on in-memory texts)."""
-    _check_block_args(block_size, max_tokens)
+    check_block_args(block_size, max_tokens)
     docs = [d for d in documents if isinstance(d, str) and d.strip()]
     if not docs:
         return []
     blocks = blocks_from_texts(docs, tokenizer, block_size, max_tokens=max_tokens)
     return [blocks[i].tolist() for i in range(len(blocks))]
-
-
-def pack_token_ids(sequences: Iterable[Sequence[int]], block_size: int, eos_id: Optional[int],
-                   max_blocks: Optional[int] = None) -> torch.Tensor:
-    """GPT-style packing of id lists: ``seq + [eos]`` concatenated, cut into rows of ``block_size``,
-    ragged tail dropped: ``(N, T)``. ``eos_id=None`` concatenates without separators."""
-    _check_block_args(block_size, None)
-    stream: list[int] = []
-    limit = None if max_blocks is None else max_blocks * block_size
-    for seq in sequences:
-        stream.extend(int(t) for t in seq)
-        if eos_id is not None:
-            stream.append(int(eos_id))
-        if limit is not None and len(stream) >= limit:
-            break
-    n = len(stream) // block_size if max_blocks is None else min(len(stream) // block_size, max_blocks)
-    if n == 0:
-        raise ValueError(f"the texts hold {len(stream)} tokens, fewer than one block of {block_size}")
-    return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)  # (N, T)
 
 
 def pack_texts(texts: Sequence[str], tokenizer, block_size: int, max_blocks: Optional[int] = None,
@@ -531,22 +347,6 @@ def pack_texts(texts: Sequence[str], tokenizer, block_size: int, max_blocks: Opt
     if n == 0:
         raise ValueError(f"the texts hold {len(blocks.stream)} tokens, fewer than one block of {block_size}")
     return torch.stack([blocks[i] for i in range(n)])  # (N, T)
-
-
-class PackedDataset(torch.utils.data.Dataset):
-    """Rows of a packed ``(N, T)`` tensor as ``{"input_ids", "labels"}`` examples for ``Trainer``."""
-
-    def __init__(self, blocks: torch.Tensor):
-        if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2:
-            raise TypeError("PackedDataset expects a (N, T) LongTensor from pack_texts / pack_token_ids")
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return self.blocks.shape[0]
-
-    def __getitem__(self, i):
-        row = self.blocks[i]
-        return {"input_ids": row, "labels": row.clone()}
 
 
 def read_stories(path: str | os.PathLike, separator: str = EOS, max_stories: Optional[int] = None) -> list[str]:
