@@ -106,9 +106,9 @@ def run(args) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
 
         def loader(which, budget):
-            # the main process tokenizes into the cache first; the others then read the cached files
+            # the main process of each node tokenizes into the cache first; the others then read the cached files
             error = None
-            with accelerator.main_process_first():
+            with accelerator.local_main_process_first():  # per node: a local cache is filled once
                 try:  # raise after the barrier: the other processes must not wait for the main one forever
                     blocks = build_blocks(args, which, tokenizer, budget)
                 except (ValueError, FileNotFoundError) as e:

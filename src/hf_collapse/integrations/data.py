@@ -283,6 +283,8 @@ def tokenize_dataset(ds, tokenizer, *, text_column: str = "text", bos: bool = Tr
     features = _token_features(tokenizer)
     cols = ds.column_names
     if isinstance(ds, datasets.IterableDataset):
+        if cols is None:  # features unknown until read: keep only the text, so the output is input_ids alone
+            ds, cols = ds.select_columns([text_column]), [text_column]
         return ds.map(fn, batched=True, batch_size=batch_size, remove_columns=cols, features=features)
     if num_proc is None:
         num_proc = default_num_proc(len(ds))
