@@ -44,9 +44,16 @@ def tiny_model(folder: Path, block_size: int) -> str:
 
     tok = AutoTokenizer.from_pretrained(SHARED / "models" / "stories260K")
     torch.manual_seed(0)
-    cfg = gpt_neo_config(32, 1, len(tok), num_heads=4, window_size=min(256, block_size),
-                         max_position_embeddings=max(256, block_size), eos_token_id=tok.eos_token_id,
-                         bos_token_id=tok.bos_token_id)
+    cfg = gpt_neo_config(
+        32,
+        1,
+        len(tok),
+        num_heads=4,
+        window_size=min(256, block_size),
+        max_position_embeddings=max(256, block_size),
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     out = folder / "tiny-gpt-neo"
     GPTNeoForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -67,23 +74,75 @@ def make_corpus(folder: Path, tokens: float, tokens_per_copy: int) -> Path:
     return path
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (tokenization workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _anon_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def run_measure(model: str, corpus: Path, cache: Path, args) -> dict:
-    """One ``hf-collapse measure`` subprocess: labelled tokens, peak RSS (MiB), seconds."""
-    cmd = [sys.executable, "-m", "hf_collapse.cli", "measure", model, "--train-file", str(corpus),
-           "--block-size", str(args.block_size), "--batch-size", str(args.batch_size), "--no-progress",
-           "--no-reuse", "--cache-dir", str(cache), "--checkpoint-every", "0"]
+    """One ``hf-collapse measure`` subprocess: labelled tokens, seconds, and the peak anonymous
+    memory (heap, not the shared libraries' file pages, whose residency depends on the page cache)
+    of any process of its tree, sampled every 20 ms."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_collapse.cli",
+        "measure",
+        model,
+        "--train-file",
+        str(corpus),
+        "--block-size",
+        str(args.block_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--no-progress",
+        "--no-reuse",
+        "--cache-dir",
+        str(cache),
+        "--checkpoint-every",
+        "0",
+    ]
     if args.max_tokens:
         cmd += ["--max-tokens", str(args.max_tokens)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    import threading
+
+    anon = [0.0]
+
+    def sample():
+        while proc.poll() is None:
+            anon[0] = max([anon[0], *(_anon_mib(p) for p in _tree(proc.pid))])
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     out, err = proc.communicate()
+    sampler.join()
     seconds = time.perf_counter() - start
     # wait4 has reaped it inside communicate(); the children rusage of this process grows by its peak
     if proc.returncode != 0:
         raise SystemExit(f"measure failed ({proc.returncode}): {err[-2000:]}")
     found = re.search(r"tokens=(\d+)", out)
-    return {"tokens": int(found.group(1)) if found else -1, "seconds": seconds}
+    return {"tokens": int(found.group(1)) if found else -1, "seconds": seconds, "anon_mib": anon[0]}
 
 
 def peak_rss_of(fn):
@@ -123,8 +182,11 @@ def memory_and_cache(args, folder: Path, tokens_per_copy: int) -> list[dict]:
             res = peak_rss_of(functools.partial(run_measure, args.model, corpus, cache, args))
             res.update(corpus=f"{size:.0e}", run=run)
             rows.append(res)
-            print(f"  corpus {size:.0e}: {run:<18} tokens {res['tokens']:>11,}  peak RSS {res['rss_mib']:7.1f} MiB  "
-                  f"{res['seconds']:6.1f} s  {res['tokens'] / res['seconds']:>9,.0f} tokens/s", flush=True)
+            print(
+                f"  corpus {size:.0e}: {run:<18} tokens {res['tokens']:>11,}  peak RSS {res['rss_mib']:6.1f} MiB (anon {res['anon_mib']:6.1f})  "
+                f"{res['seconds']:6.1f} s  {res['tokens'] / res['seconds']:>9,.0f} tokens/s",
+                flush=True,
+            )
     return rows
 
 
@@ -204,11 +266,18 @@ def tokenization_throughput(args, folder: Path) -> list[tuple[int, float, float]
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="model folder with tokenizer, or 'tiny' (default): a random "
-                   "GPT-Neo 1x32 with the stories260K tokenizer")
+    p.add_argument(
+        "--model",
+        default="tiny",
+        help="model folder with tokenizer, or 'tiny' (default): a random GPT-Neo 1x32 with the stories260K tokenizer",
+    )
     p.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7], help="corpus sizes in tokens")
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="budget of the statistics pass (same for every corpus; default: the whole corpus)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="budget of the statistics pass (same for every corpus; default: the whole corpus)",
+    )
     p.add_argument("--block-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overhead-tokens", type=float, default=1e6, help="corpus size of the overhead comparison")
@@ -232,9 +301,11 @@ def main(argv=None) -> int:
     docs = list(iter_documents(SHARED / "tinystories" / "train-head.txt"))
     args.tokens_per_copy = sum(len(x) + 1 for x in tok(docs, add_special_tokens=False)["input_ids"])
     cores = len(os.sched_getaffinity(0))
-    print(f"machine: {platform.node()} {platform.machine()}, {cores} cores; model {args.model}; "
-          f"{args.tokens_per_copy:,} tokens per copy of train-head.txt; block {args.block_size}, "
-          f"batch {args.batch_size}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {cores} cores; model {args.model}; "
+        f"{args.tokens_per_copy:,} tokens per copy of train-head.txt; block {args.block_size}, "
+        f"batch {args.batch_size}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     with tempfile.TemporaryDirectory(prefix="hf_collapse_bench_data_") as tmp:
         folder = Path(tmp)
         os.environ["HF_DATASETS_CACHE"] = str(folder / "hf-datasets")  # never the user's cache
@@ -245,26 +316,38 @@ def main(argv=None) -> int:
             rows = memory_and_cache(args, folder, args.tokens_per_copy)
             firsts = [r for r in rows if r["run"].startswith("first")]
             seconds = [r for r in rows if r["run"] == "run 2 (cached)"]
-            peak = {c: max(r["rss_mib"] for r in rows if r["corpus"] == c) for c in dict.fromkeys(r["corpus"] for r in rows)}
-            if len(peak) >= 2:
-                (a, pa), (b, pb) = list(peak.items())[0], list(peak.items())[-1]
-                print(f"  highest peak RSS over the runs: {b} {pb:.1f} MiB / {a} {pa:.1f} MiB = {pb / pa:.3f} "
-                      f"(goal <= 1.10)")
+            corpora = list(dict.fromkeys(r["corpus"] for r in rows))
+            for key, what in (("rss_mib", "peak RSS"), ("anon_mib", "peak anonymous RSS")):
+                peak = {c: max(r[key] for r in rows if r["corpus"] == c) for c in corpora}
+                if len(peak) >= 2:
+                    (a, pa), (b, pb) = list(peak.items())[0], list(peak.items())[-1]
+                    print(
+                        f"  highest {what} over the runs: {b} {pb:.1f} MiB / {a} {pa:.1f} MiB = {pb / pa:.3f} "
+                        f"(goal <= 1.10)"
+                    )
             for f, s in zip(firsts, seconds):
-                print(f"  corpus {f['corpus']}: second run {s['seconds']:.1f} s vs first {f['seconds']:.1f} s "
-                      f"({'not slower' if s['seconds'] <= f['seconds'] else 'SLOWER'})")
+                print(
+                    f"  corpus {f['corpus']}: second run {s['seconds']:.1f} s vs first {f['seconds']:.1f} s "
+                    f"({'not slower' if s['seconds'] <= f['seconds'] else 'SLOWER'})"
+                )
             n, released, kept = read_all_blocks(args, folder)
-            print(f"  reading all {n:,} tokens of the {args.sizes[-1]:.0e} corpus block by block in one process: "
-                  f"RSS +{released:.1f} MiB (pages released every 8 MiB read), +{kept:.1f} MiB without releasing")
+            print(
+                f"  reading all {n:,} tokens of the {args.sizes[-1]:.0e} corpus block by block in one process: "
+                f"RSS +{released:.1f} MiB (pages released every 8 MiB read), +{kept:.1f} MiB without releasing"
+            )
         if not args.skip_overhead:
             plain, hooked, tokens = collection_overhead(args, folder)
-            print(f"statistics pass vs plain eval forward ({tokens:,} labelled tokens, best of {args.repeats}): "
-                  f"plain {tokens / plain:,.0f} tokens/s, collect_statistics {tokens / hooked:,.0f} tokens/s, "
-                  f"overhead {100 * (hooked / plain - 1):+.1f}% (goal <= 10%)")
+            print(
+                f"statistics pass vs plain eval forward ({tokens:,} labelled tokens, best of {args.repeats}): "
+                f"plain {tokens / plain:,.0f} tokens/s, collect_statistics {tokens / hooked:,.0f} tokens/s, "
+                f"overhead {100 * (hooked / plain - 1):+.1f}% (goal <= 10%)"
+            )
         if not args.skip_throughput:
             for n, tps, dps in tokenization_throughput(args, folder):
-                print(f"tokenization, num_proc={n}: {tps:,.0f} tokens/s ({dps:,.0f} documents/s), "
-                      f"corpus {args.sizes[-1]:.0e}")
+                print(
+                    f"tokenization, num_proc={n}: {tps:,.0f} tokens/s ({dps:,.0f} documents/s), "
+                    f"corpus {args.sizes[-1]:.0e}"
+                )
     return 0
 
 

@@ -60,8 +60,13 @@ def sweep_rows(args, dev, sync) -> list[tuple[str, str, str]]:
             times[tile] = min(_timed(run, sync) for _ in range(2))
         best = min(times, key=times.get)
         for tile, t in times.items():
-            rows.append((f"pairwise set C={C:,} d={d:,} tile={tile}" + (" (best)" if tile == best else ""),
-                         f"{t * 1e3:.1f} ms", f"{t / dense:.2f}x dense matmul ({dense * 1e3:.1f} ms)"))
+            rows.append(
+                (
+                    f"pairwise set C={C:,} d={d:,} tile={tile}" + (" (best)" if tile == best else ""),
+                    f"{t * 1e3:.1f} ms",
+                    f"{t / dense:.2f}x dense matmul ({dense * 1e3:.1f} ms)",
+                )
+            )
         del a, b, stats
         torch.cuda.empty_cache()
     return rows
@@ -79,8 +84,10 @@ def collection_rows(args, dev, sync) -> list[tuple[str, str, str]]:
     cfg = gpt_neo_config(args.width, args.depth, args.vocab, max_position_embeddings=max(2048, args.seq_len))
     model = GPTNeoForCausalLM(cfg).to(dev, torch.bfloat16).eval()
     g = torch.Generator().manual_seed(1)
-    batches = [{"input_ids": torch.randint(0, args.vocab, (args.batch_size, args.seq_len), generator=g).to(dev)}
-               for _ in range(args.batches)]
+    batches = [
+        {"input_ids": torch.randint(0, args.vocab, (args.batch_size, args.seq_len), generator=g).to(dev)}
+        for _ in range(args.batches)
+    ]
     tokens = args.batches * args.batch_size * (args.seq_len - 1)
 
     def plain():
@@ -100,10 +107,15 @@ def collection_rows(args, dev, sync) -> list[tuple[str, str, str]]:
     t_hooked = min(_timed(hooked, sync) for _ in range(2))
     t_nc4 = _timed(lambda: collect_nc4(model, batches, stats, progress=False), sync)
     name = f"GPT-Neo {args.depth}x{args.width} bf16, {args.batches} x {args.batch_size} x {args.seq_len}"
-    rows = [(f"plain eval forward, {name}", f"{tokens / t_plain:,.0f} tok/s", f"{t_plain:.2f} s"),
-            ("collect_statistics (hooked)", f"{tokens / t_hooked:,.0f} tok/s",
-             f"overhead {100 * (t_hooked / t_plain - 1):+.1f}% (goal <= 10%)"),
-            ("collect_nc4", f"{tokens / t_nc4:,.0f} tok/s", f"{t_nc4 / t_plain:.2f}x plain forward")]
+    rows = [
+        (f"plain eval forward, {name}", f"{tokens / t_plain:,.0f} tok/s", f"{t_plain:.2f} s"),
+        (
+            "collect_statistics (hooked)",
+            f"{tokens / t_hooked:,.0f} tok/s",
+            f"overhead {100 * (t_hooked / t_plain - 1):+.1f}% (goal <= 10%)",
+        ),
+        ("collect_nc4", f"{tokens / t_nc4:,.0f} tok/s", f"{t_nc4 / t_plain:.2f}x plain forward"),
+    ]
 
     # 4. syncs: count the warnings of sync-debug mode "warn" for plain and hooked forwards
     def count_syncs(fn) -> int:
@@ -160,13 +172,17 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device on this machine (torch.cuda.is_available() is False): nothing to check. "
-              "Run it on a machine with an NVIDIA GPU.")
+        print(
+            "gpu_check: no CUDA device on this machine (torch.cuda.is_available() is False): nothing to check. "
+            "Run it on a machine with an NVIDIA GPU."
+        )
         return 0
     dev = torch.device("cuda")
     sync = torch.cuda.synchronize
-    print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     rows = []
     if not args.skip_sweep:
         rows += sweep_rows(args, dev, sync)

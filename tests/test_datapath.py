@@ -98,8 +98,9 @@ def test_blocks_are_the_stream_cut_exactly(tmp_path, llama_tok):
         assert torch.cat([blocks[i] for i in range(len(blocks))]).tolist() == stream[: budget_end(budget, T)]
     huge = text_blocks(llama_tok, T, files=f, cache_dir=str(tmp_path / "c"), max_tokens=10**9)
     assert huge.num_labelled == full.num_labelled  # a budget beyond the data: all of it
-    packed = text_blocks(llama_tok, T, files=f, cache_dir=str(tmp_path / "c"), bos=False, eos=True, drop_last=True,
-                         examples=True)
+    packed = text_blocks(
+        llama_tok, T, files=f, cache_dir=str(tmp_path / "c"), bos=False, eos=True, drop_last=True, examples=True
+    )
     ex = packed[0]
     assert set(ex) == {"input_ids", "labels"} and len(ex["input_ids"]) == T
     assert all(len(packed[i]["input_ids"]) == T for i in range(len(packed)))
@@ -114,8 +115,9 @@ def test_streaming_gives_the_same_blocks_and_statistics(tmp_path, shared_data, l
 
     path = shared_data / "tinystories" / "train-head.txt"
     for budget, drop_last in ((None, False), (2000, False), (2000, True), (127 * 7, False)):
-        cached = text_blocks(llama_tok, 128, files=path, cache_dir=str(tmp_path), max_tokens=budget,
-                             drop_last=drop_last)
+        cached = text_blocks(
+            llama_tok, 128, files=path, cache_dir=str(tmp_path), max_tokens=budget, drop_last=drop_last
+        )
         streamed = text_blocks(llama_tok, 128, files=path, streaming=True, max_tokens=budget, drop_last=drop_last)
         assert isinstance(cached, TokenBlocks) and isinstance(streamed, StreamingTokenBlocks)
         s = list(streamed)
@@ -170,16 +172,29 @@ def test_bad_input_gives_one_line_errors(tmp_path, shared_data, llama_tok, capsy
     # the CLI: one line, no traceback, and a budget beyond the data is measured whole with a note
     model = str(shared_data / "models" / "stories260K")
     cache = ["--cache-dir", str(tmp_path / "c")]
-    assert main(["measure", model, "--train-file", str(short), "--max-tokens", "1000", "--no-progress",
-                 "--no-reuse", *cache]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                model,
+                "--train-file",
+                str(short),
+                "--max-tokens",
+                "1000",
+                "--no-progress",
+                "--no-reuse",
+                *cache,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "fewer than the budget of 1,000: measuring all of them" in out.err and "tokens=" in out.out
     assert main(["measure", model, "--train-file", str(empty), "--no-progress", *cache]) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "no labelled token" in errors[0] and "Traceback" not in err
-    assert main(["measure", model, "--train-file", str(short), "--no-progress", "--cache-dir",
-                 str(notdir / "c")]) == 1
+    assert main(["measure", model, "--train-file", str(short), "--no-progress", "--cache-dir", str(notdir / "c")]) == 1
     assert "cannot write the datasets cache directory" in capsys.readouterr().err
     assert main(["measure", model, "--train-file", str(short), "--block-size", "1", "--no-progress"]) == 1
     assert "--block-size" in capsys.readouterr().err

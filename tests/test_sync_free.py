@@ -15,8 +15,20 @@ from hf_collapse.integrations.hooks import FeatureCollector
 from hf_collapse.integrations.passes import collect_nc4, collect_statistics
 
 # ops whose CUDA implementation copies a value to the host (a device synchronisation)
-SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "bincount", "_unique2",
-            "unique_dim", "unique_consecutive", "repeat_interleave", "equal", "allclose"}
+SYNC_OPS = {
+    "_local_scalar_dense",
+    "is_nonzero",
+    "item",
+    "nonzero",
+    "masked_select",
+    "bincount",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "repeat_interleave",
+    "equal",
+    "allclose",
+}
 
 
 class SyncCounter(TorchDispatchMode):
@@ -31,7 +43,8 @@ class SyncCounter(TorchDispatchMode):
         if name in SYNC_OPS:
             self.calls.append(name)
         elif name in ("index", "index_put", "index_put_") and any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or [])):
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or [])
+        ):
             self.calls.append(f"{name}[bool]")
         return func(*args, **(kwargs or {}))
 

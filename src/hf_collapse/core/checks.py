@@ -39,8 +39,9 @@ class BatchChecks:
         found = torch.stack([safe.min(), safe.max(), nonfinite])  # (3,)
         if self.state is None or self.state.device != found.device:
             self.state = torch.tensor([0, self.num_classes - 1, 0], dtype=torch.long, device=found.device)
-        self.state = torch.stack([torch.minimum(self.state[0], found[0]), torch.maximum(self.state[1], found[1]),
-                                  self.state[2] + found[2]])
+        self.state = torch.stack(
+            [torch.minimum(self.state[0], found[0]), torch.maximum(self.state[1], found[1]), self.state[2] + found[2]]
+        )
         return labelled & in_range & finite
 
     def raise_pending(self) -> None:

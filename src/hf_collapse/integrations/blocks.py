@@ -98,7 +98,7 @@ class TokenStream:
             c = self.chunks[i]
             a = pos - self.starts[i]
             b = min(len(c), stop - self.starts[i])
-            out[pos - start: pos - start + b - a] = c[a:b]
+            out[pos - start : pos - start + b - a] = c[a:b]
             self._unreleased += (b - a) * c.itemsize
             pos += b - a
             i += 1
@@ -132,8 +132,15 @@ class TokenBlocks(_Blocks, torch.utils.data.Dataset):
     The first release's form ``TokenBlocks(list_of_id_lists)`` still works (items as given).
     """
 
-    def __init__(self, tokens, block_size: Optional[int] = None, *, max_tokens: Optional[int] = None,
-                 drop_last: bool = False, examples: bool = False):
+    def __init__(
+        self,
+        tokens,
+        block_size: Optional[int] = None,
+        *,
+        max_tokens: Optional[int] = None,
+        drop_last: bool = False,
+        examples: bool = False,
+    ):
         if block_size is None:  # the first release: a list of ready blocks
             self.blocks, self.examples = list(tokens), False
             return
@@ -190,8 +197,16 @@ class StreamingTokenBlocks(_Blocks, torch.utils.data.IterableDataset):
     streamed and the cached pipeline yield the same blocks. Keeps one block of tokens in memory.
     """
 
-    def __init__(self, tokenized, block_size: int, *, max_tokens: Optional[int] = None, drop_last: bool = False,
-                 examples: bool = False, column: str = "input_ids"):
+    def __init__(
+        self,
+        tokenized,
+        block_size: int,
+        *,
+        max_tokens: Optional[int] = None,
+        drop_last: bool = False,
+        examples: bool = False,
+        column: str = "input_ids",
+    ):
         self._setup(block_size, max_tokens, drop_last, examples)
         self.tokenized, self.column = tokenized, column
 
@@ -220,8 +235,8 @@ def collate(blocks):
     ids = torch.zeros(len(blocks), T, dtype=torch.long)
     mask = torch.zeros(len(blocks), T, dtype=torch.long)
     for i, b in enumerate(blocks):
-        ids[i, :len(b)] = torch.as_tensor(b)
-        mask[i, :len(b)] = 1
+        ids[i, : len(b)] = torch.as_tensor(b)
+        mask[i, : len(b)] = 1
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -229,8 +244,9 @@ def collate(blocks):
 # the first release's packing of id lists
 
 
-def pack_token_ids(sequences: Iterable[Sequence[int]], block_size: int, eos_id: Optional[int],
-                   max_blocks: Optional[int] = None) -> torch.Tensor:
+def pack_token_ids(
+    sequences: Iterable[Sequence[int]], block_size: int, eos_id: Optional[int], max_blocks: Optional[int] = None
+) -> torch.Tensor:
     """GPT-style packing of id lists: ``seq + [eos]`` concatenated, cut into rows of ``block_size``,
     ragged tail dropped: ``(N, T)``. ``eos_id=None`` concatenates without separators."""
     check_block_args(block_size, None)
