@@ -224,7 +224,13 @@ def collection_overhead(args, folder: Path) -> tuple[float, float, int]:
 
     tok = AutoTokenizer.from_pretrained(args.model)
     corpus = make_corpus(folder, args.overhead_tokens, args.tokens_per_copy)
-    blocks = text_blocks(tok, args.block_size, files=corpus, cache_dir=str(folder / "cache-overhead"))
+    blocks = text_blocks(
+        tok,
+        args.block_size,
+        files=corpus,
+        cache_dir=str(folder / "cache-overhead"),
+        max_tokens=int(args.overhead_tokens),
+    )
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     batches = list(torch.utils.data.DataLoader(blocks, batch_size=args.batch_size, collate_fn=collate))
     tokens = sum(int(b["attention_mask"][:, 1:].sum()) for b in batches)
@@ -293,6 +299,9 @@ def main(argv=None) -> int:
     import platform
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+
+    datasets.disable_progress_bars()
     from transformers import AutoTokenizer
 
     from hf_collapse.integrations.data import iter_documents
