@@ -21,12 +21,6 @@ from ..core.registry import MEASURES
 
 LOSS_LABEL = "validation loss (nats/token)"
 FACTOR_LABELS = {"width": "width d (hidden size)", "depth": "depth L (layers)", "epochs": "training epochs"}
-# what kind of number each measure is (all are dimensionless)
-_UNITS = {"nc1_cdnv": "variance ratio", "nc1_trace_ratio": "variance ratio", "nc2_norm_mean": "log norm",
-          "nc2_equinorm_cov": "CoV", "nc2_interference_mean": "cosine", "nc2_interference_std": "cosine",
-          "nc2_equiangularity_cov": "CoV", "gnc2_log_kernel_mean": "log 1/distance", "gnc2_uniformity_cov": "CoV",
-          "nc3_duality_mean": "cosine", "unc3_duality_cov": "CoV", "nc3_duality_distance": "distance",
-          "nc4_agreement": "share of tokens", "ncc_accuracy": "share of tokens"}
 _HINTS = {"lower": "lower = more collapsed", "higher": "higher = more collapsed",
           "target": "nearer -1/(K-1) = more collapsed", "none": "a scale: no collapse direction"}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -37,7 +31,7 @@ def axis_label(key: str) -> str:
     if key == "val_loss":
         return f"{LOSS_LABEL}\nlower = better"
     m = MEASURES[key]
-    unit = _UNITS.get(key)
+    unit = m.unit
     return f"{key}{f' ({unit})' if unit else ''}\n{_HINTS[m.direction]}"
 
 
