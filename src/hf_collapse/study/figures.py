@@ -88,6 +88,7 @@ def _integer_ticks(ax, values, log2: bool = False) -> None:
 def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[dict], path, subtitle: str = "") -> Path:
     """Figure 1 style: each measure against validation loss, coloured by model size, marked by epochs."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     from matplotlib.colors import LogNorm
@@ -133,7 +134,13 @@ def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[di
                               mec="k", label="one run (a seed replica)" if len(levels) == 1 else "one run"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     if several_sizes and sc is not None:
-        fig.colorbar(sc, ax=axes, label="model size (parameters, log scale)", shrink=0.8)
+        cb = fig.colorbar(sc, ax=axes, label="model size (parameters, log scale)", shrink=0.8)
+        # ticks at the grid's sizes, named as the paper names models (LxD) rather than 3x10^4
+        names = {}
+        for r, v in zip(rows, size):
+            names[v] = f"{r['depth']}x{r['width']}" if r.get("depth") and r.get("width") else f"{v:,.0f}"
+        cb.ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        cb.set_ticks(sorted(names), labels=[f"{names[v]} ({v:,.0f})" for v in sorted(names)])
     return _save(fig, path)
 
 
@@ -178,7 +185,7 @@ def plot_scaling(rows: Sequence[dict], metrics: Sequence[str], factor: str, path
         ax.set_xlabel(FACTOR_LABELS[factor], fontsize=8)
         ax.set_ylabel(axis_label(key), fontsize=8)
         ax.tick_params(labelsize=7)
-    legend_title = (f"one line per {' and '.join(others)}; " if others else "") + f"line: mean of the runs at each {factor}"
+    legend_title = (f"one line per {' and '.join(others)}; " if others else "") + f"line: mean of the runs at each {factor} value"
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
                title=legend_title, title_fontsize=8)
     return _save(fig, path)
