@@ -18,6 +18,7 @@ from ..core.registry import PAPER_TABLE1
 DESIGN_FACTORS = ("width", "depth", "epochs", "weight_decay")
 SEED_COLUMNS = ("seed", "data_seed")
 
+
 def confounded_factors(rows: Sequence[dict], factors: Sequence[str] = ("width", "depth", "epochs")) -> list:
     """Pairs ``(f, g)`` of varying factors where f never varies at a fixed value of g.
 
@@ -50,31 +51,59 @@ def study_design(rows: Sequence[dict]) -> dict:
     seed_only = not varying and not unknown
     if seed_only:
         r0 = rows[0]
-        label = (f"seed replicas: {len(rows)} runs of one configuration ({r0.get('depth')}x{r0.get('width')}, "
-                 f"{fmt(r0.get('epochs'))} epoch(s), weight decay {fmt(r0.get('weight_decay'))}) differing only in "
-                 f"their seeds (Table 1's design)")
+        label = (
+            f"seed replicas: {len(rows)} runs of one configuration ({r0.get('depth')}x{r0.get('width')}, "
+            f"{fmt(r0.get('epochs'))} epoch(s), weight decay {fmt(r0.get('weight_decay'))}) differing only in "
+            f"their seeds (Table 1's design)"
+        )
     elif varying:
-        label = (f"pooled: the {len(rows)} runs differ in {', '.join(varying)}, not only in their seeds, so the "
-                 f"association is pooled over those factors and may be confounded by scale (paper section 5.1); "
-                 f"this is not Table 1's seed-replica design")
+        label = (
+            f"pooled: the {len(rows)} runs differ in {', '.join(varying)}, not only in their seeds, so the "
+            f"association is pooled over those factors and may be confounded by scale (paper section 5.1); "
+            f"this is not Table 1's seed-replica design"
+        )
     else:
-        label = (f"unchecked: {', '.join(unknown)} unknown for some runs (no run.json), so whether the runs "
-                 f"differ only in their seeds cannot be checked")
-    return {"seed_replicas": seed_only, "varying": varying, "unknown": unknown, "seeds": distinct,
-            "duplicates": duplicates, "label": label}
+        label = (
+            f"unchecked: {', '.join(unknown)} unknown for some runs (no run.json), so whether the runs "
+            f"differ only in their seeds cannot be checked"
+        )
+    return {
+        "seed_replicas": seed_only,
+        "varying": varying,
+        "unknown": unknown,
+        "seeds": distinct,
+        "duplicates": duplicates,
+        "label": label,
+    }
 
 
 def table1(fits: Sequence[dict], seed_replicas: bool) -> str:
     """Table 1 layout (property, measurement, R^2, p; p < 0.05 in bold) beside the paper's values."""
     by = {f["metric"]: f for f in fits}
-    lines = [] if seed_replicas else ["These runs are POOLED over sizes / training lengths, not seed replicas: "
-                                      "their R² and p are not comparable with Table 1's.", ""]
-    lines += ["| property | measurement | key | R² here | r here | p here | paper R² | paper p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = (
+        []
+        if seed_replicas
+        else [
+            "These runs are POOLED over sizes / training lengths, not seed replicas: "
+            "their R² and p are not comparable with Table 1's.",
+            "",
+        ]
+    )
+    lines += [
+        "| property | measurement | key | R² here | r here | p here | paper R² | paper p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for prop, name, key, r2, p in PAPER_TABLE1:
         f = by.get(key)
-        ours = ("not measured", "", "") if f is None else (
-            f"{f['r2']:.6f}", f"{f['r']:+.3f}", f"**{f['p_value']:.4f}**" if f["p_value"] < 0.05 else f"{f['p_value']:.4f}")
+        ours = (
+            ("not measured", "", "")
+            if f is None
+            else (
+                f"{f['r2']:.6f}",
+                f"{f['r']:+.3f}",
+                f"**{f['p_value']:.4f}**" if f["p_value"] < 0.05 else f"{f['p_value']:.4f}",
+            )
+        )
         paper_p = f"**{p}**" if float(p) < 0.05 else p
         lines.append(f"| {prop} | {name} | `{key}` | " + " | ".join(ours) + f" | {r2} | {paper_p} |")
     return "\n".join(lines)

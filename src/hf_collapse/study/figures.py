@@ -21,8 +21,12 @@ from ..core.registry import MEASURES
 
 LOSS_LABEL = "validation loss (nats/token)"
 FACTOR_LABELS = {"width": "width d (hidden size)", "depth": "depth L (layers)", "epochs": "training epochs"}
-_HINTS = {"lower": "lower = more collapsed", "higher": "higher = more collapsed",
-          "target": "nearer -1/(K-1) = more collapsed", "none": "a scale: no collapse direction"}
+_HINTS = {
+    "lower": "lower = more collapsed",
+    "higher": "higher = more collapsed",
+    "target": "nearer -1/(K-1) = more collapsed",
+    "none": "a scale: no collapse direction",
+}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -51,8 +55,7 @@ def _grid(n: int, title: str):
 
     cols = min(4, n)
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 3.3 * nrows + 0.9), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 3.3 * nrows + 0.9), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
@@ -80,7 +83,7 @@ def _integer_ticks(ax, values, log2: bool = False) -> None:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticks(ux, [f"{v:g}" for v in ux])
-    if ux.size == 1:   # a lone value: give the axis some room
+    if ux.size == 1:  # a lone value: give the axis some room
         pad = 0.5 if not log2 else ux[0] * 0.3
         ax.set_xlim(ux[0] - pad, ux[0] + pad)
 
@@ -109,10 +112,16 @@ def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[di
         y = np.array([float(r[key]) for r in rows])
         for e in levels or [None]:
             sel = np.array([ep == e for ep in epochs]) if levels else np.ones(len(rows), bool)
-            kw = dict(c=size[sel], cmap="viridis", norm=LogNorm(size.min(), size.max())) if several_sizes else \
-                dict(color="tab:blue")
-            sc = ax.scatter(loss[sel], y[sel], marker=marker.get(e, "o"), s=28, edgecolors="k", linewidths=0.4,
-                            **kw) if sel.any() else sc
+            kw = (
+                dict(c=size[sel], cmap="viridis", norm=LogNorm(size.min(), size.max()))
+                if several_sizes
+                else dict(color="tab:blue")
+            )
+            sc = (
+                ax.scatter(loss[sel], y[sel], marker=marker.get(e, "o"), s=28, edgecolors="k", linewidths=0.4, **kw)
+                if sel.any()
+                else sc
+            )
         f = by_metric.get(key)
         head = _title(key)
         if f is not None:
@@ -123,15 +132,26 @@ def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[di
         ax.set_title(head, fontsize=9)
         ax.set_xlabel(LOSS_LABEL, fontsize=8)
         ax.set_ylabel(axis_label(key), fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(4))   # replicas' losses span ~0.01: long labels would overlap
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # replicas' losses span ~0.01: long labels would overlap
         ax.tick_params(labelsize=7)
     handles = [Line2D([], [], color="r", lw=1.2, label="least-squares fit (R², two-sided permutation p; * p < 0.05)")]
     if len(levels) > 1:
-        handles += [Line2D([], [], ls="", marker=marker[e], mfc="lightgray", mec="k", label=factor_value("epochs", e))
-                    for e in levels]
+        handles += [
+            Line2D([], [], ls="", marker=marker[e], mfc="lightgray", mec="k", label=factor_value("epochs", e))
+            for e in levels
+        ]
     elif not several_sizes:
-        handles.append(Line2D([], [], ls="", marker=marker.get(levels[0] if levels else None, "o"), mfc="tab:blue",
-                              mec="k", label="one run (a seed replica)" if len(levels) == 1 else "one run"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker=marker.get(levels[0] if levels else None, "o"),
+                mfc="tab:blue",
+                mec="k",
+                label="one run (a seed replica)" if len(levels) == 1 else "one run",
+            )
+        )
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     if several_sizes and sc is not None:
         cb = fig.colorbar(sc, ax=axes, label="model size (parameters, log scale)", shrink=0.8)
@@ -144,8 +164,9 @@ def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[di
     return _save(fig, path)
 
 
-def plot_scaling(rows: Sequence[dict], metrics: Sequence[str], factor: str, path,
-                 confounded_with: Sequence[str] = ()) -> Path:
+def plot_scaling(
+    rows: Sequence[dict], metrics: Sequence[str], factor: str, path, confounded_with: Sequence[str] = ()
+) -> Path:
     """Each measure (and the loss) against ``factor``: one line per combination of the other factors.
 
     ``confounded_with``: factors that never vary at a fixed value of ``factor``'s partner (see
@@ -158,14 +179,22 @@ def plot_scaling(rows: Sequence[dict], metrics: Sequence[str], factor: str, path
     from matplotlib.lines import Line2D
 
     keys = ["val_loss", *metrics]
-    others = [g for g in FACTOR_LABELS if g != factor and g not in confounded_with
-              and all(r.get(g) is not None for r in rows) and len({r[g] for r in rows}) > 1]
+    others = [
+        g
+        for g in FACTOR_LABELS
+        if g != factor
+        and g not in confounded_with
+        and all(r.get(g) is not None for r in rows)
+        and len({r[g] for r in rows}) > 1
+    ]
     groups = sorted({tuple(r[g] for g in others) for r in rows})
     x = np.array([float(r[factor]) for r in rows])
     title = f"Each measure against {FACTOR_LABELS[factor]} ({len(rows)} runs)"
     if confounded_with:
-        title += (f"\n{factor} is confounded with {', '.join(confounded_with)} in this grid: "
-                  f"an effect seen here is as much {' / '.join(confounded_with)} as {factor}")
+        title += (
+            f"\n{factor} is confounded with {', '.join(confounded_with)} in this grid: "
+            f"an effect seen here is as much {' / '.join(confounded_with)} as {factor}"
+        )
     fig, axes = _grid(len(keys), title)
     colours = matplotlib.colormaps["tab10"]
     handles = []
@@ -179,13 +208,22 @@ def plot_scaling(rows: Sequence[dict], metrics: Sequence[str], factor: str, path
             ux = np.unique(x[sel])
             style = dict(color=colours(gi % 10), marker=_MARKERS[gi % len(_MARKERS)])
             ax.scatter(x[sel], y[sel], s=18, alpha=0.6, **style)
-            ax.plot(ux, [y[sel][x[sel] == v].mean() for v in ux], lw=1.2, ms=0, **style)   # mean over replicas
+            ax.plot(ux, [y[sel][x[sel] == v].mean() for v in ux], lw=1.2, ms=0, **style)  # mean over replicas
         _integer_ticks(ax, x, log2=factor == "width")
         ax.set_title(_title(key), fontsize=9)
         ax.set_xlabel(FACTOR_LABELS[factor], fontsize=8)
         ax.set_ylabel(axis_label(key), fontsize=8)
         ax.tick_params(labelsize=7)
-    legend_title = (f"one line per {' and '.join(others)}; " if others else "") + f"line: mean of the runs at each {factor} value"
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
-               title=legend_title, title_fontsize=8)
+    legend_title = (
+        f"one line per {' and '.join(others)}; " if others else ""
+    ) + f"line: mean of the runs at each {factor} value"
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 6),
+        fontsize=8,
+        frameon=False,
+        title=legend_title,
+        title_fontsize=8,
+    )
     return _save(fig, path)
