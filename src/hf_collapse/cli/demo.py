@@ -65,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-eval-blocks", type=int, help="cap on validation sequences")
     p.add_argument("--measure-max-tokens", type=int, help="token budget of each statistics pass")
     p.add_argument("--block-size", type=int, default=64, help="tokens per training sequence")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=32, help="training sequences per batch")
+    p.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="AdamW weight decay (default: 0.1 for the grid, Table 1's 0.0005 with --seeds)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and permutation tests")
