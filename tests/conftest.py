@@ -1,24 +1,71 @@
-"""Shared fixtures. Real data lives in ../shared/data beside the repository (or $HF_COLLAPSE_SHARED_DATA)."""
+"""Shared fixtures. Real data lives in ../shared/data beside the repository (or $HF_COLLAPSE_SHARED_DATA).
 
+Isolation: before any test module imports hf_collapse, transformers or huggingface_hub, every Hugging
+Face cache and home (and matplotlib's config dir) is pointed at a temporary folder for the whole
+session, inherited by the subprocesses tests start; no test writes to the user's ~/.cache/huggingface.
+"""
+
+import atexit
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+HF_TMP_HOME = Path(tempfile.mkdtemp(prefix="hf_collapse_tests_home_"))
+ISOLATED_ENV = {
+    "HF_HOME": HF_TMP_HOME / "hf",
+    "HF_HUB_CACHE": HF_TMP_HOME / "hf" / "hub",
+    "HF_DATASETS_CACHE": HF_TMP_HOME / "hf" / "datasets",
+    "HF_MODULES_CACHE": HF_TMP_HOME / "hf" / "modules",
+    "HF_EVALUATE_CACHE": HF_TMP_HOME / "hf" / "evaluate",
+    "HF_METRICS_CACHE": HF_TMP_HOME / "hf" / "metrics",
+    "HF_XET_CACHE": HF_TMP_HOME / "hf" / "xet",
+    "HF_ASSETS_CACHE": HF_TMP_HOME / "hf" / "assets",
+    "MPLCONFIGDIR": HF_TMP_HOME / "matplotlib",
+}
+for _key, _value in ISOLATED_ENV.items():
+    os.environ[_key] = str(_value)
+os.environ.pop("HF_TOKEN_PATH", None)
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+atexit.register(shutil.rmtree, HF_TMP_HOME, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port that is free now on 127.0.0.1 (for torchrun / accelerate launch rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def shared_data_dir() -> Path:
     env = os.environ.get("HF_COLLAPSE_SHARED_DATA")
     path = Path(env) if env else REPO.parent / "shared" / "data"
     if not (path / "README.md").is_file():
-        pytest.fail(f"shared test data not found at {path}: clone the repo beside ../shared or set HF_COLLAPSE_SHARED_DATA")
+        pytest.skip(f"shared test data not found at {path}: clone the repo beside ../shared or set "
+                    "HF_COLLAPSE_SHARED_DATA (CI has it)")
     return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_data_dir()
+
+
+# modules whose every test is slow: training, several processes, the local Hub server, killed processes
+SLOW_MODULES = {"test_trainer.py", "test_study.py", "test_measure_cli.py", "test_faults.py", "test_hub.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tiers ``slow`` by module and by the ``hub_env`` fixture, so that
+    ``pytest -m "not slow"`` runs the fast tier alone."""
+    for item in items:
+        if "hub_env" in getattr(item, "fixturenames", ()) or Path(str(item.fspath)).name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 # ---------------------------------------------------------------------------------------- local Hub

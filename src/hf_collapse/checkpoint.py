@@ -22,16 +22,8 @@ from typing import Mapping, Optional
 import torch
 
 from .atomic import atomic_write_text
+from .distributed import dist_info  # noqa: F401  (also public here, as before)
 from .statistics import CollapseStatistics
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, (0, 1) without a process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def fingerprint(model, dataloader=None, *, extra: Optional[Mapping] = None) -> str:

@@ -38,7 +38,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import dist_info, fingerprint, read_checkpoint, write_checkpoint
+from .checkpoint import fingerprint, read_checkpoint, write_checkpoint
+from .distributed import dist_info, reducing
 from .measures import MEASURE_KEYS, CollapseResult, measure_collapse
 from .statistics import CollapseStatistics
 
@@ -306,7 +307,7 @@ class NC4Counter:
     def reduce(self) -> "NC4Counter":
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if reducing():
             t = self.counts.to(CollapseStatistics._comm_device(None))
             dist.all_reduce(t)
             self.counts = t.cpu()
@@ -479,7 +480,7 @@ def _model_device(model) -> torch.device:
 def _global_sum(x: int) -> int:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if reducing():
         t = torch.tensor([float(x)], device=CollapseStatistics._comm_device(None))
         dist.all_reduce(t)
         return int(t.item())
@@ -631,7 +632,7 @@ def _agree_dim(dim: Optional[int]) -> int:
     import torch.distributed as dist
 
     local = -1 if dim is None else int(dim)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if reducing():
         t = torch.tensor([float(local)], device=CollapseStatistics._comm_device(None))
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         local = int(t.item())

@@ -168,13 +168,16 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     """
     from .collect import collect_nc4, collect_statistics, measure_statistics
 
+    from .trainer import trainer_scope
+
     model = trainer.model
     progress = trainer.is_world_process_zero() and args.progress
     model.eval()
-    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), task="causal_lm",
-                               max_tokens=args.measure_max_tokens, progress=progress)
-    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, task="causal_lm",
-                      max_tokens=args.nc4_max_tokens, progress=progress)
+    with trainer_scope(trainer):  # reduce over the Trainer's processes only
+        stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), task="causal_lm",
+                                   max_tokens=args.measure_max_tokens, progress=progress)
+        nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats,
+                          task="causal_lm", max_tokens=args.nc4_max_tokens, progress=progress)
     report = measure_statistics(model, stats, nc4=nc4, per_class=True,
                                 settings={"max_tokens": args.measure_max_tokens, "nc4_max_tokens": args.nc4_max_tokens})
     return report
