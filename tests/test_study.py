@@ -96,6 +96,21 @@ def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
     assert len(list((out / "runs").iterdir())) == 6
 
 
+def test_demo_with_fewer_than_three_runs_keeps_them(tmp_path, capsys):
+    """``--sizes 1x16`` x 2 lengths = 2 runs: too few for a fit, but the trained runs, runs.csv and a
+    report (fits marked not available) are written instead of failing after training."""
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--output-dir", str(out), "--sizes", "1x16", "--epochs", "1,2",
+                   "--stories", "200", "--block-size", "32", "--permutations", "50"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "fits not available" in text and "needs at least 3 runs, got 2" in text
+    report = (out / "report.md").read_text()
+    assert "fits not available" in report and "TinyStories-1x16" in report
+    assert len((out / "runs.csv").read_text().strip().splitlines()) == 1 + 2
+    assert len([p for p in (out / "runs").iterdir() if (p / "collapse" / "metrics.json").is_file()]) == 2
+
+
 def test_coincident_classes_are_left_out_of_the_measures():
     # real text: two tokens seen only after the same contexts get the same mean (CDNV infinite);
     # collection, Trainer and study measure with coincident="exclude" and count them

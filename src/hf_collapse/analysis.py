@@ -334,19 +334,25 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutations: int = 10_000, seed: int = 0,
-            title: str = "Neural collapse vs validation loss", notes: str = "") -> dict:
+            title: str = "Neural collapse vs validation loss", notes: str = "", allow_few_runs: bool = False) -> dict:
     """Write ``runs.csv``, ``correlations.csv``, figures and ``report.md`` into ``output_dir``.
 
-    Returns ``{"rows", "metrics", "fits", "direction", "figures", "report"}``.
+    Returns ``{"rows", "metrics", "fits", "direction", "figures", "report"}``. Fits need at least 3
+    runs: fewer raise ValueError, or with ``allow_few_runs`` (the demo, whose trained runs must not be
+    lost) write ``runs.csv`` and a ``report.md`` with the runs and the fits marked not available.
     """
     rows = list(rows)
-    if len(rows) < 3:
+    if not rows:
+        raise ValueError("no runs to analyse")
+    if len(rows) < 3 and not allow_few_runs:
         raise ValueError(f"the analysis needs at least 3 runs, got {len(rows)}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = metric_columns(rows)
     if not metrics:
         raise ValueError("no measure is present in every run")
+    if len(rows) < 3:
+        return _report_without_fits(rows, metrics, out, title, notes)
     fits = correlations(rows, metrics, num_permutations=num_permutations, seed=seed)
     write_csv(rows, out / "runs.csv")
     write_csv(fits, out / "correlations.csv", ["metric", "n", "r2", "r", "slope", "intercept", "p_value",
@@ -375,6 +381,20 @@ def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutation
     atomic_write_text(report, "\n".join(t for t in text if t is not None) + "\n")
     return {"rows": rows, "metrics": metrics, "fits": fits, "direction": direction, "figures": figures,
             "report": report}
+
+
+def _report_without_fits(rows, metrics, out: Path, title: str, notes: str) -> dict:
+    """runs.csv and a report.md with the runs' table; the fits need at least 3 runs."""
+    write_csv(rows, out / "runs.csv")
+    cols = [c for c in CONFIG_COLUMNS if any(r.get(c) is not None for r in rows)] + metrics
+    reason = f"fits not available: a fit against validation loss needs at least 3 runs, got {len(rows)}"
+    text = [f"# {title}", "", notes, "" if notes else None, f"{len(rows)} runs.", "", "## Runs", "",
+            markdown_table(sorted(rows, key=lambda r: r["val_loss"]), cols), "",
+            "## Each measure against validation loss", "", reason + ".", ""]
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(t for t in text if t is not None) + "\n")
+    return {"rows": rows, "metrics": metrics, "fits": [], "figures": [], "report": report,
+            "direction": {"agree": [], "disagree": [], "holds": False, "fits_not_available": reason}}
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:

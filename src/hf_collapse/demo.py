@@ -103,8 +103,9 @@ def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_
              f"Validation loss falls with model size at every training length: "
              f"**{'yes' if direction['loss_falls_with_size'] else 'no'}**; with training at every size: "
              f"**{'yes' if direction['loss_falls_with_epochs'] else 'no'}**.")
+    # fewer than 3 runs (e.g. --sizes 1x32): the report lists them with the fits marked not available
     result = analyze(rows, out, num_permutations=permutations, seed=seed,
-                     title="hf-collapse demo: neural collapse vs validation loss", notes=notes)
+                     title="hf-collapse demo: neural collapse vs validation loss", notes=notes, allow_few_runs=True)
     result.update(direction=direction | result["direction"], seconds=time.perf_counter() - start)
     return result
 
@@ -137,9 +138,12 @@ def run(args) -> int:
     n_dir = len(d["agree"]) + len(d["disagree"])
     print(f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
           f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}")
-    print(f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional measures"
-          f" ({'expected direction holds' if d['holds'] else 'expected direction does NOT hold on most measures'})"
-          f"; against: {', '.join(d['disagree']) or 'none'}")
+    if "fits_not_available" in d:
+        print(d["fits_not_available"])
+    else:
+        holds = "expected direction holds" if d["holds"] else "expected direction does NOT hold on most measures"
+        print(f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional "
+              f"measures ({holds}); against: {', '.join(d['disagree']) or 'none'}")
     print(f"wrote {result['report']}, runs.csv and {len(result['figures'])} figures in "
           f"{Path(args.output_dir).resolve()} ({result['seconds']:.0f} s)")
     return 0

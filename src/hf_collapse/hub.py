@@ -206,9 +206,12 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
     path = Path(os.fspath(repo_id_or_path)).expanduser()
     if path.is_dir():
         return path, None, None
+    from .model_source import check_model_source
+
     if not isinstance(repo_id_or_path, str) or repo_id_or_path.count("/") > 1 or path.is_absolute() \
             or repo_id_or_path.startswith("."):
-        raise FileNotFoundError(f"no measured model folder at {str(path)!r}")
+        raise FileNotFoundError(f"no measured model folder at {str(path)!r} (and it is not a valid Hub repo id either)")
+    check_model_source(repo_id_or_path, "measured model folder", need_config=False)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import IncompleteSnapshotError, RepositoryNotFoundError
 
@@ -225,6 +228,13 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
     except RepositoryNotFoundError as e:
         raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo you can access "
                                 f"({str(e).splitlines()[0]})") from e
+    except (OSError, ValueError) as e:  # no network / offline without a cached copy (LocalEntryNotFoundError)
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if isinstance(e, HfHubHTTPError):  # the Hub answered (revision not found, ...): its own error
+            raise
+        raise FileNotFoundError(f"no local folder {repo_id!r}, and it could not be fetched from the Hub: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     else:
         reason = f"cached snapshot {folder.name} of {repo_id} lacks {sub}/{STATISTICS_FILE} or the model files"
     if folder is None or (require and not _snapshot_complete(folder, sub, need_weights)):

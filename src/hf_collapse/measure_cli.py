@@ -25,6 +25,7 @@ import sys
 import torch
 
 from .distributed import scope_for
+from .model_source import check_model_source, from_pretrained_or_explain
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ def run(args) -> int:
         raise ValueError("give either --train-file or --dataset, not both")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     import torch.distributed as dist
 
@@ -167,8 +169,9 @@ def _measure(args, accelerator, dtype, main, progress) -> int:
     from .collect import collect_nc4, collect_statistics, measure_statistics
     from .measured import save_measured
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
+    tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, args.model, "tokenizer")
+    model = from_pretrained_or_explain(AutoModelForCausalLM.from_pretrained, args.model, "model",
+                                       dtype=getattr(torch, args.torch_dtype))
     model.to(accelerator.device).eval()
 
     def loader(which, budget):
