@@ -100,6 +100,7 @@ def hub_env(tmp_path, monkeypatch):
     import sys
 
     import huggingface_hub
+    import huggingface_hub.hf_api  # noqa: F401  (a lazy submodule: patched below)
     from huggingface_hub import constants
 
     if str(Path(__file__).parent) not in sys.path:  # also under --import-mode=importlib

@@ -79,3 +79,17 @@ def scope_for(num_processes: int, who: str):
             "pass use_cpu=True to TrainingArguments; on GPUs launch with accelerate launch/torchrun)",
             who, world, who, int(num_processes))
     return local_only()
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process hf_collapse reduces over (one collective; every
+    process must call it)."""
+    if not reducing():
+        return bool(flag)
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)

@@ -391,9 +391,14 @@ def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    from .model_source import is_valid_repo_id
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no measured model folder at {str(folder)!r}")
+    if not isinstance(repo_id, str) or not is_valid_repo_id(repo_id):
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id: expected 'name' or 'namespace/name' of letters, "
+                         "digits, '-', '_' and '.'")
     names = list_measurements(folder)
     if not names:
         raise FileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE} (nor "

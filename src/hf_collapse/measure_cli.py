@@ -24,7 +24,9 @@ import sys
 
 import torch
 
-from .distributed import scope_for
+from .distributed import all_true, scope_for
+from .errors import UserValueError
+from .lockfile import OutputLock
 from .model_source import check_model_source, from_pretrained_or_explain
 
 logger = logging.getLogger(__name__)
@@ -155,12 +157,36 @@ def run(args) -> int:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     progress = main and not args.no_progress
+    lock = None
     try:
         with scope_for(accelerator.num_processes, "hf-collapse measure"):
+            lock = _lock_output(args, main)
             return _measure(args, accelerator, dtype, main, progress)
     finally:
+        if lock is not None:
+            lock.release()
         if owns_group:
             _shutdown()
+
+
+def _lock_output(args, main):
+    """The main process locks ``--output-dir`` (lockfile.OutputLock) so a second ``hf-collapse measure``
+    on the same folder refuses instead of interleaving files; every process learns the outcome."""
+    if not args.output_dir:
+        return None
+    lock, error = None, None
+    if main:
+        try:
+            lock = OutputLock(args.output_dir, "hf-collapse measure").acquire()
+        except ValueError as e:
+            error = e
+    if not all_true(error is None):
+        if lock is not None:
+            lock.release()
+        if error is not None:
+            raise error
+        raise UserValueError(f"{args.output_dir!r} is being written by another hf-collapse measure")
+    return lock
 
 
 def _measure(args, accelerator, dtype, main, progress) -> int:
