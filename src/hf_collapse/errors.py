@@ -2,7 +2,8 @@
 
 A *user error* is a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` that hf_collapse raised on
 purpose after validating its input: either an instance of :class:`UserError` (the classes below), or
-one raised by a ``raise`` statement in a module of this package. Anything else (the same types raised
+one raised by a ``raise`` statement in a module of this package (the ``neural_collapse`` evaluate
+module it ships included, which evaluate runs from its own cache). Anything else (the same types raised
 inside torch, transformers, json, ... or by a slip in our own code, such as ``None + 1``) is a bug or
 an unexpected failure and keeps its traceback. ``hf-collapse --debug`` shows the traceback of user
 errors too.
@@ -15,6 +16,7 @@ import os
 
 USER_ERROR_TYPES = (ValueError, TypeError, FileNotFoundError)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_METRIC_MODULE = "evaluate_modules.metrics.neural_collapse."  # the shipped metric, as evaluate imports it
 
 
 class UserError(Exception):
@@ -51,7 +53,9 @@ def is_user_error(exc: BaseException) -> bool:
     if site is None:
         return False
     filename = os.path.abspath(site.tb_frame.f_code.co_filename)
-    if os.path.commonpath([filename, _PACKAGE_DIR]) != _PACKAGE_DIR:
+    module = str(site.tb_frame.f_globals.get("__name__", ""))
+    ours = os.path.commonpath([filename, _PACKAGE_DIR]) == _PACKAGE_DIR or module.startswith(_METRIC_MODULE)
+    if not ours:
         return False
     # a deliberate ``raise ...`` statement, not an implicit error of an expression on that line
     return linecache.getline(filename, site.tb_lineno).lstrip().startswith("raise ")

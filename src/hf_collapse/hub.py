@@ -210,7 +210,8 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
 
     if not isinstance(repo_id_or_path, str) or repo_id_or_path.count("/") > 1 or path.is_absolute() \
             or repo_id_or_path.startswith("."):
-        raise FileNotFoundError(f"no measured model folder at {str(path)!r} (and it is not a valid Hub repo id either)")
+        raise FileNotFoundError(f"no measured model folder at {os.fspath(repo_id_or_path)!r} (and it is not a valid "
+                                "Hub repo id either)")
     check_model_source(repo_id_or_path, "measured model folder", need_config=False)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import IncompleteSnapshotError, RepositoryNotFoundError

@@ -149,6 +149,17 @@ def run(args) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
     check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
+    for flag, path in (("--train-file", args.train_file), ("--validation-file", args.validation_file)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"no text file at {path!r} ({flag})")
+    if args.block_size < 2:
+        raise ValueError(f"--block-size must be at least 2, got {args.block_size}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.no_progress:  # no progress bars at all: transformers' loading bars included
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     import torch.distributed as dist
 
