@@ -27,6 +27,7 @@ ISOLATED_ENV = {
     "HF_XET_CACHE": HF_TMP_HOME / "hf" / "xet",
     "HF_ASSETS_CACHE": HF_TMP_HOME / "hf" / "assets",
     "MPLCONFIGDIR": HF_TMP_HOME / "matplotlib",
+    "XDG_CACHE_HOME": HF_TMP_HOME / "xdg",
 }
 for _key, _value in ISOLATED_ENV.items():
     os.environ[_key] = str(_value)

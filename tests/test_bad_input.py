@@ -50,7 +50,7 @@ class Pwned:  # a pickle that would leave a file behind if anything unpickled it
 def world(tmp_path_factory):
     """A measured folder of a tiny GPT-Neo, and variants broken in one way each."""
     from hf_collapse.collect import measure_model
-    from hf_collapse.measured import save_measured
+    from hf_collapse.integrations.hub import save_measured
 
     root = tmp_path_factory.mktemp("bad_input")
     model = _tiny_model()
@@ -344,26 +344,26 @@ def c_push_missing_folder(w):
 
 
 def c_save_measured_not_statistics(w):
-    from hf_collapse.measured import save_measured
+    from hf_collapse.integrations.hub import save_measured
 
     save_measured(w["root"] / "s", model=w["model"], statistics={"counts": 1}, result=w["report"].result, card=False)
 
 
 def c_analyze_no_runs(w):
-    from hf_collapse.analysis import analyze
+    from hf_collapse.study.analysis import analyze
 
     analyze([], w["root"] / "a")
 
 
 def c_analyze_two_runs(w):
-    from hf_collapse.analysis import analyze
+    from hf_collapse.study.analysis import analyze
 
     analyze([{"name": "a", "val_loss": 1.0, "nc1_cdnv": 1.0}, {"name": "b", "val_loss": 2.0, "nc1_cdnv": 2.0}],
             w["root"] / "a2")
 
 
 def c_collect_runs_missing(w):
-    from hf_collapse.analysis import collect_runs
+    from hf_collapse.study.analysis import collect_runs
 
     collect_runs([w["root"] / "no-runs-here"])
 
@@ -489,7 +489,7 @@ def test_python_api_bad_input(world, tmp_path, case, exc, match):
     with pytest.raises(exc, match=match) as info:
         case(world, **kwargs)
     assert type(info.value) is not AssertionError
-    from hf_collapse.errors import is_user_error
+    from hf_collapse.core.errors import is_user_error
 
     # the CLI would show it as one line: hf_collapse raised it on purpose
     assert is_user_error(info.value), f"{type(info.value).__name__} raised outside hf_collapse's checks"
@@ -523,6 +523,7 @@ def _cli_cases(w):
         (["push", str(root / "plain2")], None, None),  # argparse: missing REPO_ID (exit 2, checked below)
         (["tokens", str(root / "gone")], "no measured folder at", ""),
         (["tokens", str(noper)], "no per-class outputs", ""),
+        (["tokens", good, "--tokenizer", "./tokenizers/gtp2"], "no tokenizer folder at './tokenizers/gtp2'", ""),
         (["analyze", str(root / "gone")], "no run folder at", ""),
         (["analyze", str(bad_csv)], "needs at least 3 runs, got 1", ""),
         (["demo", "--sizes", "0x32"], "must have positive depth and width", ""),
@@ -552,7 +553,7 @@ def test_cli_bad_input_is_one_line(world, capsys):
 
 
 def test_debug_shows_the_traceback_of_a_user_error(world, capsys):
-    from hf_collapse.errors import UserError
+    from hf_collapse.core.errors import UserError
 
     for argv in (["--debug", "measure", "./models/typo", "--train-file", "x"],
                  ["measure", "./models/typo", "--train-file", "x", "--debug"]):
@@ -564,7 +565,7 @@ def test_debug_shows_the_traceback_of_a_user_error(world, capsys):
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     """A TypeError that hf_collapse did not raise on purpose (here: an expression failing inside the
     command) is not turned into a 'user error' line."""
-    import hf_collapse.tokens as tokens
+    import hf_collapse.cli.tokens as tokens
 
     def broken(folder, tok, **kw):
         return None + 1  # a slip, not a check
@@ -573,7 +574,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(tokens, "token_report", broken)
     with pytest.raises(TypeError, match="NoneType"):
         main(["tokens", str(tmp_path)])
-    from hf_collapse.errors import is_user_error
+    from hf_collapse.core.errors import is_user_error
 
     try:
         int("x")

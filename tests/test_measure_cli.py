@@ -11,7 +11,7 @@ import torch
 
 from hf_collapse import CollapseStatistics
 from hf_collapse.cli import main
-from hf_collapse.measures import MEASURE_KEYS
+from hf_collapse.core.registry import MEASURE_KEYS
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -70,7 +70,7 @@ def test_resume_after_interruption(shared_data, tmp_path, monkeypatch):
     args = ["--checkpoint-every", "1", "--no-save-model"]
     assert main(measure_args(shared_data, full, *args)) == 0
     # crash in pass 1, right after the checkpoint of batch 2 (of 5)
-    import hf_collapse.collect as collect
+    import hf_collapse.integrations.passes as collect
 
     real = collect.write_checkpoint
 

@@ -1,0 +1,146 @@
+"""torch.distributed helpers and the one way a collection pass ends (:func:`finish_pass`).
+
+Statistics are sums, so a multi-process pass is: every process accumulates its shard, one all-reduce
+(SUM) per pass, then every process divides. Everything here is a no-op without an initialised process
+group of more than one process. ``reduce=False`` keeps each process's local sums (used when the
+caller's processes are not one distributed job, e.g. a Trainer that is not itself distributed).
+
+Which processes are reduced over: every helper here (and ``CollapseStatistics.reduce``,
+``NC4Counter.reduce``, the checkpoint barriers) answers "one process" inside :func:`local_only`:
+nothing is reduced and each process measures what it saw itself. Why: a process group can exist
+without the data being sharded over it. Under ``accelerate launch --multi_gpu --num_processes 2`` on
+a CPU machine without ``use_cpu=True``, transformers warns "process group is initialized, but
+parallel_mode != ParallelMode.DISTRIBUTED" and every process trains and evaluates a full copy on all
+the data; summing those statistics over the group counted each eval token twice. :func:`scope_for`
+compares the number of processes that really share the data (the Trainer's / Accelerator's
+``num_processes``) with the group and measures locally, with one warning, when they differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+import torch
+
+from .statistics import CollapseStatistics, comm_device
+
+logger = logging.getLogger(__name__)
+
+_LOCAL = contextvars.ContextVar("hf_collapse_local_only", default=False)
+_warned: set[str] = set()
+
+
+@contextlib.contextmanager
+def local_only():
+    """Inside: hf_collapse runs no collective and each process measures only its own data."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
+
+
+def group_size() -> int:
+    """Size of torch.distributed's default process group (1 without one), ignoring :func:`local_only`."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def scope_for(num_processes: int, who: str):
+    """The context to measure in when ``num_processes`` processes share the data.
+
+    Equal to the process group's size (or no group): reduce over the group (a null context).
+    Different: the group is not the one the data are sharded over, so measure locally
+    (:func:`local_only`) and warn once per ``who``.
+    """
+    world = group_size()
+    if world <= 1 or int(num_processes) == world:
+        return contextlib.nullcontext()
+    if who not in _warned:
+        _warned.add(who)
+        logger.warning(
+            "%s: torch.distributed has a process group of %d processes, but %s distributes over %d; "
+            "each process measures its own data without reducing (for data-parallel training on CPU "
+            "pass use_cpu=True to TrainingArguments; on GPUs launch with accelerate launch/torchrun)",
+            who, world, who, int(num_processes))
+    return local_only()
+
+
+def _dist():
+    """torch.distributed when hf_collapse reduces over its default group, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and not _LOCAL.get() else None
+
+
+def reducing() -> bool:
+    """Whether hf_collapse's collectives run (a group of more than one process, not :func:`local_only`)."""
+    return rank_and_world()[1] > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) without a process group."""
+    dist = _dist()
+    return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+
+
+def world_size() -> int:
+    return rank_and_world()[1]
+
+
+def all_reduce_sum(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Sum (or ``op="max"``) a tensor over all processes; returns a tensor on ``t``'s device."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return t
+    buf = t.to(comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return buf.to(t.device)
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (one collective; every process must call it)."""
+    return bool(all_reduce_sum(torch.tensor([0.0 if flag else 1.0], dtype=torch.float64), op="max").item() == 0)
+
+
+def global_sum(x: int) -> int:
+    """An integer summed over processes."""
+    return int(all_reduce_sum(torch.tensor([float(x)], dtype=torch.float64)).item())
+
+
+def agree_dim(dim: Optional[int]) -> int:
+    """All processes learn the feature dimension (a process that saw no batch does not know it)."""
+    local = torch.tensor([-1.0 if dim is None else float(dim)], dtype=torch.float64)
+    agreed = int(all_reduce_sum(local, op="max").item())
+    if agreed < 1:
+        raise ValueError("no labelled token was collected: the data are empty or the budget yields nothing")
+    return agreed
+
+
+def finish_pass(statistics: Mapping[str, CollapseStatistics], names: Sequence[str], num_classes: int, *,
+                covariance: bool = False, ignore_index: int = -100, reduce: bool = True,
+                what: str = "the data") -> dict[str, CollapseStatistics]:
+    """End a statistics pass: agree on dims, all-reduce, reject empty results; returns ``{name: stats}``
+    in ``names`` order.
+
+    Every process must call it (collectives): a process whose shard never reached a module still
+    joins with an empty accumulator of the agreed dimension.
+    """
+    stats = dict(statistics)
+    for name in names:
+        if reduce:
+            dim = agree_dim(stats[name].dim if name in stats else None)
+            if name not in stats:
+                stats[name] = CollapseStatistics(num_classes, dim, covariance=covariance, ignore_index=ignore_index)
+            stats[name].reduce()
+        if name not in stats or stats[name].num_tokens == 0:
+            raise ValueError(
+                f"no labelled token was collected at {name!r} from {what}: the data are empty, the budget is too "
+                f"small, or every label is {ignore_index}/padding"
+            )
+    return {n: stats[n] for n in names}
