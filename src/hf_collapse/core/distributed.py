@@ -19,29 +19,21 @@ compares the number of processes that really share the data (the Trainer's / Acc
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import torch
 
+from .scope import is_local, local_only
 from .statistics import CollapseStatistics, comm_device
+
+__all__ = ["agree_dim", "all_reduce_sum", "all_true", "finish_pass", "global_sum", "group_size", "local_only",
+           "rank_and_world", "reducing", "scope_for", "world_size"]
 
 logger = logging.getLogger(__name__)
 
-_LOCAL = contextvars.ContextVar("hf_collapse_local_only", default=False)
 _warned: set[str] = set()
-
-
-@contextlib.contextmanager
-def local_only():
-    """Inside: hf_collapse runs no collective and each process measures only its own data."""
-    token = _LOCAL.set(True)
-    try:
-        yield
-    finally:
-        _LOCAL.reset(token)
 
 
 def group_size() -> int:
@@ -75,7 +67,7 @@ def _dist():
     """torch.distributed when hf_collapse reduces over its default group, else None."""
     import torch.distributed as dist
 
-    return dist if dist.is_available() and dist.is_initialized() and not _LOCAL.get() else None
+    return dist if dist.is_available() and dist.is_initialized() and not is_local() else None
 
 
 def reducing() -> bool:
