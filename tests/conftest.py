@@ -59,13 +59,25 @@ def shared_data() -> Path:
 
 # modules whose every test is slow: training, several processes, the local Hub server, killed processes
 SLOW_MODULES = {"test_trainer.py", "test_study.py", "test_measure_cli.py", "test_faults.py", "test_hub.py"}
+# single slow tests elsewhere: each starts fresh Python processes (torch + transformers imports) or two ranks
+SLOW_TESTS = {
+    "test_reduce.py::test_two_process_reduce_matches_one_process",
+    "test_metric.py::test_bare_name_loads_offline_from_any_directory",
+    "test_metric.py::test_import_writes_nothing_and_unwritable_cache_is_one_clear_error",
+    "test_metric.py::test_wheel_ships_the_registered_module",
+    "test_structure.py::test_import_writes_nothing",
+    "test_structure.py::test_core_imports_without_transformers_or_hub",
+    "test_package.py::test_module_entry_points",
+}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the slow tiers ``slow`` by module and by the ``hub_env`` fixture, so that
-    ``pytest -m "not slow"`` runs the fast tier alone."""
+    """Mark the slow tiers ``slow`` (by module, by name, and by the ``hub_env`` fixture), so that
+    ``pytest -m "not slow"`` runs the fast tier alone; CI runs everything."""
     for item in items:
-        if "hub_env" in getattr(item, "fixturenames", ()) or Path(str(item.fspath)).name in SLOW_MODULES:
+        name = Path(str(item.fspath)).name
+        if ("hub_env" in getattr(item, "fixturenames", ()) or name in SLOW_MODULES
+                or f"{name}::{item.originalname}" in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
 
 
