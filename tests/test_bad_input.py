@@ -501,6 +501,12 @@ def _cli_cases(w):
     good, root = str(w["good"]), w["root"]
     bad_csv = root / "bad.csv"
     bad_csv.write_text("name,val_loss,nc1_cdnv\na,1.0,0.5\n")
+    text_loss = root / "text_loss.csv"
+    text_loss.write_text("name,val_loss,nc1_cdnv\na,low,0.5\nb,2.0,0.4\nc,3.0,0.3\n")
+    ragged = root / "ragged.csv"
+    ragged.write_text("name,val_loss,nc1_cdnv\na,1.0,0.5,9\nb,2.0,0.4\nc,3.0,0.3\n")
+    binary = root / "binary.csv"
+    binary.write_bytes(b"\x00\x01name\xff\xfe\n")
     empty_txt = root / "empty.txt"
     empty_txt.write_text("\n\n")
     noper = _copy(w, "no-per-class")
@@ -526,6 +532,11 @@ def _cli_cases(w):
         (["tokens", good, "--tokenizer", "./tokenizers/gtp2"], "no tokenizer folder at './tokenizers/gtp2'", ""),
         (["analyze", str(root / "gone")], "no run folder at", ""),
         (["analyze", str(bad_csv)], "needs at least 3 runs, got 1", ""),
+        (["analyze", str(text_loss)], "run 'a': val_loss is 'low', expected a number", ""),
+        (["analyze", str(ragged)], "a row does not match the header", "ragged.csv"),
+        (["analyze", str(binary)], "is not a UTF-8 CSV table", "binary.csv"),
+        (["analyze", str(root / "missing.csv")], "no runs table at", "missing.csv"),
+        (["install-metric", "--modules-cache", str(bad_csv / "sub")], "cannot write evaluate's modules cache", ""),
         (["demo", "--sizes", "0x32"], "must have positive depth and width", ""),
         (["demo", "--sizes", "big"], "DEPTHxWIDTH", ""),
         (["demo", "--epochs", "one"], "--epochs takes numbers", ""),
@@ -549,7 +560,7 @@ def test_cli_bad_input_is_one_line(world, capsys):
         assert err[0].startswith(f"hf-collapse {argv[0]}: error: ") and match in err[0], (argv, err)
         assert also in err[0] and "Traceback" not in err[0]
         checked += 1
-    assert checked >= 18
+    assert checked >= 24
 
 
 def test_debug_shows_the_traceback_of_a_user_error(world, capsys):
