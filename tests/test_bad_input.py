@@ -591,3 +591,23 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
         int("x")
     except ValueError as e:  # raised inside Python, not by hf_collapse
         assert not is_user_error(e)
+
+
+def test_unknown_hub_id_offline_is_one_line(world, capsys, monkeypatch):
+    """A well-formed Hub id that cannot be loaded (offline here) is one line naming it, for measure and
+    tokens --tokenizer; load_measured says the same in a FileNotFoundError."""
+    from huggingface_hub import constants
+
+    from hf_collapse.integrations.hub import load_measured
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    text = world["root"] / "one.txt"
+    text.write_text("Once upon a time there was a cat.\n")
+    for argv, what in ((["measure", "nobody/no-such-model", "--train-file", str(text), "--no-progress"], "tokenizer"),
+                       (["tokens", str(world["good"]), "--tokenizer", "nobody/no-such-tokenizer"], "tokenizer")):
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1, (argv, err)
+        assert f"loading the {what} 'nobody/no-such-" in err[0] and "from the Hub failed" in err[0], err
+    with pytest.raises(FileNotFoundError, match="no local folder 'nobody/no-such-repo'"):
+        load_measured("nobody/no-such-repo", load_model=False)
