@@ -167,5 +167,7 @@ def test_demo_with_fewer_than_three_runs_keeps_them(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.index("too few for the fits") < text.index("model 1/2")
     assert "fits not available" in text and "needs at least 3 runs, got 2" in text
-    assert "fits not available" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "fits not available" in report and "TinyStories-1x16" in report
     assert len((out / "runs.csv").read_text().strip().splitlines()) == 1 + 2
+    assert len([p for p in (out / "runs").iterdir() if (p / "collapse" / "metrics.json").is_file()]) == 2

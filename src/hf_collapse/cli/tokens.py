@@ -8,14 +8,17 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..integrations.model_source import check_model_source, from_pretrained_or_explain
 from ..study.token_report import format_report, token_report
 
 
 def _tokenizer(folder: Path, name: Optional[str]):
     from transformers import AutoTokenizer
 
-    src = name or (str(folder) if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-                   else None)
+    if name:  # a mistyped --tokenizer path or id: one line, not a loading traceback
+        check_model_source(name, "tokenizer folder", need_config=False)
+        return from_pretrained_or_explain(AutoTokenizer.from_pretrained, name, "tokenizer")
+    src = str(folder) if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file() else None
     return AutoTokenizer.from_pretrained(src) if src else None
 
 

@@ -283,6 +283,7 @@ def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutation
     if not metrics:
         raise ValueError("no measure is present in every run")
     design = study_design(rows)
+    check_rows(rows, metrics)
     if len(rows) < 3:
         return _report_without_fits(rows, metrics, out, title, notes, design)
     fits = correlations(rows, metrics, num_permutations=num_permutations, seed=seed)
@@ -356,18 +357,39 @@ def _report_without_fits(rows, metrics, out: Path, title: str, notes: str, desig
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``runs.csv`` (numbers parsed back to float/int)."""
+    """Rows of a ``runs.csv`` (numbers parsed back to float/int); FileNotFoundError / ValueError name the
+    file when it is missing or not a UTF-8 CSV table."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no runs table at {os.fspath(path)!r}")
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            row = {}
-            for k, v in r.items():
-                if v == "":
-                    row[k] = None
-                    continue
-                try:
-                    row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-                except ValueError:
-                    row[k] = v
-            rows.append(row)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                row = {}
+                for k, v in r.items():
+                    if k is None or v is None:  # more / fewer cells than the header names
+                        raise ValueError(f"{os.fspath(path)!r}: a row does not match the header "
+                                         f"{[k for k in r if k is not None]}")
+                    if v == "":
+                        row[k] = None
+                        continue
+                    try:
+                        row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+                    except ValueError:
+                        row[k] = v
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a UTF-8 CSV table: {e}") from e
     return rows
+
+
+def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
+    """Every run has a numeric ``val_loss`` and numeric measures (a malformed runs.csv names the cell)."""
+    missing = [r.get("name") for r in rows if r.get("val_loss") is None]
+    if missing:
+        raise ValueError(f"runs without a validation loss (eval_loss): {missing}")
+    for r in rows:
+        for key in ("val_loss", *metrics):
+            v = r.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"run {r.get('name')!r}: {key} is {v!r}, expected a number")

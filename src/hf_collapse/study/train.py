@@ -179,6 +179,7 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     (counted in ``num_classes_coincident``).
     """
     from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
+    from ..integrations.trainer import trainer_scope
 
     model = trainer.model
     progress = trainer.is_world_process_zero() and args.progress
@@ -186,9 +187,11 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     # the run's own measurement settings (k, tile, dtype, modules), with this measurement's budgets
     cfg = trainer.collapse_args.override(task="causal_lm", max_tokens=args.measure_max_tokens,
                                          nc4_max_tokens=args.nc4_max_tokens, per_class=True)
-    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), cfg, progress=progress)
-    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, cfg,
-                      progress=progress)
+    with trainer_scope(trainer):  # reduce over the Trainer's processes only
+        stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), cfg,
+                                   progress=progress)
+        nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, cfg,
+                          progress=progress)
     report = measure_statistics(model, stats, cfg, nc4=nc4)
     return report
 
