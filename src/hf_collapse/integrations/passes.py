@@ -113,7 +113,7 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
                     collector.check()  # raises the deferred label / finiteness errors
                     seen = int(tokens)  # the one host sync of these batches
                     if bar is not None:
-                        bar.set_postfix(tokens=seen)
+                        bar.set_postfix_str(f"tokens={seen}")  # tqdm would print an int as 2e+4
                     if max_tokens is not None and seen >= max_tokens:
                         break
     finally:
