@@ -16,6 +16,11 @@ Under ``accelerate launch`` / ``torchrun`` each process measures its shard (Acce
 dataloader), the statistics are all-reduced over the processes the Accelerator shards over (a process
 group it does not use is ignored with a warning), and the main process writes the folder. A process
 group that this command initialised (through its Accelerator) is destroyed before it returns.
+Several machines need nothing beyond one: the same command on every node, e.g.
+``accelerate launch --multi_gpu --num_machines 2 --machine_rank R --main_process_ip HOST
+--main_process_port 29500 --num_processes 16 -m hf_collapse.cli measure MODEL --dataset
+roneneldan/TinyStories --torch-dtype bfloat16 --output-dir OUT`` (R = 0, 1); the reduction is one
+all-reduce, and the main process of each node fills its own ``--cache-dir`` before the others read it.
 ``--output-dir`` is locked while the command writes it (``core.lockfile``): a second ``measure`` on
 the same folder refuses with one line instead of interleaving files.
 """
