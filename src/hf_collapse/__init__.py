@@ -17,7 +17,7 @@ _LAZY = {  # heavier modules (transformers, huggingface_hub) load on first use
     "load_measured": "hub", "push_measured": "hub", "MeasuredModel": "hub",
     "collect_statistics": "collect", "measure_model": "collect", "CollapseReport": "collect",
     "CollapseTrainer": "trainer", "CollapseArguments": "trainer", "CollapseCallback": "trainer",
-    "save_measured": "measured",
+    "save_measured": "measured", "load_metric": "metric_registry",
 }
 
 
