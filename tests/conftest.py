@@ -53,6 +53,7 @@ def hub_env(tmp_path, monkeypatch):
     import sys
 
     import huggingface_hub
+    import huggingface_hub.hf_api  # a lazy submodule: not an attribute until imported
     from huggingface_hub import constants
 
     if str(Path(__file__).parent) not in sys.path:  # also under --import-mode=importlib
