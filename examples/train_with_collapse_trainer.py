@@ -5,11 +5,13 @@ beside eval_loss. Runs offline on CPU in seconds: bytes are the tokens (vocabula
 tokenizer has to be downloaded; use ``AutoTokenizer.from_pretrained("gpt2")`` in real work.
 
     python examples/train_with_collapse_trainer.py --steps 4
+    torchrun --nproc_per_node 2 examples/train_with_collapse_trainer.py --steps 4   # 2 processes (gloo on CPU)
 """
 
 import argparse
 import random
 
+import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
@@ -43,8 +45,13 @@ def main(argv=None):
                               collapse_args=CollapseArguments(collapse_modules=["lm_head", "transformer.h.0"]))
     trainer.train()
     logged = next(h for h in reversed(trainer.state.log_history) if "eval_loss" in h)
-    for key in sorted(k for k in logged if "nc" in k):  # eval_nc*, eval_gnc2_*, eval_unc3_*, layer-wise
-        print(f"{key:45s} {logged[key]:.6g}")
+    if trainer.is_world_process_zero():  # every process holds the same numbers
+        for key in sorted(k for k in logged if "nc" in k):  # eval_nc*, eval_gnc2_*, eval_unc3_*, layer-wise
+            print(f"{key:45s} {logged[key]:.6g}")
+    trainer.accelerator.free_memory()
+    if torch.distributed.is_initialized():  # under torchrun: without this, gloo sometimes aborts at exit
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return logged
 
 
