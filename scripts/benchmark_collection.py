@@ -75,7 +75,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    from hf_collapse.collect import FeatureCollector, _run_pass, collect_nc4
+    from hf_collapse.integrations.hooks import FeatureCollector
+    from hf_collapse.integrations.passes import _run_pass, collect_nc4
 
     torch.manual_seed(0)
     cfg = GPTNeoConfig(vocab_size=50257, hidden_size=128, num_layers=2, num_heads=4,

@@ -27,4 +27,6 @@ fi
 if ! "$VPY" -m pip install -q -e ".[test]" >.venv/pip-install.log 2>&1; then
   cat .venv/pip-install.log; echo "setup: pip install failed (log above)" >&2; exit 1
 fi
+# evaluate.load("neural_collapse") offline: importing hf_collapse writes nothing, so register here (idempotent)
+.venv/bin/hf-collapse install-metric >/dev/null || echo "setup: could not register the evaluate metric (see hf-collapse install-metric)" >&2
 "$VPY" -c "import hf_collapse, torch; print(f'hf_collapse {hf_collapse.__version__} ready (torch {torch.__version__})')"

@@ -8,7 +8,7 @@
 
 Default data: roneneldan/TinyStories from the Hub with the GPT-Neo tokenizer. NC metrics are logged
 at every evaluation (CollapseTrainer; ``--collapse_*`` flags); the model is saved as a measured
-folder ``<output_dir>/TinyStories-{L}x{d}_{E}{D}{S}`` (see ``hf_collapse.study``). Run several and
+folder ``<output_dir>/TinyStories-{L}x{d}_{E}{D}{S}`` (see ``hf_collapse.study.train``). Run several and
 then ``hf-collapse analyze <output_dir>``.
 """
 
@@ -17,7 +17,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from hf_collapse.study import StudyArguments, train_one
+from hf_collapse.study.train import StudyArguments, train_one
 from hf_collapse.trainer import CollapseArguments
 
 

@@ -1,11 +1,19 @@
 """Shared fixtures. Real data lives in ../shared/data beside the repository (or $HF_COLLAPSE_SHARED_DATA)."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# No test writes to the developer's Hugging Face cache: every HF cache points into one temporary
+# home for the session (set before any test module imports huggingface_hub, datasets or evaluate).
+_HOME = Path(tempfile.mkdtemp(prefix="hf_collapse_tests_home_"))
+for _key, _sub in (("HF_HOME", ""), ("HF_MODULES_CACHE", "modules"), ("HF_DATASETS_CACHE", "datasets"),
+                   ("HF_HUB_CACHE", "hub"), ("HF_EVALUATE_CACHE", "evaluate"), ("XDG_CACHE_HOME", "xdg")):
+    os.environ[_key] = str(_HOME / _sub) if _sub else str(_HOME)
 
 
 def shared_data_dir() -> Path:

@@ -438,7 +438,7 @@ class LocalHub:
         self._watchdog.daemon = True
         self._stopped = False
 
-    def start(self) -> "LocalHub":
+    def start(self) -> LocalHub:
         for thread in self._threads:
             thread.start()
         self._watchdog.start()

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from hf_collapse import cli
-from hf_collapse.analysis import (analyze, collect_runs, correlations, linear_fit, permutation_test, read_csv_rows,
-                                  read_run)
+from hf_collapse.study.analysis import (
+    analyze,
+    collect_runs,
+    correlations,
+    linear_fit,
+    permutation_test,
+    read_csv_rows,
+    read_run,
+)
 
 
 def _synthetic_rows(n=24, seed=0, slope=2.0, noise=0.05):

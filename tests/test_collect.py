@@ -5,8 +5,7 @@ import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 from hf_collapse import CollapseStatistics, measure_collapse
-from hf_collapse.collect import (FeatureCollector, align_labels, collect_nc4, collect_statistics,
-                                 measure_model)
+from hf_collapse.collect import FeatureCollector, align_labels, collect_nc4, collect_statistics, measure_model
 
 V, D = 40, 16
 

@@ -5,8 +5,8 @@ import collections
 import pytest
 import torch
 
-from hf_collapse.data import (EOS, PackedDataset, generate_stories, pack_texts, pack_token_ids, read_stories,
-                              train_tokenizer)
+from hf_collapse.integrations.data import EOS, PackedDataset, pack_texts, pack_token_ids, read_stories
+from hf_collapse.study.corpus import generate_stories, train_tokenizer
 
 
 def test_generator_deterministic_per_seed():

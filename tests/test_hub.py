@@ -16,9 +16,15 @@ import pytest
 import torch
 
 from hf_collapse import CollapseStatistics, measure_collapse
-from hf_collapse.hub import (find_measurement, list_measurements, load_measured, push_measured,
-                             read_measurement, weights_sha256)
-from hf_collapse.model_card import TEMPLATE_PATH, card_metrics, write_model_card
+from hf_collapse.hub import (
+    find_measurement,
+    list_measurements,
+    load_measured,
+    push_measured,
+    read_measurement,
+    weights_sha256,
+)
+from hf_collapse.integrations.model_card import TEMPLATE_PATH, card_metrics, write_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -29,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 # ---------------------------------------------------------------------------------------- helpers
 def measure_into(folder: Path, model, tok, lines, name=None, extra_meta=None):
     """Measure ``model`` on ``lines`` and write a measurement into ``folder`` (the format
-    ``hf_collapse.measured.save_measured`` writes: statistics + per_class.* + metrics.json)."""
+    ``hf_collapse.hub.save_measured`` writes: statistics + per_class.* + metrics.json)."""
     stats = CollapseStatistics(model.config.vocab_size, model.config.hidden_size)
     with torch.no_grad():
         for line in lines:
@@ -113,9 +119,11 @@ def test_weights_hash_same_for_model_folder_and_shards(tiny, tmp_path):
         weights_sha256(3)
 
 
-def test_template_shipped_in_package_equals_repo_copy():
+def test_template_lives_once_in_the_package():
     assert TEMPLATE_PATH.is_file()
-    assert (REPO / "model_cards" / TEMPLATE_PATH.name).read_bytes() == TEMPLATE_PATH.read_bytes()
+    assert TEMPLATE_PATH.parent == REPO / "src" / "hf_collapse" / "templates"
+    copies = [p for p in REPO.rglob(TEMPLATE_PATH.name) if ".venv" not in p.parts and "build" not in p.parts]
+    assert copies == [TEMPLATE_PATH]
 
 
 def test_model_card_yaml_and_body(measured):
@@ -133,7 +141,7 @@ def test_model_card_yaml_and_body(measured):
     assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
     assert (measured / "collapse" / "collapse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](collapse/collapse.png)" in card.text
-    assert "learning_rate: 0.0005" in card.text and "arxiv.org/abs/2405.13634" in card.text
+    assert "learning_rate: 0.0005" in card.text and "arxiv.org/abs/2405.17767" in card.text
     for line in ("| NC1 CDNV (`nc1_cdnv`)", "| lower |", "| higher |"):
         assert line in card.text
 
@@ -405,9 +413,9 @@ def test_non_finite_measures_round_trip_through_metrics_json(tmp_path):
     # CoV is +inf when a mean is 0 but its spread is not; metrics.json (strict JSON) stores it as "inf"
     import math
 
+    from hf_collapse import CollapseResult
     from hf_collapse.hub import read_metrics
-    from hf_collapse.measured import build_metrics
-    from hf_collapse.measures import CollapseResult
+    from hf_collapse.integrations.folder import build_metrics
 
     s = CollapseStatistics(3, 2)
     s.update(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2]))
@@ -420,3 +428,20 @@ def test_non_finite_measures_round_trip_through_metrics_json(tmp_path):
     path.write_text(json.dumps({"nc1_cdnv": "large"}))
     with pytest.raises(ValueError, match="expected a number"):
         read_metrics(path)
+
+
+def test_model_card_table_and_citation_come_from_the_registry(measured):
+    """Every measured key appears in the card's table with the registry's name, meaning and direction, and the
+    citation is the paper's (arXiv:2405.17767)."""
+    from huggingface_hub import ModelCard
+
+    from hf_collapse.core.registry import ARXIV_ID, CITATION_BIBTEX, MEASURES
+
+    text = ModelCard.load(measured / "README.md").text
+    metrics = json.loads((measured / "collapse" / "metrics.json").read_text())
+    keys = [k for k in MEASURES if k in metrics]
+    assert len(keys) >= 8
+    for key in keys:
+        m = MEASURES[key]
+        assert f"| {m.name} (`{key}`) |" in text and f"| {m.meaning} | {m.direction_text} |" in text, key
+    assert CITATION_BIBTEX in text and f"arxiv.org/abs/{ARXIV_ID}" in text and "2405.13634" not in text

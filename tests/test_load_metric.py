@@ -24,8 +24,8 @@ def _run(code, env, cwd):
 
 
 def test_load_metric_needs_no_registration_and_the_bare_name_error_is_explained(tmp_path):
-    # registration on import off and a fresh cache: the bare name is unknown to evaluate
-    env = _env(tmp_path / "home", HF_COLLAPSE_REGISTER_METRIC="0")
+    # a fresh cache where `hf-collapse install-metric` never ran: the bare name is unknown to evaluate
+    env = _env(tmp_path / "home")
     out = _run("import hf_collapse\nnc = hf_collapse.load_metric()\n" + COMPUTE, env, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"CDNV {round(1 / 169, 8)}" in out.stdout  # variances 1 and 1, squared mean distance 13: 2 / (2 * 13^2)
@@ -33,24 +33,27 @@ def test_load_metric_needs_no_registration_and_the_bare_name_error_is_explained(
     assert not (tmp_path / "home" / "modules" / "evaluate_modules" / "metrics" / "evaluate-metric--neural_collapse").exists()
     bare = _run("import evaluate\nevaluate.load('neural_collapse')\n", {**env, "HF_EVALUATE_OFFLINE": "1"}, tmp_path)
     assert bare.returncode != 0 and "Couldn't find a module script" in bare.stderr  # evaluate's own message
-    from hf_collapse.metric_registry import INSTALL_HINT
+    from hf_collapse.integrations.metric import INSTALL_HINT
 
     assert "hf-collapse install-metric" in INSTALL_HINT
 
 
 def test_bare_name_after_import_logs_no_cached_copy_warning(tmp_path):
     env = _env(tmp_path / "home", HF_EVALUATE_OFFLINE="1")
+    install = subprocess.run([PY, "-m", "hf_collapse.cli", "install-metric"], env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert install.returncode == 0, install.stderr[-3000:]
     out = _run("import hf_collapse, evaluate\nnc = evaluate.load('neural_collapse')\n" + COMPUTE, env, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"CDNV {round(1 / 169, 8)}" in out.stdout
     assert "couldn't be found locally" not in out.stderr
-    # without hf_collapse imported first, evaluate's warning is there (what the filter removes)
+    # without hf_collapse imported first, evaluate's warning is there (the message the filter removes)
     plain = _run("import evaluate\nnc = evaluate.load('neural_collapse')\n" + COMPUTE, env, tmp_path)
     assert plain.returncode == 0 and "couldn't be found locally" in plain.stderr
 
 
 def test_filter_drops_only_our_cached_copy_notice(caplog):
-    from hf_collapse.metric_registry import silence_cached_copy_notice
+    from hf_collapse.integrations.metric import silence_cached_copy_notice
 
     silence_cached_copy_notice()
     silence_cached_copy_notice()  # idempotent: one filter

@@ -11,7 +11,7 @@ import torch
 
 from hf_collapse import CollapseStatistics
 from hf_collapse.cli import main
-from hf_collapse.measures import MEASURE_KEYS
+from hf_collapse.core.registry import MEASURE_KEYS
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -42,6 +42,12 @@ def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
     assert len(stats.metadata["weights_sha256"]) == 64 and stats.metadata["k"] == "2.0"
     assert (one / "README.md").is_file() and (one / "model.safetensors").is_file()
     assert (one / "tokenizer.json").is_file() and not (one / "collapse" / ".checkpoint").exists()
+    # --layers: each layer is also a named measurement of the folder, shown on the card
+    from hf_collapse import load_measured
+
+    layer = load_measured(one, name="model_layers_3", load_model=False)
+    assert layer.statistics.num_tokens == 3000 and layer.result["nc1_cdnv"] == pytest.approx(m1["model_layers_3_nc1_cdnv"])
+    assert "`model_layers_3`" in (one / "README.md").read_text()
 
     # the same command under 2 processes (gloo); 24 blocks in batches of 5 per process leave an uneven
     # last step, so Accelerate pads it with repeated blocks that must not be counted
@@ -70,7 +76,7 @@ def test_resume_after_interruption(shared_data, tmp_path, monkeypatch):
     args = ["--checkpoint-every", "1", "--no-save-model"]
     assert main(measure_args(shared_data, full, *args)) == 0
     # crash in pass 1, right after the checkpoint of batch 2 (of 5)
-    import hf_collapse.collect as collect
+    import hf_collapse.integrations.passes as collect
 
     real = collect.write_checkpoint
 

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from reference import dense_measures, dense_statistics, simplex_etf  # noqa: E402
 
 from hf_collapse import CollapseStatistics, measure_collapse  # noqa: E402
-from hf_collapse.measures import MEASURE_KEYS  # noqa: E402
+from hf_collapse.core.registry import MEASURE_KEYS  # noqa: E402
 
 
 def problem(C=40, d=12, N=3000, seed=0, absent=(3, 17), bias=True):

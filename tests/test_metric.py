@@ -1,7 +1,6 @@
 """The ``neural_collapse`` evaluate metric: numbers, card examples, loading, configurations, errors."""
 
 import doctest
-import logging
 import os
 import re
 import shutil
@@ -11,15 +10,15 @@ import threading
 import zipfile
 from pathlib import Path
 
+import evaluate
+import evaluate.config
 import numpy as np
 import pytest
 import torch
 
-import evaluate
-import evaluate.config
 from hf_collapse import CollapseStatistics, measure_collapse
-from hf_collapse import metric_registry as reg
 from hf_collapse.cli import main as cli_main
+from hf_collapse.integrations import metric as reg
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_DIR = REPO / "metrics" / "neural_collapse"
@@ -124,13 +123,11 @@ def test_examples_fail_when_numbers_are_wrong(evaluate_env):
     assert result.failed == 1
 
 
-def test_shipped_files_are_byte_identical():
-    shipped = reg.shipped_metric_dir()
-    for name in reg.SHIPPED_FILES:
-        assert (METRIC_DIR / name).read_bytes() == (shipped / name).read_bytes(), (
-            f"metrics/neural_collapse/{name} differs from src/hf_collapse/evaluate_module/{name}: the package copy "
-            f"is canonical; sync with `hf-collapse install-metric --export metrics/neural_collapse`")
-    assert sorted(p.name for p in METRIC_DIR.iterdir() if p.is_file()) == sorted(reg.SHIPPED_FILES)
+def test_the_module_lives_once_and_the_package_reads_it():
+    """metrics/neural_collapse/ is the one physical copy; the package reaches it as hf_collapse.evaluate_module."""
+    assert reg.shipped_metric_dir().resolve() == METRIC_DIR.resolve()
+    assert not (REPO / "src" / "hf_collapse" / "evaluate_module").exists()
+    assert {p.name for p in METRIC_DIR.iterdir() if p.is_file()} == {*reg.SHIPPED_FILES, "__init__.py"}
 
 
 def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
@@ -159,18 +156,17 @@ def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
     assert reg.is_registered(cache)
 
 
-def test_registration_on_import_survives_unwritable_cache(tmp_path, monkeypatch, caplog):
+def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path, capsys):
+    home = tmp_path / "home"
+    env = _clean_env(HF_HOME=str(home))
+    out = subprocess.run([PY, "-c", "import hf_collapse, hf_collapse.hub, hf_collapse.trainer"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not home.exists()  # import registered nothing
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    monkeypatch.setenv("HF_MODULES_CACHE", str(blocker / "modules"))  # cannot be created: OSError
-    with caplog.at_level(logging.WARNING, logger="hf_collapse.metric_registry"):
-        reg.register_on_import()  # must not raise
-    assert "could not register" in caplog.text
-    monkeypatch.setenv("HF_COLLAPSE_REGISTER_METRIC", "0")
-    caplog.clear()
-    reg.register_on_import()
-    assert caplog.text == ""
-    assert cli_main(["install-metric"]) == 1  # the explicit command reports the failure
+    assert cli_main(["install-metric", "--modules-cache", str(blocker / "modules")]) == 1
+    assert "cannot write evaluate's modules cache" in capsys.readouterr().err
 
 
 def test_cli_install_check_export(tmp_path, capsys):
@@ -200,9 +196,9 @@ def test_bare_name_loads_offline_from_any_directory(tmp_path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     code = _LOAD_CODE
-    # the explicit command (registration on import switched off, so the command alone must suffice)
+    # the explicit command (importing hf_collapse registers nothing, so the command alone must suffice)
     home1 = tmp_path / "home1"
-    env1 = _clean_env(PYTHONPATH=str(REPO / "src"), HF_HOME=str(home1), HF_COLLAPSE_REGISTER_METRIC="0")
+    env1 = _clean_env(HF_HOME=str(home1))
     assert cli_main(["install-metric", "--modules-cache", str(home1 / "modules")]) == 0
     out = subprocess.run([PY, "-c", code], cwd=workdir, env=env1, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -213,6 +209,7 @@ def test_wheel_ships_the_registered_module(tmp_path):
     """Build the wheel from a copy of the sources; its metric files are the registered bytes."""
     src = tmp_path / "src_copy"
     shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(METRIC_DIR, src / "metrics" / "neural_collapse", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     out = subprocess.run(
@@ -227,12 +224,13 @@ def test_wheel_ships_the_registered_module(tmp_path):
             assert z.read(f"hf_collapse/evaluate_module/{name}") == (METRIC_DIR / name).read_bytes(), name
         assert z.read("hf_collapse/evaluate_module/neural_collapse.py") == script.read_bytes()
         z.extractall(tmp_path / "site")  # what `pip install` of this pure-python wheel puts in site-packages
-    # installed package, clean HF_HOME, offline, another directory: `import hf_collapse` registers it
+    # installed package, clean HF_HOME, offline, another directory: the installed package registers it
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = _clean_env(PYTHONPATH=str(tmp_path / "site"), HF_HOME=str(tmp_path / "home"))
-    out = subprocess.run([PY, "-c", "import hf_collapse; print(hf_collapse.__file__)\n" + _LOAD_CODE], cwd=workdir,
-                         env=env, capture_output=True, text=True, timeout=240)
+    register = "from hf_collapse.integrations.metric import register_metric; register_metric()\n"
+    out = subprocess.run([PY, "-c", "import hf_collapse; print(hf_collapse.__file__)\n" + register + _LOAD_CODE],
+                         cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith(str(tmp_path / "site" / "hf_collapse")) and f"CDNV {round(1 / 169, 8)}" in out.stdout
     assert reg.registered_script(tmp_path / "home" / "modules").read_bytes() == script.read_bytes()

@@ -14,7 +14,7 @@ def test_public_names_resolve():
     for name in hf_collapse._LAZY:
         assert getattr(hf_collapse, name) is not None, name
     with pytest.raises(AttributeError):
-        hf_collapse.no_such_name
+        _ = hf_collapse.no_such_name
 
 
 def test_cli_lists_every_command(capsys):

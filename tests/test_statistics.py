@@ -110,7 +110,7 @@ def test_ignore_index_and_empty_batches():
     s.update(torch.zeros(4, 2), torch.full((4,), -100))
     assert s.num_tokens == 0
     with pytest.raises(ValueError, match="no labelled sample"):
-        s.global_mean
+        _ = s.global_mean
     s2 = CollapseStatistics(3, 2, ignore_index=7)
     s2.update(torch.ones(2, 2), torch.tensor([7, 1]))
     assert s2.counts.tolist() == [0.0, 1.0, 0.0]
@@ -220,7 +220,7 @@ def test_load_errors(tmp_path):
 
 
 def test_metadata_is_string_json_safe(tmp_path):
-    from hf_collapse.statistics import metadata_json
+    from hf_collapse.core.io import metadata_json
 
     s = CollapseStatistics(2, 2)
     s.update(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))

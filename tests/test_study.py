@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_collapse import CollapseStatistics, cli
-from hf_collapse.study import StudyArguments, gpt_neo_config, prepare_data, run_name, train_one
+from hf_collapse.study.train import StudyArguments, gpt_neo_config, prepare_data, run_name, train_one
 
 REPO = Path(__file__).resolve().parents[1]
 

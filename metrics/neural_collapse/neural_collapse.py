@@ -23,18 +23,11 @@ import numpy as np
 import torch
 
 from hf_collapse import CollapseStatistics, measure_collapse
+from hf_collapse.core.registry import CITATION_BIBTEX, MEASURES
 
 STATISTICS_CONFIG = "statistics"
 
-_CITATION = """\
-@inproceedings{wu2024linguistic,
-  title     = {Linguistic Collapse: Neural Collapse in (Large) Language Models},
-  author    = {Wu, Robert and Papyan, Vardan},
-  booktitle = {Advances in Neural Information Processing Systems},
-  year      = {2024},
-  url       = {https://arxiv.org/abs/2405.17767}
-}
-"""
+_CITATION = CITATION_BIBTEX + "\n"
 
 _DESCRIPTION = """\
 Neural collapse (NC) measures the geometry of top-layer features grouped by class (for a language
@@ -62,11 +55,9 @@ Keyword arguments of ``compute`` (both configurations):
     tile_size: tile edge of the pairwise sweep (memory ~ tile_size^2 floats).
     device: where to measure, e.g. "cuda" (default: CPU).
 Returns:
-    dict of float, the keys of ``hf_collapse.measure_collapse``: nc1_cdnv, nc2_norm_mean,
-    nc2_equinorm_cov, nc2_interference_mean, nc2_interference_std, nc2_equiangularity_cov,
-    gnc2_log_kernel_mean, gnc2_uniformity_cov; with weights nc3_duality_mean, unc3_duality_cov,
-    nc3_duality_distance; with test data nc4_agreement and ncc_accuracy; nc1_trace_ratio for
-    statistics accumulated with covariance=True.
+    dict of float, the keys of ``hf_collapse.measure_collapse`` that apply (from the registry,
+    ``hf_collapse.core.registry``):
+{measures}
 Examples:
     Two classes in 2-D, means (2, 0) and (0, 3), both with variance 1: CDNV = (1 + 1) / (2 * 13^2).
 
@@ -101,7 +92,12 @@ Examples:
     >>> nc_stats = evaluate.load("neural_collapse", "statistics")
     >>> print(round(nc_stats.compute(statistics=stats)["nc1_cdnv"], 6))
     0.005917
-"""
+""".replace(
+    "{measures}",
+    "\n".join(
+        f"    {m.key}: {m.meaning}" + (f" (needs {', '.join(m.needs)})" if m.needs else "") for m in MEASURES.values()
+    ),
+)
 
 
 def _to_numpy(x, name):

@@ -1,27 +1,44 @@
-"""hf_collapse: neural collapse (NC1-NC4) for Hugging Face models at vocabulary scale."""
+"""hf_collapse: neural collapse (NC1-NC4) for Hugging Face models at vocabulary scale.
 
-__version__ = "0.1.0"
+Layers (see CONTRIBUTING.md): ``core`` (torch only: statistics, measures, registry), ``integrations``
+(hooks and passes, Trainer, measured folders, model card, Hub, evaluate), ``study`` (data, training,
+analysis, demo) and ``cli``. Importing the package writes nothing.
+"""
 
-from .statistics import CollapseStatistics  # noqa: E402
-from .measures import CollapseResult, measure_collapse  # noqa: E402
+from ._version import __version__
+from .core.measures import CollapseResult, measure_collapse
+from .core.registry import MEASURES
+from .core.statistics import CollapseStatistics
 
-__all__ = ["CollapseStatistics", "CollapseResult", "measure_collapse", "__version__"]
+__all__ = [
+    "CollapseStatistics", "CollapseResult", "measure_collapse", "MEASURES", "__version__",
+    "load_measured", "push_measured", "save_measured", "MeasuredModel", "collect_statistics", "measure_model",
+    "CollapseReport", "CollapseTrainer", "CollapseArguments", "CollapseCallback", "load_metric",
+]
 
-# make evaluate.load("neural_collapse") work offline (cheap, idempotent, never raises; see metric_registry)
-from .metric_registry import register_on_import as _register_metric  # noqa: E402
-
-_register_metric()
-
-
-_LAZY = {  # heavier modules (transformers, huggingface_hub) load on first use
-    "load_measured": "hub", "push_measured": "hub", "MeasuredModel": "hub",
-    "collect_statistics": "collect", "measure_model": "collect", "CollapseReport": "collect",
-    "CollapseTrainer": "trainer", "CollapseArguments": "trainer", "CollapseCallback": "trainer",
-    "save_measured": "measured", "load_metric": "metric_registry",
+# Exports that import transformers / huggingface_hub load on first use (PEP 562), so that
+# ``import hf_collapse`` stays fast and torch-only; this hides no import cycle.
+_LAZY = {
+    "load_measured": "integrations.hub", "push_measured": "integrations.hub", "MeasuredModel": "integrations.hub",
+    "save_measured": "integrations.hub", "collect_statistics": "integrations.passes",
+    "measure_model": "integrations.passes", "CollapseReport": "integrations.passes",
+    "CollapseTrainer": "integrations.trainer", "CollapseCallback": "integrations.trainer",
+    "CollapseArguments": "integrations.settings", "load_metric": "integrations.metric",
 }
 
 
-def __getattr__(name):
+def _quiet_evaluate_cache_notice() -> None:
+    # evaluate logs "couldn't be found locally ... or remotely" on every bare-name load of the module that
+    # `hf-collapse install-metric` registered; drop exactly that message (integrations.metric)
+    from .integrations.metric import silence_cached_copy_notice
+
+    silence_cached_copy_notice()
+
+
+_quiet_evaluate_cache_notice()
+
+
+def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 

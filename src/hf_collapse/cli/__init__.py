@@ -1,0 +1,79 @@
+"""The ``hf-collapse`` command line (also ``python -m hf_collapse.cli``).
+
+Each sub-command lives in its own module, which exposes ``add_parser(subparsers)``; the parser it
+adds sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+
+# sub-command modules, in workflow order (as ``--help`` lists them): measure a model, inspect its
+# tokens, publish it, analyse several runs, the end-to-end demo, then setup of the evaluate module
+COMMAND_MODULES = [
+    "hf_collapse.cli.measure",
+    "hf_collapse.cli.tokens",
+    "hf_collapse.cli.push",
+    "hf_collapse.cli.analyze",
+    "hf_collapse.cli.demo",
+    "hf_collapse.cli.install_metric",
+]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (paragraphs kept), and every option's default shown unless its help says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def plain(text: str | None) -> str | None:
+    """Docstring text for a terminal: reST double backticks and roles removed."""
+    if not text:
+        return text
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hf-collapse", formatter_class=HelpFormatter,
+        description="Measure neural collapse in Hugging Face models. Commands in workflow order; "
+                    "`hf-collapse COMMAND --help` for each.")
+    parser.add_argument("--version", action="version", version=f"hf_collapse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():  # one look for every command's --help
+        command.formatter_class = HelpFormatter
+        command.description = plain(command.description)
+        for action in command._actions:
+            action.help = plain(action.help)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, recorded in measured folders
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # user errors: one clear line instead of a traceback
+        print(f"hf-collapse {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``hf-collapse demo``: train, measure and analyse a small grid of causal LMs, offline (see
+:mod:`hf_collapse.study.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..study import demo as _demo
+from ..study.demo import DEFAULT_EPOCHS, DEFAULT_SIZES, _summary, run_demo
+
+DEMO_DESCRIPTION = (_demo.__doc__ or "").split("\n\n")[1]
+
+
+def run(args) -> int:
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        logging.getLogger("hf_collapse").setLevel(logging.WARNING)
+    result = run_demo(args.output_dir, args.sizes, args.epochs, stories=args.stories, train_file=args.train_file,
+                      validation_file=args.validation_file, dataset_name=args.dataset_name, tokenizer=args.tokenizer,
+                      max_train_stories=args.max_train_stories, block_size=args.block_size,
+                      batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+                      seed=args.seed, permutations=args.permutations, measure_max_tokens=args.measure_max_tokens,
+                      max_eval_blocks=args.max_eval_blocks, progress=args.verbose)
+    d = result["direction"]
+    print()
+    print(_summary(result))
+    print()
+    n_dir = len(d["agree"]) + len(d["disagree"])
+    print(f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
+          f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}")
+    print(f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional measures"
+          f" ({'expected direction holds' if d['holds'] else 'expected direction does NOT hold on most measures'})"
+          f"; against: {', '.join(d['disagree']) or 'none'}")
+    print(f"wrote {result['report']}, runs.csv and {len(result['figures'])} figures in "
+          f"{Path(args.output_dir).resolve()} ({result['seconds']:.0f} s)")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train, measure and analyse a small grid of causal LMs (offline, minutes)",
+                       description=DEMO_DESCRIPTION)
+    p.add_argument("--output-dir", default="hf_collapse_demo", help="folder for report.md, runs.csv, figures, runs/")
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help="model sizes as DEPTHxWIDTH, comma separated")
+    p.add_argument("--epochs", default=DEFAULT_EPOCHS, help="training lengths in epochs, comma separated")
+    p.add_argument("--stories", type=int, default=3000, help="built-in stories to generate (training)")
+    p.add_argument("--train-file", help="real text instead: TinyStories-format file (<|endoftext|> between stories)")
+    p.add_argument("--validation-file", help="validation text for --train-file (default: last 10%% of it)")
+    p.add_argument("--dataset-name", help="real text from a Hub dataset instead (e.g. roneneldan/TinyStories)")
+    p.add_argument("--tokenizer", default="EleutherAI/gpt-neo-125M", help="tokenizer for real text (name or folder)")
+    p.add_argument("--max-train-stories", type=int, help="use only the first N real stories")
+    p.add_argument("--max-eval-blocks", type=int, help="cap on validation sequences")
+    p.add_argument("--measure-max-tokens", type=int, help="token budget of each statistics pass")
+    p.add_argument("--block-size", type=int, default=64, help="tokens per training sequence")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.1, help="(paper: 0.0005 or 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--permutations", type=int, default=10_000, help="permutations per test")
+    p.add_argument("--verbose", action="store_true", help="progress bars and library logs")
+    p.set_defaults(func=run)

@@ -1,0 +1,236 @@
+"""``hf-collapse measure MODEL``: measure a causal LM on text and write a measured model folder.
+
+Data: local text files (``--train-file`` for the statistics, ``--validation-file`` for NC4) or a
+Hub dataset (``--dataset`` + ``--split`` / ``--validation-split``, ``--text-column``). Documents are
+split on ``<|endoftext|>`` lines (else on blank lines), tokenized with a BOS token in front when
+the tokenizer has one, concatenated and cut into blocks of ``--block-size`` tokens. The budget
+``--max-tokens`` counts *labelled* tokens (positions with a next token); the data are cut to exactly
+that many before any batching, so 1 and N processes measure the same tokens.
+
+Under ``accelerate launch`` / ``torchrun`` each process measures its shard (Accelerate's prepared
+dataloader), the statistics are all-reduced, and the main process writes the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import sys
+
+import torch
+
+from ..integrations.data import TokenBlocks, collate, iter_dataset_documents, iter_file_documents, token_blocks
+
+logger = logging.getLogger(__name__)
+
+
+def _documents(args, which):
+    if which == "train":
+        if args.train_file:
+            return iter_file_documents(args.train_file)
+        return iter_dataset_documents(args.dataset, args.dataset_config, args.split, args.text_column, args.streaming)
+    if args.validation_file:
+        return iter_file_documents(args.validation_file)
+    if args.dataset and args.validation_split:
+        return iter_dataset_documents(args.dataset, args.dataset_config, args.validation_split, args.text_column,
+                                      args.streaming)
+    return None
+
+
+def describe_data(args, which) -> str:
+    from ..integrations.folder import file_sha256
+
+    path = args.train_file if which == "train" else args.validation_file
+    if path:
+        return f"file:{os.path.basename(path)} sha256:{file_sha256(path)}"
+    split = args.split if which == "train" else args.validation_split
+    if args.dataset and split:
+        return f"dataset:{args.dataset}" + (f"/{args.dataset_config}" if args.dataset_config else "") + f" split:{split}"
+    return ""
+
+
+# ---------------------------------------------------------------------------- command
+def run(args) -> int:
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..integrations.folder import layer_key, write_measurement
+    from ..integrations.hub import save_measured
+    from ..integrations.model_card import write_model_card
+    from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
+    from ..integrations.settings import CollapseArguments
+
+    if not args.train_file and not args.dataset:
+        raise ValueError("give the measurement data: --train-file FILE or --dataset NAME")
+    if args.train_file and args.dataset:
+        raise ValueError("give either --train-file or --dataset, not both")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    # on a machine without CUDA, cpu=True makes Accelerate use gloo (MULTI_CPU) under a launcher
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    progress = main and not args.no_progress
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
+        model.to(accelerator.device).eval()
+
+        def loader(which, budget):
+            docs = _documents(args, which)
+            if docs is None:
+                return None
+            blocks = token_blocks(docs, tokenizer, args.block_size, budget)
+            if not blocks:
+                raise ValueError(f"the {which} data hold no labelled token (empty text?)")
+            dl = torch.utils.data.DataLoader(TokenBlocks(blocks), batch_size=args.batch_size, collate_fn=collate)
+            return accelerator.prepare_data_loader(dl)
+
+        train_dl = loader("train", args.max_tokens)
+        nc4_budget = args.nc4_max_tokens if args.nc4_max_tokens is not None else args.max_tokens
+        nc4_dl = loader("validation", nc4_budget)
+        data = describe_data(args, "train")
+        if not args.no_reuse and not args.layers and not args.covariance:
+            found = _matching_measurement(args, model, data)
+            if found is not None:  # the model folder or Hub repo already holds these statistics
+                if main:
+                    print(f"{args.model} already holds statistics of these weights on this data, budget and k "
+                          f"({found.path}): skipping the collection pass (--no-reuse to measure again)")
+                    print(found.result.table())
+                    if args.output_dir:
+                        extra = {k: v for k, v in found.metrics.items() if k not in found.result}
+                        save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=found.statistics,
+                                      result=found.result, metrics_extra=extra, metadata=dict(found.statistics.metadata),
+                                      save_model=not args.no_save_model)
+                        print(f"wrote {args.output_dir}")
+                accelerator.wait_for_everyone()
+                return 0
+        ckpt = None
+        if args.output_dir and args.checkpoint_every:
+            ckpt = os.path.join(args.output_dir, "collapse", ".checkpoint")
+            if not args.resume and main and os.path.isdir(ckpt):
+                shutil.rmtree(ckpt)
+            accelerator.wait_for_everyone()
+        cfg = CollapseArguments(
+            collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
+            collapse_k=args.k, collapse_tile_size=args.tile_size, collapse_dtype=args.dtype,
+            collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_budget if nc4_dl else None,
+            collapse_per_class=True, collapse_covariance=args.covariance)
+        stats = collect_statistics(model, train_dl, cfg, progress=progress, checkpoint_path=ckpt,
+                                   checkpoint_every=args.checkpoint_every if ckpt else None,
+                                   data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
+        nc4 = None
+        if nc4_dl is not None:
+            nc4 = collect_nc4(model, nc4_dl, stats, cfg, progress=progress)
+        settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_budget if nc4_dl else None,
+                    "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
+                    "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model}
+        report = measure_statistics(model, stats, cfg, nc4=nc4, extra_settings=settings)
+        if main:
+            print(report.table())
+            if args.output_dir:
+                metadata = {"data": data, "nc4_data": settings["nc4_data"] or "", "max_tokens": str(args.max_tokens),
+                            "block_size": str(args.block_size), "k": str(float(args.k)),
+                            # a Hub id as given; a local folder by its name (no machine paths published)
+                            "model_name": os.path.basename(os.path.normpath(args.model))
+                            if os.path.isdir(args.model) else args.model,
+                            "command": "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))}
+                if args.dataset:  # a Hub dataset: the card links it and names the split
+                    metadata.update(dataset=args.dataset, split=args.split or "",
+                                    dataset_config=args.dataset_config or "")
+                else:
+                    metadata["data_sha256"] = data.rsplit("sha256:", 1)[-1]
+                extra = {k: v for k, v in settings.items() if k not in ("model",)}
+                extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
+                save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
+                              result=report.result, metrics_extra=extra, metadata=metadata, card=False,
+                              save_model=not args.no_save_model)
+                for name, st in report.all_statistics.items():  # --layers: one named measurement each
+                    if name != report.primary:
+                        write_measurement(args.output_dir, st, report.results[name], name=layer_key(name),
+                                          model=model, metadata=metadata, metrics_extra=extra)
+                write_model_card(args.output_dir, model_name=metadata["model_name"])
+                if ckpt and os.path.isdir(ckpt):
+                    shutil.rmtree(ckpt)
+                print(f"wrote {args.output_dir}")
+        accelerator.wait_for_everyone()
+    finally:
+        _shutdown()
+    return 0
+
+
+def _matching_measurement(args, model, data):
+    """A measurement stored with the model (local measured folder or Hub repo) that answers this
+    request exactly: same weights hash, data, NC4 data, token budget, block size and k; else None."""
+    from ..integrations.hub import find_measurement
+    from ..integrations.weights_hash import weights_sha256
+
+    try:
+        return find_measurement(args.model, weights_sha256=weights_sha256(model), data=data,
+                                nc4_data=describe_data(args, "validation"), max_tokens=str(args.max_tokens),
+                                block_size=str(args.block_size), k=float(args.k))
+    except (OSError, ValueError) as e:  # unreachable Hub, unreadable files: just measure
+        logger.info("no reusable measurement in %s: %s", args.model, e)
+        return None
+
+
+def resolve_head_name(model):
+    from ..integrations.hooks import resolve_modules
+
+    return list(resolve_modules(model, None))
+
+
+def _shutdown():
+    """Destroy the process group so no rank hangs at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("measure", help="measure neural collapse of a causal LM and write a measured model folder",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="Hub id or local folder with model and tokenizer")
+    d = p.add_argument_group("data")
+    d.add_argument("--train-file", help="text file for the statistics (pass 1)")
+    d.add_argument("--validation-file", help="text file for NC4 (pass 2)")
+    d.add_argument("--dataset", help="Hub dataset id (instead of --train-file)")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d.add_argument("--split", default="train", help="split for the statistics (default: train)")
+    d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
+    d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    d.add_argument("--streaming", action="store_true", help="stream the Hub dataset instead of downloading it")
+    d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
+    d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
+    d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")
+    d.add_argument("--batch-size", type=int, default=8, help="sequences per batch and process (default: 8)")
+    m = p.add_argument_group("measures")
+    m.add_argument("--k", type=float, default=2.0, help="CDNV power k (default: 2, as in the paper)")
+    m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
+    m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
+    m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
+    m.add_argument("--layers", nargs="*", default=None,
+                   help="also measure at these modules' inputs (layer-wise NC), e.g. model.layers.2")
+    m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to load the model in")
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", help="write the measured model folder here: weights, tokenizer, "
+                   "collapse/statistics.safetensors, collapse/metrics.json, README.md card (without it nothing is "
+                   "written: the measures are only printed)")
+    o.add_argument("--no-save-model", action="store_true", help="write only collapse/ and README.md")
+    o.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint the statistics every N batches "
+                   "into OUTPUT/collapse/.checkpoint (0: never)")
+    o.add_argument("--no-reuse", action="store_true",
+                   help="measure even when MODEL already holds statistics of the same weights, data, budget and k")
+    o.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from . import main as _main
+
+    sys.exit(_main(["measure", *sys.argv[1:]]))

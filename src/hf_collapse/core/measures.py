@@ -1,0 +1,326 @@
+"""Neural-collapse measures NC1-NC4 from ``CollapseStatistics`` (Wu & Papyan 2024, sections 3.4-3.7).
+
+All measures use the K classes present (N_c > 0). With mu_bar the unweighted mean of their means,
+M_c = mu_c - mu_bar, r_c = ||M_c||, u_c = M_c / r_c and pairs c < c':
+
+The keys, their equations and directions are listed once, in :mod:`hf_collapse.core.registry`.
+
+CoV = std / |mean| with the population std; it is defined as 0 when the std is 0 (no variation,
+e.g. all log-norms equal 0) and +inf when the mean is 0 but the std is not.
+
+How it scales: the pairwise sums never form a C x C matrix. The interference mean comes in closed
+form from U = sum_c u_c (sum_{c,c'} cos = ||U||^2); CDNV, the log kernel and the interference spread
+come from one tiled sweep (:mod:`hf_collapse.core.sweep`); NC4 is :class:`hf_collapse.core.nc4.NC4Counter`.
+
+Departures from the paper, on purpose:
+- absent classes (N_c = 0) are left out everywhere (the paper's C = 29,233 are the tokens present);
+- NC3 skips classes whose classifier row is all zeros (cosine undefined) and logs how many;
+- the log kernel caps ||u_c - u_c'||^2 at the smallest positive float, so two classes whose centred
+  means point the same way give a large finite value instead of +inf;
+- in float32 tiles, pairs of nearly parallel centred means (||u_c - u_c'||^2 < 1e5 eps) are recomputed
+  in float64, since a Gram matrix cannot resolve them;
+- identical class means (CDNV undefined) raise ValueError, or with ``coincident="exclude"`` the classes
+  involved are left out like absent ones (the collection, Trainer and CLI paths do this, and record
+  ``num_classes_coincident``); a class mean equal to mu_bar raises ValueError.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional
+
+import torch
+
+from .io import as_tensor
+from .nc4 import NC4Counter
+from .registry import MEASURE_KEYS
+from .statistics import CollapseStatistics
+from .sweep import pairwise_sweep
+
+logger = logging.getLogger(__name__)
+
+class CollapseResult(dict):
+    """The measures as a ``dict`` of key -> float, plus
+
+    - ``per_class``: ``None`` or a dict of tensors over the K present classes: ``class_ids``,
+      ``count``, ``mean_norm`` (r_c), ``variance`` (sigma_c^2), ``cdnv_row_mean``,
+      ``interference_row_mean`` and, with weights, ``duality`` (NaN where w_c = 0);
+    - ``info``: how it was measured (classes present, tokens, k, tile size, dtype, NC4 samples).
+    """
+
+    def __init__(self, values, per_class=None, info=None):
+        super().__init__(values)
+        self.per_class = per_class
+        self.info = dict(info or {})
+
+    def table(self) -> str:
+        """The measures as an aligned two-column text table."""
+        width = max(len(k) for k in self) if self else 0
+        return "\n".join(f"{k:<{width}}  {v:.6g}" for k, v in self.items())
+
+
+def cov(std: float, mean: float) -> float:
+    """Coefficient of variation std/|mean| (0 when std == 0, +inf when only the mean is 0)."""
+    if std == 0:
+        return 0.0
+    if mean == 0:
+        return math.inf
+    return std / abs(mean)
+
+
+def _mean_std(total: float, total_sq: float, n: float, shift: float = 0.0) -> tuple[float, float]:
+    """Mean and population std from sums of (x - shift) and (x - shift)^2 over n values."""
+    m = total / n
+    var = max(total_sq / n - m * m, 0.0)
+    return m + shift, math.sqrt(var)
+
+
+def _coincident(mu, rtol: float = 1e-10) -> list[int]:
+    """Positions (rows of ``mu``) of classes whose mean equals another class's mean up to float64
+    round-off (max abs difference <= rtol * max |mu|; classes fed identical features end up ~1e-15
+    apart, not bit-equal, because of the shifted sums). O(K d + K log K): sort a random projection
+    and compare only runs of near-equal projections."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(mu.shape[1], generator=g, dtype=torch.float64).to(mu.device)
+    atol = rtol * float(torch.linalg.vector_norm(mu, float("inf"))) + 1e-300  # max |mu|, no temporary
+    proj = mu @ v  # (K,)
+    order = proj.argsort()
+    sp = proj[order]
+    near = ((sp[1:] - sp[:-1]).abs() <= atol * float(v.abs().sum())).tolist()
+    found, run = set(), [int(order[0])]
+    for i, close in enumerate(near + [False]):
+        if close:
+            run.append(int(order[i + 1]))
+            continue
+        for x in range(len(run)):  # runs are tiny in practice (2 for a duplicated mean)
+            for y in range(x + 1, len(run) if len(run) <= 64 else min(x + 2, len(run))):  # long: neighbours
+                if float((mu[run[x]] - mu[run[y]]).abs().max()) <= atol:
+                    found.update((run[x], run[y]))
+        if i + 1 < len(order):
+            run = [int(order[i + 1])]
+    return sorted(found)
+
+
+def _check_weights(weights, bias, C, d, device):
+    W = as_tensor(weights, "weights")
+    if not W.is_floating_point():
+        raise TypeError(f"weights must be a floating-point tensor, got dtype {W.dtype}")
+    if W.dim() != 2 or W.shape[1] != d:
+        raise ValueError(f"weights must have shape (num_classes, {d}) = ({C}, {d}), got {tuple(W.shape)}")
+    if W.shape[0] != C:
+        raise ValueError(
+            f"weights have {W.shape[0]} rows but the statistics have num_classes={C}: "
+            f"expected weights of shape ({C}, {d})"
+        )
+    if not bool(torch.isfinite(W).all()):
+        raise ValueError("weights contain NaN or infinite values")
+    b = None
+    if bias is not None:
+        b = as_tensor(bias, "bias")
+        if not b.is_floating_point() or tuple(b.shape) != (C,):
+            raise ValueError(f"bias must be a floating-point tensor of shape ({C},), got {tuple(b.shape)} {b.dtype}")
+        b = b.to(device, torch.float64)
+    return W.detach().to(device, torch.float64), b
+
+
+def measure_collapse(
+    stats: CollapseStatistics | str | os.PathLike,
+    weights: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    k: float = 2.0,
+    features: Optional[torch.Tensor] = None,
+    labels: Optional[torch.Tensor] = None,
+    *,
+    per_class: bool = False,
+    tile_size: int = 1024,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 1024,
+    device=None,
+    progress: bool = False,
+    coincident: str = "raise",
+) -> CollapseResult:
+    """Compute every NC measure from accumulated statistics.
+
+    Args:
+        stats: the accumulated ``CollapseStatistics`` (or a path to a saved statistics file).
+        weights: classifier rows W (C, d) (e.g. ``model.get_output_embeddings().weight``); enables NC3/NC4.
+        bias: optional classifier bias (C,).
+        k: CDNV power (paper: 2).
+        features, labels: held-out samples (N, d) and (N,) for ``nc4_agreement`` (needs weights) and
+            ``ncc_accuracy``; labels equal to ``stats.ignore_index`` are skipped.
+        per_class: also return per-class vectors in ``result.per_class``.
+        tile_size: tile edge of the pairwise sweep.
+        dtype: float32 (default, fast) or float64 (exact) for tiles and NC4 matmuls.
+        batch_size: test samples per NC4 batch (memory: batch_size x C scores).
+        device: where to compute (default: where the statistics are).
+        progress: show a tqdm bar over the sweep and the NC4 batches.
+        coincident: what to do with classes whose mean equals another class's exactly (CDNV
+            infinite; real text produces them, e.g. two tokens seen once after the same context):
+            ``"raise"`` (default) or ``"exclude"`` (leave every member of such a group out of all
+            measures, as if absent; counted in ``result.info["num_classes_coincident"]``).
+
+    Returns:
+        A ``CollapseResult`` (dict of float) with the keys of :mod:`hf_collapse.core.registry` that apply.
+    """
+    stats = _as_statistics(stats)
+    k = _check_options(k, coincident, dtype, tile_size)
+    dev = torch.device(device) if device is not None else stats.device
+    idx, counts, mu, sig, n_same = _class_moments(stats, dev, coincident)
+    K = idx.numel()
+    mu_bar = mu.mean(0)  # (d,)
+    M = mu - mu_bar  # (K, d) centred means
+    r = M.norm(dim=1)  # (K,)
+    if bool((r == 0).any()):
+        raise ValueError(
+            f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_bar (centred norm 0): "
+            f"their norms, angles and log kernel are undefined"
+        )
+    sigma_b = M.T @ M / K if stats.covariance else None  # (d, d) between-class covariance
+    u = M.div_(r[:, None])  # (K, d) unit centred means (in place: M is not needed any more)
+    del M
+    out, U, cdnv_rows = _geometry(u, r, sig, k, tile_size, dtype, progress)
+    if sigma_b is not None:
+        sigma_w = stats.within_class_covariance().to(dev)  # (d, d)
+        out["nc1_trace_ratio"] = float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True))) / K
+    info = {"num_classes": stats.num_classes, "num_classes_present": K, "num_classes_coincident": n_same,
+            "num_tokens": stats.num_tokens, "k": k, "tile_size": tile_size,
+            "dtype": str(dtype).replace("torch.", "")}
+    W = b = duality = None
+    if weights is not None:
+        W, b = _check_weights(weights, bias, stats.num_classes, stats.dim, dev)
+        duality = _duality(W[idx], u, out, info)
+    elif bias is not None:
+        raise ValueError("bias was given without weights")
+    if features is not None or labels is not None:
+        if features is None or labels is None:
+            raise ValueError("NC4 needs both features and labels of held-out samples")
+        counter = NC4Counter(idx, mu, stats.num_classes, W, b, dtype=dtype, ignore_index=stats.ignore_index)
+        _count_nc4(counter, stats, features, labels, batch_size, progress)
+        out.update(counter.values())
+        info["nc4_samples"] = counter.num_samples
+    per = None
+    if per_class:
+        per = {"class_ids": idx.cpu(), "count": counts.cpu(), "mean_norm": r.cpu(), "variance": sig.cpu(),
+               "cdnv_row_mean": (cdnv_rows / (K - 1)).cpu(), "interference_row_mean": ((u @ U - 1) / (K - 1)).cpu()}
+        if duality is not None:
+            per["duality"] = duality.cpu()
+    ordered = {key: float(out[key]) for key in MEASURE_KEYS if key in out}
+    return CollapseResult(ordered, per_class=per, info=info)
+
+
+def _as_statistics(stats) -> CollapseStatistics:
+    if isinstance(stats, (str, bytes)) or hasattr(stats, "__fspath__"):
+        stats = CollapseStatistics.load(stats)
+    if not isinstance(stats, CollapseStatistics):
+        raise TypeError(f"stats must be a CollapseStatistics, got {type(stats).__name__}")
+    return stats
+
+
+def _check_options(k, coincident, dtype, tile_size) -> float:
+    if coincident not in ("raise", "exclude"):
+        raise ValueError(f"coincident must be 'raise' or 'exclude', got {coincident!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if not isinstance(tile_size, int) or tile_size < 1:
+        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
+    k = float(k)
+    if not math.isfinite(k) or k < 0:
+        raise ValueError(f"k must be a finite number >= 0, got {k}")
+    return k
+
+
+def _class_moments(stats: CollapseStatistics, dev, coincident: str):
+    """Ids, counts, means and variances of the classes measured: present ones, less coincident groups
+    when ``coincident="exclude"``. Returns ``(idx (K,), counts (K,), mu (K, d), sig (K,), n_excluded)``."""
+    idx = stats.present.nonzero().squeeze(1).to(dev)  # (K,) class ids present
+    if idx.numel() < 2:
+        raise ValueError(f"neural collapse needs at least 2 classes with samples, got {idx.numel()}")
+    counts, mu, sig = (t.to(dev) for t in stats.moments(idx.to(stats.device)))  # (K,), (K, d), (K,) float64
+    same = _coincident(mu)
+    if not same:
+        return idx, counts, mu, sig, 0
+    ids = idx[same].tolist()
+    if coincident == "raise":
+        raise ValueError(
+            f"classes {ids[:6]} have means identical to another class's, so their CDNV is infinite; "
+            f"pass coincident='exclude' to leave them out (or remove duplicate classes)"
+        )
+    logger.warning("leaving out %d classes whose means coincide with another class's (up to round-off): %s",
+                   len(ids), ids[:10])
+    keep = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
+    keep[same] = False
+    if int(keep.sum()) < 2:
+        raise ValueError(f"neural collapse needs at least 2 classes with distinct means, got {int(keep.sum())}")
+    return idx[keep], counts[keep], mu[keep], sig[keep], len(same)
+
+
+def _geometry(u, r, sig, k, tile_size, dtype, progress):
+    """NC1 CDNV and the NC2/GNC2 measures from unit centred means ``u`` (K, d), their norms ``r`` (K,)
+    and the class variances ``sig`` (K,). Returns ``(measures, U = sum_c u_c, CDNV row sums)``."""
+    K = u.shape[0]
+    n_pairs = K * (K - 1) / 2
+    U = u.sum(0)  # (d,)
+    cos_mean = (float(U @ U) - K) / 2 / n_pairs  # sum_{c<c'} cos = (||sum_c u_c||^2 - K) / 2
+    cdnv_sum, cdnv_rows, log_sum, log_sq, shift, cos_sq = pairwise_sweep(u, r, sig, k, cos_mean, tile_size,
+                                                                          dtype, progress)
+    out = {"nc1_cdnv": cdnv_sum / n_pairs}
+    logr = r.log()
+    m, sd = float(logr.mean()), float(logr.std(unbiased=False))
+    out["nc2_norm_mean"], out["nc2_equinorm_cov"] = m, cov(sd, m)
+    sd = math.sqrt(max(cos_sq / n_pairs, 0.0))
+    out["nc2_interference_mean"], out["nc2_interference_std"] = cos_mean, sd
+    out["nc2_equiangularity_cov"] = cov(sd, cos_mean)
+    m, sd = _mean_std(log_sum, log_sq, n_pairs, shift)
+    out["gnc2_log_kernel_mean"], out["gnc2_uniformity_cov"] = m, cov(sd, m)
+    return out, U, cdnv_rows
+
+
+def _duality(w, u, out: dict, info: dict) -> torch.Tensor:
+    """NC3 from classifier rows ``w`` (K, d) of the measured classes; returns per-class cos(w_c, M_c)
+    (NaN where w_c = 0: those rows are skipped and counted)."""
+    wn = w.norm(dim=1)
+    ok = wn > 0
+    if not bool(ok.any()):
+        raise ValueError("every classifier row of the present classes is zero: NC3 is undefined")
+    if not bool(ok.all()):
+        logger.warning("NC3: %d present classes have an all-zero classifier row and are skipped", int((~ok).sum()))
+    duality = torch.full((w.shape[0],), math.nan, dtype=torch.float64, device=w.device)
+    duality[ok] = (w[ok] * u[ok]).sum(1) / wn[ok]
+    dv = duality[ok]
+    m, sd = float(dv.mean()), float(dv.std(unbiased=False))
+    out["nc3_duality_mean"], out["unc3_duality_cov"] = m, cov(sd, m)
+    out["nc3_duality_distance"] = float((2 - 2 * dv).clamp(min=0).sqrt().mean())
+    info["nc3_classes"] = int(ok.sum())
+    return duality
+
+
+@torch.no_grad()
+def _count_nc4(counter: NC4Counter, stats: CollapseStatistics, features, labels, batch_size: int,
+               progress: bool) -> None:
+    """Validate held-out tensors (one check up front: they are in memory anyway) and count them in batches."""
+    h_all = as_tensor(features, "features")
+    y_all = as_tensor(labels, "labels")
+    if not h_all.is_floating_point():
+        raise TypeError(f"features must be a floating-point tensor, got dtype {h_all.dtype}")
+    if h_all.dim() < 2 or h_all.shape[-1] != stats.dim:
+        raise ValueError(f"test features must have shape (N, {stats.dim}), got {tuple(h_all.shape)}")
+    if tuple(y_all.shape) != tuple(h_all.shape[:-1]) or y_all.is_floating_point():
+        raise ValueError(
+            f"test labels must be integers of shape {tuple(h_all.shape[:-1])}, got {tuple(y_all.shape)} {y_all.dtype}"
+        )
+    h_all, y_all = h_all.reshape(-1, stats.dim), y_all.reshape(-1)
+    keep = y_all != stats.ignore_index
+    h_all, y_all = h_all[keep], y_all[keep]
+    if y_all.numel() and (int(y_all.min()) < 0 or int(y_all.max()) >= stats.num_classes):
+        raise ValueError(f"test labels must lie in [0, {stats.num_classes}) or equal {stats.ignore_index}")
+    if not bool(torch.isfinite(h_all).all()):
+        raise ValueError("test features contain NaN or infinite values")
+    starts = range(0, h_all.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="NC4", unit="batch")
+    for s0 in starts:
+        counter.update(h_all[s0:s0 + batch_size], y_all[s0:s0 + batch_size])

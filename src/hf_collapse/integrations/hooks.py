@@ -1,0 +1,386 @@
+"""Collect class statistics from a model's forward passes with hooks.
+
+The features of NC are the classifier's input. ``FeatureCollector`` captures them with forward
+(pre-)hooks on ``model.get_output_embeddings()`` (``lm_head`` of GPT-2/GPT-Neo/Llama, tied or
+untied) or on modules named by the user (``score``, ``classifier``, or intermediate layers for
+layer-wise NC: the *input* of each named module is its feature). One pre-hook on the top model reads
+the batch's ``labels`` / ``input_ids`` / ``attention_mask``, so hooks on inner modules know each
+position's class. Nothing per-token outlives the batch: every batch is folded into the float64
+sums of a ``CollapseStatistics`` (pass 1) or into three integers (NC4 pass).
+
+Which positions count (``task``):
+
+- ``"causal_lm"``: the feature at position t predicts token t+1, so its class is
+  ``labels[t+1]`` (``labels`` if the batch has them, else ``input_ids``). The last position of each
+  sequence has no class; positions whose target is -100, or where ``attention_mask`` is 0 at t or
+  t+1 (padding), are ignored.
+- ``"token_classification"``: the class of position t is ``labels[t]`` (-100 ignored).
+- ``"sequence_classification"``: one class per sequence, ``labels[b]``. If the head sees (B, d) the
+  feature is that row; if it sees (B, T, d) (GPT-2/Llama ``score`` heads pool *after* the head) the
+  feature is the one the model pools: the last non-padding token (``pooling="last"``, as
+  transformers does with ``config.pad_token_id``) or the first (``pooling="first"``, CLS).
+
+Distributed (Accelerate / torch.distributed): each process accumulates its own shard, then one
+all-reduce (``CollapseStatistics.reduce``) per pass; measures are computed on every process from
+the identical reduced statistics (cheap next to the pass, and no broadcast needed). With
+``even_batches`` (Accelerate's default) the last batch of an uneven dataset is padded with repeated
+samples; we count exactly the samples ``accelerator.gather_for_metrics`` would keep: on the last
+batch of a prepared dataloader, rank r keeps its first ``clamp(remainder - r*B, 0, B)`` sequences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
+
+import torch
+
+from ..core.distributed import rank_and_world
+from ..core.nc4 import NC4Counter
+from ..core.statistics import CollapseStatistics
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("causal_lm", "token_classification", "sequence_classification")
+ModulesArg = Union[None, str, torch.nn.Module, Sequence[Union[str, torch.nn.Module]]]
+
+
+# ---------------------------------------------------------------------------- model helpers
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / DataParallel / FSDP / DeepSpeed / torch.compile wrappers (Accelerate's unwrap)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        from accelerate.utils import extract_model_from_parallel
+
+        return extract_model_from_parallel(model)
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        return model
+
+
+def resolve_modules(model: torch.nn.Module, modules: ModulesArg = None) -> dict[str, torch.nn.Module]:
+    """Map names to the modules whose *input* is measured.
+
+    ``None`` means the output embeddings (the classifier of a language model). Strings are
+    submodule paths (``"lm_head"``, ``"score"``, ``"transformer.h.1"``).
+    """
+    model = unwrap_model(model)
+    names = {m: n for n, m in model.named_modules()}
+    if modules is None:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None:
+            raise ValueError(
+                f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None): "
+                "name the classifier module, e.g. modules='score' or modules='classifier'"
+            )
+        return {names.get(head, "output_embeddings"): head}
+    if isinstance(modules, (str, torch.nn.Module)):
+        modules = [modules]
+    out: dict[str, torch.nn.Module] = {}
+    for m in modules:
+        if isinstance(m, str):
+            try:
+                mod = model.get_submodule(m)
+            except AttributeError:
+                raise ValueError(
+                    f"{type(model).__name__} has no submodule {m!r}; expected a name from model.named_modules()"
+                ) from None
+            out[m] = mod
+        elif isinstance(m, torch.nn.Module):
+            if m not in names:
+                raise ValueError(f"module {type(m).__name__} is not part of the model")
+            out[names[m]] = m
+        else:
+            raise TypeError(f"modules must be names or nn.Modules, got {type(m).__name__}")
+    if not out:
+        raise ValueError("modules is empty: name at least one module")
+    return out
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded DTensor (FSDP2 / tensor parallel) gathered to the full tensor (a collective)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def classifier_of(module: torch.nn.Module) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(weight (C, d), bias (C,) or None) of a linear head, or (None, None) for other modules."""
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor) and w.dim() == 2 and isinstance(module, torch.nn.Linear):
+        b = getattr(module, "bias", None)
+        return _full(w.detach()), (_full(b.detach()) if isinstance(b, torch.Tensor) else None)
+    return None, None
+
+
+@contextlib.contextmanager
+def full_parameters(model):
+    """Inside: the parameters of an FSDP(1)-wrapped ``model`` are whole on every rank (collective;
+    every process must enter). A no-op for other models. Untested here (no GPU, FSDP needs one)."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover
+        FSDP = None
+    if FSDP is not None and isinstance(model, FSDP):
+        with FSDP.summon_full_params(model, writeback=False):
+            yield
+    else:
+        yield
+
+
+def head_weights(model, name, module, stats: CollapseStatistics):
+    """Classifier (W, b) of ``module`` for NC3/NC4, or (None, None) when it is not a classifier of
+    the statistics' C classes (an inner ``nn.Linear`` measured for layer-wise NC).
+
+    The output embeddings must match the statistics: a mismatch means statistics of another model.
+    """
+    w, b = classifier_of(module)
+    if w is None:
+        return None, None
+    if tuple(w.shape) == (stats.num_classes, stats.dim):
+        return w, b
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if module is head or w.shape[0] == stats.num_classes:
+        raise ValueError(
+            f"statistics of shape (C={stats.num_classes}, d={stats.dim}) do not match the classifier {name!r} "
+            f"of shape {tuple(w.shape)}: they were collected on another model or module"
+        )
+    return None, None
+
+
+def _num_classes(model, modules: Mapping[str, torch.nn.Module], num_classes: Optional[int]) -> int:
+    if num_classes is not None:
+        return int(num_classes)
+    for mod in modules.values():
+        w, _ = classifier_of(mod)
+        if w is not None:
+            return int(w.shape[0])
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    cfg = getattr(model, "config", None)
+    for attr in ("num_labels", "vocab_size"):
+        if cfg is not None and getattr(cfg, attr, None):
+            return int(getattr(cfg, attr))
+    raise ValueError("cannot tell the number of classes: pass num_classes=")
+
+
+# ---------------------------------------------------------------------------- labels
+def align_labels(features: torch.Tensor, batch: Mapping, task: str, *, ignore_index: int = -100,
+                 pad_token_id: Optional[int] = None, pooling: str = "last"):
+    """Return ``(features, labels)`` with labels of shape ``features.shape[:-1]`` (see module doc)."""
+    labels = batch.get("labels")
+    input_ids = batch.get("input_ids")
+    mask = batch.get("attention_mask")
+    if task == "causal_lm":
+        src = labels if labels is not None else input_ids
+        if src is None:
+            raise ValueError("causal_lm collection needs 'labels' or 'input_ids' in the batch")
+        if src.dim() != 2 or tuple(src.shape) != tuple(features.shape[:2]):
+            raise ValueError(
+                f"causal_lm: features {tuple(features.shape)} do not line up with labels/input_ids "
+                f"{tuple(src.shape)}; expected features (B, T, d) for (B, T) tokens"
+            )
+        y = torch.full_like(src, ignore_index)  # (B, T)
+        y[:, :-1] = src[:, 1:]  # position t predicts token t+1
+        if mask is not None:
+            m = mask.to(torch.bool)
+            valid = torch.zeros_like(m)
+            valid[:, :-1] = m[:, :-1] & m[:, 1:]
+            y = y.masked_fill(~valid, ignore_index)
+        return features, y
+    if labels is None:
+        raise ValueError(f"{task} collection needs 'labels' in the batch")
+    if task == "token_classification":
+        if tuple(labels.shape) != tuple(features.shape[:-1]):
+            raise ValueError(f"token_classification: labels {tuple(labels.shape)} do not match features "
+                             f"{tuple(features.shape)}")
+        return features, labels
+    if task == "sequence_classification":
+        labels = labels.reshape(-1)
+        if features.dim() == 2:
+            return features, labels
+        if features.dim() != 3 or features.shape[0] != labels.shape[0]:
+            raise ValueError(f"sequence_classification: features {tuple(features.shape)} do not match "
+                             f"{labels.shape[0]} labels")
+        B, T = features.shape[:2]
+        if pooling == "first":
+            pos = torch.zeros(B, dtype=torch.long, device=features.device)
+        elif pooling == "last":
+            if input_ids is not None and pad_token_id is not None:
+                non_pad = (input_ids != pad_token_id).to(torch.long)
+            elif mask is not None:
+                non_pad = mask.to(torch.long)
+            else:
+                non_pad = torch.ones(B, T, dtype=torch.long, device=features.device)
+            pos = (torch.arange(T, device=non_pad.device) * non_pad).argmax(-1).to(features.device)
+        else:
+            raise ValueError(f"pooling must be 'last' or 'first', got {pooling!r}")
+        return features[torch.arange(B, device=features.device), pos], labels  # (B, d), (B,)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def _keep_real_samples(features: torch.Tensor, labels: torch.Tensor):
+    """Drop the samples Accelerate's ``even_batches`` repeated to pad the last batch.
+
+    Same rule as ``Accelerator.gather_for_metrics``: on the last batch of a prepared dataloader the
+    gathered batch (rank 0's rows, then rank 1's, ...) is cut to ``remainder`` rows.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return features, labels
+    try:
+        from accelerate.state import GradientState
+
+        gs = GradientState()
+        if not (gs.in_dataloader and gs.end_of_dataloader) or gs.remainder <= 0:
+            return features, labels
+        remainder = gs.remainder
+    except Exception:  # accelerate missing or not initialised: nothing was padded by it
+        return features, labels
+    B = features.shape[0]
+    keep = max(0, min(B, remainder - rank * B))
+    return features[:keep], labels[:keep]
+
+
+# ---------------------------------------------------------------------------- hooks
+class FeatureCollector:
+    """Context manager that installs the hooks and feeds each batch into per-module accumulators.
+
+    ``mode="stats"``: pre-hooks update ``self.statistics[name]`` (created lazily, d from the first
+    batch). ``mode="nc4"``: forward hooks update ``self.nc4[name]`` (``NC4Counter``s built by the
+    caller). Hooks run only while the model is in eval mode and ``self.enabled`` is true, and never
+    keep features beyond the current batch. ``remaining`` (labelled tokens left in the budget) cuts
+    the last batch exactly in a single process.
+    """
+
+    def __init__(self, model, modules: ModulesArg = None, *, task="causal_lm", num_classes=None,
+                 mode="stats", covariance=False, ignore_index=-100, pooling="last", statistics=None,
+                 nc4=None, remaining: Optional[int] = None, drop_padded_duplicates=True):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if mode not in ("stats", "nc4"):
+            raise ValueError(f"mode must be 'stats' or 'nc4', got {mode!r}")
+        self.model = unwrap_model(model)
+        self.modules = resolve_modules(self.model, modules)
+        self.task, self.mode, self.pooling = task, mode, pooling
+        self.num_classes = _num_classes(self.model, self.modules, num_classes)
+        self.covariance, self.ignore_index = covariance, ignore_index
+        cfg = getattr(self.model, "config", None)
+        self.pad_token_id = getattr(cfg, "pad_token_id", None)
+        self.statistics: dict[str, CollapseStatistics] = dict(statistics or {})
+        self.nc4: dict[str, NC4Counter] = dict(nc4 or {})
+        self.remaining = remaining
+        self.drop_padded_duplicates = drop_padded_duplicates
+        self.enabled = True
+        self._batch: Optional[dict] = None
+        self._handles = []
+        self.batch_tokens = 0  # labelled tokens seen by the first module in the last batch
+
+    # -- install / remove
+    def __enter__(self) -> FeatureCollector:
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def install(self) -> None:
+        if self._handles:
+            return
+        self._handles.append(self.model.register_forward_pre_hook(self._top_hook, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._top_done))
+        for i, (name, mod) in enumerate(self.modules.items()):
+            if self.mode == "stats":
+                h = mod.register_forward_pre_hook(self._make_pre_hook(name, i == 0), with_kwargs=True)
+            else:
+                h = mod.register_forward_hook(self._make_post_hook(name, i == 0), with_kwargs=True)
+            self._handles.append(h)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._batch = None
+
+    # -- hooks
+    def _active(self) -> bool:
+        return self.enabled and not self.model.training
+
+    def _top_hook(self, module, args, kwargs):
+        if not self._active():
+            return None
+        batch = {k: kwargs.get(k) for k in ("labels", "input_ids", "attention_mask")}
+        if batch["input_ids"] is None and args and isinstance(args[0], torch.Tensor):
+            batch["input_ids"] = args[0]
+        self._batch = batch
+        return None
+
+    def _top_done(self, module, args, output):
+        self._batch = None  # labels belong to this forward only
+        return None
+
+    def _features_labels(self, args, kwargs):
+        h = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        if not isinstance(h, torch.Tensor):
+            raise ValueError("the hooked module received no tensor input")
+        h, y = align_labels(h.detach(), self._batch, self.task, ignore_index=self.ignore_index,
+                            pad_token_id=self.pad_token_id, pooling=self.pooling)
+        if self.drop_padded_duplicates:
+            h, y = _keep_real_samples(h, y)
+        return h, y.to(h.device)
+
+    def _budget(self, h, y, first):
+        """Cut the batch at the token budget (in order) and count tokens on the first module."""
+        if self.remaining is None and not first:
+            return h, y
+        y = y.reshape(-1)
+        h = h.reshape(-1, h.shape[-1])
+        valid = y != self.ignore_index
+        if self.remaining is not None:
+            over = valid.cumsum(0) > self.remaining
+            if bool(over.any()):
+                y = y.masked_fill(over, self.ignore_index)
+                valid = valid & ~over
+        if first:
+            self.batch_tokens += int(valid.sum())
+        return h, y
+
+    def _make_pre_hook(self, name, first):
+        def hook(module, args, kwargs):
+            if not self._active() or self._batch is None:  # not inside the model's own forward
+                return None
+            h, y = self._features_labels(args, kwargs)
+            h, y = self._budget(h, y, first)
+            st = self.statistics.get(name)
+            if st is None:
+                st = CollapseStatistics(self.num_classes, h.shape[-1], covariance=self.covariance,
+                                        ignore_index=self.ignore_index)
+                self.statistics[name] = st
+            st.update(h, y)
+            return None
+        return hook
+
+    def _make_post_hook(self, name, first):
+        def hook(module, args, kwargs, output):
+            if not self._active() or name not in self.nc4 or self._batch is None:
+                return None
+            h, y = self._features_labels(args, kwargs)
+            # the output is the model's logits only when the hooked module is the linear head
+            is_head = isinstance(module, torch.nn.Linear)
+            logits = output if is_head and isinstance(output, torch.Tensor) and output.shape[-1] == self.num_classes \
+                else None
+            if logits is not None and self.task == "sequence_classification" and logits.dim() == 3:
+                logits = None  # pooled after the head: use the weights instead
+            if logits is not None:
+                if self.drop_padded_duplicates:
+                    logits, _ = _keep_real_samples(logits.detach(), y)
+                logits = logits.reshape(-1, logits.shape[-1])
+            h, y = self._budget(h, y, first)
+            self.nc4[name].update(h, y, logits)
+            return None
+        return hook
+
+

@@ -1,0 +1,349 @@
+"""Pre-measured checkpoints: save a model with its measurements, push it to the Hub, load or find it again.
+
+The folder format is :mod:`hf_collapse.integrations.folder`; the card is
+:mod:`hf_collapse.integrations.model_card`. Statistics record ``weights_sha256``, so ``load_measured``
+refuses statistics measured on other weights. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..core.measures import CollapseResult
+from ..core.statistics import CollapseStatistics
+from .folder import (
+    COLLAPSE_DIR,
+    METRICS_FILE,
+    REPO_ID_PLACEHOLDER,
+    SKIP_PARTS,
+    STATISTICS_FILE,
+    list_measurements,
+    measurement_subdir,
+    read_measurement,
+    read_metrics,
+    verify_weights,
+    write_measurement,
+)
+from .model_card import render_model_card, write_model_card
+from .weights_hash import weights_sha256
+
+__all__ = ["MeasuredModel", "find_measurement", "load_measured", "push_measured", "save_measured", "weights_sha256",
+           "write_model_card", "render_model_card", "read_metrics", "list_measurements", "measurement_mismatches"]
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------- loading
+@dataclass
+class MeasuredModel:
+    """A model with its collapse measurement, as returned by :func:`load_measured`."""
+
+    path: str  # local folder (a cache snapshot for Hub repos)
+    statistics: CollapseStatistics
+    metrics: dict
+    result: CollapseResult  # the measures as stored in metrics.json, with .per_class
+    model: Any = None
+    tokenizer: Any = None
+    name: Optional[str] = None  # measurement name; None for collapse/
+    repo_id: Optional[str] = None
+    commit: Optional[str] = None  # snapshot commit for Hub repos
+    weights_sha256: Optional[str] = None  # verified hash, None when not checked
+    measurements: list = field(default_factory=list)  # all measurement names in the folder
+
+    @property
+    def per_class(self) -> Optional[dict]:
+        return self.result.per_class
+
+    @property
+    def metadata(self) -> dict:
+        return self.statistics.metadata
+
+    def __repr__(self) -> str:
+        source = f"{self.repo_id}@{self.commit[:10]}" if self.repo_id and self.commit else self.path
+        model = type(self.model).__name__ if self.model is not None else None
+        head = (f"MeasuredModel({source!r}, measurement={self.name or 'default'!s}, model={model}, "
+                f"classes={int(self.statistics.present.sum())}/{self.statistics.num_classes}, "
+                f"dim={self.statistics.dim}, tokens={self.statistics.num_tokens}, "
+                f"weights={'verified' if self.weights_sha256 else 'unchecked'})")
+        return head + ("\n" + self.result.table() if len(self.result) else "")
+
+
+def _snapshot_complete(folder: Path, sub: str, need_weights: bool) -> bool:
+    if not (folder / sub / STATISTICS_FILE).is_file() or not (folder / sub / METRICS_FILE).is_file():
+        return False
+    return not need_weights or ((folder / "config.json").is_file() and any(folder.glob("*.safetensors")))
+
+
+def _fallback_snapshot(repo_id: str, cache_dir, sub: str, need_weights: bool, reason: str) -> Optional[Path]:
+    """Offline: the newest cached snapshot of ``repo_id`` that holds the measurement (and weights).
+
+    Works around the trap where ``refs/main`` points at a snapshot that lacks the model files (a
+    later commit of which only README.md was fetched) although an older complete one is cached."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    if not root.is_dir():
+        return None
+    complete = [p for p in root.iterdir() if p.is_dir() and _snapshot_complete(p, sub, need_weights)]
+    if not complete:
+        return None
+    best = max(complete, key=lambda p: max((f.stat().st_mtime for f in p.rglob("*")), default=p.stat().st_mtime))
+    logger.warning("%s; using the newest complete cached snapshot %s instead", reason, best.name)
+    return best
+
+
+def _hub_answers(repo_id: str, revision, token, local_files_only) -> bool:
+    """Whether the Hub can be asked now (not offline and it answers, even with an HTTP error)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        HfApi(token=token).repo_info(repo_id, revision=revision)
+    except HfHubHTTPError:
+        return True
+    except Exception:  # connection refused, timeout, offline mode: we are offline in effect
+        return False
+    return True
+
+
+def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, local_files_only, require=True):
+    """Local folder or Hub repo -> (folder, repo_id, commit); with ``require``, the folder holds
+    measurement ``name`` (and the weights if ``need_weights``)."""
+    path = Path(os.fspath(repo_id_or_path)).expanduser()
+    if path.is_dir():
+        return path, None, None
+    if not isinstance(repo_id_or_path, str) or repo_id_or_path.count("/") > 1 or path.is_absolute() \
+            or repo_id_or_path.startswith("."):
+        raise FileNotFoundError(f"no measured model folder at {str(path)!r}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError, RepositoryNotFoundError
+
+    sub = measurement_subdir(name)
+    # without weights, fetch only what a measurement needs
+    patterns = None if need_weights else [f"{COLLAPSE_DIR}/*", "*.json", "README.md"]
+    repo_id = repo_id_or_path
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                                        local_files_only=bool(local_files_only), allow_patterns=patterns))
+    except IncompleteSnapshotError as e:
+        folder = None
+        reason = str(e).split(". ")[0]
+    except RepositoryNotFoundError as e:
+        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo you can access "
+                                f"({str(e).splitlines()[0]})") from e
+    else:
+        reason = f"cached snapshot {folder.name} of {repo_id} lacks {sub}/{STATISTICS_FILE} or the model files"
+    if folder is None or (require and not _snapshot_complete(folder, sub, need_weights)):
+        if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+            fallback = None  # an explicit commit must not be swapped for another one
+        elif folder is not None and _hub_answers(repo_id, revision, token, local_files_only):
+            raise FileNotFoundError(f"{repo_id} (revision {revision or 'main'}, commit {folder.name}) holds no "
+                                    f"{sub}/{STATISTICS_FILE} with {METRICS_FILE}" + (" or no model files" if need_weights else ""))
+        else:
+            fallback = _fallback_snapshot(repo_id, cache_dir, sub, need_weights, reason)
+        if fallback is None:
+            raise FileNotFoundError(f"{reason}, and no other cached snapshot holds them")
+        folder = fallback
+    return folder, repo_id, folder.name
+
+
+def load_measured(repo_id_or_path, revision: Optional[str] = None, *, name: Optional[str] = None,
+                  load_model: bool = True, load_tokenizer: bool = True, check_weights: bool = True,
+                  model_class=None, token=None, cache_dir=None, local_files_only: Optional[bool] = None,
+                  **model_kwargs) -> MeasuredModel:
+    """Load a pre-measured model: weights, tokenizer, collapse statistics and measures, in one call.
+
+    Args:
+        repo_id_or_path: a local measured-model folder or a Hub repo id (downloaded with
+            ``snapshot_download``; with ``HF_HUB_OFFLINE=1`` it is read from the cache).
+        revision: branch, tag or commit of a Hub repo.
+        name: which measurement (``collapse/<name>/``); None for the default ``collapse/``.
+        load_model / load_tokenizer: set False to read the statistics only (then only ``collapse/``
+            and the JSON files are downloaded and the weights are not checked).
+        check_weights: compare the ``weights_sha256`` recorded with the statistics against the
+            weights in the folder; a mismatch raises ValueError.
+        model_class: the class whose ``from_pretrained`` loads the model (default
+            ``AutoModelForCausalLM``); ``model_kwargs`` go to it (e.g. ``torch_dtype``).
+
+    Never unpickles: weights must be safetensors, statistics are safetensors, metrics JSON.
+    """
+    folder, repo_id, commit = _resolve(repo_id_or_path, revision, name, load_model, token, cache_dir,
+                                       local_files_only)
+    stats, _per_class, metrics, result = read_measurement(folder, name)
+    stats_path = str(folder / measurement_subdir(name) / STATISTICS_FILE)
+    verified = verify_weights(folder, stats, stats_path) if (check_weights and load_model) else None
+    model = tokenizer = None
+    if load_model:
+        if model_class is None:
+            from transformers import AutoModelForCausalLM as model_class
+        model_kwargs.setdefault("use_safetensors", True)
+        model = model_class.from_pretrained(folder, **model_kwargs)
+    if load_tokenizer and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return MeasuredModel(path=str(folder), statistics=stats, metrics=metrics, result=result, model=model,
+                         tokenizer=tokenizer, name=name, repo_id=repo_id, commit=commit, weights_sha256=verified,
+                         measurements=list_measurements(folder))
+
+
+def _same(stored, wanted) -> bool:
+    if stored is None:
+        return False
+    try:
+        return float(stored) == float(wanted)
+    except (TypeError, ValueError):
+        return str(stored) == str(wanted)
+
+
+def measurement_mismatches(stats: CollapseStatistics, *, weights_sha256: Optional[str] = None,
+                           **expected) -> list[str]:
+    """Why stored statistics do not answer a new request (empty list: they do).
+
+    ``weights_sha256`` must equal the recorded hash; every ``expected`` key (e.g. ``k=2``,
+    ``data_sha256=...``, ``max_tokens=20000``, ``split="validation"``) must equal the header value
+    (numbers compared as numbers). ``None`` values are not checked."""
+    problems = []
+    meta = stats.metadata
+    if weights_sha256 is not None and meta.get("weights_sha256") != weights_sha256:
+        problems.append("weights_sha256 differs" if meta.get("weights_sha256") else "no weights_sha256 recorded")
+    for key, wanted in expected.items():
+        if wanted is not None and not _same(meta.get(key), wanted):
+            problems.append(f"{key}: stored {meta.get(key)!r}, wanted {wanted!r}")
+    return problems
+
+
+def find_measurement(repo_id_or_path, revision: Optional[str] = None, *, weights_sha256: Optional[str] = None,
+                     token=None, cache_dir=None, **expected) -> Optional[MeasuredModel]:
+    """The first measurement (default, then named ones) of a folder or Hub repo that matches (see
+    :func:`measurement_mismatches`), without model or tokenizer; None if there is none. Fetches only
+    ``collapse/`` and the JSON files: for ``hf-collapse measure`` to skip the collection pass when
+    the repo already holds matching statistics."""
+    try:
+        folder, repo_id, commit = _resolve(repo_id_or_path, revision, None, False, token, cache_dir, None,
+                                           require=False)
+    except FileNotFoundError:
+        return None
+    names = list_measurements(folder)
+    for name in names:
+        try:
+            stats, _, metrics, result = read_measurement(folder, name)
+        except (FileNotFoundError, ValueError) as e:
+            logger.info("measurement %s of %s is unusable: %s", name or "default", repo_id_or_path, e)
+            continue
+        problems = measurement_mismatches(stats, weights_sha256=weights_sha256, **expected)
+        if not problems:
+            return MeasuredModel(path=str(folder), statistics=stats, metrics=metrics, result=result, name=name,
+                                 repo_id=repo_id, commit=commit, measurements=names)
+        logger.info("measurement %s of %s does not match: %s", name or "default", repo_id_or_path, "; ".join(problems))
+    return None
+
+
+# ---------------------------------------------------------------------------------------- pushing
+def _files_to_push(folder: Path) -> list[Path]:
+    """Every file but hidden ones, ``__pycache__`` and, as ``Trainer.push_to_hub`` does, top-level
+    ``checkpoint-*`` and ``_*`` entries."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if rel.parts[0].startswith(("checkpoint-", "_")):
+            continue
+        if p.is_file() and not any(part.startswith(".") or part in SKIP_PARTS for part in rel.parts):
+            out.append(p)
+    return out
+
+
+def default_commit_message(folder: str | os.PathLike) -> str:
+    """E.g. ``Add llama model with neural-collapse statistics (default: 20000 tokens, 312 classes, k=2)``."""
+    folder = Path(folder)
+    parts = []
+    for name in list_measurements(folder):
+        stats_path = folder / measurement_subdir(name) / STATISTICS_FILE
+        try:
+            stats = CollapseStatistics.load(stats_path)
+        except (ValueError, FileNotFoundError):
+            continue
+        k = stats.metadata.get("k")
+        parts.append(f"{name or 'default'}: {stats.num_tokens} tokens, {int(stats.present.sum())} classes"
+                     + (f", k={k}" if k else ""))
+    model_type = "model"
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type") or model_type
+    except (OSError, ValueError):
+        pass
+    return f"Add {model_type} with neural-collapse statistics ({'; '.join(parts)})"
+
+
+def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token=None,
+                  revision: Optional[str] = None, commit_message: Optional[str] = None,
+                  commit_description: Optional[str] = None):
+    """Push a measured-model folder to the Hub in ONE commit; returns the ``CommitInfo``.
+
+    Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it
+    does not exist. Every non-hidden file of the folder is committed with ``HfApi.create_commit``
+    (``upload_folder`` may split large folders into several commits when ``hf_xet`` is installed).
+    The folder is only read: a failed push leaves it as it was (a card written before the repo id
+    was known says ``REPO_ID``; the uploaded copy names ``repo_id`` instead).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no measured model folder at {str(folder)!r}")
+    names = list_measurements(folder)
+    if not names:
+        raise FileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE} (nor "
+                                f"{COLLAPSE_DIR}/<name>/{STATISTICS_FILE}): measure it first")
+    for name in names:  # fail before any network traffic on files a reader would reject
+        read_measurement(folder, name)
+    if not (folder / "README.md").is_file():
+        logger.warning("%s has no README.md: the repo will have no model card (see write_model_card)", folder)
+    files = _files_to_push(folder)
+    operations = []
+    for p in files:
+        rel = p.relative_to(folder).as_posix()
+        content = str(p)
+        if rel == "README.md":  # a card rendered before the repo id was known: fill it in the upload only
+            text = p.read_text(encoding="utf-8")
+            if REPO_ID_PLACEHOLDER in text:
+                content = text.replace(REPO_ID_PLACEHOLDER, repo_id).encode("utf-8")
+        operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    info = api.create_commit(repo_id, operations=operations, commit_message=commit_message or
+                             default_commit_message(folder), commit_description=commit_description,
+                             revision=revision, repo_type="model")
+    logger.info("pushed %d files of %s to %s (%s)", len(operations), folder, repo_id, info.commit_url)
+    return info
+
+
+# ---------------------------------------------------------------------------------------- saving
+def save_measured(output_dir, *, model, tokenizer=None, statistics: CollapseStatistics, result,
+                  metrics_extra=None, metadata=None, card: bool = True, save_model: bool = True,
+                  card_info=None, name: Optional[str] = None) -> str:
+    """Write a measured model folder (``save_pretrained`` + one measurement + the card); returns its path.
+
+    See :func:`hf_collapse.integrations.folder.write_measurement` for ``metadata`` and ``metrics_extra``.
+    Under several processes call it on the main process only.
+    """
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    if save_model:
+        model.save_pretrained(output_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(output_dir)
+    write_measurement(output_dir, statistics, result, name=name, model=model, metadata=metadata,
+                      metrics_extra=metrics_extra)
+    if card:
+        write_model_card(output_dir, **dict(card_info or {}))
+    return output_dir

@@ -1,0 +1,214 @@
+"""Model cards for measured models: a Jinja template rendered through ``huggingface_hub.ModelCard``.
+
+``write_model_card(folder, **info)`` reads every measurement of a measured-model folder (see
+:mod:`hf_collapse.integrations.folder`), draws one figure per measurement from its per-class outputs
+(``collapse[/<name>]/collapse.png``) and writes ``README.md`` whose YAML carries a ``model-index``
+with each NC measure as a result (metric type ``neural-collapse/<key>``, with dataset and split),
+so the numbers are machine-readable on the Hub. The measure names, meanings and directions come from
+the registry (:mod:`hf_collapse.core.registry`); the template ships in the package
+(``hf_collapse/templates/collapse_model_card.md.j2``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from .._version import __version__
+from ..core.io import atomic_write, fmt
+from ..core.registry import CITATION_BIBTEX, MEASURES
+from .folder import COLLAPSE_DIR, FIGURE_FILE, STATISTICS_FILE, list_measurements, measurement_subdir, read_measurement
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "templates" / "collapse_model_card.md.j2"
+METRIC_TYPE_PREFIX = "neural-collapse/"
+
+# statistics-header keys the card reads (first one present wins); ``info`` arguments override them
+_META_ALIASES = {
+    "dataset": ("dataset", "dataset_name", "dataset_id"),
+    "dataset_config": ("dataset_config", "dataset_config_name"),
+    "split": ("split", "dataset_split"),
+    "dataset_revision": ("dataset_revision", "data_revision"),
+    "data_files": ("data_files", "train_file", "validation_file", "data"),
+    "data_sha256": ("data_sha256", "file_sha256", "data_hash"),
+    "max_tokens": ("max_tokens", "token_budget"),
+    "k": ("k",),
+    "command": ("command",),
+    "base_model": ("base_model", "model_name_or_path"),
+}
+
+
+def _meta(metadata: dict, key: str):
+    for alias in _META_ALIASES[key]:
+        if metadata.get(alias) not in (None, ""):
+            return metadata[alias]
+    return None
+
+
+def _hub_id(name) -> bool:
+    """Whether a dataset/model name looks like a Hub id rather than a local file or folder."""
+    name = str(name or "")
+    return bool(name) and not name.startswith(("/", ".", "~")) and name.count("/") <= 1 \
+        and not name.lower().endswith((".txt", ".json", ".jsonl", ".csv", ".parquet", ".arrow"))
+
+
+def plot_per_class(per_class: dict, path: str | os.PathLike, title: str = "") -> Optional[Path]:
+    """Two panels from per-class outputs: class-mean norm vs token frequency, and the distribution
+    of per-class CDNV row means. Returns the PNG path, or None when the inputs are missing."""
+    if not per_class or "count" not in per_class or "mean_norm" not in per_class:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    count = per_class["count"].double()
+    norm = per_class["mean_norm"].double()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    axes[0].scatter(count.numpy(), norm.numpy(), s=4, alpha=0.5)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("tokens of the class (frequency)")
+    axes[0].set_ylabel("‖μ_c − μ̄‖")
+    axes[0].set_title("class-mean norm vs frequency")
+    cdnv = per_class.get("cdnv_row_mean")
+    if cdnv is not None:
+        cdnv = cdnv.double()
+        cdnv = cdnv[torch.isfinite(cdnv) & (cdnv > 0)]
+    if cdnv is not None and cdnv.numel():
+        axes[1].hist(torch.log10(cdnv).numpy(), bins=min(50, max(5, cdnv.numel() // 5)))
+        axes[1].set_xlabel("log10 mean CDNV of a class to the others")
+        axes[1].set_ylabel("classes")
+        axes[1].set_title("CDNV distribution (lower: more collapsed)")
+    else:
+        axes[1].set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
+    stats, per_class, metrics, result = read_measurement(folder, name)
+    meta = dict(stats.metadata)
+    get = lambda key: info.get(key) if info.get(key) is not None else _meta(meta, key)  # noqa: E731
+    sub = measurement_subdir(name)
+    fig_rel = None
+    if figure and plot_per_class(per_class, folder / sub / FIGURE_FILE, title=name or ""):
+        fig_rel = f"{sub}/{FIGURE_FILE}"
+    elif (folder / sub / FIGURE_FILE).is_file():
+        fig_rel = f"{sub}/{FIGURE_FILE}"
+    rows = [{"key": key, "value": fmt(value, 6), "name": MEASURES[key].name, "meaning": MEASURES[key].meaning,
+             "direction": MEASURES[key].direction_text} for key, value in result.items()]
+    settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
+    return {
+        "name": name, "title": name or "default", "path": sub, "rows": rows, "values": dict(result),
+        "num_tokens": stats.num_tokens, "num_classes": stats.num_classes,
+        "present": int(stats.present.sum()), "dim": stats.dim,
+        "k": get("k") if get("k") is not None else settings.get("k"),
+        "dataset": get("dataset"), "dataset_config": get("dataset_config"),
+        "split": get("split"), "dataset_revision": get("dataset_revision"), "data_files": get("data_files"),
+        "data_sha256": get("data_sha256"), "max_tokens": get("max_tokens"), "command": get("command"),
+        "base_model": get("base_model"), "weights_sha256": meta.get("weights_sha256"),
+        "figure": fig_rel, "settings": settings, "hyperparameters": _json_dict(meta.get("hyperparameters")),
+    }
+
+
+def _json_dict(text) -> Optional[dict]:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value else None
+
+
+def _hyperparameters(info: dict, measurements: list) -> Optional[dict]:
+    """From ``info`` (``hyperparameters`` or a ``trainer``), else a statistics header's JSON
+    ``hyperparameters`` entry."""
+    hp = info.get("hyperparameters")
+    trainer = info.get("trainer")
+    if hp is None and trainer is not None:
+        from transformers.modelcard import extract_hyperparameters_from_trainer
+
+        hp = extract_hyperparameters_from_trainer(trainer)
+    if hp is None:
+        hp = next((m["hyperparameters"] for m in measurements if m["hyperparameters"]), None)
+    return dict(hp) if hp else None
+
+
+def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info: Any):
+    """Build the ``huggingface_hub.ModelCard`` of a measured folder (writes only the figures).
+
+    ``info`` (all optional) overrides what the statistics headers say: ``model_name``, ``repo_id``,
+    ``base_model``, ``datasets`` (list of Hub dataset ids) or ``dataset``, ``split``,
+    ``dataset_config``, ``license``, ``language``, ``tags``, ``pipeline_tag``, ``command``, ``k``,
+    ``description`` (a paragraph), ``hyperparameters`` (dict) or ``trainer`` (a ``Trainer``, whose
+    arguments give the hyperparameters and base model).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    folder = Path(folder)
+    names = list_measurements(folder)
+    if not names:
+        raise FileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE}: nothing to describe")
+    measurements = [_measurement_entry(folder, name, info, figure) for name in names]
+    trainer = info.get("trainer")
+    base_model = info.get("base_model") or next((m["base_model"] for m in measurements if m["base_model"]), None)
+    if base_model is None and trainer is not None:
+        base_model = getattr(getattr(trainer.model, "config", None), "_name_or_path", None) or None
+    if base_model and not _hub_id(base_model):
+        base_model = None  # a local path is no Hub id: the Hub would reject it in base_model
+    model_name = info.get("model_name") or (info.get("repo_id") or "").split("/")[-1] or folder.resolve().name
+    datasets = info.get("datasets") or ([info["dataset"]] if info.get("dataset") else None) \
+        or sorted({str(m["dataset"]) for m in measurements if _hub_id(m["dataset"])}) or None
+    task = info.get("pipeline_tag", "text-generation")
+    results = []
+    for m in measurements:
+        dataset_name = m["dataset"] or (os.path.basename(str(m["data_files"])) if m["data_files"] else "unspecified")
+        for key, value in m["values"].items():
+            if not math.isfinite(value):
+                continue  # YAML/the Hub cannot carry inf or nan
+            results.append(EvalResult(
+                task_type=task, dataset_type=str(m["dataset"] or "text"), dataset_name=str(dataset_name),
+                dataset_split=m["split"], dataset_config=m["dataset_config"], dataset_revision=m["dataset_revision"],
+                metric_type=METRIC_TYPE_PREFIX + key, metric_name=MEASURES[key].name if key in MEASURES else key,
+                metric_value=float(value), metric_config=m["name"],
+            ))
+    tags = ["neural-collapse", "hf_collapse"] + [t for t in (info.get("tags") or []) if t not in ("neural-collapse",)]
+    card_data = ModelCardData(
+        library_name="transformers", tags=tags, datasets=datasets, base_model=base_model,
+        license=info.get("license"), language=info.get("language"), pipeline_tag=task,
+        model_name=model_name, eval_results=results or None,
+    )
+    kwargs = dict(
+        model_name=model_name, repo_id=info.get("repo_id"), description=info.get("description"),
+        base_model_name=base_model, measurements=measurements, hyperparameters=_hyperparameters(info, measurements),
+        citation=CITATION_BIBTEX, library_version=__version__, metric_prefix=METRIC_TYPE_PREFIX,
+    )
+    return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **kwargs)
+
+
+def write_model_card(folder: str | os.PathLike, *, figure: bool = True, **info: Any) -> Path:
+    """Render the card (see :func:`render_model_card` for ``info``) into ``folder/README.md``,
+    atomically, replacing any previous card; returns its path."""
+    card = render_model_card(folder, figure=figure, **info)
+    path = Path(folder) / "README.md"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(str(card), encoding="utf-8"))
+    return path
+
+
+def card_metrics(card) -> dict:
+    """Back from a card: ``{measurement name or None: {measure key: value}}`` from its model-index."""
+    out: dict = {}
+    for r in card.data.eval_results or []:
+        if r.metric_type.startswith(METRIC_TYPE_PREFIX):
+            out.setdefault(r.metric_config, {})[r.metric_type[len(METRIC_TYPE_PREFIX):]] = r.metric_value
+    return out
+

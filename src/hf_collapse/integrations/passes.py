@@ -1,0 +1,308 @@
+"""Collection passes over a dataloader: statistics (pass 1), NC4 (pass 2), and the measures.
+
+The hooks (:mod:`hf_collapse.integrations.hooks`) fold each batch into float64 sums; a pass ends with
+:func:`hf_collapse.core.distributed.finish_pass` (one all-reduce, then every process holds the same
+statistics) and the measures are computed on every process from them (cheap next to the pass, no
+broadcast). Settings come from one dataclass, :class:`~hf_collapse.integrations.settings.CollapseArguments`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..core.distributed import finish_pass, global_sum, rank_and_world
+from ..core.measures import CollapseResult, measure_collapse
+from ..core.nc4 import NC4Counter
+from ..core.registry import MEASURE_KEYS
+from ..core.statistics import CollapseStatistics
+from .hooks import FeatureCollector, full_parameters, head_weights, resolve_modules, unwrap_model
+from .resume import fingerprint, read_checkpoint, write_checkpoint
+from .settings import CollapseArguments, as_settings
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- passes
+def _move(batch, device):
+    if isinstance(batch, Mapping):
+        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    raise TypeError(f"batches must be dicts of tensors (input_ids, attention_mask, labels), got {type(batch).__name__}")
+
+
+def _model_device(model) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max_batches, progress, desc,
+              skip_batches=0, on_batch=None, tokens0=0):
+    """Drive ``model`` over ``dataloader`` under no_grad + eval mode; hooks do the accumulating."""
+    inner = collector.model
+    was_training = inner.training
+    device = _model_device(inner)
+    rank, world = rank_and_world()
+    tokens = tokens0
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        total = None
+        try:
+            total = len(dataloader)
+        except TypeError:
+            pass
+        if max_batches is not None:
+            total = min(total, max_batches) if total is not None else max_batches
+        bar = tqdm(total=total, desc=desc, unit="batch", initial=skip_batches)
+    inner.eval()
+    collector.install()
+    batches = 0
+    try:
+        with torch.no_grad():
+            for batch in dataloader:
+                if max_batches is not None and batches >= max_batches:
+                    break
+                if batches < skip_batches:
+                    batches += 1
+                    continue
+                if max_tokens is not None and world == 1:
+                    collector.remaining = max_tokens - tokens
+                collector.batch_tokens = 0
+                model(**_move(batch, device))
+                batches += 1
+                tokens += global_sum(collector.batch_tokens) if max_tokens is not None else collector.batch_tokens
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(tokens=tokens)
+                if on_batch is not None:
+                    on_batch(batches, tokens)
+                if max_tokens is not None and tokens >= max_tokens:
+                    break
+    finally:
+        collector.remove()
+        collector.remaining = None
+        if bar is not None:
+            bar.close()
+        inner.train(was_training)
+        if hasattr(dataloader, "gradient_state") and hasattr(dataloader, "end"):
+            # an Accelerate dataloader left early (budget) stays registered as the active one
+            dataloader.end()
+    return batches, tokens
+
+
+# ---------------------------------------------------------------------------- public API
+def collect_statistics(model, dataloader, settings: Optional[CollapseArguments] = None, *,
+                       num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator=None,
+                       progress: bool = True, checkpoint_path=None, checkpoint_every: Optional[int] = None,
+                       ignore_index: int = -100, reduce: bool = True, data_fingerprint: Optional[str] = None,
+                       **short) -> CollapseStatistics | dict[str, CollapseStatistics]:
+    """Pass 1: accumulate per-class statistics of the classifier inputs over ``dataloader``.
+
+    Args:
+        model: a transformers model (or any module whose forward takes the batch as keywords);
+            DDP/FSDP/compiled wrappers are unwrapped. Run in eval mode under ``torch.no_grad``.
+        dataloader: yields dicts with ``input_ids`` and/or ``labels`` (+ ``attention_mask``). Under
+            Accelerate pass the prepared dataloader (each process sees its shard).
+        settings: ``CollapseArguments`` (modules, task, token budget, covariance, pooling); the
+            first release's keywords ``modules=, task=, max_tokens=, covariance=, pooling=`` still
+            work and override it. ``max_tokens`` counts labelled tokens summed over processes; in one
+            process the last batch is cut exactly, with several whole last batches count.
+        max_batches: stop after this many batches (per process).
+        accelerator: optional ``accelerate.Accelerator`` whose model wrapper is removed.
+        checkpoint_path, checkpoint_every: save the state every N batches into that folder and
+            resume from it; a finished run gives the same numbers as an uninterrupted one.
+        reduce: all-reduce over processes at the end (one collective).
+        data_fingerprint: identifies the data for checkpoint validation (default: hash of the
+            dataloader's length and first batch).
+
+    Returns:
+        ``CollapseStatistics`` for one module, or a dict name -> statistics for several.
+    """
+    cfg = as_settings(settings, **short)
+    max_tokens = cfg.collapse_max_tokens
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    if checkpoint_every is not None and checkpoint_path is None:
+        raise ValueError("checkpoint_every needs checkpoint_path")
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+    collector = FeatureCollector(model, cfg.modules, task=cfg.collapse_task, num_classes=num_classes,
+                                 covariance=cfg.collapse_covariance, pooling=cfg.collapse_pooling,
+                                 ignore_index=ignore_index)
+    names = list(collector.modules)
+    skip, tokens0, fp = 0, 0, None
+    if checkpoint_path is not None:
+        checkpoint_path = os.fspath(checkpoint_path)
+        os.makedirs(checkpoint_path, exist_ok=True)
+        extra = {"task": cfg.collapse_task, "modules": names, "max_tokens": max_tokens, "max_batches": max_batches,
+                 "data": data_fingerprint, "world": rank_and_world()[1]}
+        fp = fingerprint(collector.model, dataloader if data_fingerprint is None else None, extra=extra)
+        found = read_checkpoint(checkpoint_path, fp, names, collector.num_classes)
+        if found is not None:
+            collector.statistics, skip, tokens0 = found
+            logger.info("resuming collection from %s at batch %d (%d tokens)", checkpoint_path, skip, tokens0)
+
+    def on_batch(batches, tokens):
+        if batches % checkpoint_every == 0:
+            write_checkpoint(checkpoint_path, collector.statistics, batches, tokens, fp)
+
+    if max_tokens is None or tokens0 < max_tokens:
+        _run_pass(model, dataloader, collector, max_tokens=max_tokens, max_batches=max_batches, progress=progress,
+                  desc="NC statistics", skip_batches=skip, tokens0=tokens0,
+                  on_batch=on_batch if checkpoint_every else None)
+    stats = finish_pass(collector.statistics, names, collector.num_classes, covariance=cfg.collapse_covariance,
+                        ignore_index=ignore_index, reduce=reduce)
+    return stats[names[0]] if len(names) == 1 else stats
+
+
+def collect_nc4(model, dataloader, statistics, settings: Optional[CollapseArguments] = None, *,
+                max_batches: Optional[int] = None, progress: bool = True, reduce: bool = True,
+                **short) -> dict[str, dict[str, float]]:
+    """Pass 2: NC4 agreement and nearest-centre accuracy on held-out data against ``statistics``.
+
+    ``statistics`` is what ``collect_statistics`` returned (one or a dict). Settings: ``modules``,
+    ``task``, ``pooling``, ``dtype`` and the token budget ``nc4_max_tokens`` (the first release's
+    ``max_tokens=`` keyword still means this budget here). Returns name -> ``{"nc4_agreement",
+    "ncc_accuracy"}`` (agreement only for a linear head), reduced over processes. Costs one extra
+    (tokens x K x d) matmul per batch on top of a forward pass.
+    """
+    if "max_tokens" in short:
+        short["nc4_max_tokens"] = short.pop("max_tokens")
+    cfg = as_settings(settings, **short)
+    collector = FeatureCollector(model, cfg.modules, task=cfg.collapse_task, mode="nc4", pooling=cfg.collapse_pooling,
+                                 ignore_index=_first(statistics).ignore_index)
+    stats = _as_dict(statistics, list(collector.modules))
+    for name, mod in collector.modules.items():
+        with full_parameters(model):
+            w, b = head_weights(collector.model, name, mod, stats[name])
+            if cfg.collapse_task != "sequence_classification":
+                w = b = None  # the head's own logits give the linear prediction: no copy of W needed
+            elif w is not None:  # pooled after a per-token head: predict with a copy of W
+                w, b = w.clone(), (None if b is None else b.clone())
+            collector.nc4[name] = NC4Counter.from_statistics(stats[name], w, b, dtype=cfg.torch_dtype)
+    collector.num_classes = _first(statistics).num_classes
+    _run_pass(model, dataloader, collector, max_tokens=cfg.collapse_nc4_max_tokens, max_batches=max_batches,
+              progress=progress, desc="NC4")
+    out = {}
+    for name, counter in collector.nc4.items():
+        if reduce:
+            counter.reduce()
+        out[name] = counter.values()
+    return out
+
+
+def _first(statistics):
+    return statistics if isinstance(statistics, CollapseStatistics) else next(iter(statistics.values()))
+
+
+def _as_dict(statistics, names) -> dict[str, CollapseStatistics]:
+    if isinstance(statistics, CollapseStatistics):
+        if len(names) != 1:
+            raise ValueError(f"one statistics object given for {len(names)} modules")
+        return {names[0]: statistics}
+    missing = [n for n in names if n not in statistics]
+    if missing:
+        raise ValueError(f"no statistics for module(s) {missing}")
+    return dict(statistics)
+
+
+def layer_key(name: str) -> str:
+    """Metric-key form of a module name: ``transformer.h.1`` -> ``transformer_h_1``."""
+    return name.replace(".", "_").replace("/", "_")
+
+
+@dataclass
+class CollapseReport:
+    """Statistics and measures of one measurement.
+
+    ``statistics`` / ``result`` belong to the first (primary) module; ``all_statistics`` /
+    ``results`` hold every module by name. ``metrics(prefix)`` flattens them for logging: primary
+    keys as is (``nc1_cdnv``), other modules as ``<layer>_<key>`` (``transformer_h_1_nc1_cdnv``).
+    """
+
+    all_statistics: dict[str, CollapseStatistics]
+    results: dict[str, CollapseResult]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.results))
+
+    @property
+    def statistics(self) -> CollapseStatistics:
+        return self.all_statistics[self.primary]
+
+    @property
+    def result(self) -> CollapseResult:
+        return self.results[self.primary]
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        pre = f"{prefix}_" if prefix else ""
+        out = {f"{pre}{k}": v for k, v in self.result.items()}
+        for name, res in self.results.items():
+            if name != self.primary:
+                out.update({f"{pre}{layer_key(name)}_{k}": v for k, v in res.items()})
+        return out
+
+    def table(self) -> str:
+        lines = []
+        for name, res in self.results.items():
+            lines.append(f"[{name}]  tokens={self.all_statistics[name].num_tokens}  "
+                         f"classes present={int(self.all_statistics[name].present.sum())}")
+            lines.append(res.table())
+        return "\n".join(lines)
+
+
+def measure_statistics(model, statistics, settings: Optional[CollapseArguments] = None, *, nc4=None,
+                       progress: bool = False, extra_settings: Optional[Mapping] = None, **short) -> CollapseReport:
+    """Measures from collected statistics, with NC3 weights read from each hooked linear head.
+
+    ``nc4`` is what ``collect_nc4`` returned. Real text has coincident class means (tokens seen once in
+    one context): an evaluation in the middle of training must not crash on them, so they are left out
+    and counted (``num_classes_coincident``).
+    """
+    cfg = as_settings(settings, **short)
+    inner = unwrap_model(model)
+    mods = resolve_modules(inner, cfg.modules)
+    stats = _as_dict(statistics, list(mods))
+    results = {}
+    for name, mod in mods.items():
+        with full_parameters(model):
+            w, b = head_weights(inner, name, mod, stats[name])
+            res = measure_collapse(stats[name], weights=w, bias=b, k=cfg.collapse_k, per_class=cfg.collapse_per_class,
+                                   tile_size=cfg.collapse_tile_size, dtype=cfg.torch_dtype, progress=progress,
+                                   coincident="exclude")
+        if nc4 is not None and name in nc4:
+            vals = {**res, **nc4[name]}
+            res = CollapseResult({key: float(vals[key]) for key in MEASURE_KEYS if key in vals},
+                                 per_class=res.per_class, info=res.info)
+        results[name] = res
+    return CollapseReport(stats, results, {**cfg.record(), **dict(extra_settings or {})})
+
+
+def measure_model(model, dataloader, nc4_dataloader=None, settings: Optional[CollapseArguments] = None, *,
+                  num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator=None,
+                  progress: bool = True, checkpoint_path=None, checkpoint_every: Optional[int] = None,
+                  **short) -> CollapseReport:
+    """Both passes and the measures: statistics on ``dataloader``, NC4 on ``nc4_dataloader``.
+
+    ``settings`` (or the first release's keywords: ``modules, task, k, max_tokens, nc4_max_tokens,
+    per_class, tile_size, dtype, covariance, pooling``) say what to measure. Returns a
+    ``CollapseReport`` (``.statistics``, ``.result``, ``.metrics()``), the same on every process.
+    """
+    cfg = as_settings(settings, **short)
+    stats = collect_statistics(model, dataloader, cfg, num_classes=num_classes, max_batches=max_batches,
+                               accelerator=accelerator, progress=progress, checkpoint_path=checkpoint_path,
+                               checkpoint_every=checkpoint_every)
+    nc4 = None
+    if nc4_dataloader is not None and cfg.collapse_nc4:
+        nc4 = collect_nc4(model, nc4_dataloader, stats, cfg, progress=progress)
+    return measure_statistics(model, stats, cfg, nc4=nc4, progress=progress)

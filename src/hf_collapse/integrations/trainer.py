@@ -1,0 +1,289 @@
+"""Neural collapse at every evaluation of a ``transformers.Trainer``.
+
+``CollapseTrainer`` (a drop-in ``Trainer``) and ``CollapseCallback`` (for a stock ``Trainer`` or a
+subclass such as TRL's) add ``eval_nc1_cdnv``, ``eval_nc4_agreement``, ... to what ``evaluate()``
+returns *and* logs, reduced over all processes, so they reach every ``report_to`` integration and
+``state.log_history`` beside ``eval_loss``.
+
+How the statistics are collected: the hooks of :mod:`hf_collapse.integrations.hooks` ride the evaluation loop the
+Trainer runs anyway (no extra forward pass), counting the samples ``gather_for_metrics`` keeps
+(Accelerate's ``even_batches`` padding is dropped). Then, per evaluation: one all-reduce of the
+statistics, optionally an NC4 pass (held-out ``nc4_dataset``, default: the eval data again), and the
+measures, computed on every process from the same reduced statistics. With
+``collapse_max_tokens`` or a separate ``collapse_dataset`` the statistics come from a dedicated
+pass instead.
+
+Where the metrics enter the logs:
+
+- ``CollapseTrainer`` overrides ``evaluation_loop`` and adds them to ``output.metrics`` before
+  ``evaluate()`` calls ``Trainer.log`` (so ``metric_for_best_model="eval_nc1_cdnv"`` works too).
+- ``CollapseCallback`` cannot reach ``evaluation_loop``: ``on_evaluate`` runs after ``log``. It
+  computes the metrics in ``on_log`` of the evaluation (the logs dict *is* ``evaluate()``'s return
+  value) and writes them into that dict and into ``state.log_history[-1]``. Callbacks run in list
+  order, so integrations added before it would miss them: ``CollapseCallback(...).attach(trainer)``
+  registers it *first*. Passing it in ``callbacks=[...]`` works for the return value and log
+  history but not for integrations (a warning says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from transformers import Trainer, TrainerCallback
+
+from ..core.distributed import finish_pass
+from .folder import COLLAPSE_DIR, STATISTICS_FILE, write_report
+from .hooks import FeatureCollector
+from .passes import CollapseReport, collect_nc4, collect_statistics, measure_statistics
+from .settings import CollapseArguments
+
+logger = logging.getLogger(__name__)
+
+STATISTICS_IN_CHECKPOINT = os.path.join(COLLAPSE_DIR, STATISTICS_FILE)
+
+
+def _finish(model, stats_or_collector, cargs: CollapseArguments, nc4_loader, progress=False) -> CollapseReport:
+    """Reduce pass-1 statistics, run the NC4 pass, measure (every process, same numbers)."""
+    stats = stats_or_collector
+    if isinstance(stats_or_collector, FeatureCollector):
+        c = stats_or_collector
+        stats = finish_pass(c.statistics, list(c.modules), c.num_classes, covariance=cargs.collapse_covariance,
+                            what="the evaluation")
+        stats = next(iter(stats.values())) if len(stats) == 1 else stats
+    nc4 = None
+    if cargs.collapse_nc4 and nc4_loader is not None:
+        nc4 = collect_nc4(model, nc4_loader, stats, cargs, progress=progress)
+    return measure_statistics(model, stats, cargs, nc4=nc4)
+
+
+def save_report_statistics(report: CollapseReport, folder: str, step: Optional[int] = None, model=None) -> None:
+    """Write the report's measurements into ``folder/collapse/``: the primary module as the default
+    measurement, layer-wise ones as ``collapse/<layer>/`` (``load_measured(..., name=layer)``). With
+    ``model`` the statistics header records the weights hash (a measured model folder)."""
+    meta = {"k": str(report.settings.get("k", 2.0))}
+    if step is not None:
+        meta["global_step"] = str(step)
+    write_report(folder, report, model=model, metadata=meta)
+
+
+class CollapseTrainer(Trainer):
+    """``Trainer`` whose ``evaluate()`` also returns and logs the NC measures.
+
+    Args (keywords, beside the ``Trainer`` ones):
+        collapse_args: ``CollapseArguments`` (default settings if None).
+        collapse_dataset: data for the statistics (default: the eval dataset, riding the eval loop).
+        nc4_dataset: held-out data for NC4 (default: the eval dataset).
+
+    ``trainer.collapse_report`` holds the latest ``CollapseReport``; ``trainer.measure_collapse()``
+    measures on demand.
+    """
+
+    def __init__(self, *args, collapse_args: Optional[CollapseArguments] = None, collapse_dataset=None,
+                 nc4_dataset=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if collapse_args is not None and not isinstance(collapse_args, CollapseArguments):
+            raise TypeError(f"collapse_args must be CollapseArguments, got {type(collapse_args).__name__}")
+        self.collapse_args = collapse_args or CollapseArguments()
+        self.collapse_dataset = collapse_dataset
+        self.nc4_dataset = nc4_dataset
+        self.collapse_report: Optional[CollapseReport] = None
+        self._collapse_eval = False
+        # statistics into each checkpoint through the public on_save hook (runs right after the
+        # checkpoint folder is written), not by overriding the private Trainer._save_checkpoint
+        self.add_callback(_SaveReportOnCheckpoint(self))
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if isinstance(eval_dataset, dict) or (eval_dataset is None and isinstance(self.eval_dataset, dict)):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # recurses per dataset
+        self._collapse_eval = self.collapse_args.collapse
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._collapse_eval = False
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        if not self._collapse_eval:
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                           metric_key_prefix)
+        cargs = self.collapse_args
+        ride = self.collapse_dataset is None and cargs.collapse_max_tokens is None
+        collector = None
+        if ride:
+            collector = FeatureCollector(self.model, cargs.modules, task=cargs.collapse_task,
+                                         covariance=cargs.collapse_covariance, pooling=cargs.collapse_pooling)
+            collector.install()
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+        finally:
+            if collector is not None:
+                collector.remove()
+        nc4_loader = self.get_eval_dataloader(self.nc4_dataset) if self.nc4_dataset is not None else dataloader
+        if ride:
+            report = _finish(self.model, collector, cargs, nc4_loader)
+        else:
+            report = self.measure_collapse(nc4_dataset=self.nc4_dataset, _nc4_loader=nc4_loader)
+        self.collapse_report = report
+        output.metrics.update(cargs.select(report.metrics(metric_key_prefix)))
+        return output
+
+    def measure_collapse(self, dataset=None, nc4_dataset=None, *, _nc4_loader=None) -> CollapseReport:
+        """Measure now: statistics on ``dataset`` (default: collapse_dataset, else eval_dataset),
+        NC4 on ``nc4_dataset`` (default: the trainer's nc4 dataset, else eval_dataset)."""
+        cargs = self.collapse_args
+        data = dataset if dataset is not None else (self.collapse_dataset if self.collapse_dataset is not None
+                                                    else self.eval_dataset)
+        if data is None:
+            raise ValueError("measure_collapse needs a dataset: pass one or give the trainer an eval_dataset")
+        loader = self.get_eval_dataloader(data)
+        stats = collect_statistics(self.model, loader, cargs,
+                                   progress=self.is_world_process_zero() and not self.args.disable_tqdm)
+        if _nc4_loader is None:
+            nc4_data = nc4_dataset if nc4_dataset is not None else (self.nc4_dataset if self.nc4_dataset is not None
+                                                                    else self.eval_dataset)
+            _nc4_loader = self.get_eval_dataloader(nc4_data) if nc4_data is not None else None
+        report = _finish(self.model, stats, cargs, _nc4_loader)
+        self.collapse_report = report
+        return report
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
+        """``Trainer.save_model`` plus the latest collapse statistics: the folder is a measured model
+        folder, so ``push_to_hub`` publishes weights and statistics in one commit."""
+        super().save_model(output_dir, _internal_call)
+        if (self.collapse_report is not None and self.collapse_args.collapse_save_statistics
+                and self.is_world_process_zero()):
+            save_report_statistics(self.collapse_report, output_dir or self.args.output_dir, self.state.global_step,
+                                   model=self.model)
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs):
+        """The hf_collapse card (NC table, ``model-index`` with every measure, figure) when the output
+        folder holds collapse statistics; the stock ``Trainer`` card otherwise."""
+        if not self.is_world_process_zero():
+            return
+        folder = self.args.output_dir
+        if not os.path.isfile(os.path.join(folder, STATISTICS_IN_CHECKPOINT)):
+            return super().create_model_card(language=language, license=license, tags=tags, model_name=model_name,
+                                             finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
+                                             dataset=dataset, dataset_args=dataset_args)
+        from .model_card import write_model_card
+
+        info = {"language": language, "license": license, "model_name": model_name, "base_model": finetuned_from,
+                "dataset": dataset if isinstance(dataset, str) else None,
+                "datasets": list(dataset_tags) if isinstance(dataset_tags, (list, tuple)) else
+                ([dataset_tags] if dataset_tags else None),
+                "tags": [tags] if isinstance(tags, str) else tags}
+        write_model_card(folder, trainer=self, repo_id=self.hub_model_id,
+                         **{k: v for k, v in info.items() if v is not None})
+
+
+def _checkpoint_folder(args, state) -> str:
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+class _SaveReportOnCheckpoint(TrainerCallback):
+    """Writes a CollapseTrainer's latest report into each checkpoint it saves."""
+
+    def __init__(self, trainer: CollapseTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        t = self.trainer
+        folder = _checkpoint_folder(args, state)
+        if (t.collapse_report is not None and t.collapse_args.collapse_save_statistics and state.is_world_process_zero
+                and os.path.isdir(folder)):
+            save_report_statistics(t.collapse_report, folder, state.global_step, model=t.model)
+
+
+class CollapseCallback(TrainerCallback):
+    """Gives a stock ``Trainer`` (or any subclass) the NC metrics of ``CollapseTrainer``.
+
+    Use ``CollapseCallback(collapse_args).attach(trainer)`` so that every ``report_to`` integration
+    sees the metrics; see the module docstring for why. Hooks are installed when the Trainer is
+    built (``on_init_end``) and only act while the model is in eval mode.
+    """
+
+    def __init__(self, collapse_args: Optional[CollapseArguments] = None):
+        self.collapse_args = collapse_args or CollapseArguments()
+        self.collector: Optional[FeatureCollector] = None
+        self.collapse_report: Optional[CollapseReport] = None
+        self._attached = False
+        self._warned = False
+
+    # -- setup
+    def attach(self, trainer: Trainer) -> CollapseCallback:
+        """Register on ``trainer`` as its first callback and install the hooks; returns self."""
+        handler = trainer.callback_handler
+        if self in handler.callbacks:
+            handler.callbacks.remove(self)
+        handler.callbacks.insert(0, self)
+        self._attached = True
+        self._install(trainer.model)
+        return self
+
+    def _install(self, model):
+        if self.collector is not None or model is None or not self.collapse_args.collapse:
+            return
+        c = self.collapse_args
+        self.collector = FeatureCollector(model, c.modules, task=c.collapse_task, covariance=c.collapse_covariance,
+                                          pooling=c.collapse_pooling)
+        self.collector.install()
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        if self.collector is not None:
+            self.collector.remove()
+            self.collector = None
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self._install(model)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._install(model)
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self._reset()  # predict() forwards are not an evaluation
+
+    def _reset(self):
+        if self.collector is not None:
+            self.collector.statistics.clear()
+
+    # -- metrics
+    def on_log(self, args, state, control, logs=None, model=None, eval_dataloader=None, **kwargs):
+        if self.collector is None or logs is None:
+            return
+        # An evaluation's logs are the only ones with "<prefix>_runtime" besides "train_runtime" (the public
+        # keys of transformers.trainer_utils.speed_metrics, stable since 4.x; tested with transformers 5)
+        prefix = next((k[: -len("_runtime")] for k in logs if k.endswith("_runtime") and k != "train_runtime"), None)
+        if prefix is None:
+            return  # a training log
+        if not self._attached and not self._warned and state.is_world_process_zero:
+            logger.warning("CollapseCallback was not attached with .attach(trainer): report_to integrations "
+                           "registered before it will not see the NC metrics")
+            self._warned = True
+        self.collector.enabled = False  # the NC4 pass must not feed pass-1 statistics
+        try:
+            report = _finish(model if model is not None else self.collector.model, self.collector,
+                             self.collapse_args, eval_dataloader)
+        finally:
+            self._reset()
+            self.collector.enabled = True
+        self.collapse_report = report
+        metrics = self.collapse_args.select(report.metrics(prefix))
+        logs.update(metrics)
+        if state.log_history:
+            state.log_history[-1].update(metrics)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.collapse_report is None or not self.collapse_args.collapse_save_statistics:
+            return
+        if state.is_world_process_zero:
+            folder = _checkpoint_folder(args, state)
+            if os.path.isdir(folder):
+                save_report_statistics(self.collapse_report, folder, state.global_step,
+                                       model=kwargs.get("model"))

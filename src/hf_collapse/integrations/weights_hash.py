@@ -1,0 +1,114 @@
+"""``weights_sha256``: one hash of a model's weights, equal for a saved folder and the model in memory.
+
+The statistics header of a measured model records it (key ``weights_sha256``), so a reader can
+tell whether statistics belong to the weights beside them. Also exported as
+``hf_collapse.hub.weights_sha256``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+# safetensors dtype codes, as in the file header, for the torch dtypes a model may hold
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _ST_DTYPES[getattr(torch, _name)] = _code
+
+
+def _tensor_digest(dtype: str, shape, data) -> str:
+    h = hashlib.sha256(f"{dtype}|{','.join(str(int(s)) for s in shape)}|".encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+def _folder_weight_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if not files:
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        hint = f" (found {', '.join(pickled)}: re-save with save_pretrained(safe_serialization=True))" if pickled else ""
+        raise FileNotFoundError(f"no *.safetensors weights in {str(folder)!r}{hint}")
+    return files
+
+
+def _file_digests(path: Path) -> list[str]:
+    """Per-tensor digests of one safetensors file, read from its header and raw bytes (no torch load)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{str(path)!r} is not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        size = os.fstat(f.fileno()).st_size
+        if n > size - 8:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file (header length {n} > file size)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file (bad header: {e})") from e
+        start = 8 + n
+        digests = []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                try:
+                    a, b = info["data_offsets"]
+                    dtype, shape = info["dtype"], info["shape"]
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"{str(path)!r}: tensor {name!r} has a malformed header entry") from e
+                if not 0 <= a <= b <= size - start:
+                    raise ValueError(f"{str(path)!r}: tensor {name!r} lies outside the file (truncated?)")
+                digests.append(_tensor_digest(dtype, shape, view[start + a:start + b]))
+    return digests
+
+
+def _module_digests(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    digests = []
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"weights_sha256: state entry {name!r} is a {type(t).__name__}, expected a tensor")
+        if t.dtype not in _ST_DTYPES:
+            raise TypeError(f"weights_sha256: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        t = t.detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        digests.append(_tensor_digest(_ST_DTYPES[t.dtype], t.shape, raw))
+    return digests
+
+
+def weights_sha256(folder_or_model) -> str:
+    """A hash of a model's weights that is the same for a saved folder and the model in memory.
+
+    ``folder_or_model``: a folder holding ``*.safetensors`` weights (top level; shards included), a
+    ``torch.nn.Module`` (its ``state_dict()``) or a mapping name -> tensor. Each tensor gives
+    sha256(dtype | shape | raw little-endian bytes); the result is sha256 of the sorted set of those
+    digests. Names are left out on purpose, and equal tensors count once: so the hash does not
+    depend on sharding, on tied weights being saved once, or on key renaming at save time. It does
+    depend on dtype (a float32 copy of bfloat16 weights hashes differently). Nothing is unpickled.
+    """
+    if isinstance(folder_or_model, (str, os.PathLike)):
+        folder = Path(folder_or_model)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"weights_sha256: no folder at {str(folder)!r}")
+        digests = [d for p in _folder_weight_files(folder) for d in _file_digests(p)]
+    elif isinstance(folder_or_model, torch.nn.Module):
+        digests = _module_digests(folder_or_model.state_dict())
+    elif isinstance(folder_or_model, Mapping):
+        digests = _module_digests(folder_or_model)
+    else:
+        raise TypeError(f"weights_sha256 expects a folder path, an nn.Module or a dict of tensors, "
+                        f"got {type(folder_or_model).__name__}")
+    if not digests:
+        raise ValueError("weights_sha256: no tensors to hash")
+    return hashlib.sha256("\n".join(sorted(set(digests))).encode()).hexdigest()

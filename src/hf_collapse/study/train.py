@@ -1,0 +1,261 @@
+"""The paper's study, one model at a time: configure, train and measure a GPT-Neo causal LM.
+
+``gpt_neo_config`` follows appendix B (Table 2): GPT-Neo with attention layers alternating
+global / local (window 256), ``gelu_new``, no dropout, 16 heads, tied input/output embeddings
+(GPT-Neo's default), ``hidden_size`` = width d and ``num_layers`` = depth L. Appendix C: linear
+learning-rate schedule without warm-up, bf16 mixed precision (here: when the hardware has it), weight
+decay 0.0005 or 0.1, the data shuffling seed as the only difference between replicas.
+
+``train_one`` trains one model with the Hugging Face ``Trainer`` on packed stories, evaluates it
+(``eval_loss``) and writes a *measured model folder* (``hf_collapse.measured.save_measured``) plus
+``run.json`` (the study configuration, ``eval_loss``, parameter count):
+
+    <output_dir>/<name>/
+        config.json, model.safetensors, tokenizer files, README.md
+        run.json                                               study configuration + eval_loss + sizes
+        collapse/metrics.json                                  every measure + eval_loss (flat JSON)
+        collapse/statistics.safetensors                        class statistics + per_class.<key> tensors
+
+Measurement follows the paper: class statistics of the top-layer features (the input of the LM
+head, after the final layer norm) over the training tokens, NC4 agreement on validation tokens
+(through the trainer's dataloaders, so it is sharded and reduced under ``accelerate launch``).
+Departure: classes whose means coincide (identical contexts in real text) are left out
+(``measure_collapse(..., coincident="exclude")``, counted in ``num_classes_coincident``).
+
+Names: ``TinyStories-{L}x{d}_{E}{D}{S}``, as the paper's ``TinyStories-12x1024_10L``: E the epochs,
+D the weight decay (``L`` = 0.0005, ``H`` = 0.1, else ``W`` + the value), S the seed (left out for 0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..core.io import atomic_write_text
+from ..integrations.data import (
+    DEFAULT_HUB_DATASET,
+    PackedDataset,
+    load_hub_stories,
+    load_tokenizer,
+    pack_texts,
+    read_stories,
+)
+from ..integrations.hub import save_measured
+from .corpus import generate_stories, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyArguments:
+    """One run of the study (``HfArgumentParser`` turns the fields into ``--flags``)."""
+
+    width: int = field(default=64, metadata={"help": "hidden size d (paper: 64..1024)"})
+    depth: int = field(default=2, metadata={"help": "number of layers L, alternating global/local attention (paper: 1..12)"})
+    epochs: float = field(default=1, metadata={"help": "training epochs (paper: 1, 3, 10)"})
+    weight_decay: float = field(default=0.0005, metadata={"help": "AdamW weight decay (paper: 0.0005 or 0.1)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and data shuffling"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "schedule (paper: linear, no warm-up)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps in [0, 1) used for warm-up (paper: 0)"})
+    batch_size: int = field(default=16, metadata={"help": "per-device batch size (paper Table 3: 4-16)"})
+    block_size: int = field(default=256, metadata={"help": "tokens per packed training sequence T"})
+    num_heads: int = field(default=16, metadata={"help": "attention heads (paper: 16; must divide width)"})
+    window_size: int = field(default=256, metadata={"help": "local attention window (paper: 256)"})
+    dataset_name: str = field(default=DEFAULT_HUB_DATASET, metadata={"help": "Hub dataset (used without --train-file)"})
+    train_file: Optional[str] = field(default=None, metadata={"help": "local TinyStories-format training text"})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "local validation text"})
+    tokenizer: str = field(default="EleutherAI/gpt-neo-125M", metadata={"help": "tokenizer name or folder (GPT-Neo/GPT-2 BPE)"})
+    builtin_stories: int = field(default=0, metadata={"help": "if > 0: use this many built-in procedural stories and a BPE tokenizer trained on them"})
+    builtin_vocab_size: int = field(default=512, metadata={"help": "vocabulary of the tokenizer trained on the built-in stories"})
+    max_train_stories: Optional[int] = field(default=None, metadata={"help": "use only the first N training stories"})
+    max_eval_stories: Optional[int] = field(default=None, metadata={"help": "use only the first N validation stories"})
+    max_eval_blocks: Optional[int] = field(default=None, metadata={"help": "cap on packed validation sequences"})
+    measure_max_tokens: Optional[int] = field(default=None, metadata={"help": "token budget of the statistics pass (default: all training tokens)"})
+    nc4_max_tokens: Optional[int] = field(default=100_000, metadata={"help": "token budget of the NC4 pass on validation data"})
+    output_dir: str = field(default="runs", metadata={"help": "folder that receives one sub-folder per run"})
+    run_name: Optional[str] = field(default=None, metadata={"help": "run folder name (default: the TinyStories-LxD_ED naming)"})
+    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 mixed precision (default: when the GPU supports it)"})
+    logging_steps: int = field(default=50, metadata={"help": "log the training loss every N steps"})
+    eval_strategy: str = field(default="epoch", metadata={"help": "when to evaluate (and log NC metrics): epoch, steps or no"})
+    progress: bool = field(default=False, metadata={"help": "show tqdm progress bars and print the training logs"})
+
+
+def run_name(width: int, depth: int, epochs: float, weight_decay: float, seed: int = 0) -> str:
+    """``TinyStories-{L}x{d}_{E}{D}{S}``: D = L (0.0005), H (0.1) or W<value>; S left out for seed 0."""
+    decay = {0.0005: "L", 0.1: "H"}.get(weight_decay, f"W{weight_decay:g}")
+    e = f"{epochs:g}"
+    return f"TinyStories-{depth}x{width}_{e}{decay}{seed if seed else ''}"
+
+
+def gpt_neo_config(width: int, depth: int, vocab_size: int, *, num_heads: int = 16, window_size: int = 256,
+                   max_position_embeddings: int = 2048, bos_token_id: Optional[int] = None,
+                   eos_token_id: Optional[int] = None, **overrides):
+    """Appendix B's GPT-Neo configuration at width d and depth L (alternating global/local attention)."""
+    from transformers import GPTNeoConfig
+
+    for name, v in (("width", width), ("depth", depth), ("vocab_size", vocab_size), ("num_heads", num_heads)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if width % num_heads:
+        raise ValueError(f"num_heads ({num_heads}) must divide the width ({width})")
+    eos = vocab_size - 1 if eos_token_id is None else eos_token_id
+    kinds = ["global", "local"]
+    # attention_types is GPT-Neo's run-length form: [[["global", "local"], L // 2]] (+ a final global if L is odd)
+    types = [[kinds, depth // 2]] if depth // 2 else []
+    if depth % 2:
+        types.append([["global"], 1])
+    return GPTNeoConfig(
+        vocab_size=vocab_size, hidden_size=width, num_layers=depth, attention_types=types, num_heads=num_heads,
+        window_size=window_size, max_position_embeddings=max_position_embeddings, activation_function="gelu_new",
+        attention_dropout=0.0, embed_dropout=0.0, resid_dropout=0.0, intermediate_size=None,
+        layer_norm_epsilon=1e-5, initializer_range=0.02, use_cache=False,
+        bos_token_id=eos if bos_token_id is None else bos_token_id, eos_token_id=eos, tie_word_embeddings=True,
+        **overrides,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class StudyData:
+    """Tokenizer and packed ``(N, T)`` train / validation blocks, shared by the runs of a grid."""
+
+    tokenizer: object
+    train: torch.Tensor
+    validation: torch.Tensor
+    source: str
+
+
+def prepare_data(args: StudyArguments) -> StudyData:
+    """Built-in stories (``builtin_stories > 0``), local files (``train_file``) or the Hub dataset, packed."""
+    if args.builtin_stories > 0:
+        train_texts = generate_stories(args.builtin_stories, seed=0)
+        val_texts = generate_stories(max(args.builtin_stories // 10, 50), seed=1)   # disjoint seed
+        tokenizer = train_tokenizer(train_texts, vocab_size=args.builtin_vocab_size)
+        source = f"built-in procedural stories ({args.builtin_stories} train / {len(val_texts)} validation)"
+    elif args.train_file:
+        train_texts = read_stories(args.train_file, max_stories=args.max_train_stories)
+        if args.validation_file:
+            val_texts = read_stories(args.validation_file, max_stories=args.max_eval_stories)
+        else:   # hold out the last 10% of the stories
+            cut = max(1, len(train_texts) // 10)
+            train_texts, val_texts = train_texts[:-cut], train_texts[-cut:]
+        tokenizer = load_tokenizer(args.tokenizer)
+        source = f"{args.train_file} ({len(train_texts)} stories)"
+    else:
+        train_texts = load_hub_stories(args.dataset_name, "train", max_stories=args.max_train_stories)
+        val_texts = load_hub_stories(args.dataset_name, "validation", max_stories=args.max_eval_stories)
+        tokenizer = load_tokenizer(args.tokenizer)
+        source = f"{args.dataset_name} ({len(train_texts)} stories)"
+    train = pack_texts(train_texts, tokenizer, args.block_size)
+    val = pack_texts(val_texts, tokenizer, args.block_size, max_blocks=args.max_eval_blocks)
+    logger.info("data: %s -> %d x %d train, %d x %d validation tokens", source, *train.shape, *val.shape)
+    return StudyData(tokenizer, train, val, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def _measure_final(trainer, args: StudyArguments, data: StudyData):
+    """The saved measurement: statistics over training tokens, NC4 on validation tokens (per-class kept).
+
+    Goes through the trainer's prepared (sharded) dataloaders, so under ``accelerate launch`` no
+    token is counted twice. Classes with coincident means are left out by ``measure_statistics``
+    (counted in ``num_classes_coincident``).
+    """
+    from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
+
+    model = trainer.model
+    progress = trainer.is_world_process_zero() and args.progress
+    model.eval()
+    # the run's own measurement settings (k, tile, dtype, modules), with this measurement's budgets
+    cfg = trainer.collapse_args.override(task="causal_lm", max_tokens=args.measure_max_tokens,
+                                         nc4_max_tokens=args.nc4_max_tokens, per_class=True)
+    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), cfg, progress=progress)
+    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, cfg,
+                      progress=progress)
+    report = measure_statistics(model, stats, cfg, nc4=nc4)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collapse_args=None, report_to="none",
+              training_overrides: Optional[dict] = None) -> dict:
+    """Train, evaluate, measure and save one model; returns its row (config, ``eval_loss``, measures).
+
+    Training uses ``CollapseTrainer``: every evaluation (``eval_strategy``, and the final one) logs
+    ``eval_nc*`` metrics of the validation data beside ``eval_loss`` (``collapse_args``:
+    ``CollapseArguments``). The saved measurement is the paper's: statistics over the training
+    tokens (``measure_max_tokens``), NC4 on validation tokens. ``training_overrides`` go to
+    ``TrainingArguments`` (e.g. ``max_steps``).
+    """
+    from transformers import GPTNeoForCausalLM, PrinterCallback, TrainingArguments, set_seed
+
+    from ..integrations.trainer import CollapseTrainer
+
+    data = data if data is not None else prepare_data(args)
+    name = args.run_name or run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed)
+    folder = Path(args.output_dir) / name
+    set_seed(args.seed)
+    tok = data.tokenizer
+    config = gpt_neo_config(args.width, args.depth, len(tok), num_heads=args.num_heads, window_size=args.window_size,
+                            max_position_embeddings=max(args.block_size, 128), eos_token_id=tok.eos_token_id)
+    model = GPTNeoForCausalLM(config)
+    bf16 = _bf16_available() if args.bf16 is None else args.bf16
+    targs = TrainingArguments(
+        output_dir=str(folder / "checkpoints"), num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_ratio,
+        weight_decay=args.weight_decay, seed=args.seed, data_seed=args.seed, bf16=bf16,
+        eval_strategy=args.eval_strategy, save_strategy="no", logging_steps=args.logging_steps,
+        report_to=report_to, disable_tqdm=not args.progress, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **(training_overrides or {}),
+    )
+    trainer = CollapseTrainer(model=model, args=targs, train_dataset=PackedDataset(data.train),
+                              eval_dataset=PackedDataset(data.validation), collapse_args=collapse_args)
+    if not args.progress:   # quiet: no per-log print lines either
+        trainer.remove_callback(PrinterCallback)
+    train_out = trainer.train()
+    try:
+        final_eval = trainer.evaluate()
+    except ValueError as e:   # NC of a (tiny) validation set undefined, e.g. fewer than 2 distinct classes
+        logger.warning("NC metrics of the final evaluation failed (%s); evaluating the loss only", e)
+        trainer.collapse_args = replace(trainer.collapse_args, collapse=False)
+        final_eval = trainer.evaluate()
+    eval_loss = float(final_eval["eval_loss"])
+    model = trainer.model
+    report = _measure_final(trainer, args, data)
+    result = report.result
+    num_parameters = sum(p.numel() for p in model.parameters())
+    info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
+            "weight_decay": args.weight_decay, "seed": args.seed, "num_parameters": num_parameters,
+            "eval_loss": eval_loss, "train_loss": float(train_out.training_loss),
+            "train_tokens": int(data.train.numel()), "data": data.source, "arguments": asdict(args),
+            "final_eval": {k: float(v) for k, v in final_eval.items() if isinstance(v, (int, float))},
+            "log_history": trainer.state.log_history}
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)   # save_strategy="no": only an empty folder
+    if trainer.is_world_process_zero():
+        save_measured(folder, model=model, tokenizer=tok, statistics=report.statistics, result=result,
+                      metrics_extra={"eval_loss": eval_loss, "model_name": name},
+                      metadata={"data": data.source, "max_tokens": args.measure_max_tokens, "model_name": name})
+        atomic_write_text(folder / "run.json", json.dumps(info, indent=2))
+    return {**{k: info[k] for k in ("name", "width", "depth", "epochs", "weight_decay", "seed", "num_parameters")},
+            "val_loss": eval_loss, "path": str(folder), **{k: float(v) for k, v in result.items()}}
