@@ -25,8 +25,9 @@ def main(argv=None):
     text = " ".join(rng.choice("the a cat dog saw ran home big small red".split()) for _ in range(args.tokens))
     ids = torch.tensor(list(text.encode())[: args.tokens // 64 * 64]).view(-1, 64)  # (B, 64) byte tokens
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                       bos_token_id=None, eos_token_id=None)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=None, eos_token_id=None)
+    ).eval()
     W = model.get_output_embeddings().weight.detach()  # (256, 32) classifier rows
 
     nc = hf_collapse.load_metric()  # or: evaluate.load("neural_collapse") after `hf-collapse install-metric`
@@ -34,9 +35,9 @@ def main(argv=None):
     with torch.no_grad():
         for batch in ids.split(8):
             h = model(batch, output_hidden_states=True).hidden_states[-1]  # (b, 64, 32) input of lm_head
-            h, y = h[:, :-1].reshape(-1, 32), batch[:, 1:].reshape(-1)    # position t predicts token t+1
-            nc.add_batch(features=h.numpy(), labels=y.numpy())            # one Arrow row per batch
-            stats.update(h, y)                                              # the same, as float64 sums
+            h, y = h[:, :-1].reshape(-1, 32), batch[:, 1:].reshape(-1)  # position t predicts token t+1
+            nc.add_batch(features=h.numpy(), labels=y.numpy())  # one Arrow row per batch
+            stats.update(h, y)  # the same, as float64 sums
     results = nc.compute(weights=W.numpy())
     print("features configuration:  ", {k: round(v, 6) for k, v in results.items()})
 

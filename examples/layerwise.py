@@ -37,15 +37,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     words = "the a cat dog saw ran home big small red sun tree".split()
     rng = random.Random(0)
-    text = (open(args.text_file, encoding="utf-8").read() if args.text_file
-            else " ".join(rng.choice(words) for _ in range(3000)))
+    if args.text_file:  # enough characters for the budget (a token is a few characters): tokenizing all is slow
+        text = open(args.text_file, encoding="utf-8").read()[: 20 * args.max_tokens]
+    else:
+        text = " ".join(rng.choice(words) for _ in range(3000))
     if args.model:
         model = AutoModelForCausalLM.from_pretrained(args.model)
         ids = AutoTokenizer.from_pretrained(args.model)(text)["input_ids"]
     else:
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=32, n_layer=3, n_head=2, n_positions=128,
-                                           bos_token_id=None, eos_token_id=None))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=256, n_embd=32, n_layer=3, n_head=2, n_positions=128, bos_token_id=None, eos_token_id=None
+            )
+        )
         ids = list(text.encode("utf-8"))
     T = args.block_size
     blocks = torch.tensor(ids[: len(ids) // T * T]).view(-1, T)  # (num_blocks, T)
@@ -54,8 +59,10 @@ def main(argv=None):
     report = measure_model(model.eval(), loader, loader, modules=layers, max_tokens=args.max_tokens, progress=False)
     print(f"{'module':24s} {'tokens':>7s} {'nc1_cdnv':>10s} {'nc2_equinorm_cov':>17s} {'ncc_accuracy':>13s}")
     for name, res in report.results.items():
-        print(f"{name:24s} {report.all_statistics[name].num_tokens:7d} {res['nc1_cdnv']:10.4g} "
-              f"{res['nc2_equinorm_cov']:17.4g} {res.get('ncc_accuracy', float('nan')):13.4g}")
+        print(
+            f"{name:24s} {report.all_statistics[name].num_tokens:7d} {res['nc1_cdnv']:10.4g} "
+            f"{res['nc2_equinorm_cov']:17.4g} {res.get('ncc_accuracy', float('nan')):13.4g}"
+        )
     return report
 
 

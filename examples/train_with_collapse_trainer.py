@@ -20,7 +20,7 @@ from hf_collapse import CollapseArguments, CollapseTrainer  # was: from transfor
 
 def byte_blocks(text: str, block: int) -> Dataset:
     ids = list(text.encode("utf-8"))  # (n,) one class per byte value
-    rows = [ids[i:i + block] for i in range(0, len(ids) - block + 1, block)]
+    rows = [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
     return Dataset.from_dict({"input_ids": rows, "labels": rows})  # the model shifts labels itself
 
 
@@ -32,17 +32,35 @@ def main(argv=None):
     args = p.parse_args(argv)
     rng = random.Random(0)
     words = "the a cat dog saw ran home big small red sun tree".split()
-    text = (open(args.train_file, encoding="utf-8").read() if args.train_file
-            else " ".join(rng.choice(words) for _ in range(6000)))
+    text = (
+        open(args.train_file, encoding="utf-8").read()
+        if args.train_file
+        else " ".join(rng.choice(words) for _ in range(6000))
+    )
     train, evals = byte_blocks(text[:-4000], 32), byte_blocks(text[-4000:], 32)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                       bos_token_id=None, eos_token_id=None))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=None, eos_token_id=None)
+    )
     training_args = TrainingArguments(
-        output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=8, learning_rate=3e-3,
-        eval_strategy="steps", eval_steps=max(1, args.steps // 2), logging_steps=max(1, args.steps // 2),
-        save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
-    trainer = CollapseTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evals,
-                              collapse_args=CollapseArguments(collapse_modules=["lm_head", "transformer.h.0"]))
+        output_dir=args.output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        eval_strategy="steps",
+        eval_steps=max(1, args.steps // 2),
+        logging_steps=max(1, args.steps // 2),
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = CollapseTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evals,
+        collapse_args=CollapseArguments(collapse_modules=["lm_head", "transformer.h.0"]),
+    )
     trainer.train()
     logged = next(h for h in reversed(trainer.state.log_history) if "eval_loss" in h)
     if trainer.is_world_process_zero():  # every process holds the same numbers

@@ -12,12 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 
-def run_example(name, *args, cwd, env=None):
+def run_example(name, *args, cwd, env=None, launcher=()):
     env = dict(env or os.environ)
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("HF_HUB_OFFLINE", "1")
-    out = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, *launcher, str(EXAMPLES / name), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stdout
 
@@ -28,15 +34,41 @@ def test_every_example_is_tested():
 
 
 def test_trainer_example_logs_every_family_and_layer(tmp_path):
-    out = run_example("train_with_collapse_trainer.py", "--steps", "2", "--output-dir", str(tmp_path / "o"),
-                      cwd=tmp_path)
+    out = run_example(
+        "train_with_collapse_trainer.py", "--steps", "2", "--output-dir", str(tmp_path / "o"), cwd=tmp_path
+    )
     logged = dict(line.split() for line in out.splitlines() if line.startswith("eval_"))  # "key value" lines
-    for key in ("eval_nc1_cdnv", "eval_nc2_equinorm_cov", "eval_gnc2_uniformity_cov", "eval_nc3_duality_mean",
-                "eval_unc3_duality_cov", "eval_nc4_agreement", "eval_ncc_accuracy",
-                "eval_transformer_h_0_nc1_cdnv", "eval_transformer_h_0_ncc_accuracy"):
+    for key in (
+        "eval_nc1_cdnv",
+        "eval_nc2_equinorm_cov",
+        "eval_gnc2_uniformity_cov",
+        "eval_nc3_duality_mean",
+        "eval_unc3_duality_cov",
+        "eval_nc4_agreement",
+        "eval_ncc_accuracy",
+        "eval_transformer_h_0_nc1_cdnv",
+        "eval_transformer_h_0_ncc_accuracy",
+    ):
         assert key in logged, key
     assert float(logged["eval_nc1_cdnv"]) > 0 and 0 <= float(logged["eval_nc4_agreement"]) <= 1
     assert "eval_transformer_h_0_nc3_duality_mean" not in logged  # inner layers have no classifier
+
+
+def test_trainer_example_under_torchrun_two_processes(tmp_path):
+    """The launch line of docs/trainer.md: torchrun, 2 processes, gloo on CPU (use_cpu=True)."""
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531")
+    out = run_example(
+        "train_with_collapse_trainer.py",
+        "--steps",
+        "2",
+        "--output-dir",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+        launcher=launcher,
+    )
+    lines = [line.split() for line in out.splitlines() if line.startswith("eval_")]
+    assert len(lines) == len({k for k, _ in lines}) >= 20  # printed once (by process 0), every key
+    assert float(dict(lines)["eval_nc1_cdnv"]) > 0
 
 
 def test_layerwise_example_on_the_pretrained_model(tmp_path, shared_data):
@@ -45,8 +77,16 @@ def test_layerwise_example_on_the_pretrained_model(tmp_path, shared_data):
     assert [r[0] for r in rows] == ["transformer.h.0", "transformer.h.1", "transformer.h.2", "lm_head"]
     assert all(r[1] == "4000" for r in rows)
     # stories260K, a trained Llama: within-class variability falls with depth (measured: 27.6 -> 0.023)
-    out = run_example("layerwise.py", "--model", str(shared_data / "models" / "stories260K"), "--text-file",
-                      str(shared_data / "tinystories" / "validation-head.txt"), "--max-tokens", "5000", cwd=tmp_path)
+    out = run_example(
+        "layerwise.py",
+        "--model",
+        str(shared_data / "models" / "stories260K"),
+        "--text-file",
+        str(shared_data / "tinystories" / "validation-head.txt"),
+        "--max-tokens",
+        "5000",
+        cwd=tmp_path,
+    )
     rows = [line.split() for line in out.strip().splitlines() if line.startswith(("model.", "lm_head"))]
     assert len(rows) == 6 and rows[-1][0] == "lm_head"
     cdnv = [float(r[2]) for r in rows]
@@ -54,8 +94,9 @@ def test_layerwise_example_on_the_pretrained_model(tmp_path, shared_data):
 
 
 def test_evaluate_example_configurations_agree(tmp_path):
-    out = run_example("evaluate_metric.py", "--tokens", "1024", "--statistics-file", str(tmp_path / "s.safetensors"),
-                      cwd=tmp_path)
+    out = run_example(
+        "evaluate_metric.py", "--tokens", "1024", "--statistics-file", str(tmp_path / "s.safetensors"), cwd=tmp_path
+    )
     lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1] for line in out.strip().splitlines()}
     feats = json.loads(lines["features configuration"].replace("'", '"'))
     stats = json.loads(lines["statistics configuration"].replace("'", '"'))
@@ -73,8 +114,15 @@ def test_hub_round_trip_example_local_folder(tmp_path):
 
 
 def test_hub_round_trip_example_against_a_hub(tmp_path, hub_env):
-    out = run_example("hub_round_trip.py", "--output-dir", str(tmp_path / "m"), "--repo-id", "tester/tiny-measured",
-                      cwd=tmp_path, env={**hub_env.env, "HF_HUB_OFFLINE": "0"})
+    out = run_example(
+        "hub_round_trip.py",
+        "--output-dir",
+        str(tmp_path / "m"),
+        "--repo-id",
+        "tester/tiny-measured",
+        cwd=tmp_path,
+        env={**hub_env.env, "HF_HUB_OFFLINE": "0"},
+    )
     assert "pushed to" in out and "tester/tiny-measured" in out and "weights=verified" in out
     files = hub_env.hub.files("tester/tiny-measured")
     assert {"model.safetensors", "collapse/statistics.safetensors", "collapse/metrics.json", "README.md"} <= set(files)

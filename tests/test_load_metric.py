@@ -8,9 +8,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-COMPUTE = ("import numpy as np\n"
-           "r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n"
-           "print('CDNV', round(r['nc1_cdnv'], 8))\n")
+COMPUTE = (
+    "import numpy as np\n"
+    "r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n"
+    "print('CDNV', round(r['nc1_cdnv'], 8))\n"
+)
 
 
 def _env(home, **extra):
@@ -30,7 +32,9 @@ def test_load_metric_needs_no_registration_and_the_bare_name_error_is_explained(
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"CDNV {round(1 / 169, 8)}" in out.stdout  # variances 1 and 1, squared mean distance 13: 2 / (2 * 13^2)
     assert "couldn't be found" not in out.stderr
-    assert not (tmp_path / "home" / "modules" / "evaluate_modules" / "metrics" / "evaluate-metric--neural_collapse").exists()
+    assert not (
+        tmp_path / "home" / "modules" / "evaluate_modules" / "metrics" / "evaluate-metric--neural_collapse"
+    ).exists()
     bare = _run("import evaluate\nevaluate.load('neural_collapse')\n", {**env, "HF_EVALUATE_OFFLINE": "1"}, tmp_path)
     assert bare.returncode != 0 and "Couldn't find a module script" in bare.stderr  # evaluate's own message
     from hf_collapse.integrations.metric import INSTALL_HINT
@@ -40,8 +44,9 @@ def test_load_metric_needs_no_registration_and_the_bare_name_error_is_explained(
 
 def test_bare_name_after_import_logs_no_cached_copy_warning(tmp_path):
     env = _env(tmp_path / "home", HF_EVALUATE_OFFLINE="1")
-    install = subprocess.run([PY, "-m", "hf_collapse.cli", "install-metric"], env=env, capture_output=True,
-                             text=True, timeout=240)
+    install = subprocess.run(
+        [PY, "-m", "hf_collapse.cli", "install-metric"], env=env, capture_output=True, text=True, timeout=240
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     out = _run("import hf_collapse, evaluate\nnc = evaluate.load('neural_collapse')\n" + COMPUTE, env, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -60,8 +65,12 @@ def test_filter_drops_only_our_cached_copy_notice(caplog):
     log = logging.getLogger("evaluate.loading")
     assert sum(type(f).__name__ == "_CachedCopyNotice" for f in log.filters) == 1
     with caplog.at_level(logging.WARNING, logger="evaluate.loading"):
-        log.warning("Using the latest cached version of the module from /x/evaluate-metric--neural_collapse/ab "
-                    "since it couldn't be found locally at evaluate-metric--neural_collapse, or remotely on the Hub.")
-        log.warning("Using the latest cached version of the module from /x/evaluate-metric--accuracy/ab since "
-                    "it couldn't be found locally at evaluate-metric--accuracy, or remotely on the Hub.")
+        log.warning(
+            "Using the latest cached version of the module from /x/evaluate-metric--neural_collapse/ab "
+            "since it couldn't be found locally at evaluate-metric--neural_collapse, or remotely on the Hub."
+        )
+        log.warning(
+            "Using the latest cached version of the module from /x/evaluate-metric--accuracy/ab since "
+            "it couldn't be found locally at evaluate-metric--accuracy, or remotely on the Hub."
+        )
     assert [r.getMessage().count("accuracy") for r in caplog.records] == [2]

@@ -3,14 +3,13 @@
 Markers in a page's markdown, replaced at build time:
 
 - ``<!-- generated: measures-table -->``: one row per record of ``hf_collapse.core.registry.MEASURES``
-  (key, name, paper, more collapsed when, needs), each key linking to its section below;
-- ``<!-- generated: measures-details -->``: one section per measure with its equation and meaning;
+  (key, name, definition, meaning, source, more collapsed when, needs);
 - ``<!-- generated: logged-keys -->``: the ``eval_*`` keys the Trainer integration logs, and when;
 - ``<!-- generated: cli-help COMMAND -->``: ``hf-collapse COMMAND --help`` as printed (``COMMAND`` may be
   empty for the top-level help);
-- ``<!-- generated: include PATH -->``: a file of the repository (e.g. CONTRIBUTING.md), inlined; its
-  links to other repository files become plain text, since they are not pages of the site;
-  ``include-optional PATH`` does the same when the file exists and names it otherwise.
+- ``<!-- generated: include PATH -->``: a file of the repository (e.g. CHANGELOG.md), inlined without
+  its title; its links to other repository files become plain text, since they are not pages of the
+  site.
 
 A malformed registry record (missing field, unknown direction or need) fails the build.
 """
@@ -18,6 +17,7 @@ A malformed registry record (missing field, unknown direction or need) fails the
 from __future__ import annotations
 
 import argparse
+import html
 import io
 import os
 import re
@@ -28,28 +28,39 @@ from mkdocs.exceptions import PluginError
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"<!--\s*generated:\s*([\w-]+)\s*([^>]*?)\s*-->")
-DIRECTIONS = {"lower": "lower", "higher": "higher", "target": "closer to its target"}
-NEEDS = {"weights": "classifier weights", "test_data": "held-out data", "covariance": "covariance=True"}
-FIELDS = ("key", "name", "equation", "paper", "meaning", "direction", "needs")
+FIELDS = ("key", "name", "equation", "source", "meaning", "direction", "needs")
+NEEDS_TEXT = {
+    "weights": "classifier weights",
+    "test_data": "held-out data",
+    "covariance": "`covariance=True` statistics",
+    "option": "an option of `measure_collapse`",
+}
+# when the Trainer integration logs a key that needs ...
+NEEDS_WHEN = {
+    "weights": "the classifier module only (not inner layers)",
+    "test_data": "with the NC4 pass (`collapse_nc4`, on by default)",
+    "covariance": "with `collapse_covariance=True`",
+    "option": "when the option is set",
+}
 
 
 def _registry():
     try:
-        from hf_collapse.core.registry import MEASURES
+        from hf_collapse.core import registry
     except ImportError as e:  # the docs describe the installed package: `pip install -e .[docs]`
         raise PluginError(f"cannot import hf_collapse.core.registry ({e}); install the package first") from e
-    for key, rec in MEASURES.items():
+    for key, rec in registry.MEASURES.items():
         missing = [f for f in FIELDS if not hasattr(rec, f)]
         if missing:
             raise PluginError(f"measure record {key!r} lacks {missing}")
         if rec.key != key:
             raise PluginError(f"measure record {key!r} has key {rec.key!r}")
-        if rec.direction not in DIRECTIONS:
-            raise PluginError(f"measure {key!r}: direction {rec.direction!r} is not one of {sorted(DIRECTIONS)}")
-        bad = [n for n in rec.needs if n not in NEEDS]
+        if rec.direction not in registry.DIRECTIONS:
+            raise PluginError(f"measure {key!r}: direction {rec.direction!r} is not one of {registry.DIRECTIONS}")
+        bad = [n for n in rec.needs if n not in NEEDS_TEXT]
         if bad:
-            raise PluginError(f"measure {key!r}: unknown needs {bad}; known: {sorted(NEEDS)}")
-    return MEASURES
+            raise PluginError(f"measure {key!r}: needs {bad} have no description in docs/hooks/generated.py")
+    return registry.MEASURES
 
 
 def _cell(text) -> str:
@@ -57,51 +68,41 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _anchor(key: str) -> str:
-    return key.replace("_", "-")
-
-
-def _math(equation: str) -> str:
-    """A display formula: the registry's equation as is when it is already markdown with math
-    delimiters, else wrapped as display LaTeX."""
-    eq = equation.strip()
-    if "$" in eq or "\\(" in eq or "\\[" in eq or "\\" not in eq:
-        return eq
-    return f"$$\n{eq}\n$$"
+def _code(text) -> str:
+    """Inline code inside a table cell (keeps _, * and < literal; a | would end the cell)."""
+    return "<code>" + html.escape(str(text)).replace("|", "&#124;") + "</code>"
 
 
 def measures_table() -> str:
-    rows = ["| key | measure | in the paper | more collapsed when | needs |", "|---|---|---|---|---|"]
+    rows = [
+        "| key | measure | definition | what it says | source | more collapsed when | needs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, rec in _registry().items():
-        needs = ", ".join(NEEDS[n] for n in rec.needs) or "statistics only"
-        rows.append(f"| [`{key}`](#{_anchor(key)}) | {_cell(rec.name)} | {_cell(rec.paper)} | "
-                    f"{DIRECTIONS[rec.direction]} | {needs} |")
+        needs = ", ".join(NEEDS_TEXT[n] for n in rec.needs) or "statistics only"
+        direction = getattr(rec, "direction_text", rec.direction)
+        rows.append(
+            f"| `{key}` | {_cell(rec.name)} | {_code(rec.equation)} | {_cell(rec.meaning)} | {_cell(rec.source)} "
+            f"| {_cell(direction)} | {needs} |"
+        )
     return "\n".join(rows)
-
-
-def measures_details() -> str:
-    parts = []
-    for key, rec in _registry().items():
-        needs = ", ".join(NEEDS[n] for n in rec.needs) or "the statistics only"
-        parts.append(f"### `{key}` {{#{_anchor(key)}}}\n\n**{rec.name}** ({rec.paper}). "
-                     f"More collapsed when {DIRECTIONS[rec.direction]}; needs {needs}.\n\n"
-                     f"{_math(rec.equation)}\n\n{rec.meaning}\n")
-    return "\n".join(parts)
 
 
 def logged_keys() -> str:
     """The keys CollapseTrainer / CollapseCallback log, with when each appears."""
-    when = {"weights": "the classifier module only (not inner layers)",
-            "test_data": "with the NC4 pass (`collapse_nc4`, on by default)",
-            "covariance": "with `collapse_covariance=True`"}
-    rows = ["| key at the classifier (default module) | key for another module `M` in `collapse_modules` | logged |",
-            "|---|---|---|"]
+    rows = [
+        "| key at the classifier (the default module) | key for another module `M` in `collapse_modules` | logged |",
+        "|---|---|---|",
+    ]
     for key, rec in _registry().items():
         layer = "-" if "weights" in rec.needs else f"`eval_<M>_{key}`"
-        cond = "; ".join(when[n] for n in rec.needs) or "always"
-        rows.append(f"| `eval_{key}` | {layer} | {cond} |")
-    return "\n".join(rows) + ("\n\n`<M>` is the module name with dots as underscores (`transformer.h.1` -> "
-                               "`eval_transformer_h_1_nc1_cdnv`). `eval_loss`, `eval_runtime`, ... are the Trainer's own.")
+        when = "; ".join(NEEDS_WHEN[n] for n in rec.needs) or "always"
+        rows.append(f"| `eval_{key}` | {layer} | {when} |")
+    note = (
+        "\n\n`<M>` is the module name with dots as underscores: `transformer.h.1` gives "
+        "`eval_transformer_h_1_nc1_cdnv`. `eval_loss`, `eval_runtime`, ... are the Trainer's own."
+    )
+    return "\n".join(rows) + note
 
 
 def cli_help(command: str) -> str:
@@ -125,7 +126,7 @@ def include(path: str) -> str:
     if REPO not in file.parents or not file.is_file():
         raise PluginError(f"include: no file {path!r} in the repository")
     text = file.read_text(encoding="utf-8")
-    text = re.sub(r"^# .*\n", "", text, count=1)  # the page has its own title
+    text = re.sub(r"\A# .*\n", "", text, count=1)  # the page has its own title
     # [text](relative/file) -> text: repository files are not pages of the site
     return re.sub(r"\[([^\]]+)\]\((?!https?://|#)[^)]+\)", r"\1", text)
 
@@ -135,18 +136,12 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
         kind, arg = m.group(1), m.group(2)
         if kind == "measures-table":
             return measures_table()
-        if kind == "measures-details":
-            return measures_details()
         if kind == "logged-keys":
             return logged_keys()
         if kind == "cli-help":
             return cli_help(arg)
         if kind == "include":
             return include(arg)
-        if kind == "include-optional":  # a file another change adds: its section appears once it exists
-            if (REPO / arg).is_file():
-                return f"## {arg}\n\n" + include(arg)
-            return f"The rules for contributors are in `{arg}` at the repository root."
         raise PluginError(f"{page.file.src_path}: unknown generated marker {kind!r}")
 
     return MARKER.sub(replace, markdown)
