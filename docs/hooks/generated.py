@@ -3,7 +3,7 @@
 Markers in a page's markdown, replaced at build time:
 
 - ``<!-- generated: measures-table -->``: one row per record of ``hf_collapse.core.registry.MEASURES``
-  (key, name, definition, meaning, source, more collapsed when, needs);
+  (key; name, source and meaning; definition; more collapsed when; needs);
 - ``<!-- generated: logged-keys -->``: the ``eval_*`` keys the Trainer integration logs, and when;
 - ``<!-- generated: cli-help COMMAND -->``: ``hf-collapse COMMAND --help`` as printed (``COMMAND`` may be
   empty for the top-level help);
@@ -74,17 +74,12 @@ def _code(text) -> str:
 
 
 def measures_table() -> str:
-    rows = [
-        "| key | measure | definition | what it says | source | more collapsed when | needs |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = ["| key | measure | definition | more collapsed when | needs |", "|---|---|---|---|---|"]
     for key, rec in _registry().items():
         needs = ", ".join(NEEDS_TEXT[n] for n in rec.needs) or "statistics only"
         direction = getattr(rec, "direction_text", rec.direction)
-        rows.append(
-            f"| `{key}` | {_cell(rec.name)} | {_code(rec.equation)} | {_cell(rec.meaning)} | {_cell(rec.source)} "
-            f"| {_cell(direction)} | {needs} |"
-        )
+        measure = f"**{_cell(rec.name)}** ({_cell(rec.source)}): {_cell(rec.meaning)}"
+        rows.append(f"| `{key}` | {measure} | {_code(rec.equation)} | {_cell(direction)} | {needs} |")
     return "\n".join(rows)
 
 
