@@ -11,7 +11,10 @@ Markers in a page's markdown, replaced at build time:
   its title; its links to other repository files become plain text, since they are not pages of the
   site.
 
-A malformed registry record (missing field, unknown direction or need) fails the build.
+A malformed registry record (missing field, unknown direction or need) fails the build, and so (as a
+warning under ``--strict``) does a public module-level function or class of ``core``, ``integrations``,
+``study`` or ``cli`` without a docstring (the API reference would show it bare), except the
+``add_parser``/``run`` pair every command module has.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
+from mkdocs.plugins import get_plugin_logger
+
+log = get_plugin_logger("generated")
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"<!--\s*generated:\s*([\w-]+)\s*([^>]*?)\s*-->")
@@ -124,6 +130,26 @@ def include(path: str) -> str:
     text = re.sub(r"\A# .*\n", "", text, count=1)  # the page has its own title
     # [text](relative/file) -> text: repository files are not pages of the site
     return re.sub(r"\[([^\]]+)\]\((?!https?://|#)[^)]+\)", r"\1", text)
+
+
+def on_pre_build(config, **kwargs):
+    """Warn (an error under --strict) for each public module-level function or class without a docstring."""
+    import griffe
+
+    package = griffe.load("hf_collapse", search_paths=[str(REPO / "src")])
+    for layer in ("core", "integrations", "study", "cli"):
+        modules = [package[layer]]
+        while modules:
+            module = modules.pop()
+            for name, member in module.members.items():
+                if name.startswith("_") or member.is_alias:
+                    continue
+                if layer == "cli" and name in ("add_parser", "run"):  # the convention cli/__init__.py documents
+                    continue
+                if member.is_module:
+                    modules.append(member)
+                elif (member.is_function or member.is_class) and not member.docstring:
+                    log.warning(f"{member.path} has no docstring ({member.relative_filepath}:{member.lineno})")
 
 
 def on_page_markdown(markdown, page, config, files, **kwargs):

@@ -41,6 +41,7 @@ def _documents(args, which):
 
 
 def describe_data(args, which) -> str:
+    """How the ``train`` or ``validation`` data were given, for the statistics header (file sha256 or dataset/split)."""
     from ..integrations.folder import file_sha256
 
     path = args.train_file if which == "train" else args.validation_file
@@ -177,6 +178,7 @@ def _matching_measurement(args, model, data):
 
 
 def resolve_head_name(model):
+    """Names of the modules measured by default (the output embeddings)."""
     from ..integrations.hooks import resolve_modules
 
     return list(resolve_modules(model, None))
