@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import free_port  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
@@ -34,6 +37,7 @@ def test_every_example_is_tested():
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_trainer_example_logs_every_family_and_layer(tmp_path):
     out = run_example(
         "train_with_collapse_trainer.py", "--steps", "2", "--output-dir", str(tmp_path / "o"), cwd=tmp_path
@@ -55,9 +59,10 @@ def test_trainer_example_logs_every_family_and_layer(tmp_path):
     assert "eval_transformer_h_0_nc3_duality_mean" not in logged  # inner layers have no classifier
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_trainer_example_under_torchrun_two_processes(tmp_path):
     """The launch line of docs/trainer.md: torchrun, 2 processes, gloo on CPU (use_cpu=True)."""
-    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531")
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
     out = run_example(
         "train_with_collapse_trainer.py",
         "--steps",
@@ -72,6 +77,7 @@ def test_trainer_example_under_torchrun_two_processes(tmp_path):
     assert float(dict(lines)["eval_nc1_cdnv"]) > 0
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_layerwise_example_on_the_pretrained_model(tmp_path, shared_data):
     out = run_example("layerwise.py", cwd=tmp_path)
     rows = [line.split() for line in out.strip().splitlines()[1:]]
@@ -94,6 +100,7 @@ def test_layerwise_example_on_the_pretrained_model(tmp_path, shared_data):
     assert cdnv[-1] < cdnv[0] / 100, cdnv
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_evaluate_example_configurations_agree(tmp_path):
     out = run_example(
         "evaluate_metric.py", "--tokens", "1024", "--statistics-file", str(tmp_path / "s.safetensors"), cwd=tmp_path
@@ -107,6 +114,7 @@ def test_evaluate_example_configurations_agree(tmp_path):
     assert (tmp_path / "s.safetensors").is_file()
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_hub_round_trip_example_local_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_ENDPOINT"}
     out = run_example("hub_round_trip.py", "--output-dir", str(tmp_path / "m"), cwd=tmp_path, env=env)
@@ -114,6 +122,7 @@ def test_hub_round_trip_example_local_folder(tmp_path):
     assert (tmp_path / "m" / "collapse" / "statistics.safetensors").is_file()
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_hub_round_trip_example_against_a_hub(tmp_path, hub_env):
     out = run_example(
         "hub_round_trip.py",
@@ -129,6 +138,7 @@ def test_hub_round_trip_example_against_a_hub(tmp_path, hub_env):
     assert {"model.safetensors", "collapse/statistics.safetensors", "collapse/metrics.json", "README.md"} <= set(files)
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_readme_python_snippets_run(tmp_path, shared_data):
     """Every ```python block of the README runs as shown (with ../shared/data resolved) and prints its measures."""
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)

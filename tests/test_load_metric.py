@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 COMPUTE = (
@@ -25,6 +27,7 @@ def _run(code, env, cwd):
     return subprocess.run([PY, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_load_metric_needs_no_registration_and_the_bare_name_error_is_explained(tmp_path):
     # a fresh cache where `hf-collapse install-metric` never ran: the bare name is unknown to evaluate
     env = _env(tmp_path / "home")
@@ -42,6 +45,7 @@ def test_load_metric_needs_no_registration_and_the_bare_name_error_is_explained(
     assert "hf-collapse install-metric" in INSTALL_HINT
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_bare_name_after_import_logs_no_cached_copy_warning(tmp_path):
     env = _env(tmp_path / "home", HF_EVALUATE_OFFLINE="1")
     install = subprocess.run(
