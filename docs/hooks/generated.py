@@ -7,6 +7,7 @@ Markers in a page's markdown, replaced at build time:
 - ``<!-- generated: logged-keys -->``: the ``eval_*`` keys the Trainer integration logs, and when;
 - ``<!-- generated: cli-help COMMAND -->``: ``hf-collapse COMMAND --help`` as printed (``COMMAND`` may be
   empty for the top-level help);
+- ``<!-- generated: api-layer LAYER -->``: the API reference of every module of a layer;
 - ``<!-- generated: include PATH -->``: a file of the repository (e.g. CHANGELOG.md), inlined without
   its title; its links to other repository files become plain text, since they are not pages of the
   site.
@@ -132,6 +133,37 @@ def include(path: str) -> str:
     return re.sub(r"\[([^\]]+)\]\((?!https?://|#)[^)]+\)", r"\1", text)
 
 
+# the order of the API pages: the data path first; modules not listed follow alphabetically
+API_ORDER = {
+    "core": ["statistics", "registry", "measures", "sweep", "nc4", "distributed", "scope", "io", "errors", "lockfile"],
+    "integrations": [
+        "settings",
+        "passes",
+        "hooks",
+        "resume",
+        "trainer",
+        "folder",
+        "hub",
+        "weights_hash",
+        "model_card",
+        "metric",
+        "data",
+        "model_source",
+    ],
+    "study": ["corpus", "train", "analysis", "design", "figures", "demo", "token_report"],
+}
+
+
+def api_layer(layer: str) -> str:
+    """A ``::: hf_collapse.<layer>.<module>`` block for every module of a layer, so none is left out."""
+    folder = REPO / "src" / "hf_collapse" / layer
+    if layer not in API_ORDER or not folder.is_dir():
+        raise PluginError(f"api-layer: no layer {layer!r}")
+    present = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    order = [m for m in API_ORDER[layer] if m in present] + [m for m in present if m not in API_ORDER[layer]]
+    return "\n\n".join(f"::: hf_collapse.{layer}.{m}" for m in order)
+
+
 def on_pre_build(config, **kwargs):
     """Warn (an error under --strict) for each public module-level function or class without a docstring."""
     import griffe
@@ -163,6 +195,8 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
             return cli_help(arg)
         if kind == "include":
             return include(arg)
+        if kind == "api-layer":
+            return api_layer(arg)
         raise PluginError(f"{page.file.src_path}: unknown generated marker {kind!r}")
 
     return MARKER.sub(replace, markdown)
