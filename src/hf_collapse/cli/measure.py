@@ -75,6 +75,7 @@ def _report_size(blocks, which, budget, main):
 
 
 def describe_data(args, which) -> str:
+    """How the ``train`` or ``validation`` data were given, for the statistics header (file sha256 or dataset/split)."""
     from ..integrations.folder import file_sha256
 
     path = args.train_file if which == "train" else args.validation_file
@@ -269,6 +270,7 @@ def _matching_measurement(args, model, data):
 
 
 def resolve_head_name(model):
+    """Names of the modules measured by default (the output embeddings)."""
     from ..integrations.hooks import resolve_modules
 
     return list(resolve_modules(model, None))

@@ -63,7 +63,7 @@ class CollapseStatistics:
         defer_checks: check labels and finiteness on the device and raise only in ``check()``
             (no host sync per batch; the collection hooks use this), instead of in every ``update``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> stats = CollapseStatistics(num_classes=3, dim=2)
         >>> stats.update(torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0, 2]))
