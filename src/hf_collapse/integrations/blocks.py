@@ -28,6 +28,7 @@ def budget_end(max_tokens: Optional[int], block_size: int) -> Optional[int]:
 
 
 def check_block_args(block_size, max_tokens):
+    """ValueError unless ``block_size`` is an int >= 2 and ``max_tokens`` a positive int or None."""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
         raise ValueError(f"block_size (--block-size) must be an int >= 2, got {block_size!r}")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
