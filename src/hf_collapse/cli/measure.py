@@ -22,34 +22,21 @@ import sys
 
 import torch
 
-from ..integrations.data import TokenBlocks, collate, iter_dataset_documents, iter_file_documents, token_blocks
+from ..integrations.data import (
+    blocks_loader,
+    check_measurement_data,
+    describe_measurement_data,
+    measurement_blocks,
+    nc4_budget,
+)
+from ..integrations.settings import CollapseArguments
 
 logger = logging.getLogger(__name__)
 
 
-def _documents(args, which):
-    if which == "train":
-        if args.train_file:
-            return iter_file_documents(args.train_file)
-        return iter_dataset_documents(args.dataset, args.dataset_config, args.split, args.text_column, args.streaming)
-    if args.validation_file:
-        return iter_file_documents(args.validation_file)
-    if args.dataset and args.validation_split:
-        return iter_dataset_documents(args.dataset, args.dataset_config, args.validation_split, args.text_column,
-                                      args.streaming)
-    return None
-
-
 def describe_data(args, which) -> str:
-    from ..integrations.folder import file_sha256
-
-    path = args.train_file if which == "train" else args.validation_file
-    if path:
-        return f"file:{os.path.basename(path)} sha256:{file_sha256(path)}"
-    split = args.split if which == "train" else args.validation_split
-    if args.dataset and split:
-        return f"dataset:{args.dataset}" + (f"/{args.dataset_config}" if args.dataset_config else "") + f" split:{split}"
-    return ""
+    """What the statistics (``"train"``) or NC4 (``"validation"``) data are, as recorded in the folder."""
+    return describe_measurement_data(args, which)
 
 
 # ---------------------------------------------------------------------------- command
@@ -61,14 +48,9 @@ def run(args) -> int:
     from ..integrations.hub import save_measured
     from ..integrations.model_card import write_model_card
     from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
-    from ..integrations.settings import CollapseArguments
 
-    if not args.train_file and not args.dataset:
-        raise ValueError("give the measurement data: --train-file FILE or --dataset NAME")
-    if args.train_file and args.dataset:
-        raise ValueError("give either --train-file or --dataset, not both")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    check_measurement_data(args)
+    measure_args = measure_options(args)  # validates the measure flags before any model is loaded
     # on a machine without CUDA, cpu=True makes Accelerate use gloo (MULTI_CPU) under a launcher
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -78,21 +60,14 @@ def run(args) -> int:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
         model.to(accelerator.device).eval()
 
-        def loader(which, budget):
-            docs = _documents(args, which)
-            if docs is None:
-                return None
-            blocks = token_blocks(docs, tokenizer, args.block_size, budget)
-            if not blocks:
-                raise ValueError(f"the {which} data hold no labelled token (empty text?)")
-            dl = torch.utils.data.DataLoader(TokenBlocks(blocks), batch_size=args.batch_size, collate_fn=collate)
-            return accelerator.prepare_data_loader(dl)
-
-        train_dl = loader("train", args.max_tokens)
-        nc4_budget = args.nc4_max_tokens if args.nc4_max_tokens is not None else args.max_tokens
-        nc4_dl = loader("validation", nc4_budget)
+        prepare = accelerator.prepare_data_loader
+        train_dl = blocks_loader(measurement_blocks(args, tokenizer, "train"), args.batch_size, prepare)
+        nc4_dl = blocks_loader(measurement_blocks(args, tokenizer, "validation"), args.batch_size, prepare)
+        nc4_max = nc4_budget(args)
         data = describe_data(args, "train")
-        if not args.no_reuse and not args.layers and not args.covariance:
+        # a stored measurement is reused only for the default measure options (it holds their values)
+        default_measures = measure_args == CollapseArguments().measure_options()
+        if not args.no_reuse and not args.layers and not args.covariance and default_measures:
             found = _matching_measurement(args, model, data)
             if found is not None:  # the model folder or Hub repo already holds these statistics
                 if main:
@@ -116,17 +91,19 @@ def run(args) -> int:
         cfg = CollapseArguments(
             collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
             collapse_k=args.k, collapse_tile_size=args.tile_size, collapse_dtype=args.dtype,
-            collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_budget if nc4_dl else None,
-            collapse_per_class=True, collapse_covariance=args.covariance)
+            collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_max if nc4_dl else None,
+            collapse_per_class=True, collapse_covariance=args.covariance,
+            **{f"collapse_{k}": v for k, v in measure_args.items()})
         stats = collect_statistics(model, train_dl, cfg, progress=progress, checkpoint_path=ckpt,
                                    checkpoint_every=args.checkpoint_every if ckpt else None,
                                    data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
         nc4 = None
         if nc4_dl is not None:
             nc4 = collect_nc4(model, nc4_dl, stats, cfg, progress=progress)
-        settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_budget if nc4_dl else None,
+        settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_max if nc4_dl else None,
                     "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
-                    "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model}
+                    "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model,
+                    **cfg.measure_record()}
         report = measure_statistics(model, stats, cfg, nc4=nc4, extra_settings=settings)
         if main:
             print(report.table())
@@ -159,6 +136,57 @@ def run(args) -> int:
     finally:
         _shutdown()
     return 0
+
+
+def add_data_arguments(p) -> None:
+    """The data flags (shared with ``hf-collapse sweep``)."""
+    d = p.add_argument_group("data")
+    d.add_argument("--train-file", help="text file for the statistics (pass 1)")
+    d.add_argument("--validation-file", help="text file for NC4 (pass 2)")
+    d.add_argument("--dataset", help="Hub dataset id (instead of --train-file)")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d.add_argument("--split", default="train", help="split for the statistics (default: train)")
+    d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
+    d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    d.add_argument("--streaming", action="store_true", help="stream the Hub dataset instead of downloading it")
+    d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
+    d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
+    d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")
+    d.add_argument("--batch-size", type=int, default=8, help="sequences per batch and process (default: 8)")
+
+
+def add_measure_arguments(p):
+    """The measure flags (shared with ``hf-collapse sweep``); returns the group for more."""
+    m = p.add_argument_group("measures")
+    m.add_argument("--k", type=float, default=2.0, help="CDNV power k (default: 2, as in the paper)")
+    m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
+    m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
+    m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
+    add_measure_option_arguments(m)
+    m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to load the model in")
+    return m
+
+
+def add_measure_option_arguments(group) -> None:
+    """The flags of the measure options (shared with ``hf-collapse sweep``)."""
+    group.add_argument("--min-count", type=int, default=1,
+                       help="treat classes with fewer samples as absent everywhere (default 1)")
+    group.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID",
+                       help="measure only these class (token) ids; all others are treated as absent")
+    group.add_argument("--global-mean", choices=["unweighted", "weighted"], default="unweighted",
+                       help="centre of the class means: unweighted mean of the means (default, the paper) "
+                            "or weighted by counts")
+    group.add_argument("--riesz-s", type=float, default=None, metavar="S",
+                       help="also measure the Riesz s-kernel (gnc2_riesz_mean, gnc2_riesz_cov)")
+
+
+def measure_options(args) -> dict:
+    """``measure_collapse`` keywords of the measure flags, validated (ValueError on bad values)."""
+    opts = {"min_count": args.min_count, "classes": args.classes, "global_mean": args.global_mean,
+            "riesz_s": args.riesz_s}
+    CollapseArguments(**{f"collapse_{k}": v for k, v in opts.items()})  # validation only
+    return opts
 
 
 def _matching_measurement(args, model, data):
@@ -194,28 +222,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help="measure neural collapse of a causal LM and write a measured model folder",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="Hub id or local folder with model and tokenizer")
-    d = p.add_argument_group("data")
-    d.add_argument("--train-file", help="text file for the statistics (pass 1)")
-    d.add_argument("--validation-file", help="text file for NC4 (pass 2)")
-    d.add_argument("--dataset", help="Hub dataset id (instead of --train-file)")
-    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
-    d.add_argument("--split", default="train", help="split for the statistics (default: train)")
-    d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
-    d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    d.add_argument("--streaming", action="store_true", help="stream the Hub dataset instead of downloading it")
-    d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
-    d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
-    d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")
-    d.add_argument("--batch-size", type=int, default=8, help="sequences per batch and process (default: 8)")
-    m = p.add_argument_group("measures")
-    m.add_argument("--k", type=float, default=2.0, help="CDNV power k (default: 2, as in the paper)")
-    m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
-    m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
-    m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
+    add_data_arguments(p)
+    m = add_measure_arguments(p)
     m.add_argument("--layers", nargs="*", default=None,
                    help="also measure at these modules' inputs (layer-wise NC), e.g. model.layers.2")
-    m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype to load the model in")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", help="write the measured model folder here")
     o.add_argument("--no-save-model", action="store_true", help="write only collapse/ and README.md")

@@ -39,8 +39,15 @@ from .classes import global_mean as centre
 from .io import as_tensor
 from .nc4 import NC4Counter
 from .registry import MEASURE_KEYS
-from .spectral import effective_rank, gram, nc2_etf_error, nc3_self_duality_error, ood_orthogonality, \
-    singular_values, trace_quotient
+from .spectral import (
+    effective_rank,
+    gram,
+    nc2_etf_error,
+    nc3_self_duality_error,
+    ood_orthogonality,
+    singular_values,
+    trace_quotient,
+)
 from .statistics import CollapseStatistics
 from .sweep import pairwise_sweep
 

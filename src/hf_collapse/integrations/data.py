@@ -227,3 +227,76 @@ def collate(blocks):
         ids[i, :len(b)] = torch.tensor(b)
         mask[i, :len(b)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+# ---------------------------------------------------------------------------------------------
+# the data of a measurement (the data flags of ``hf-collapse measure`` and ``hf-collapse sweep``)
+#
+# ``opts`` is any object with the attributes of those flags: train_file, validation_file, dataset,
+# dataset_config, split, validation_split, text_column, streaming, max_tokens, nc4_max_tokens,
+# block_size, batch_size (an ``argparse.Namespace`` of either command).
+
+
+def measurement_documents(opts, which: str):
+    """Document iterator of the ``"train"`` (statistics) or ``"validation"`` (NC4) data; None when
+    no NC4 data were given."""
+    if which == "train":
+        if opts.train_file:
+            return iter_file_documents(opts.train_file)
+        return iter_dataset_documents(opts.dataset, opts.dataset_config, opts.split, opts.text_column, opts.streaming)
+    if opts.validation_file:
+        return iter_file_documents(opts.validation_file)
+    if opts.dataset and opts.validation_split:
+        return iter_dataset_documents(opts.dataset, opts.dataset_config, opts.validation_split, opts.text_column,
+                                      opts.streaming)
+    return None
+
+
+def describe_measurement_data(opts, which: str) -> str:
+    """What the data are, as recorded in measured folders: a file's name and sha256, or a Hub
+    dataset id, config and split ("" when there are none)."""
+    from .folder import file_sha256
+
+    path = opts.train_file if which == "train" else opts.validation_file
+    if path:
+        return f"file:{os.path.basename(path)} sha256:{file_sha256(path)}"
+    split = opts.split if which == "train" else opts.validation_split
+    if opts.dataset and split:
+        return f"dataset:{opts.dataset}" + (f"/{opts.dataset_config}" if opts.dataset_config else "") + f" split:{split}"
+    return ""
+
+
+def check_measurement_data(opts) -> None:
+    """ValueError for a missing or contradictory data choice or budget."""
+    if not opts.train_file and not opts.dataset:
+        raise ValueError("give the measurement data: --train-file FILE or --dataset NAME")
+    if opts.train_file and opts.dataset:
+        raise ValueError("give either --train-file or --dataset, not both")
+    if opts.max_tokens is not None and opts.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be positive, got {opts.max_tokens}")
+
+
+def nc4_budget(opts) -> Optional[int]:
+    """Token budget of the NC4 pass: ``nc4_max_tokens``, else ``max_tokens``."""
+    return opts.nc4_max_tokens if opts.nc4_max_tokens is not None else opts.max_tokens
+
+
+def measurement_blocks(opts, tokenizer, which: str) -> Optional[list[list[int]]]:
+    """Token blocks of the statistics (``"train"``) or NC4 (``"validation"``) data, cut to the
+    budget; None when there are no NC4 data. ValueError when the data hold no labelled token."""
+    docs = measurement_documents(opts, which)
+    if docs is None:
+        return None
+    blocks = token_blocks(docs, tokenizer, opts.block_size, opts.max_tokens if which == "train" else nc4_budget(opts))
+    if not blocks:
+        raise ValueError(f"the {which} data hold no labelled token (empty text?)")
+    return blocks
+
+
+def blocks_loader(blocks, batch_size: int, prepare=None):
+    """A DataLoader over token blocks (``collate`` pads them); ``prepare`` (e.g. an Accelerator's
+    ``prepare_data_loader``) shards it over processes. None for None."""
+    if blocks is None:
+        return None
+    dl = torch.utils.data.DataLoader(TokenBlocks(blocks), batch_size=batch_size, collate_fn=collate)
+    return prepare(dl) if prepare is not None else dl

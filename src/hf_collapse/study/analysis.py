@@ -366,7 +366,9 @@ def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutation
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``runs.csv`` (numbers parsed back to float/int)."""
+    """Rows of a ``runs.csv`` or a ``trajectory.csv`` (numbers parsed back to float/int). A trajectory's
+    rows are named by ``checkpoint`` and fitted against their ``eval_loss``; rows of duplicated weights
+    (``duplicate_of``) are left out, since they repeat a measured row."""
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
@@ -379,5 +381,11 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict]:
                     row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
                 except ValueError:
                     row[k] = v
+            if "checkpoint" in row and "weights_sha256" in row:  # trajectory.csv of hf-collapse sweep
+                if row.get("duplicate_of"):
+                    continue
+                row.setdefault("name", row["checkpoint"])
+                if row.get("val_loss") is None:
+                    row["val_loss"] = row.get("eval_loss")
             rows.append(row)
     return rows
