@@ -183,3 +183,41 @@ def test_simplex_etf_helper_is_an_etf():  # the fixture the closed forms rely on
     E = simplex_etf(6, 9)
     G = E @ E.T
     np.testing.assert_allclose(G, np.eye(6) * 6 / 5 - 1 / 5, atol=1e-12)  # unit norms, cosines -1/(C-1)
+
+
+def test_settings_fields_short_names_and_record():
+    from transformers import HfArgumentParser
+
+    from hf_collapse.integrations.settings import CollapseArguments, as_settings
+
+    (c,) = HfArgumentParser(CollapseArguments).parse_args_into_dataclasses(
+        ["--collapse_min_count", "3", "--collapse_classes", "5", "2", "9", "--collapse_global_mean", "weighted",
+         "--collapse_riesz_s", "1.5"])
+    assert c.measure_options() == {"min_count": 3, "classes": [5, 2, 9], "global_mean": "weighted", "riesz_s": 1.5}
+    rec = c.record()
+    assert rec["min_count"] == 3 and rec["global_mean"] == "weighted" and rec["riesz_s"] == 1.5
+    assert rec["classes"].startswith("3 ids sha256:")
+    short = as_settings(None, min_count=2, classes=[1, 4], global_mean="weighted", riesz_s=2.0)
+    assert short.measure_options() == {"min_count": 2, "classes": [1, 4], "global_mean": "weighted", "riesz_s": 2.0}
+    for bad, err in (({"collapse_min_count": 0}, "min_count"), ({"collapse_global_mean": "mode"}, "global_mean"),
+                     ({"collapse_riesz_s": -1.0}, "collapse_riesz_s"), ({"collapse_classes": [-1]}, "outside")):
+        with pytest.raises(ValueError, match=err):
+            CollapseArguments(**bad)
+
+
+def test_evaluate_module_passes_the_options():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "metrics" / "neural_collapse" / "neural_collapse.py"
+    spec = importlib.util.spec_from_file_location("nc_module_for_options", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    h, y, W, _, _, _ = problem(C=12, seed=16, absent=())
+    s = stats_of(h, y, 12)
+    ood = ood_features(12).numpy()  # numpy is accepted
+    opts = dict(min_count=40, classes=list(range(10)), global_mean="weighted", riesz_s=2.0)
+    got = mod.NeuralCollapse(config_name="statistics")._measure([s], weights=W, dtype="float64", ood_features=ood,
+                                                                **opts)
+    want = measure_collapse(s, weights=W, dtype=torch.float64, ood_features=torch.from_numpy(ood), **opts)
+    assert got == dict(want) and "nc5_ood_orthogonality" in got and "gnc2_riesz_cov" in got

@@ -1,7 +1,9 @@
 """Neural-collapse measures NC1-NC4 from ``CollapseStatistics`` (Wu & Papyan 2024, sections 3.4-3.7).
 
-All measures use the K classes present (N_c > 0). With mu_bar the unweighted mean of their means,
-M_c = mu_c - mu_bar, r_c = ||M_c||, u_c = M_c / r_c and pairs c < c':
+All measures use the K classes measured: present (N_c > 0), with at least ``min_count`` samples and
+within ``classes`` when given (:mod:`hf_collapse.core.classes`). With mu_G their global mean (default
+mu_bar, the unweighted mean of their means; ``global_mean="weighted"`` weights by counts),
+M_c = mu_c - mu_G, r_c = ||M_c||, u_c = M_c / r_c and pairs c < c'.
 
 The keys, their equations and directions are listed once, in :mod:`hf_collapse.core.registry`.
 
@@ -10,7 +12,9 @@ e.g. all log-norms equal 0) and +inf when the mean is 0 but the std is not.
 
 How it scales: the pairwise sums never form a C x C matrix. The interference mean comes in closed
 form from U = sum_c u_c (sum_{c,c'} cos = ||U||^2); CDNV, the log kernel and the interference spread
-come from one tiled sweep (:mod:`hf_collapse.core.sweep`); NC4 is :class:`hf_collapse.core.nc4.NC4Counter`.
+come from one tiled sweep (:mod:`hf_collapse.core.sweep`), which also carries the Riesz kernel when
+``riesz_s`` is given; the ETF errors, trace quotient and effective rank come from d x d Gram matrices
+(:mod:`hf_collapse.core.spectral`); NC4 is :class:`hf_collapse.core.nc4.NC4Counter`.
 
 Departures from the paper, on purpose:
 - absent classes (N_c = 0) are left out everywhere (the paper's C = 29,233 are the tokens present);
@@ -21,7 +25,19 @@ Departures from the paper, on purpose:
   in float64, since a Gram matrix cannot resolve them;
 - identical class means (CDNV undefined) raise ValueError, or with ``coincident="exclude"`` the classes
   involved are left out like absent ones (the collection, Trainer and CLI paths do this, and record
-  ``num_classes_coincident``); a class mean equal to mu_bar raises ValueError.
+  ``num_classes_coincident``); a class mean equal to mu_G raises ValueError.
+
+Departures from the authors' package (rhubarbwu/neural-collapse), on purpose:
+- its default global mean is sample-weighted; ours is the paper's unweighted mu_bar (``global_mean``
+  chooses);
+- ``riesz_kernel`` fixes s = d - 2 with sign(s); here s > 0 is an option (``riesz_s``) and its CoV
+  (not the variance) is reported, as for the log kernel;
+- ``orthogonality_deviation`` takes cosines of uncentred means with the uncentred OOD mean; here both
+  are centred at mu_G (the NECO geometry of the issue's definition);
+- ``covariance_ratio(metric="quotient")`` is computed from traces only (no d x d covariance); its
+  ``structure_error`` (the ETF errors) forms a K x K matrix, ours uses d x d Gram matrices;
+- with ``min_count``/``classes``, ``nc1_trace_ratio`` is not computed: the d x d second moment sums
+  every class's samples.
 """
 
 from __future__ import annotations
@@ -176,19 +192,15 @@ def measure_collapse(
             f"their norms, angles and log kernel are undefined"
         )
     out, G, sum_m = _spectral(M, r, counts, sig, dtype)
-    if stats.covariance and (min_count > 1 or classes is not None):
-        # the second moment sums every sample: it cannot give Sigma_W of a subset of classes
-        logger.warning("nc1_trace_ratio is not computed with min_count/classes: the d x d second moment "
-                       "covers every class (nc1_trace_quotient needs no covariance)")
-    elif stats.covariance:
-        out["nc1_trace_ratio"] = _trace_ratio(stats, M, dev)
+    if stats.covariance:
+        _trace_ratio(stats, M, dev, min_count > 1 or classes is not None, out)
     u = M.div_(r[:, None])  # (K, d) unit centred means (in place: M is not needed any more)
     del M
     geo, U, cdnv_rows = _geometry(u, r, sig, k, tile_size, dtype, progress, riesz_s)
     out.update(geo)
     info = {"num_classes": stats.num_classes, "num_classes_present": K, "num_classes_coincident": n_same,
-            "num_tokens": stats.num_tokens, "k": k, "tile_size": tile_size,
-            "dtype": str(dtype).replace("torch.", ""), "min_count": min_count, "global_mean": global_mean,
+            "num_tokens": stats.num_tokens, "k": k, "tile_size": tile_size, "dtype": str(dtype)[6:],
+            "min_count": min_count, "global_mean": global_mean,
             "num_classes_selected": None if classes is None else int(classes.numel())}
     W, b, duality = _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info)
     if ood_features is not None:
@@ -202,10 +214,9 @@ def measure_collapse(
         info["nc4_samples"] = counter.num_samples
     per = None
     if per_class:
-        per = {"class_ids": idx.cpu(), "count": counts.cpu(), "mean_norm": r.cpu(), "variance": sig.cpu(),
-               "cdnv_row_mean": (cdnv_rows / (K - 1)).cpu(), "interference_row_mean": ((u @ U - 1) / (K - 1)).cpu()}
-        if duality is not None:
-            per["duality"] = duality.cpu()
+        per = {"class_ids": idx, "count": counts, "mean_norm": r, "variance": sig, "cdnv_row_mean": cdnv_rows / (K - 1),
+               "interference_row_mean": (u @ U - 1) / (K - 1), **({} if duality is None else {"duality": duality})}
+        per = {key: v.cpu() for key, v in per.items()}
     ordered = {key: float(out[key]) for key in MEASURE_KEYS if key in out}
     return CollapseResult(ordered, per_class=per, info=info)
 
@@ -246,12 +257,16 @@ def _spectral(M, r, counts, sig, dtype):
     return out, G, sum_m
 
 
-def _trace_ratio(stats, M, dev) -> float:
-    """tr(Sigma_W Sigma_B^+) / K with the d x d covariances (``covariance=True``)."""
+def _trace_ratio(stats, M, dev, subset: bool, out: dict) -> None:
+    """``nc1_trace_ratio`` = tr(Sigma_W Sigma_B^+) / K with the d x d covariances (``covariance=True``)."""
+    if subset:  # the second moment sums every sample: it cannot give Sigma_W of a subset of classes
+        logger.warning("nc1_trace_ratio is not computed with min_count/classes: the d x d second moment "
+                       "covers every class (nc1_trace_quotient needs no covariance)")
+        return
     K = M.shape[0]
     sigma_b = M.T @ M / K  # (d, d) between-class covariance
     sigma_w = stats.within_class_covariance().to(dev)  # (d, d)
-    return float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True))) / K
+    out["nc1_trace_ratio"] = float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True))) / K
 
 
 def _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info):

@@ -218,7 +218,10 @@ def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[P
     if not keys or not rows:
         return None
     have_steps = all(r.get("step") is not None for r in rows)
+    if have_steps:  # the run folder's final weights may share a step with a checkpoint
+        rows = sorted(rows, key=lambda r: r["step"])
     x = [r["step"] if have_steps else i for i, r in enumerate(rows)]
+    dup = [r.get("duplicate_of") is not None for r in rows]
     cols = min(4, len(keys))
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False, layout="constrained")
@@ -227,12 +230,11 @@ def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[P
     for ax, key in zip(axes.flat, keys):
         ys = [float(r[key]) if r.get(key) is not None else math.nan for r in rows]
         ax.plot(x, ys, "-", color="C0", lw=1)
-        dup = [r.get("duplicate_of") is not None for r in rows]
-        ax.plot([a for a, d in zip(x, dup) if not d], [y for y, d in zip(ys, dup) if not d], "o", color="C0", ms=4)
+        ax.plot([a for a, d in zip(x, dup) if not d], [y for y, d in zip(ys, dup) if not d], "o", color="C0", ms=4,
+                label="measured")
         if any(dup):
             ax.plot([a for a, d in zip(x, dup) if d], [y for y, d in zip(ys, dup) if d], "o", mfc="none",
-                    color="C1", ms=7, label="duplicate weights")
-            ax.legend(fontsize=6)
+                    color="C1", ms=8, label="weights identical to an earlier checkpoint (measures copied)")
         pos = [y for y in ys if math.isfinite(y)]
         if pos and min(pos) > 0 and max(pos) / min(pos) > 20:
             ax.set_yscale("log")
@@ -242,6 +244,8 @@ def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[P
     if not have_steps:
         for ax in axes.flat[:len(keys)]:
             ax.set_xticks(x, [r["checkpoint"] for r in rows], rotation=45, fontsize=6)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     fig.suptitle("Neural collapse over training checkpoints", fontsize=11)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
