@@ -428,3 +428,20 @@ def test_non_finite_measures_round_trip_through_metrics_json(tmp_path):
     path.write_text(json.dumps({"nc1_cdnv": "large"}))
     with pytest.raises(ValueError, match="expected a number"):
         read_metrics(path)
+
+
+def test_model_card_table_and_citation_come_from_the_registry(measured):
+    """Every measured key appears in the card's table with the registry's name, meaning and direction, and the
+    citation is the paper's (arXiv:2405.17767)."""
+    from huggingface_hub import ModelCard
+
+    from hf_collapse.core.registry import ARXIV_ID, CITATION_BIBTEX, MEASURES
+
+    text = ModelCard.load(measured / "README.md").text
+    metrics = json.loads((measured / "collapse" / "metrics.json").read_text())
+    keys = [k for k in MEASURES if k in metrics]
+    assert len(keys) >= 8
+    for key in keys:
+        m = MEASURES[key]
+        assert f"| {m.name} (`{key}`) |" in text and f"| {m.meaning} | {m.direction_text} |" in text, key
+    assert CITATION_BIBTEX in text and f"arxiv.org/abs/{ARXIV_ID}" in text and "2405.13634" not in text

@@ -42,6 +42,12 @@ def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
     assert len(stats.metadata["weights_sha256"]) == 64 and stats.metadata["k"] == "2.0"
     assert (one / "README.md").is_file() and (one / "model.safetensors").is_file()
     assert (one / "tokenizer.json").is_file() and not (one / "collapse" / ".checkpoint").exists()
+    # --layers: each layer is also a named measurement of the folder, shown on the card
+    from hf_collapse import load_measured
+
+    layer = load_measured(one, name="model_layers_3", load_model=False)
+    assert layer.statistics.num_tokens == 3000 and layer.result["nc1_cdnv"] == pytest.approx(m1["model_layers_3_nc1_cdnv"])
+    assert "`model_layers_3`" in (one / "README.md").read_text()
 
     # the same command under 2 processes (gloo); 24 blocks in batches of 5 per process leave an uneven
     # last step, so Accelerate pads it with repeated blocks that must not be counted

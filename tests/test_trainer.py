@@ -59,6 +59,12 @@ def test_collapse_trainer_logs_and_checkpoints(shared_data, tmp_path):
     assert trainer.collapse_report.statistics.num_tokens == 7 * 31
     saved = CollapseStatistics.load(tmp_path / "checkpoint-4" / "collapse" / "statistics.safetensors")
     assert saved.num_tokens == 7 * 31 and saved.metadata["global_step"] == "4"
+    # the layer-wise measurement is a named measurement of the checkpoint, loadable by name
+    from hf_collapse import load_measured
+
+    layer = load_measured(tmp_path / "checkpoint-4", name="transformer_h_1", load_model=False)
+    assert layer.statistics.num_tokens == 7 * 31 and layer.statistics.dim == saved.dim
+    assert layer.result["nc1_cdnv"] > 0 and layer.measurements == [None, "transformer_h_1"]
     rep = trainer.measure_collapse()
     assert rep.result["nc1_cdnv"] == pytest.approx(metrics["eval_nc1_cdnv"], rel=1e-9)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 # sub-command modules, in workflow order (as ``--help`` lists them): measure a model, follow it over its
@@ -24,14 +25,39 @@ COMMAND_MODULES = [
 ]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (paragraphs kept), and every option's default shown unless its help says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def plain(text: str | None) -> str | None:
+    """Docstring text for a terminal: reST double backticks and roles removed."""
+    if not text:
+        return text
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
-    parser = argparse.ArgumentParser(prog="hf-collapse", description="Measure neural collapse in Hugging Face models.")
+    parser = argparse.ArgumentParser(
+        prog="hf-collapse", formatter_class=HelpFormatter,
+        description="Measure neural collapse in Hugging Face models. Commands in workflow order; "
+                    "`hf-collapse COMMAND --help` for each.")
     parser.add_argument("--version", action="version", version=f"hf_collapse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():  # one look for every command's --help
+        command.formatter_class = HelpFormatter
+        command.description = plain(command.description)
+        for action in command._actions:
+            action.help = plain(action.help)
     return parser
 
 

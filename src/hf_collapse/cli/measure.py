@@ -227,7 +227,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--layers", nargs="*", default=None,
                    help="also measure at these modules' inputs (layer-wise NC), e.g. model.layers.2")
     o = p.add_argument_group("output")
-    o.add_argument("--output-dir", help="write the measured model folder here")
+    o.add_argument("--output-dir", help="write the measured model folder here: weights, tokenizer, "
+                   "collapse/statistics.safetensors, collapse/metrics.json, README.md card (without it nothing is "
+                   "written: the measures are only printed)")
     o.add_argument("--no-save-model", action="store_true", help="write only collapse/ and README.md")
     o.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint the statistics every N batches "
                    "into OUTPUT/collapse/.checkpoint (0: never)")

@@ -117,6 +117,9 @@ _ALL = (
 
 MEASURES: dict[str, Measure] = {m.key: m for m in _ALL}
 MEASURE_KEYS: tuple[str, ...] = tuple(MEASURES)
+# what one-line summaries show first: variability, norms, uniformity, duality, agreement
+HEADLINE_KEYS: tuple[str, ...] = ("nc1_cdnv", "nc2_equinorm_cov", "gnc2_uniformity_cov", "nc3_duality_mean",
+                                  "nc4_agreement")
 
 
 def markdown_table(keys=None) -> str:

@@ -17,9 +17,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.registry import HEADLINE_KEYS
+
 DEFAULT_SIZES = "1x32,2x64,2x128"
 DEFAULT_EPOCHS = "1,3"
-SUMMARY_KEYS = ("nc1_cdnv", "nc2_equinorm_cov", "gnc2_uniformity_cov", "nc3_duality_mean", "nc4_agreement")
+SUMMARY_KEYS = HEADLINE_KEYS
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -95,7 +97,7 @@ def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_
             row = train_one(args, data)
             rows.append(row)
             print(f"  {row['name']:<24} {row['num_parameters']:>9,} params  val loss {row['val_loss']:.4f}  "
-                  f"CDNV {row['nc1_cdnv']:.4g}  ({time.perf_counter() - t:.1f} s)")
+                  f"CDNV {row[HEADLINE_KEYS[0]]:.4g}  ({time.perf_counter() - t:.1f} s)")
     direction = expected_direction(rows)
     notes = (f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD, epochs {epochs}) trained on {data.source}. "
              f"Validation loss falls with model size at every training length: "
