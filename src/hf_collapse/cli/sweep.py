@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..core.io import fmt
+from ..core.registry import HEADLINE_KEYS
 from ..integrations.data import (
     blocks_loader,
     check_measurement_data,
@@ -32,7 +33,6 @@ from .measure import add_data_arguments, add_measure_arguments, measure_options
 
 logger = logging.getLogger(__name__)
 
-SHOWN = ("nc1_cdnv", "nc2_equinorm_cov", "nc2_etf_error", "gnc2_uniformity_cov", "nc3_duality_mean", "nc4_agreement")
 
 
 def _tokenizer(args, first_folder: Path):
@@ -85,7 +85,7 @@ def run(args) -> int:
                              blocks_loader(nc4_blocks, args.batch_size), cfg, progress=not args.no_progress)
 
     rows = sweep(checkpoints, args.output_dir, measure, settings)
-    shown = [k for k in SHOWN if any(k in r for r in rows)]
+    shown = [k for k in HEADLINE_KEYS if any(k in r for r in rows)]
     print("  ".join(["checkpoint", "step", *shown, "eval_loss", "duplicate_of"]))
     for r in rows:
         print("  ".join([r["checkpoint"], str(r["step"]), *(fmt(r.get(k), 4) for k in shown),
