@@ -115,3 +115,31 @@ def test_sweep_errors(tmp_path, shared_data):
         run_checkpoints(tmp_path / "nope")
     assert main(["sweep", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 1  # no data given
     assert main(sweep_args(shared_data, tmp_path, tmp_path / "o", "--min-count", "0")) == 1
+
+
+def test_sweep_hub_revisions(shared_data, run_dir, tmp_path, hub_env):
+    """Revisions of a Hub repo, one of them a branch holding the same weights as another."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo("tester/ckpts")
+    for branch, ck in (("step2", "checkpoint-2"), ("step4", "checkpoint-4")):
+        api.create_branch("tester/ckpts", branch=branch)
+        api.upload_folder(folder_path=str(run_dir / ck), repo_id="tester/ckpts", revision=branch,
+                          allow_patterns=["*.json", "*.safetensors"])
+    api.create_branch("tester/ckpts", branch="step4-again", revision="step4")
+    out = tmp_path / "hub_sweep"
+    args = sweep_args(shared_data, "tester/ckpts", out, "--revisions", "step2", "step4", "step4-again")
+    assert main(args) == 0
+    with open(out / "trajectory.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["checkpoint"], r["revision"], r["step"]) for r in rows] == [
+        ("step2", "step2", "2"), ("step4", "step4", "4"), ("step4-again", "step4-again", "")]
+    assert rows[2]["duplicate_of"] == "step4" and rows[2]["nc1_cdnv"] == rows[1]["nc1_cdnv"] != rows[0]["nc1_cdnv"]
+    assert rows[1]["eval_loss"] != "" and (out / "checkpoints" / "step2" / "collapse" / "metrics.json").is_file()
+    # the statistics of revision step2 record the hash of the local checkpoint it was uploaded from
+    from hf_collapse import CollapseStatistics
+    from hf_collapse.integrations.weights_hash import weights_sha256
+
+    stats = CollapseStatistics.load(out / "checkpoints" / "step2" / "collapse" / "statistics.safetensors")
+    assert stats.metadata["weights_sha256"] == rows[0]["weights_sha256"] == weights_sha256(run_dir / "checkpoint-2")
