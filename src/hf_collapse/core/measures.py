@@ -152,21 +152,18 @@ def measure_collapse(
 
     Args:
         stats: the accumulated ``CollapseStatistics`` (or a path to a saved statistics file).
-        weights: classifier rows W (C, d) (e.g. ``model.get_output_embeddings().weight``); enables NC3/NC4.
-        bias: optional classifier bias (C,).
-        k: CDNV power (paper: 2).
+        weights, bias: classifier rows W (C, d) (e.g. ``model.get_output_embeddings().weight``; enable
+            NC3/NC4) and an optional bias (C,). k: CDNV power (paper: 2).
         features, labels: held-out samples (N, d) and (N,) for ``nc4_agreement`` (needs weights) and
             ``ncc_accuracy``; labels equal to ``stats.ignore_index`` are skipped.
-        per_class: also return per-class vectors in ``result.per_class``.
-        tile_size: tile edge of the pairwise sweep.
+        per_class: also return per-class vectors in ``result.per_class``. tile_size: tile edge of the sweep.
         dtype: float32 (default, fast) or float64 (exact) for tiles, d x d Gram matrices and NC4 matmuls.
         batch_size: test samples per NC4 batch (memory: batch_size x C scores).
         device: where to compute (default: where the statistics are).
         progress: show a tqdm bar over the sweep and the NC4 batches.
-        coincident: what to do with classes whose mean equals another class's exactly (CDNV
-            infinite; real text produces them, e.g. two tokens seen once after the same context):
-            ``"raise"`` (default) or ``"exclude"`` (leave every member of such a group out of all
-            measures, as if absent; counted in ``result.info["num_classes_coincident"]``).
+        coincident: classes whose mean equals another class's (CDNV infinite; real text has them, e.g.
+            two tokens seen once after the same context): ``"raise"`` (default) or ``"exclude"`` (leave
+            them out as if absent; counted in ``result.info["num_classes_coincident"]``).
         min_count: classes with fewer samples are treated as absent everywhere (the authors' ``-mpc``).
         classes: measure only these class ids (e.g. frequent tokens); all others are treated as absent.
         global_mean: the centre mu_G of M_c = mu_c - mu_G: ``"unweighted"`` (default, the paper's
@@ -187,10 +184,8 @@ def measure_collapse(
     M = mu - mu_g  # (K, d) centred means
     r = M.norm(dim=1)  # (K,)
     if bool((r == 0).any()):
-        raise ValueError(
-            f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_G (centred norm 0): "
-            f"their norms, angles and log kernel are undefined"
-        )
+        raise ValueError(f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_G "
+                         f"(centred norm 0): their norms, angles and log kernel are undefined")
     out, G, sum_m = _spectral(M, r, counts, sig, dtype)
     if stats.covariance:
         _trace_ratio(stats, M, dev, min_count > 1 or classes is not None, out)
@@ -200,8 +195,7 @@ def measure_collapse(
     out.update(geo)
     info = {"num_classes": stats.num_classes, "num_classes_present": K, "num_classes_coincident": n_same,
             "num_tokens": stats.num_tokens, "k": k, "tile_size": tile_size, "dtype": str(dtype)[6:],
-            "min_count": min_count, "global_mean": global_mean,
-            "num_classes_selected": None if classes is None else int(classes.numel())}
+            "min_count": min_count, "global_mean": global_mean, "num_classes_selected": _count(classes)}
     W, b, duality = _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info)
     if ood_features is not None:
         out["nc5_ood_orthogonality"] = ood_orthogonality(u, as_tensor(ood_features, "ood_features"), mu_g)
@@ -213,12 +207,16 @@ def measure_collapse(
         out.update(counter.values())
         info["nc4_samples"] = counter.num_samples
     per = None
-    if per_class:
+    if per_class:  # (K,) vectors over the measured classes
         per = {"class_ids": idx, "count": counts, "mean_norm": r, "variance": sig, "cdnv_row_mean": cdnv_rows / (K - 1),
                "interference_row_mean": (u @ U - 1) / (K - 1), **({} if duality is None else {"duality": duality})}
-        per = {key: v.cpu() for key, v in per.items()}
     ordered = {key: float(out[key]) for key in MEASURE_KEYS if key in out}
-    return CollapseResult(ordered, per_class=per, info=info)
+    return CollapseResult(ordered, per_class=None if per is None else {key: v.cpu() for key, v in per.items()},
+                          info=info)
+
+
+def _count(classes) -> Optional[int]:
+    return None if classes is None else int(classes.numel())
 
 
 def _as_statistics(stats) -> CollapseStatistics:
