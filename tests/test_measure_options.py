@@ -17,8 +17,15 @@ from hf_collapse import measure_collapse  # noqa: E402
 from hf_collapse.core.nc4 import NC4Counter  # noqa: E402
 from hf_collapse.core.spectral import effective_rank, gram, singular_values  # noqa: E402
 
-NEW = ("nc1_trace_quotient", "nc2_etf_error", "effective_rank", "gnc2_riesz_mean", "gnc2_riesz_cov",
-       "nc3_self_duality_error", "nc5_ood_orthogonality")
+NEW = (
+    "nc1_trace_quotient",
+    "nc2_etf_error",
+    "effective_rank",
+    "gnc2_riesz_mean",
+    "gnc2_riesz_cov",
+    "nc3_self_duality_error",
+    "nc5_ood_orthogonality",
+)
 
 
 def counts_mask(y, C, min_count=1, classes=None):
@@ -37,13 +44,33 @@ def counts_mask(y, C, min_count=1, classes=None):
 def test_new_measures_match_dense_reference(global_mean, options, dtype, rtol):
     h, y, W, b, ht, yt = problem(C=40, d=12, N=3000, seed=11)
     ood = ood_features(12)
-    res = measure_collapse(stats_of(h, y, 40, covariance=True), weights=W, bias=b, features=ht, labels=yt,
-                           dtype=dtype, tile_size=9, riesz_s=2.5, ood_features=ood, global_mean=global_mean,
-                           **options)
+    res = measure_collapse(
+        stats_of(h, y, 40, covariance=True),
+        weights=W,
+        bias=b,
+        features=ht,
+        labels=yt,
+        dtype=dtype,
+        tile_size=9,
+        riesz_s=2.5,
+        ood_features=ood,
+        global_mean=global_mean,
+        **options,
+    )
     keep = counts_mask(y.numpy(), 40, options.get("min_count", 1), options.get("classes"))
-    ref, _ = dense_measures(*dense_statistics(h.numpy(), y.numpy(), 40), W=W.numpy(), b=b.numpy(),
-                            h_test=ht.numpy(), y_test=yt.numpy(), h_train=h.numpy(), y_train=y.numpy(), keep=keep,
-                            global_mean=global_mean, riesz_s=2.5, h_ood=ood.numpy())
+    ref, _ = dense_measures(
+        *dense_statistics(h.numpy(), y.numpy(), 40),
+        W=W.numpy(),
+        b=b.numpy(),
+        h_test=ht.numpy(),
+        y_test=yt.numpy(),
+        h_train=h.numpy(),
+        y_train=y.numpy(),
+        keep=keep,
+        global_mean=global_mean,
+        riesz_s=2.5,
+        h_ood=ood.numpy(),
+    )
     assert res.info["num_classes_present"] == int(keep.sum()) < 41
     if options:  # the d x d second moment covers every class: no nc1_trace_ratio for a subset
         ref.pop("nc1_trace_ratio")
@@ -60,8 +87,13 @@ def test_global_mean_weighted_differs_and_is_the_sample_mean():
     assert un["nc1_cdnv"] == pytest.approx(wt["nc1_cdnv"], rel=1e-12)  # distances do not see the centre
     assert abs(un["nc2_etf_error"] - wt["nc2_etf_error"]) > 1e-3  # the <sum M, sum M>/K term is not zero
     # the weighted centre is the mean of every sample: centring the features there changes nothing
-    shifted = measure_collapse(stats_of(h - h.mean(0), y, 15), weights=W, dtype=torch.float64,
-                               ood_features=ood_features(12) - h.mean(0), global_mean="weighted")
+    shifted = measure_collapse(
+        stats_of(h - h.mean(0), y, 15),
+        weights=W,
+        dtype=torch.float64,
+        ood_features=ood_features(12) - h.mean(0),
+        global_mean="weighted",
+    )
     for key in wt:
         assert shifted[key] == pytest.approx(wt[key], rel=1e-8, abs=1e-12), key
     # equal counts: the two centres coincide
@@ -78,10 +110,20 @@ def test_min_count_and_classes_equal_filtered_statistics(dtype):
     h, y, W, b, ht, yt = problem(C=30, seed=13, absent=(4,))
     counts = np.bincount(y.numpy(), minlength=30)
     n = int(np.median(counts[counts > 0]))
-    kw = dict(weights=W, bias=b, features=ht, labels=yt, dtype=dtype, riesz_s=1.0, ood_features=ood_features(12),
-              per_class=True)
-    for opts, keep in (({"min_count": n}, counts >= n), ({"classes": [1, 3, 4, 8, 9, 20, 29]},
-                                                         np.isin(np.arange(30), [1, 3, 4, 8, 9, 20, 29]))):
+    kw = dict(
+        weights=W,
+        bias=b,
+        features=ht,
+        labels=yt,
+        dtype=dtype,
+        riesz_s=1.0,
+        ood_features=ood_features(12),
+        per_class=True,
+    )
+    for opts, keep in (
+        ({"min_count": n}, counts >= n),
+        ({"classes": [1, 3, 4, 8, 9, 20, 29]}, np.isin(np.arange(30), [1, 3, 4, 8, 9, 20, 29])),
+    ):
         res = measure_collapse(stats_of(h, y, 30), **opts, **kw)
         sel = torch.from_numpy(keep)[y]
         ref = measure_collapse(stats_of(h[sel], y[sel], 30), **kw)
@@ -105,8 +147,9 @@ def test_simplex_etf_and_self_duality_closed_forms():
         assert res["effective_rank"] == pytest.approx(C - 1, rel=1e-6)  # C - 1 equal singular values
         assert res["nc1_trace_quotient"] == 0.0  # no within-class variance
         # every pair at ||u - u'||^2 = 2 + 2/(C-1): Riesz mean (2 + 2/(C-1))^(-s/2) (1e-174: no overflow), CoV 0
-        assert res["gnc2_riesz_mean"] == pytest.approx((2 + 2 / (C - 1)) ** -500, rel=1e-3 if dtype == torch.float32
-                                                       else 1e-9)
+        assert res["gnc2_riesz_mean"] == pytest.approx(
+            (2 + 2 / (C - 1)) ** -500, rel=1e-3 if dtype == torch.float32 else 1e-9
+        )
         assert res["gnc2_riesz_cov"] == pytest.approx(0.0, abs=1e-2 if dtype == torch.float32 else 1e-9)
     # random (non-ETF) means: W equal to the centred means gives the self-duality error of M with itself
     h2, y2, _, _, _, _ = problem(C=12, seed=14, absent=())
@@ -121,7 +164,8 @@ def test_simplex_etf_and_self_duality_closed_forms():
     ood = torch.zeros(4, d + 1, dtype=torch.float64)
     ood[:, d] = 7.0
     assert measure_collapse(s3, dtype=torch.float64, ood_features=ood)["nc5_ood_orthogonality"] == pytest.approx(
-        0.0, abs=1e-12)
+        0.0, abs=1e-12
+    )
 
 
 def test_effective_rank_of_orthonormal_directions():
@@ -191,16 +235,31 @@ def test_settings_fields_short_names_and_record():
     from hf_collapse.integrations.settings import CollapseArguments, as_settings
 
     (c,) = HfArgumentParser(CollapseArguments).parse_args_into_dataclasses(
-        ["--collapse_min_count", "3", "--collapse_classes", "5", "2", "9", "--collapse_global_mean", "weighted",
-         "--collapse_riesz_s", "1.5"])
+        [
+            "--collapse_min_count",
+            "3",
+            "--collapse_classes",
+            "5",
+            "2",
+            "9",
+            "--collapse_global_mean",
+            "weighted",
+            "--collapse_riesz_s",
+            "1.5",
+        ]
+    )
     assert c.measure_options() == {"min_count": 3, "classes": [5, 2, 9], "global_mean": "weighted", "riesz_s": 1.5}
     rec = c.record()
     assert rec["min_count"] == 3 and rec["global_mean"] == "weighted" and rec["riesz_s"] == 1.5
     assert rec["classes"].startswith("3 ids sha256:")
     short = as_settings(None, min_count=2, classes=[1, 4], global_mean="weighted", riesz_s=2.0)
     assert short.measure_options() == {"min_count": 2, "classes": [1, 4], "global_mean": "weighted", "riesz_s": 2.0}
-    for bad, err in (({"collapse_min_count": 0}, "min_count"), ({"collapse_global_mean": "mode"}, "global_mean"),
-                     ({"collapse_riesz_s": -1.0}, "collapse_riesz_s"), ({"collapse_classes": [-1]}, "outside")):
+    for bad, err in (
+        ({"collapse_min_count": 0}, "min_count"),
+        ({"collapse_global_mean": "mode"}, "global_mean"),
+        ({"collapse_riesz_s": -1.0}, "collapse_riesz_s"),
+        ({"collapse_classes": [-1]}, "outside"),
+    ):
         with pytest.raises(ValueError, match=err):
             CollapseArguments(**bad)
 
@@ -217,7 +276,8 @@ def test_evaluate_module_passes_the_options():
     s = stats_of(h, y, 12)
     ood = ood_features(12).numpy()  # numpy is accepted
     opts = dict(min_count=40, classes=list(range(10)), global_mean="weighted", riesz_s=2.0)
-    got = mod.NeuralCollapse(config_name="statistics")._measure([s], weights=W, dtype="float64", ood_features=ood,
-                                                                **opts)
+    got = mod.NeuralCollapse(config_name="statistics")._measure(
+        [s], weights=W, dtype="float64", ood_features=ood, **opts
+    )
     want = measure_collapse(s, weights=W, dtype=torch.float64, ood_features=torch.from_numpy(ood), **opts)
     assert got == dict(want) and "nc5_ood_orthogonality" in got and "gnc2_riesz_cov" in got

@@ -24,8 +24,12 @@ def run_dir(tmp_path_factory, shared_data):
 
     out = tmp_path_factory.mktemp("run")
     train, evals = blocks(shared_data)
-    trainer = Trainer(model=tiny_gpt_neo(), args=training_args(out, max_steps=6, save_steps=2), train_dataset=train,
-                      eval_dataset=evals)
+    trainer = Trainer(
+        model=tiny_gpt_neo(),
+        args=training_args(out, max_steps=6, save_steps=2),
+        train_dataset=train,
+        eval_dataset=evals,
+    )
     trainer.train()
     trainer.save_model(str(out))
     trainer.save_state()
@@ -38,16 +42,40 @@ def run_dir(tmp_path_factory, shared_data):
 
 def sweep_args(shared_data, run, out, *extra):
     d = shared_data
-    return ["sweep", str(run), "--tokenizer", str(d / "tokenizers" / "gpt2"),
-            "--train-file", str(d / "tinystories" / "train-head.txt"),
-            "--validation-file", str(d / "tinystories" / "validation-head.txt"), "--max-tokens", "400",
-            "--nc4-max-tokens", "150", "--block-size", "32", "--batch-size", "4", "--dtype", "float64",
-            "--no-progress", "--output-dir", str(out), *extra]
+    return [
+        "sweep",
+        str(run),
+        "--tokenizer",
+        str(d / "tokenizers" / "gpt2"),
+        "--train-file",
+        str(d / "tinystories" / "train-head.txt"),
+        "--validation-file",
+        str(d / "tinystories" / "validation-head.txt"),
+        "--max-tokens",
+        "400",
+        "--nc4-max-tokens",
+        "150",
+        "--block-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--dtype",
+        "float64",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def test_sweep_trainer_run(shared_data, run_dir, tmp_path, capsys):
     assert [(c.label, c.step) for c in run_checkpoints(run_dir)] == [
-        ("checkpoint-2", 2), ("checkpoint-4", 4), ("checkpoint-6", 6), ("checkpoint-8", 8), ("final", 6)]
+        ("checkpoint-2", 2),
+        ("checkpoint-4", 4),
+        ("checkpoint-6", 6),
+        ("checkpoint-8", 8),
+        ("final", 6),
+    ]
     out = tmp_path / "sweep"
     assert main(sweep_args(shared_data, run_dir, out)) == 0
     assert "checkpoint-8" in capsys.readouterr().out
@@ -103,8 +131,10 @@ def test_sweep_trainer_run(shared_data, run_dir, tmp_path, capsys):
     table = read_csv_rows(out / "trajectory.csv")
     assert [r["name"] for r in table] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert all(r["val_loss"] == r["eval_loss"] for r in table)
-    assert main(["analyze", str(out / "trajectory.csv"), "--output-dir", str(tmp_path / "an"),
-                 "--permutations", "50"]) == 0
+    assert (
+        main(["analyze", str(out / "trajectory.csv"), "--output-dir", str(tmp_path / "an"), "--permutations", "50"])
+        == 0
+    )
     assert "nc2_etf_error" in (tmp_path / "an" / "correlations.csv").read_text()
 
 
@@ -125,8 +155,12 @@ def test_sweep_hub_revisions(shared_data, run_dir, tmp_path, hub_env):
     api.create_repo("tester/ckpts")
     for branch, ck in (("step2", "checkpoint-2"), ("step4", "checkpoint-4")):
         api.create_branch("tester/ckpts", branch=branch)
-        api.upload_folder(folder_path=str(run_dir / ck), repo_id="tester/ckpts", revision=branch,
-                          allow_patterns=["*.json", "*.safetensors"])
+        api.upload_folder(
+            folder_path=str(run_dir / ck),
+            repo_id="tester/ckpts",
+            revision=branch,
+            allow_patterns=["*.json", "*.safetensors"],
+        )
     api.create_branch("tester/ckpts", branch="step4-again", revision="step4")
     out = tmp_path / "hub_sweep"
     args = sweep_args(shared_data, "tester/ckpts", out, "--revisions", "step2", "step4", "step4-again")
@@ -134,7 +168,10 @@ def test_sweep_hub_revisions(shared_data, run_dir, tmp_path, hub_env):
     with open(out / "trajectory.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["checkpoint"], r["revision"], r["step"]) for r in rows] == [
-        ("step2", "step2", "2"), ("step4", "step4", "4"), ("step4-again", "step4-again", "")]
+        ("step2", "step2", "2"),
+        ("step4", "step4", "4"),
+        ("step4-again", "step4-again", ""),
+    ]
     assert rows[2]["duplicate_of"] == "step4" and rows[2]["nc1_cdnv"] == rows[1]["nc1_cdnv"] != rows[0]["nc1_cdnv"]
     assert rows[1]["eval_loss"] != "" and (out / "checkpoints" / "step2" / "collapse" / "metrics.json").is_file()
     # the statistics of revision step2 record the hash of the local checkpoint it was uploaded from

@@ -90,14 +90,19 @@ def coincident(mu, rtol: float = 1e-10) -> list[int]:
     return sorted(found)
 
 
-def class_moments(stats: CollapseStatistics, dev, coincident_mode: str, min_count: int = 1,
-                  classes: Optional[torch.Tensor] = None):
+def class_moments(
+    stats: CollapseStatistics, dev, coincident_mode: str, min_count: int = 1, classes: Optional[torch.Tensor] = None
+):
     """Ids, counts, means and variances of the classes measured: the selected ones, less coincident
     groups when ``coincident_mode="exclude"``. Returns ``(idx (K,), counts (K,), mu (K, d), sig (K,),
     n_excluded)``."""
     idx = selected_ids(stats, min_count, classes).to(dev)  # (K,) class ids measured
     if idx.numel() < 2:
-        how = "" if min_count == 1 and classes is None else f" (min_count={min_count}, classes={'given' if classes is not None else None})"
+        how = (
+            ""
+            if min_count == 1 and classes is None
+            else f" (min_count={min_count}, classes={'given' if classes is not None else None})"
+        )
         raise ValueError(f"neural collapse needs at least 2 classes with samples, got {idx.numel()}{how}")
     counts, mu, sig = (t.to(dev) for t in stats.moments(idx.to(stats.device)))  # (K,), (K, d), (K,) float64
     same = coincident(mu)
@@ -109,8 +114,9 @@ def class_moments(stats: CollapseStatistics, dev, coincident_mode: str, min_coun
             f"classes {ids[:6]} have means identical to another class's, so their CDNV is infinite; "
             f"pass coincident='exclude' to leave them out (or remove duplicate classes)"
         )
-    logger.warning("leaving out %d classes whose means coincide with another class's (up to round-off): %s",
-                   len(ids), ids[:10])
+    logger.warning(
+        "leaving out %d classes whose means coincide with another class's (up to round-off): %s", len(ids), ids[:10]
+    )
     keep = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
     keep[same] = False
     if int(keep.sum()) < 2:

@@ -35,7 +35,7 @@ def gram(A: torch.Tensor, dtype: torch.dtype, chunk: int = 8192) -> torch.Tensor
     converted once; the chunk sums add in float64)."""
     G = torch.zeros(A.shape[1], A.shape[1], dtype=torch.float64, device=A.device)
     for i in range(0, A.shape[0], chunk):
-        a = A[i:i + chunk].to(dtype)
+        a = A[i : i + chunk].to(dtype)
         G += (a.T @ a).double()
     return G
 
@@ -55,8 +55,9 @@ def nc2_etf_error(M: torch.Tensor, G: torch.Tensor) -> float:
     return etf_error(float(M.pow(2).sum()), total, total, float(G.pow(2).sum()), M.shape[0])
 
 
-def nc3_self_duality_error(W: torch.Tensor, u: torch.Tensor, r: torch.Tensor, sum_m: torch.Tensor, G: torch.Tensor,
-                           dtype: torch.dtype) -> float:
+def nc3_self_duality_error(
+    W: torch.Tensor, u: torch.Tensor, r: torch.Tensor, sum_m: torch.Tensor, G: torch.Tensor, dtype: torch.dtype
+) -> float:
     """``nc3_self_duality_error`` from classifier rows W (K, d), unit centred means u (K, d) with norms
     r (K,) (M = r u), sum_c M_c (d,) and G = M^T M. ||W M^T||_F^2 = <W^T W, M^T M>_F needs one more
     d x d Gram. The authors' ``self_duality_error`` normalises the same S = W M^T."""
@@ -96,8 +97,10 @@ def ood_orthogonality(u: torch.Tensor, ood_features, mu_g: torch.Tensor) -> floa
     means with the uncentred OOD mean; here both are centred at mu_G (the NECO geometry)."""
     h = ood_features
     if not isinstance(h, torch.Tensor) or not h.is_floating_point():
-        raise TypeError(f"ood_features must be a floating-point tensor (N, d), got {type(h).__name__}"
-                        + (f" of dtype {h.dtype}" if isinstance(h, torch.Tensor) else ""))
+        raise TypeError(
+            f"ood_features must be a floating-point tensor (N, d), got {type(h).__name__}"
+            + (f" of dtype {h.dtype}" if isinstance(h, torch.Tensor) else "")
+        )
     if h.dim() < 1 or h.shape[-1] != u.shape[1] or h.numel() == 0:
         raise ValueError(f"ood_features must have shape (N, {u.shape[1]}) with N >= 1, got {tuple(h.shape)}")
     mu_ood = h.reshape(-1, u.shape[1]).to(u.device, torch.float64).mean(0)  # (d,)

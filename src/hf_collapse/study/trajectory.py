@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,11 @@ def resolve(ck: Checkpoint) -> Path:
     if ck.folder is None:
         from huggingface_hub import snapshot_download
 
-        ck.folder = Path(snapshot_download(ck.repo_id, revision=ck.revision,
-                                           allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        ck.folder = Path(
+            snapshot_download(
+                ck.repo_id, revision=ck.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+            )
+        )
     return ck.folder
 
 
@@ -145,8 +149,15 @@ def _read_record(path: Path) -> Optional[dict]:
         return None
 
 
-def sweep(checkpoints: Sequence[Checkpoint], output_dir: str | os.PathLike, measure: Callable, settings: dict, *,
-          hasher: Optional[Callable] = None, plot: bool = True) -> list[dict]:
+def sweep(
+    checkpoints: Sequence[Checkpoint],
+    output_dir: str | os.PathLike,
+    measure: Callable,
+    settings: dict,
+    *,
+    hasher: Optional[Callable] = None,
+    plot: bool = True,
+) -> list[dict]:
     """Measure each checkpoint (see the module docstring) and write the trajectory.
 
     ``measure(folder)`` returns a ``CollapseReport`` of the weights in ``folder``; ``settings`` (a flat
@@ -178,25 +189,41 @@ def _checkpoint_row(ck, sub: Path, measure, settings, key, hasher, earlier) -> d
         logger.info("%s: measured before with these settings, skipped", ck.label)
         return record["row"]
     digest = hasher(folder)
-    row = {"checkpoint": ck.label, "step": ck.step, "revision": ck.revision, "weights_sha256": digest,
-           "duplicate_of": None}
+    row = {
+        "checkpoint": ck.label,
+        "step": ck.step,
+        "revision": ck.revision,
+        "weights_sha256": digest,
+        "duplicate_of": None,
+    }
     twin = next((r for r in earlier if r["weights_sha256"] == digest), None)
     if twin is not None:
         logger.info("%s: weights identical to %s, measures copied", ck.label, twin["checkpoint"])
         row.update({k: v for k, v in twin.items() if k in MEASURES})
         row["duplicate_of"] = twin["duplicate_of"] or twin["checkpoint"]
+        if (sub / "collapse").is_dir():  # statistics of an earlier sweep with other settings: stale now
+            shutil.rmtree(sub / "collapse")
     else:
         from ..integrations.folder import write_report
 
         logger.info("%s: measuring %s", ck.label, folder)
         report = measure(folder)
-        write_report(sub, report, metadata={"weights_sha256": digest, "checkpoint": ck.label},
-                     metrics_extra={**settings, "checkpoint": ck.label, "step": ck.step, "revision": ck.revision})
+        write_report(
+            sub,
+            report,
+            metadata={"weights_sha256": digest, "checkpoint": ck.label},
+            metrics_extra={**settings, "checkpoint": ck.label, "step": ck.step, "revision": ck.revision},
+        )
         row.update({k: float(v) for k, v in report.result.items()})
     row["eval_loss"] = eval_loss(folder)
     sub.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sub / RECORD_FILE, json.dumps({"settings_key": key, "settings": settings, "source_files": files,
-                                                      "row": row}, indent=2, default=str) + "\n")
+    atomic_write_text(
+        sub / RECORD_FILE,
+        json.dumps(
+            {"settings_key": key, "settings": settings, "source_files": files, "row": row}, indent=2, default=str
+        )
+        + "\n",
+    )
     return row
 
 
@@ -213,8 +240,11 @@ def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in _columns(rows)[len(ROW_COLUMNS):]
-            if any(r.get(k) is not None and math.isfinite(float(r[k])) for r in rows)]
+    keys = [
+        k
+        for k in _columns(rows)[len(ROW_COLUMNS) :]
+        if any(r.get(k) is not None and math.isfinite(float(r[k])) for r in rows)
+    ]
     if not keys or not rows:
         return None
     have_steps = all(r.get("step") is not None for r in rows)
@@ -225,16 +255,29 @@ def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[P
     cols = min(4, len(keys))
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False, layout="constrained")
-    for ax in axes.flat[len(keys):]:
+    for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, keys):
         ys = [float(r[key]) if r.get(key) is not None else math.nan for r in rows]
         ax.plot(x, ys, "-", color="C0", lw=1)
-        ax.plot([a for a, d in zip(x, dup) if not d], [y for y, d in zip(ys, dup) if not d], "o", color="C0", ms=4,
-                label="measured")
+        ax.plot(
+            [a for a, d in zip(x, dup) if not d],
+            [y for y, d in zip(ys, dup) if not d],
+            "o",
+            color="C0",
+            ms=4,
+            label="measured",
+        )
         if any(dup):
-            ax.plot([a for a, d in zip(x, dup) if d], [y for y, d in zip(ys, dup) if d], "o", mfc="none",
-                    color="C1", ms=8, label="weights identical to an earlier checkpoint (measures copied)")
+            ax.plot(
+                [a for a, d in zip(x, dup) if d],
+                [y for y, d in zip(ys, dup) if d],
+                "o",
+                mfc="none",
+                color="C1",
+                ms=8,
+                label="weights identical to an earlier checkpoint (measures copied)",
+            )
         pos = [y for y in ys if math.isfinite(y)]
         if pos and min(pos) > 0 and max(pos) / min(pos) > 20:
             ax.set_yscale("log")
@@ -242,7 +285,7 @@ def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[P
         ax.set_xlabel("step" if have_steps else "checkpoint", fontsize=8)
         ax.tick_params(labelsize=7)
     if not have_steps:
-        for ax in axes.flat[:len(keys)]:
+        for ax in axes.flat[: len(keys)]:
             ax.set_xticks(x, [r["checkpoint"] for r in rows], rotation=45, fontsize=6)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
