@@ -281,3 +281,36 @@ def test_evaluate_module_passes_the_options():
     )
     want = measure_collapse(s, weights=W, dtype=torch.float64, ood_features=torch.from_numpy(ood), **opts)
     assert got == dict(want) and "nc5_ood_orthogonality" in got and "gnc2_riesz_cov" in got
+
+
+def test_measure_cli_flags_reach_metrics_json(shared_data, tmp_path, capsys):
+    import json
+
+    from hf_collapse.cli import main
+
+    d = shared_data
+    base = ["measure", str(d / "models" / "stories260K"), "--train-file", str(d / "tinystories" / "train-head.txt"),
+            "--validation-file", str(d / "tinystories" / "validation-head.txt"), "--max-tokens", "2000",
+            "--block-size", "128", "--batch-size", "4", "--dtype", "float64", "--no-progress", "--no-save-model"]
+    assert main([*base, "--output-dir", str(tmp_path / "a")]) == 0
+    flags = ["--min-count", "3", "--classes", *map(str, range(0, 512, 2)), "--global-mean", "weighted",
+             "--riesz-s", "2"]
+    assert main([*base, "--output-dir", str(tmp_path / "b"), *flags]) == 0
+    capsys.readouterr()
+    a = json.loads((tmp_path / "a" / "collapse" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "collapse" / "metrics.json").read_text())
+    assert {"nc1_trace_quotient", "nc2_etf_error", "effective_rank", "nc3_self_duality_error"} <= set(a)
+    assert "gnc2_riesz_mean" not in a and a["min_count"] == 1 and a["global_mean"] == "unweighted"
+    assert b["min_count"] == 3 and b["global_mean"] == "weighted" and b["riesz_s"] == 2.0
+    assert b["classes"].startswith("256 ids sha256:") and "gnc2_riesz_cov" in b
+    # the same statistics (the options only change the measures), fewer classes measured
+    assert b["num_tokens"] == a["num_tokens"] and b["num_classes_present"] == a["num_classes_present"]
+    assert 2 <= b["num_classes_measured"] < a["num_classes_present"] / 2
+    from hf_collapse import CollapseStatistics
+
+    stats = CollapseStatistics.load(tmp_path / "b" / "collapse" / "statistics.safetensors")
+    ref = measure_collapse(stats, dtype=torch.float64, min_count=3, classes=list(range(0, 512, 2)),
+                           global_mean="weighted", riesz_s=2.0, coincident="exclude")
+    for key in ("nc1_cdnv", "nc2_etf_error", "gnc2_riesz_mean", "nc1_trace_quotient"):
+        assert b[key] == pytest.approx(ref[key], rel=1e-12), key
+    assert main([*base, "--output-dir", str(tmp_path / "c"), "--min-count", "0"]) == 1
