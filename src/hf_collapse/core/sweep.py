@@ -12,7 +12,7 @@ until one host sync at the end.
 With ``riesz_s = s`` the Riesz s-kernel ``T^(-s/2) = ||u_c - u_c'||^-s`` rides the same tiles: it is
 ``exp(-s/2 (log T - lbar))`` times ``exp(-s/2 lbar)``, with lbar the shift of the log kernel (an
 estimate of the mean of log T), evaluated in float64 (a fourth, float64 tile buffer) so that the
-scaled kernel stays near 1 and its sums are shifted by 1 before squaring; the scale factor is put
+scaled kernel R stays near 1 and R - 1 (expm1, one pass) is summed and squared; the scale factor is put
 back in log space by the caller. With ``riesz_s=None`` the tile loop does exactly what it did before.
 """
 
@@ -119,9 +119,9 @@ def _tile(ut, rt, st, u, s, row, bufs, c, i0, i1, j0, j1) -> torch.Tensor:
     if not diag:
         row[j0:j1] += 0.5 * ((st[i0:i1] @ P).double() + s[j0:j1] * P.sum(0).double())
     extra = []
-    if c["riesz"] is not None:  # R - 1 = exp(-s/2 (log T - lbar)) - 1 in float64; 0 on the diagonal
-        R = torch.mul(L, -0.5 * c["riesz"], out=bufs[3][: n * m].view(n, m)).exp_().sub_(1.0)
-        extra = [R.sum(), R.square_().sum()]
+    if c["riesz"] is not None:  # R - 1 = expm1(-s/2 (log T - lbar)) in float64; 0 on the diagonal
+        R = torch.mul(L, -0.5 * c["riesz"], out=bufs[3][: n * m].view(n, m)).expm1_().view(-1)  # (n m,)
+        extra = [R.sum(), torch.dot(R, R)]
     # per-row float32 sums, added up in float64; a diagonal tile holds every pair twice
     tile = torch.stack([r_part.sum(), -0.5 * L.sum(1).double().sum(), 0.25 * L.square_().sum(1).double().sum(),
                         0.25 * E.square_().sum(1).double().sum(), *extra])
