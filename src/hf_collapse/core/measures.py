@@ -250,7 +250,7 @@ def _spectral(M, r, counts, sig, dtype):
     ``effective_rank``. Returns ``(measures, G = M^T M (d, d) float64, sum_c M_c (d,))``."""
     G = gram(M, dtype)
     sum_m = M.sum(0)
-    out = {"nc1_trace_quotient": trace_quotient(counts, sig, r), "nc2_etf_error": nc2_etf_error(M, G),
+    out = {"nc1_trace_quotient": trace_quotient(counts, sig, r), "nc2_etf_error": nc2_etf_error(r, sum_m, G),
            "effective_rank": effective_rank(singular_values(M, G))}
     return out, G, sum_m
 

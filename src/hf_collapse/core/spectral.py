@@ -49,10 +49,10 @@ def etf_error(trace_ba: float, sum_a: torch.Tensor, sum_b: torch.Tensor, frob_sq
     return math.sqrt(max(2.0 - 2.0 * inner, 0.0))
 
 
-def nc2_etf_error(M: torch.Tensor, G: torch.Tensor) -> float:
-    """``nc2_etf_error`` from the centred means M (K, d) and their Gram G = M^T M (d, d), float64."""
-    total = M.sum(0)  # (d,) zero for the unweighted centre, up to round-off
-    return etf_error(float(M.pow(2).sum()), total, total, float(G.pow(2).sum()), M.shape[0])
+def nc2_etf_error(r: torch.Tensor, sum_m: torch.Tensor, G: torch.Tensor) -> float:
+    """``nc2_etf_error`` from the centred norms r (K,), sum_c M_c (d,) (zero for the unweighted centre, up
+    to round-off) and the Gram G = M^T M (d, d), float64: tr(M M^T) = sum_c r_c^2 (no K x d temporary)."""
+    return etf_error(float(r @ r), sum_m, sum_m, float(G.pow(2).sum()), r.shape[0])
 
 
 def nc3_self_duality_error(
