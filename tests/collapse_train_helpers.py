@@ -44,29 +44,46 @@ def training_args(out, **kw):
     return TrainingArguments(**base)
 
 
-def main(out, shared):
-    """Train 4 steps under however many processes we were launched with, then save the final eval."""
-    from hf_collapse.trainer import CollapseArguments, CollapseTrainer
+def main(out, shared, mode="ddp"):
+    """Train 4 steps under however many processes we were launched with, then save the final eval.
+
+    ``mode="ddp"``: ``use_cpu=True``, so the Trainer shards the data over the processes (DDP on gloo).
+    ``mode="nodist"``: no ``use_cpu`` (a CPU machine under ``accelerate launch --multi_gpu``): the
+    process group exists but the Trainer does not use it, so every process trains a full copy; the
+    final evaluation is also repeated by a stock Trainer with ``CollapseCallback`` and by
+    ``measure_collapse()`` (a dedicated pass)."""
+    from hf_collapse.trainer import CollapseArguments, CollapseCallback, CollapseTrainer
 
     out, shared = Path(out), Path(shared)
     train, evals = blocks(shared)
-    trainer = CollapseTrainer(model=tiny_gpt_neo(), args=training_args(out), train_dataset=train,
-                              eval_dataset=evals, collapse_args=CollapseArguments(collapse_dtype="float64"))
+    cargs = CollapseArguments(collapse_dtype="float64")
+    trainer = CollapseTrainer(model=tiny_gpt_neo(), args=training_args(out, use_cpu=mode == "ddp"),
+                              train_dataset=train, eval_dataset=evals, collapse_args=cargs)
     trainer.train()
     final = trainer.evaluate()
+    res = {"final": final, "log_history": trainer.state.log_history, "world_size": trainer.args.world_size,
+           "num_tokens": trainer.collapse_report.statistics.num_tokens}
+    if mode == "nodist":
+        res["measure_num_tokens"] = trainer.measure_collapse().statistics.num_tokens
+        from transformers import Trainer
+
+        stock = Trainer(model=trainer.model, args=training_args(out / "stock", use_cpu=False), eval_dataset=evals)
+        cb = CollapseCallback(cargs).attach(stock)
+        res["callback_final"] = stock.evaluate()
+        res["callback_num_tokens"] = cb.collapse_report.statistics.num_tokens
+        cb.remove()
     if trainer.is_world_process_zero():
         trainer.save_model(str(out / "final"))
-        (out / "result.json").write_text(json.dumps({"final": final, "log_history": trainer.state.log_history,
-                                                    "world_size": trainer.args.world_size}))
+        (out / "result.json").write_text(json.dumps(res))
     # free the accelerator before exit: 2-process runs sometimes hung in trainer.end() otherwise
     trainer.accelerator.free_memory()
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if dist.is_initialized():  # the launcher's group, not hf_collapse's: the script closes it
         dist.barrier()
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

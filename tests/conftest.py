@@ -1,6 +1,14 @@
-"""Shared fixtures. Real data lives in ../shared/data beside the repository (or $HF_COLLAPSE_SHARED_DATA)."""
+"""Shared fixtures. Real data lives in ../shared/data beside the repository (or $HF_COLLAPSE_SHARED_DATA).
 
+Isolation: before any test module imports hf_collapse, transformers or huggingface_hub, every Hugging
+Face cache and home (and matplotlib's config dir) is pointed at a temporary folder for the whole
+session, inherited by the subprocesses tests start; no test writes to the user's ~/.cache/huggingface.
+"""
+
+import atexit
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -8,25 +16,69 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# No test writes to the developer's Hugging Face cache: every HF cache points into one temporary
-# home for the session (set before any test module imports huggingface_hub, datasets or evaluate).
-_HOME = Path(tempfile.mkdtemp(prefix="hf_collapse_tests_home_"))
-for _key, _sub in (("HF_HOME", ""), ("HF_MODULES_CACHE", "modules"), ("HF_DATASETS_CACHE", "datasets"),
-                   ("HF_HUB_CACHE", "hub"), ("HF_EVALUATE_CACHE", "evaluate"), ("XDG_CACHE_HOME", "xdg")):
-    os.environ[_key] = str(_HOME / _sub) if _sub else str(_HOME)
+HF_TMP_HOME = Path(tempfile.mkdtemp(prefix="hf_collapse_tests_home_"))
+ISOLATED_ENV = {
+    "HF_HOME": HF_TMP_HOME / "hf",
+    "HF_HUB_CACHE": HF_TMP_HOME / "hf" / "hub",
+    "HF_DATASETS_CACHE": HF_TMP_HOME / "hf" / "datasets",
+    "HF_MODULES_CACHE": HF_TMP_HOME / "hf" / "modules",
+    "HF_EVALUATE_CACHE": HF_TMP_HOME / "hf" / "evaluate",
+    "HF_METRICS_CACHE": HF_TMP_HOME / "hf" / "metrics",
+    "HF_XET_CACHE": HF_TMP_HOME / "hf" / "xet",
+    "HF_ASSETS_CACHE": HF_TMP_HOME / "hf" / "assets",
+    "MPLCONFIGDIR": HF_TMP_HOME / "matplotlib",
+    "XDG_CACHE_HOME": HF_TMP_HOME / "xdg",
+}
+for _key, _value in ISOLATED_ENV.items():
+    os.environ[_key] = str(_value)
+os.environ.pop("HF_TOKEN_PATH", None)
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+atexit.register(shutil.rmtree, HF_TMP_HOME, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port that is free now on 127.0.0.1 (for torchrun / accelerate launch rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shared_data_dir() -> Path:
     env = os.environ.get("HF_COLLAPSE_SHARED_DATA")
     path = Path(env) if env else REPO.parent / "shared" / "data"
     if not (path / "README.md").is_file():
-        pytest.fail(f"shared test data not found at {path}: clone the repo beside ../shared or set HF_COLLAPSE_SHARED_DATA")
+        pytest.skip(f"shared test data not found at {path}: clone the repo beside ../shared or set "
+                    "HF_COLLAPSE_SHARED_DATA (CI has it)")
     return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_data_dir()
+
+
+# modules whose every test is slow: training, several processes, the local Hub server, killed processes
+SLOW_MODULES = {"test_trainer.py", "test_study.py", "test_measure_cli.py", "test_faults.py", "test_hub.py"}
+# single slow tests elsewhere: each starts fresh Python processes (torch + transformers imports) or two ranks
+SLOW_TESTS = {
+    "test_reduce.py::test_two_process_reduce_matches_one_process",
+    "test_metric.py::test_bare_name_loads_offline_from_any_directory",
+    "test_metric.py::test_import_writes_nothing_and_unwritable_cache_is_one_clear_error",
+    "test_metric.py::test_wheel_ships_the_registered_module",
+    "test_structure.py::test_import_writes_nothing",
+    "test_structure.py::test_core_imports_without_transformers_or_hub",
+    "test_package.py::test_module_entry_points",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tiers ``slow`` (by module, by name, and by the ``hub_env`` fixture), so that
+    ``pytest -m "not slow"`` runs the fast tier alone; CI runs everything."""
+    for item in items:
+        name = Path(str(item.fspath)).name
+        if ("hub_env" in getattr(item, "fixturenames", ()) or name in SLOW_MODULES
+                or f"{name}::{item.originalname}" in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 
 
 # ---------------------------------------------------------------------------------------- local Hub
@@ -61,6 +113,7 @@ def hub_env(tmp_path, monkeypatch):
     import sys
 
     import huggingface_hub
+    import huggingface_hub.hf_api  # noqa: F401  (a lazy submodule: patched below)
     from huggingface_hub import constants
 
     if str(Path(__file__).parent) not in sys.path:  # also under --import-mode=importlib

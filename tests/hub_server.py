@@ -16,6 +16,11 @@ Pointing the client at it (the recipe ``hub_env`` in ``tests/conftest.py`` appli
 ``HF_HUB_DISABLE_XET=1`` is needed because ``hf_xet`` is installed: the client would otherwise upload
 through the Xet storage protocol, which this server does not speak.
 
+Fault injection (for tests of failures mid-way): ``hub.fail("lfs_put", times=-1)`` makes the server
+drop the connection, without an answer, on that many matching requests (-1: until ``hub.fail(kind, 0)``),
+as if it went away during the upload. Kinds: ``lfs_put`` (an LFS blob upload), ``commit`` (the
+commit call), ``preupload``.
+
 Not implemented: pull requests, tags, multipart LFS, Xet, auth checks (any token is accepted and
 recorded), pagination (one page), repo types other than models.
 """
@@ -85,7 +90,17 @@ class HubState:
         self.unhandled: list[tuple[str, str]] = []
         self.commits: list[tuple[str, str, str]] = []  # (repo_id, branch, message)
         self.tokens: set[str] = set()
+        self.faults: dict[str, int] = {}  # kind -> requests left to drop (-1: all)
+        self.dropped: list[tuple[str, str]] = []  # (kind, path) of dropped requests
         self._counter = 0
+
+    def take_fault(self, kind: str) -> bool:
+        left = self.faults.get(kind, 0)
+        if left == 0:
+            return False
+        if left > 0:
+            self.faults[kind] = left - 1
+        return True
 
     def new_commit(self, repo: Repo, branch: str, message: str, files: dict) -> Commit:
         self._counter += 1
@@ -153,6 +168,20 @@ class HubHandler(BaseHTTPRequestHandler):
         if commit is None:
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return commit
+
+    def _drop_if_faulty(self, kind: str) -> bool:
+        """Server gone mid-request: close the connection without an answer (fault injection)."""
+        import socket
+
+        if not self.state.take_fault(kind):
+            return False
+        self.state.dropped.append((kind, self.path))
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
 
     def _route(self, method: str):
         url = urlsplit(self.path)
@@ -299,6 +328,8 @@ class HubHandler(BaseHTTPRequestHandler):
         return True
 
     def _preupload(self, repo: Repo, revision: str) -> bool:
+        if self._drop_if_faulty("preupload"):
+            return True
         payload = json.loads(self._body())
         commit = self._commit(repo, revision)
         if commit is None:
@@ -314,6 +345,8 @@ class HubHandler(BaseHTTPRequestHandler):
         return True
 
     def _create_commit(self, repo: Repo, revision: str, q: dict) -> bool:
+        if self._drop_if_faulty("commit"):
+            return True
         if q.get("create_pr"):
             self._error(400, None, "pull requests are not supported by this test server")
             return True
@@ -381,6 +414,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _lfs_blob(self, method: str, oid: str) -> bool:
         if method == "PUT":
+            if self._drop_if_faulty("lfs_put"):
+                return True
             data = self._body()
             if hashlib.sha256(data).hexdigest() != oid:
                 self._error(400, None, "uploaded content does not match its sha256")
@@ -459,6 +494,13 @@ class LocalHub:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def fail(self, kind: str, times: int = 1) -> None:
+        """Drop the next ``times`` requests of ``kind`` (-1: all until ``fail(kind, 0)``); see the module doc."""
+        if kind not in ("lfs_put", "commit", "preupload"):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        with self.state.lock:
+            self.state.faults[kind] = times
 
     def file(self, repo_id: str, path: str, revision: str = "main") -> bytes:
         """Content of ``path`` at ``revision`` (for assertions)."""

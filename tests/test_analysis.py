@@ -120,3 +120,112 @@ def test_collect_runs_from_folders_and_cli(tmp_path, capsys):
     assert (out / "report.md").is_file() and (out / "runs.csv").is_file()
     assert "nc1_cdnv" in capsys.readouterr().out
     assert cli.main(["analyze", str(tmp_path / "nothing")]) == 1
+
+
+def _replica_table(n=21, seed=5):
+    """Seed replicas of one configuration: a planted association (cdnv) and none (equinorm)."""
+    rng = np.random.default_rng(seed)
+    loss = 2.9 + rng.normal(0, 0.01, size=n)
+    return [{"name": f"TinyStories-2x768_1Ld{i}", "width": 768, "depth": 2, "epochs": 1, "weight_decay": 0.0005,
+             "seed": 0, "data_seed": i, "num_parameters": 1000, "val_loss": float(loss[i]),
+             "nc1_cdnv": float(5 + 40 * (loss[i] - 2.9) + rng.normal(0, 0.3)),
+             "nc2_equinorm_cov": float(rng.normal(1.0, 0.1))} for i in range(n)]
+
+
+def _r2_independent(x, y):
+    """R^2 as 1 - SS_res / SS_tot of a numpy polyfit line (not Pearson's r, not scipy)."""
+    x, y = np.asarray(x), np.asarray(y)
+    slope, intercept = np.polyfit(x, y, 1)
+    return 1 - np.sum((y - intercept - slope * x) ** 2) / np.sum((y - y.mean()) ** 2)
+
+
+def _p_brute_force(x, y, perms, rng):
+    """Two-sided p of Pearson's r, one permutation at a time: (1 + #{|r_perm| >= |r_obs|}) / (1 + B)."""
+    r_obs = abs(np.corrcoef(x, y)[0, 1])
+    hits = sum(abs(np.corrcoef(x, rng.permutation(y))[0, 1]) >= r_obs - 1e-12 for _ in range(perms))
+    return (1 + hits) / (1 + perms)
+
+
+def test_seed_replica_analysis_reproduces_r2_exactly_and_p_within_noise(tmp_path):
+    rows = _replica_table()
+    result = analyze(rows, tmp_path, num_permutations=10_000, seed=0)
+    assert result["design"]["seed_replicas"] and result["design"]["seeds"] == 21
+    fits = {f["metric"]: f for f in result["fits"]}
+    loss = [r["val_loss"] for r in rows]
+    rng = np.random.default_rng(123)   # an independent stream of permutations
+    for key in ("nc1_cdnv", "nc2_equinorm_cov"):
+        vals = [r[key] for r in rows]
+        assert fits[key]["r2"] == pytest.approx(_r2_independent(loss, vals), rel=1e-10, abs=1e-12)
+        p_ref = _p_brute_force(np.array(loss), np.array(vals), 4000, rng)
+        noise = 4 * np.sqrt(max(p_ref, 1e-3) * (1 - p_ref) * (1 / 4000 + 1 / 10_000))
+        assert abs(fits[key]["p_value"] - p_ref) <= noise + 2e-4, (key, fits[key]["p_value"], p_ref)
+    assert fits["nc1_cdnv"]["p_value"] < 0.05 < fits["nc2_equinorm_cov"]["p_value"]
+    # seeded: the same table and seed give the same p
+    assert correlations(rows, ["nc1_cdnv"], 500, seed=7)[0]["p_value"] == \
+        correlations(rows, ["nc1_cdnv"], 500, seed=7)[0]["p_value"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Design: seed replicas: 21 runs of one configuration (2x768" in report
+    # the Table 1 layout carries the paper's numbers as printed, our p in bold when < 0.05
+    assert "| NC1 | Within-Class Variability Collapse | `nc1_cdnv` |" in report
+    assert "| 0.192011 | **0.0485** |" in report and "| 0.026174 | 0.4870 |" in report
+    assert f"**{fits['nc1_cdnv']['p_value']:.4f}**" in report
+    assert "| `nc4_agreement` | not measured |" in report
+    assert "POOLED" not in report
+    header = (tmp_path / "correlations.csv").read_text().splitlines()[0]
+    assert header == "metric,n,r2,r,slope,intercept,p_value,num_permutations,exact"
+
+
+def test_exact_permutation_test_when_all_orderings_fit():
+    """n! <= B: every ordering once, p = #{|r_perm| >= |r_obs|} / n! (identity included)."""
+    import itertools
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=6), rng.normal(size=6)
+    r_obs = abs(np.corrcoef(x, y)[0, 1])
+    hits = sum(abs(np.corrcoef(x, y[list(p)])[0, 1]) >= r_obs - 1e-12 for p in itertools.permutations(range(6)))
+    assert permutation_test(x, y, 10_000, seed=0) == pytest.approx(hits / 720, abs=1e-12)
+    assert permutation_test(x, y, 10_000, seed=0) == permutation_test(x, y, 10_000, seed=99)   # no randomness
+
+
+def test_design_pooled_grid_and_confounding(tmp_path, capsys):
+    from hf_collapse.study.analysis import confounded_factors, study_design
+
+    rows = _synthetic_rows(12)
+    design = study_design(rows)
+    assert not design["seed_replicas"] and set(design["varying"]) == {"width", "depth", "epochs"}
+    # the default demo grid: each width at one depth -> depth is confounded with width, not the reverse
+    grid = [{"width": w, "depth": d, "epochs": e} for d, w in [(1, 32), (2, 64), (2, 128)] for e in (1, 3)]
+    assert confounded_factors(grid) == [("depth", "width")]
+    assert study_design([{**r, "seed": 0} for r in _replica_table(4)])["seed_replicas"]
+    missing = [{k: v for k, v in r.items() if k != "epochs"} for r in _replica_table(4)]
+    assert study_design(missing)["label"].startswith("unchecked: epochs")
+    result = analyze(rows, tmp_path, num_permutations=200)
+    report = (tmp_path / "report.md").read_text()
+    assert "Design: pooled: the 12 runs differ in width, depth, epochs" in report and "POOLED" in report
+    assert result["design"]["label"].startswith("pooled")
+    # analyze from the command line warns on stderr before the numbers
+    runs_csv = tmp_path / "runs.csv"
+    assert cli.main(["analyze", str(runs_csv), "--output-dir", str(tmp_path / "again"), "--permutations", "100"]) == 0
+    captured = capsys.readouterr()
+    assert "note: pooled: the 12 runs differ in width, depth, epochs" in captured.err
+    assert "design: pooled" in captured.out
+
+
+def test_fewer_than_three_runs(tmp_path):
+    rows = _synthetic_rows(2)
+    with pytest.raises(ValueError, match="at least 3 runs, got 2"):
+        analyze(rows, tmp_path)
+    result = analyze(rows, tmp_path, allow_few_runs=True)
+    assert result["fits"] == [] and "fits not available" in result["direction"]["fits_not_available"]
+    assert "fits not available" in (tmp_path / "report.md").read_text()
+    assert len((tmp_path / "runs.csv").read_text().strip().splitlines()) == 3
+
+
+def test_figure_labels_say_the_collapse_direction_and_factor_values():
+    from hf_collapse.study.figures import axis_label, factor_value
+
+    assert axis_label("nc1_cdnv").endswith("lower = more collapsed")
+    assert axis_label("nc4_agreement").endswith("higher = more collapsed")
+    assert "nats/token" in axis_label("val_loss") and "no collapse direction" in axis_label("nc2_norm_mean")
+    assert (factor_value("epochs", 1.0), factor_value("epochs", 3), factor_value("width", 64)) == \
+        ("1 epoch", "3 epochs", "width 64")

@@ -13,6 +13,9 @@ from hf_collapse import CollapseStatistics
 from hf_collapse.cli import main
 from hf_collapse.core.registry import MEASURE_KEYS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import free_port  # noqa: E402
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -54,7 +57,7 @@ def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
     two = tmp_path / "two"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              "29513", "-m", "hf_collapse.cli", *measure_args(shared_data, two, *layers)]
+              str(free_port()), "-m", "hf_collapse.cli", *measure_args(shared_data, two, *layers)]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

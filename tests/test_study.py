@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from hf_collapse import CollapseStatistics, cli
+from hf_collapse.study.analysis import read_csv_rows
+from hf_collapse.study.demo import run_demo
 from hf_collapse.study.train import StudyArguments, gpt_neo_config, prepare_data, run_name, train_one
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +32,9 @@ def test_gpt_neo_config_follows_appendix_b():
 def test_run_name_scheme():
     assert run_name(1024, 12, 10, 0.0005) == "TinyStories-12x1024_10L"
     assert run_name(768, 2, 1, 0.1, seed=7) == "TinyStories-2x768_1H7"
+    # seed replicas: the data-order seed is named when it differs from the init seed
+    assert run_name(768, 2, 1, 0.0005, seed=0, data_seed=4) == "TinyStories-2x768_1Ld4"
+    assert run_name(768, 2, 1, 0.0005, seed=4, data_seed=4) == "TinyStories-2x768_1L4"
     assert run_name(64, 1, 3, 0.01) == "TinyStories-1x64_3W0.01"
 
 
@@ -117,3 +122,52 @@ def test_coincident_classes_are_left_out_of_the_measures():
     clean.update(h, y)
     ref = measure_collapse(clean)
     assert res["nc1_cdnv"] == pytest.approx(ref["nc1_cdnv"], rel=1e-5) and 0 < res["nc1_cdnv"] < 100
+
+
+def test_demo_seeds_table1_design(tmp_path, capsys):
+    """--seeds 4 on a tiny size: 4 replicas of one configuration, distinct data seeds, fixed init seed."""
+    out = tmp_path / "seeds"
+    rc = cli.main(["demo", "--output-dir", str(out), "--seeds", "4", "--sizes", "1x16,2x32", "--epochs", "1,3",
+                   "--stories", "200", "--block-size", "32", "--permutations", "500", "--seed", "3"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "model 1/4: 1x16, 1 epoch, init seed 3, data seed 3" in text and "model 4/4:" in text
+    assert "first size (1x16)" in text and "| NC4 | Classifier Agreement |" in text
+    rows = read_csv_rows(out / "runs.csv")
+    assert len(rows) == 4
+    assert {(r["width"], r["depth"], r["epochs"], r["weight_decay"]) for r in rows} == {(16, 1, 1.0, 0.0005)}
+    assert sorted(r["data_seed"] for r in rows) == [3, 4, 5, 6] and {r["seed"] for r in rows} == {3}
+    assert len({r["val_loss"] for r in rows}) == 4   # the data order alone changes the model
+    corr = read_csv_rows(out / "correlations.csv")
+    assert {c["metric"] for c in corr} >= {"nc1_cdnv", "nc4_agreement"}
+    assert all(c["n"] == 4 and c["num_permutations"] == 24 and 0 < c["p_value"] <= 1 for c in corr)   # exact: 4!
+    report = (out / "report.md").read_text()
+    assert "Design: seed replicas: 4 runs of one configuration (1x16" in report
+    assert "| 0.490278 | **0.0001** |" in report and "![nc_vs_val_loss](nc_vs_val_loss.png)" in report
+    assert (out / "nc_vs_val_loss.png").stat().st_size > 5000 and not list(out.glob("scaling_*.png"))
+    # --seed-init varies the initialisation too; --quiet prints no per-model lines
+    out2 = tmp_path / "init"
+    assert cli.main(["demo", "--output-dir", str(out2), "--seeds", "3", "--seed-init", "--sizes", "1x16",
+                     "--epochs", "1", "--stories", "200", "--block-size", "32", "--permutations", "50",
+                     "--quiet"]) == 0
+    assert "model 1/3" not in capsys.readouterr().out
+    rows = read_csv_rows(out2 / "runs.csv")
+    assert [(r["seed"], r["data_seed"]) for r in rows] == [(0, 0), (1, 1), (2, 2)]
+    with pytest.raises(ValueError, match="at least 3 replicas"):
+        run_demo(tmp_path / "x", "1x16", "1", seeds=2)
+
+
+def test_demo_with_fewer_than_three_runs_keeps_them(tmp_path, capsys):
+    """``--sizes 1x16`` x 2 lengths = 2 runs: the user is told before training; runs.csv and a report
+    (fits marked not available) are written instead of failing after training."""
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--output-dir", str(out), "--sizes", "1x16", "--epochs", "1,2",
+                   "--stories", "200", "--block-size", "32", "--permutations", "50"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert text.index("too few for the fits") < text.index("model 1/2")
+    assert "fits not available" in text and "needs at least 3 runs, got 2" in text
+    report = (out / "report.md").read_text()
+    assert "fits not available" in report and "TinyStories-1x16" in report
+    assert len((out / "runs.csv").read_text().strip().splitlines()) == 1 + 2
+    assert len([p for p in (out / "runs").iterdir() if (p / "collapse" / "metrics.json").is_file()]) == 2

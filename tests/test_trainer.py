@@ -15,6 +15,7 @@ from hf_collapse.trainer import CollapseArguments, CollapseCallback, CollapseTra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collapse_train_helpers import blocks, tiny_gpt_neo, training_args  # noqa: E402
+from conftest import free_port  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HELPER = str(Path(__file__).resolve().parent / "collapse_train_helpers.py")
@@ -93,24 +94,25 @@ def test_callback_on_stock_trainer(shared_data, tmp_path):
     assert not trainer.model.lm_head._forward_pre_hooks
 
 
-def test_two_processes_match_one(shared_data, tmp_path):
-    """Train under 2 processes (gloo); its final eval metrics equal a 1-process evaluation of the
-    same weights. The 7-sequence eval set in per-device batches of 2 makes Accelerate pad the last
-    step with a repeated sequence, which must not be counted."""
-    out = tmp_path / "dist"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           HELPER, str(out), str(shared_data)]
+def _launch(launcher, out, shared_data, mode):
+    port = str(free_port())
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*cmd, HELPER, str(out), str(shared_data), mode], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    res = json.loads((out / "result.json").read_text())
-    assert res["world_size"] == 2
-    dist_metrics = res["final"]
-    assert any("eval_nc1_cdnv" in h for h in res["log_history"][:-1])  # logged during training too
+    return proc, json.loads((out / "result.json").read_text())
 
+
+def _one_process_metrics(shared_data, folder, tmp_path):
+    """A 1-process evaluation of the weights the 2-process run saved."""
     from transformers import GPTNeoForCausalLM
 
-    model = GPTNeoForCausalLM.from_pretrained(out / "final")
+    model = GPTNeoForCausalLM.from_pretrained(folder)
     _, evals = blocks(shared_data)
     one = CollapseTrainer(model=model, args=training_args(tmp_path / "one"), eval_dataset=evals,
                           collapse_args=CollapseArguments(collapse_dtype="float64"))
@@ -118,9 +120,44 @@ def test_two_processes_match_one(shared_data, tmp_path):
     assert one.collapse_report.statistics.num_tokens == 7 * 31
     keys = [k for k in m1 if "nc" in k]
     assert len(keys) >= 10
+    return m1, keys
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_match_one(shared_data, tmp_path, launcher):
+    """Train under 2 processes with ``use_cpu=True`` (DDP on gloo); its final eval metrics equal a
+    1-process evaluation of the same weights and count each of the 7 x 31 eval tokens once. The
+    7-sequence eval set in per-device batches of 2 makes Accelerate pad the last step with a repeated
+    sequence, which must not be counted."""
+    out = tmp_path / "dist"
+    _, res = _launch(launcher, out, shared_data, "ddp")
+    assert res["world_size"] == 2
+    assert res["num_tokens"] == 7 * 31  # each eval token once over both processes
+    dist_metrics = res["final"]
+    assert any("eval_nc1_cdnv" in h for h in res["log_history"][:-1])  # logged during training too
+    m1, keys = _one_process_metrics(shared_data, out / "final", tmp_path)
     for k in keys:
         assert dist_metrics[k] == pytest.approx(m1[k], rel=1e-9, abs=1e-12), k
     # (eval_loss is not compared: the Trainer averages per-batch losses, which include the padding)
+
+
+def test_process_group_the_trainer_does_not_use(shared_data, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` on CPU without ``use_cpu=True``: the process
+    group exists but the Trainer does not shard over it (every process trains a full copy on all the
+    data). CollapseTrainer, measure_collapse() and CollapseCallback must give the 1-process numbers
+    (before the fix they summed both copies: 403 tokens for a 217-token eval set), with one warning."""
+    out = tmp_path / "nodist"
+    proc, res = _launch("accelerate", out, shared_data, "nodist")
+    assert res["world_size"] == 1
+    assert res["num_tokens"] == res["measure_num_tokens"] == res["callback_num_tokens"] == 7 * 31
+    for who in ("CollapseTrainer", "CollapseCallback"):
+        lines = [x for x in proc.stderr.splitlines() if f"{who}: torch.distributed has a process group of 2" in x]
+        assert len(lines) == 2, (who, proc.stderr[-3000:])  # once per process, not once per evaluation
+        assert "use_cpu=True" in lines[0]
+    m1, keys = _one_process_metrics(shared_data, out / "final", tmp_path)
+    for k in keys:
+        assert res["final"][k] == pytest.approx(m1[k], rel=1e-9, abs=1e-12), k
+        assert res["callback_final"][k] == pytest.approx(m1[k], rel=1e-9, abs=1e-12), k
 
 
 def test_dedicated_pass_with_budget_and_no_nc4(shared_data, tmp_path):

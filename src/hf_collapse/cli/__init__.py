@@ -2,6 +2,11 @@
 
 Each sub-command lives in its own module, which exposes ``add_parser(subparsers)``; the parser it
 adds sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+
+Errors: a user error (``hf_collapse.core.errors.is_user_error``: a ValueError / TypeError /
+FileNotFoundError that hf_collapse raised on purpose after checking its input) is printed as one line
+``hf-collapse COMMAND: error: ...`` with exit code 1; any other exception keeps its traceback.
+``--debug`` (before or after the command) shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import argparse
 import importlib
 import re
 import sys
+
+from ..core.errors import is_user_error, one_line
 
 # sub-command modules, in workflow order (as ``--help`` lists them): measure a model, follow it over its
 # checkpoints, inspect its tokens, publish it, analyse several runs, the end-to-end demo, then setup of
@@ -30,7 +37,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if "default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
 
@@ -50,10 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure neural collapse in Hugging Face models. Commands in workflow order; "
                     "`hf-collapse COMMAND --help` for each.")
     parser.add_argument("--version", action="version", version=f"hf_collapse {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     for command in sub.choices.values():  # one look for every command's --help
+        # --debug also after the command; SUPPRESS keeps a leading one
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of user errors too")
         command.formatter_class = HelpFormatter
         command.description = plain(command.description)
         for action in command._actions:
@@ -71,9 +82,10 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        # user errors: one clear line instead of a traceback
-        print(f"hf-collapse {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if args.debug or not is_user_error(e):
+            raise  # a bug or an unexpected failure: the traceback tells where
+        print(f"hf-collapse {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 1
 
 

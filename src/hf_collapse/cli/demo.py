@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ..study import demo as _demo
+from ..study.analysis import table1
 from ..study.demo import DEFAULT_EPOCHS, DEFAULT_SIZES, _summary, run_demo
 
 DEMO_DESCRIPTION = (_demo.__doc__ or "").split("\n\n")[1]
@@ -25,17 +26,25 @@ def run(args) -> int:
                       max_train_stories=args.max_train_stories, block_size=args.block_size,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                       seed=args.seed, permutations=args.permutations, measure_max_tokens=args.measure_max_tokens,
-                      max_eval_blocks=args.max_eval_blocks, progress=args.verbose)
+                      max_eval_blocks=args.max_eval_blocks, progress=args.verbose, seeds=args.seeds,
+                      seed_init=args.seed_init, quiet=args.quiet)
     d = result["direction"]
     print()
-    print(_summary(result))
-    print()
-    n_dir = len(d["agree"]) + len(d["disagree"])
-    print(f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
-          f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}")
-    print(f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional measures"
-          f" ({'expected direction holds' if d['holds'] else 'expected direction does NOT hold on most measures'})"
-          f"; against: {', '.join(d['disagree']) or 'none'}")
+    if args.seeds is None:
+        print(_summary(result))
+        print()
+        print(f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
+              f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}")
+    elif result["fits"]:
+        print(table1(result["fits"], result["design"]["seed_replicas"]))
+        print()
+    if "fits_not_available" in d:
+        print(d["fits_not_available"])
+    else:
+        n_dir = len(d["agree"]) + len(d["disagree"])
+        holds = "expected direction holds" if d["holds"] else "expected direction does NOT hold on most measures"
+        print(f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional "
+              f"measures ({holds}); against: {', '.join(d['disagree']) or 'none'}")
     print(f"wrote {result['report']}, runs.csv and {len(result['figures'])} figures in "
           f"{Path(args.output_dir).resolve()} ({result['seconds']:.0f} s)")
     return 0
@@ -56,10 +65,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-eval-blocks", type=int, help="cap on validation sequences")
     p.add_argument("--measure-max-tokens", type=int, help="token budget of each statistics pass")
     p.add_argument("--block-size", type=int, default=64, help="tokens per training sequence")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.1, help="(paper: 0.0005 or 0.1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--permutations", type=int, default=10_000, help="permutations per test")
+    p.add_argument("--batch-size", type=int, default=32, help="training sequences per batch")
+    p.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay (default: 0.1 for the grid, Table 1's 0.0005 with --seeds)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and permutation tests")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="Table 1 design: N >= 3 replicas of the first of --sizes at the first --epochs value, "
+                        "differing only in the data-order seed (--seed .. --seed+N-1)")
+    p.add_argument("--seed-init", action="store_true",
+                   help="with --seeds: vary the initialisation seed as well (the paper fixes it)")
+    p.add_argument("--permutations", type=int, default=10_000, help="permutations per test (exact test when n! is fewer)")
+    p.add_argument("--quiet", action="store_true", help="no per-model progress lines")
     p.add_argument("--verbose", action="store_true", help="progress bars and library logs")
     p.set_defaults(func=run)

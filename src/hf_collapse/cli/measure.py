@@ -8,7 +8,11 @@ the tokenizer has one, concatenated and cut into blocks of ``--block-size`` toke
 that many before any batching, so 1 and N processes measure the same tokens.
 
 Under ``accelerate launch`` / ``torchrun`` each process measures its shard (Accelerate's prepared
-dataloader), the statistics are all-reduced, and the main process writes the folder.
+dataloader), the statistics are all-reduced over the processes the Accelerator shards over (a process
+group it does not use is ignored with a warning), and the main process writes the folder. A process
+group that this command initialised (through its Accelerator) is destroyed before it returns.
+``--output-dir`` is locked while the command writes it (``core.lockfile``): a second ``measure`` on
+the same folder refuses with one line instead of interleaving files.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import sys
 
 import torch
 
+from ..core.distributed import all_true, scope_for
+from ..core.errors import UserValueError
+from ..core.lockfile import OutputLock
 from ..integrations.data import (
     blocks_loader,
     check_measurement_data,
@@ -29,6 +36,7 @@ from ..integrations.data import (
     measurement_blocks,
     nc4_budget,
 )
+from ..integrations.model_source import check_model_source, from_pretrained_or_explain
 from ..integrations.settings import CollapseArguments
 
 logger = logging.getLogger(__name__)
@@ -41,7 +49,54 @@ def describe_data(args, which) -> str:
 
 # ---------------------------------------------------------------------------- command
 def run(args) -> int:
+    import torch.distributed as dist
     from accelerate import Accelerator
+
+    check_measurement_data(args)
+    args.measure_options = measure_options(args)  # validates the measure flags before any model is loaded
+    check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
+    if args.no_progress:  # no progress bars at all: transformers' loading bars included
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    # on a machine without CUDA, cpu=True makes Accelerate use gloo (MULTI_CPU) under a launcher
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    progress = main and not args.no_progress
+    lock = None
+    try:
+        with scope_for(accelerator.num_processes, "hf-collapse measure"):
+            lock = _lock_output(args, main)
+            return _measure(args, accelerator, main, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+        if owns_group:
+            _shutdown()
+
+
+def _lock_output(args, main):
+    """The main process locks ``--output-dir`` (core.lockfile.OutputLock) so a second ``hf-collapse
+    measure`` on the same folder refuses instead of interleaving files; every process learns the outcome."""
+    if not args.output_dir:
+        return None
+    lock, error = None, None
+    if main:
+        try:
+            lock = OutputLock(args.output_dir, "hf-collapse measure").acquire()
+        except ValueError as e:
+            error = e
+    if not all_true(error is None):
+        if lock is not None:
+            lock.release()
+        if error is not None:
+            raise error
+        raise UserValueError(f"{args.output_dir!r} is being written by another hf-collapse measure")
+    return lock
+
+
+def _measure(args, accelerator, main, progress) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..integrations.folder import layer_key, write_measurement
@@ -49,92 +104,84 @@ def run(args) -> int:
     from ..integrations.model_card import write_model_card
     from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
 
-    check_measurement_data(args)
-    measure_args = measure_options(args)  # validates the measure flags before any model is loaded
-    # on a machine without CUDA, cpu=True makes Accelerate use gloo (MULTI_CPU) under a launcher
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    progress = main and not args.no_progress
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.torch_dtype))
-        model.to(accelerator.device).eval()
+    tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, args.model, "tokenizer")
+    model = from_pretrained_or_explain(AutoModelForCausalLM.from_pretrained, args.model, "model",
+                                       dtype=getattr(torch, args.torch_dtype))
+    model.to(accelerator.device).eval()
 
-        prepare = accelerator.prepare_data_loader
-        train_dl = blocks_loader(measurement_blocks(args, tokenizer, "train"), args.batch_size, prepare)
-        nc4_dl = blocks_loader(measurement_blocks(args, tokenizer, "validation"), args.batch_size, prepare)
-        nc4_max = nc4_budget(args)
-        data = describe_data(args, "train")
-        # a stored measurement is reused only for the default measure options (it holds their values)
-        default_measures = measure_args == CollapseArguments().measure_options()
-        if not args.no_reuse and not args.layers and not args.covariance and default_measures:
-            found = _matching_measurement(args, model, data)
-            if found is not None:  # the model folder or Hub repo already holds these statistics
-                if main:
-                    print(f"{args.model} already holds statistics of these weights on this data, budget and k "
-                          f"({found.path}): skipping the collection pass (--no-reuse to measure again)")
-                    print(found.result.table())
-                    if args.output_dir:
-                        extra = {k: v for k, v in found.metrics.items() if k not in found.result}
-                        save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=found.statistics,
-                                      result=found.result, metrics_extra=extra, metadata=dict(found.statistics.metadata),
-                                      save_model=not args.no_save_model)
-                        print(f"wrote {args.output_dir}")
-                accelerator.wait_for_everyone()
-                return 0
-        ckpt = None
-        if args.output_dir and args.checkpoint_every:
-            ckpt = os.path.join(args.output_dir, "collapse", ".checkpoint")
-            if not args.resume and main and os.path.isdir(ckpt):
-                shutil.rmtree(ckpt)
+    prepare = accelerator.prepare_data_loader
+    train_dl = blocks_loader(measurement_blocks(args, tokenizer, "train"), args.batch_size, prepare)
+    nc4_dl = blocks_loader(measurement_blocks(args, tokenizer, "validation"), args.batch_size, prepare)
+    nc4_max = nc4_budget(args)
+    data = describe_data(args, "train")
+    # a stored measurement is reused only for the default measure options (it holds their values)
+    default_measures = args.measure_options == CollapseArguments().measure_options()
+    if not args.no_reuse and not args.layers and not args.covariance and default_measures:
+        found = _matching_measurement(args, model, data)
+        if found is not None:  # the model folder or Hub repo already holds these statistics
+            if main:
+                print(f"{args.model} already holds statistics of these weights on this data, budget and k "
+                      f"({found.path}): skipping the collection pass (--no-reuse to measure again)")
+                print(found.result.table())
+                if args.output_dir:
+                    extra = {k: v for k, v in found.metrics.items() if k not in found.result}
+                    save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=found.statistics,
+                                  result=found.result, metrics_extra=extra, metadata=dict(found.statistics.metadata),
+                                  save_model=not args.no_save_model)
+                    print(f"wrote {args.output_dir}")
             accelerator.wait_for_everyone()
-        cfg = CollapseArguments(
-            collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
-            collapse_k=args.k, collapse_tile_size=args.tile_size, collapse_dtype=args.dtype,
-            collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_max if nc4_dl else None,
-            collapse_per_class=True, collapse_covariance=args.covariance,
-            **{f"collapse_{k}": v for k, v in measure_args.items()})
-        stats = collect_statistics(model, train_dl, cfg, progress=progress, checkpoint_path=ckpt,
-                                   checkpoint_every=args.checkpoint_every if ckpt else None,
-                                   data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
-        nc4 = None
-        if nc4_dl is not None:
-            nc4 = collect_nc4(model, nc4_dl, stats, cfg, progress=progress)
-        settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_max if nc4_dl else None,
-                    "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
-                    "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model,
-                    **cfg.measure_record()}
-        report = measure_statistics(model, stats, cfg, nc4=nc4, extra_settings=settings)
-        if main:
-            print(report.table())
-            if args.output_dir:
-                metadata = {"data": data, "nc4_data": settings["nc4_data"] or "", "max_tokens": str(args.max_tokens),
-                            "block_size": str(args.block_size), "k": str(float(args.k)),
-                            # a Hub id as given; a local folder by its name (no machine paths published)
-                            "model_name": os.path.basename(os.path.normpath(args.model))
-                            if os.path.isdir(args.model) else args.model,
-                            "command": "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))}
-                if args.dataset:  # a Hub dataset: the card links it and names the split
-                    metadata.update(dataset=args.dataset, split=args.split or "",
-                                    dataset_config=args.dataset_config or "")
-                else:
-                    metadata["data_sha256"] = data.rsplit("sha256:", 1)[-1]
-                extra = {k: v for k, v in settings.items() if k not in ("model",)}
-                extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
-                save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
-                              result=report.result, metrics_extra=extra, metadata=metadata, card=False,
-                              save_model=not args.no_save_model)
-                for name, st in report.all_statistics.items():  # --layers: one named measurement each
-                    if name != report.primary:
-                        write_measurement(args.output_dir, st, report.results[name], name=layer_key(name),
-                                          model=model, metadata=metadata, metrics_extra=extra)
-                write_model_card(args.output_dir, model_name=metadata["model_name"])
-                if ckpt and os.path.isdir(ckpt):
-                    shutil.rmtree(ckpt)
-                print(f"wrote {args.output_dir}")
+            return 0
+    ckpt = None
+    if args.output_dir and args.checkpoint_every:
+        ckpt = os.path.join(args.output_dir, "collapse", ".checkpoint")
+        if not args.resume and main and os.path.isdir(ckpt):
+            shutil.rmtree(ckpt)
         accelerator.wait_for_everyone()
-    finally:
-        _shutdown()
+    cfg = CollapseArguments(
+        collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
+        collapse_k=args.k, collapse_tile_size=args.tile_size, collapse_dtype=args.dtype,
+        collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_max if nc4_dl else None,
+        collapse_per_class=True, collapse_covariance=args.covariance,
+        **{f"collapse_{k}": v for k, v in args.measure_options.items()})
+    stats = collect_statistics(model, train_dl, cfg, progress=progress, checkpoint_path=ckpt,
+                               checkpoint_every=args.checkpoint_every if ckpt else None,
+                               data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
+    nc4 = None
+    if nc4_dl is not None:
+        nc4 = collect_nc4(model, nc4_dl, stats, cfg, progress=progress)
+    settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_max if nc4_dl else None,
+                "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
+                "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model,
+                **cfg.measure_record()}
+    report = measure_statistics(model, stats, cfg, nc4=nc4, extra_settings=settings)
+    if main:
+        print(report.table())
+        if args.output_dir:
+            metadata = {"data": data, "nc4_data": settings["nc4_data"] or "", "max_tokens": str(args.max_tokens),
+                        "block_size": str(args.block_size), "k": str(float(args.k)),
+                        # a Hub id as given; a local folder by its name (no machine paths published)
+                        "model_name": os.path.basename(os.path.normpath(args.model))
+                        if os.path.isdir(args.model) else args.model,
+                        "command": "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))}
+            if args.dataset:  # a Hub dataset: the card links it and names the split
+                metadata.update(dataset=args.dataset, split=args.split or "",
+                                dataset_config=args.dataset_config or "")
+            else:
+                metadata["data_sha256"] = data.rsplit("sha256:", 1)[-1]
+            extra = {k: v for k, v in settings.items() if k not in ("model",)}
+            extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
+            save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
+                          result=report.result, metrics_extra=extra, metadata=metadata, card=False,
+                          save_model=not args.no_save_model)
+            for name, st in report.all_statistics.items():  # --layers: one named measurement each
+                if name != report.primary:
+                    write_measurement(args.output_dir, st, report.results[name], name=layer_key(name),
+                                      model=model, metadata=metadata, metrics_extra=extra)
+            write_model_card(args.output_dir, model_name=metadata["model_name"])
+            if ckpt and os.path.isdir(ckpt):
+                shutil.rmtree(ckpt)
+            print(f"wrote {args.output_dir}")
+    accelerator.wait_for_everyone()
     return 0
 
 
@@ -162,23 +209,18 @@ def add_measure_arguments(p):
     m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
     m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
     m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
-    add_measure_option_arguments(m)
+    m.add_argument("--min-count", type=int, default=1,
+                   help="treat classes with fewer samples as absent everywhere (default 1)")
+    m.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID",
+                   help="measure only these class (token) ids; all others are treated as absent")
+    m.add_argument("--global-mean", choices=["unweighted", "weighted"], default="unweighted",
+                   help="centre of the class means: unweighted mean of the means (default, the paper) "
+                        "or weighted by counts")
+    m.add_argument("--riesz-s", type=float, default=None, metavar="S",
+                   help="also measure the Riesz s-kernel (gnc2_riesz_mean, gnc2_riesz_cov)")
     m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype to load the model in")
     return m
-
-
-def add_measure_option_arguments(group) -> None:
-    """The flags of the measure options (shared with ``hf-collapse sweep``)."""
-    group.add_argument("--min-count", type=int, default=1,
-                       help="treat classes with fewer samples as absent everywhere (default 1)")
-    group.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID",
-                       help="measure only these class (token) ids; all others are treated as absent")
-    group.add_argument("--global-mean", choices=["unweighted", "weighted"], default="unweighted",
-                       help="centre of the class means: unweighted mean of the means (default, the paper) "
-                            "or weighted by counts")
-    group.add_argument("--riesz-s", type=float, default=None, metavar="S",
-                       help="also measure the Riesz s-kernel (gnc2_riesz_mean, gnc2_riesz_cov)")
 
 
 def measure_options(args) -> dict:
@@ -211,7 +253,7 @@ def resolve_head_name(model):
 
 
 def _shutdown():
-    """Destroy the process group so no rank hangs at exit."""
+    """Destroy the process group (one this command initialised) so no rank hangs or aborts at exit."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -5,20 +5,40 @@ from __future__ import annotations
 import argparse
 import sys
 
-_NETWORK_MODULES = ("huggingface_hub", "httpx", "httpx2", "httpcore", "requests", "urllib3")
+_NETWORK_MODULES = ("huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def network_failure(e: BaseException) -> bool:
+    """Whether ``e`` or an exception it was raised from is a Hub / network failure (huggingface_hub
+    wraps a dropped upload in a RuntimeError, the connection error is its cause)."""
+    for x in _chain(e):
+        if type(x).__module__.split(".")[0] in _NETWORK_MODULES or isinstance(x, (ConnectionError, TimeoutError)):
+            return True
+    return False
 
 
 def run(args) -> int:
+    from ..core.errors import is_user_error
     from ..integrations.hub import push_measured
 
     try:
         info = push_measured(args.folder, args.repo_id, private=args.private, token=args.token,
                              revision=args.revision, commit_message=args.commit_message)
     except Exception as e:  # Hub/network errors: one line (local files are untouched); others propagate
-        if type(e).__module__.split(".")[0] not in _NETWORK_MODULES or isinstance(e, (ValueError, FileNotFoundError)):
+        if is_user_error(e) or not network_failure(e) or getattr(args, "debug", False):
             raise
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"hf-collapse push: could not push {args.folder} to {args.repo_id}: {first}", file=sys.stderr)
+        chain = list(_chain(e))
+        first = lambda x: str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__  # noqa: E731
+        why = first(e) + (f" ({type(chain[-1]).__name__}: {first(chain[-1])})" if len(chain) > 1 else "")
+        print(f"hf-collapse push: could not push {args.folder} to {args.repo_id}: {why}", file=sys.stderr)
         return 1
     print(info.commit_url)
     return 0

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..core.io import fmt
+from ..core.lockfile import OutputLock
 from ..core.registry import HEADLINE_KEYS
 from ..integrations.data import (
     blocks_loader,
@@ -106,7 +107,11 @@ def run(args) -> int:
             progress=not args.no_progress,
         )
 
-    rows = sweep(checkpoints, args.output_dir, measure, settings)
+    lock = OutputLock(args.output_dir, "hf-collapse sweep").acquire()  # two sweeps never interleave files
+    try:
+        rows = sweep(checkpoints, args.output_dir, measure, settings)
+    finally:
+        lock.release()
     shown = [k for k in HEADLINE_KEYS if any(k in r for r in rows)]
     print("  ".join(["checkpoint", "step", *shown, "eval_loss", "duplicate_of"]))
     for r in rows:

@@ -8,14 +8,17 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..integrations.model_source import check_model_source, from_pretrained_or_explain
 from ..study.token_report import format_report, token_report
 
 
 def _tokenizer(folder: Path, name: Optional[str]):
     from transformers import AutoTokenizer
 
-    src = name or (str(folder) if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-                   else None)
+    if name:  # a mistyped --tokenizer path or id: one line, not a loading traceback
+        check_model_source(name, "tokenizer folder", need_config=False)
+        return from_pretrained_or_explain(AutoTokenizer.from_pretrained, name, "tokenizer")
+    src = str(folder) if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file() else None
     return AutoTokenizer.from_pretrained(src) if src else None
 
 
@@ -39,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("folder", help="measured model folder (with collapse/statistics.safetensors and per_class.* tensors)")
     p.add_argument("--lookup", nargs="*", metavar="WORD", help="words to look up (e.g. bank spring Lily Tim)")
     p.add_argument("--top", type=int, default=10, help="tokens per list")
-    p.add_argument("--min-count", type=int, default=1, help="rank only classes with at least this many tokens")
+    p.add_argument("--min-count", type=int, default=2,
+                   help="rank only classes with at least this many tokens (default 2: singletons, whose mean is "
+                        "one token, are left out; 1 keeps them)")
     p.add_argument("--tokenizer", help="tokenizer name or folder (default: the measured folder's)")
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=run)

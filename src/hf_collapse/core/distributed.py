@@ -4,22 +4,75 @@ Statistics are sums, so a multi-process pass is: every process accumulates its s
 (SUM) per pass, then every process divides. Everything here is a no-op without an initialised process
 group of more than one process. ``reduce=False`` keeps each process's local sums (used when the
 caller's processes are not one distributed job, e.g. a Trainer that is not itself distributed).
+
+Which processes are reduced over: every helper here (and ``CollapseStatistics.reduce``,
+``NC4Counter.reduce``, the checkpoint barriers) answers "one process" inside :func:`local_only`:
+nothing is reduced and each process measures what it saw itself. Why: a process group can exist
+without the data being sharded over it. Under ``accelerate launch --multi_gpu --num_processes 2`` on
+a CPU machine without ``use_cpu=True``, transformers warns "process group is initialized, but
+parallel_mode != ParallelMode.DISTRIBUTED" and every process trains and evaluates a full copy on all
+the data; summing those statistics over the group counted each eval token twice. :func:`scope_for`
+compares the number of processes that really share the data (the Trainer's / Accelerator's
+``num_processes``) with the group and measures locally, with one warning, when they differ.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import torch
 
+from .scope import is_local, local_only
 from .statistics import CollapseStatistics, comm_device
+
+__all__ = ["agree_dim", "all_reduce_sum", "all_true", "finish_pass", "global_sum", "group_size", "local_only",
+           "rank_and_world", "reducing", "scope_for", "world_size"]
+
+logger = logging.getLogger(__name__)
+
+_warned: set[str] = set()
+
+
+def group_size() -> int:
+    """Size of torch.distributed's default process group (1 without one), ignoring :func:`local_only`."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def scope_for(num_processes: int, who: str):
+    """The context to measure in when ``num_processes`` processes share the data.
+
+    Equal to the process group's size (or no group): reduce over the group (a null context).
+    Different: the group is not the one the data are sharded over, so measure locally
+    (:func:`local_only`) and warn once per ``who``.
+    """
+    world = group_size()
+    if world <= 1 or int(num_processes) == world:
+        return contextlib.nullcontext()
+    if who not in _warned:
+        _warned.add(who)
+        logger.warning(
+            "%s: torch.distributed has a process group of %d processes, but %s distributes over %d; "
+            "each process measures its own data without reducing (for data-parallel training on CPU "
+            "pass use_cpu=True to TrainingArguments; on GPUs launch with accelerate launch/torchrun)",
+            who, world, who, int(num_processes))
+    return local_only()
 
 
 def _dist():
+    """torch.distributed when hf_collapse reduces over its default group, else None."""
     import torch.distributed as dist
 
-    return dist if dist.is_available() and dist.is_initialized() else None
+    return dist if dist.is_available() and dist.is_initialized() and not is_local() else None
+
+
+def reducing() -> bool:
+    """Whether hf_collapse's collectives run (a group of more than one process, not :func:`local_only`)."""
+    return rank_and_world()[1] > 1
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -40,6 +93,11 @@ def all_reduce_sum(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     buf = t.to(comm_device())
     dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return buf.to(t.device)
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (one collective; every process must call it)."""
+    return bool(all_reduce_sum(torch.tensor([0.0 if flag else 1.0], dtype=torch.float64), op="max").item() == 0)
 
 
 def global_sum(x: int) -> int:

@@ -56,6 +56,11 @@ class Measure:
         return {"higher": 1, "lower": -1, "target": -1, "none": 0}[self.direction]
 
     @property
+    def unit(self) -> str:
+        """What kind of (dimensionless) number the measure is, for axis labels: ``CoV``, ``cosine``, ..."""
+        return _UNITS.get(self.key, "")
+
+    @property
     def direction_text(self) -> str:
         return {"target": "towards -1/(K-1)", "none": "none (a scale)"}.get(self.direction, self.direction)
 
@@ -116,6 +121,24 @@ _ALL = (
 )
 
 MEASURES: dict[str, Measure] = {m.key: m for m in _ALL}
+
+_UNITS = {"nc1_cdnv": "variance ratio", "nc1_trace_ratio": "variance ratio", "nc2_norm_mean": "log norm",
+          "nc2_equinorm_cov": "CoV", "nc2_interference_mean": "cosine", "nc2_interference_std": "cosine",
+          "nc2_equiangularity_cov": "CoV", "gnc2_log_kernel_mean": "log 1/distance", "gnc2_uniformity_cov": "CoV",
+          "nc3_duality_mean": "cosine", "unc3_duality_cov": "CoV", "nc3_duality_distance": "distance",
+          "nc4_agreement": "share of tokens", "ncc_accuracy": "share of tokens"}
+
+# Table 1 of the paper (section 5.1): 21 seed replicas of 2x768, 1 epoch, weight decay 0.0005, 10^4
+# permutations. (property, measurement, key, R^2, p), the numbers copied as printed.
+PAPER_TABLE1: tuple[tuple[str, str, str, str, str], ...] = (
+    ("NC1", "Within-Class Variability Collapse", "nc1_cdnv", "0.192011", "0.0485"),
+    ("NC2", "Equinormness", "nc2_equinorm_cov", "0.026174", "0.4870"),
+    ("NC2", "Equiangularity", "nc2_equiangularity_cov", "0.218574", "0.0317"),
+    ("GNC2", "Hyperspherical Uniformity", "gnc2_uniformity_cov", "0.487935", "0.0002"),
+    ("NC3", "Self-Duality", "nc3_duality_mean", "0.322210", "0.0063"),
+    ("UNC3", "Uniform Duality", "unc3_duality_cov", "0.000036", "0.9784"),
+    ("NC4", "Classifier Agreement", "nc4_agreement", "0.490278", "0.0001"),
+)
 MEASURE_KEYS: tuple[str, ...] = tuple(MEASURES)
 # what one-line summaries show first: variability, norms, uniformity, duality, agreement
 HEADLINE_KEYS: tuple[str, ...] = ("nc1_cdnv", "nc2_equinorm_cov", "gnc2_uniformity_cov", "nc3_duality_mean",

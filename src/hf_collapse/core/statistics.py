@@ -272,7 +272,11 @@ class CollapseStatistics:
         """
         import torch.distributed as dist
 
+        from .scope import is_local
+
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        if group is None and is_local():  # inside core.scope.local_only(): measure locally
             return self
         # 1) common shift = global mean of all samples; processes without data contribute zeros
         head = torch.cat([self.sums.sum(0) + self.counts.sum() * self.shift, self.counts.sum()[None]])

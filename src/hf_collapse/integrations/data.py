@@ -274,6 +274,13 @@ def check_measurement_data(opts) -> None:
         raise ValueError("give either --train-file or --dataset, not both")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise ValueError(f"--max-tokens must be positive, got {opts.max_tokens}")
+    for flag, path in (("--train-file", opts.train_file), ("--validation-file", opts.validation_file)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"no text file at {path!r} ({flag})")
+    if opts.block_size < 2:
+        raise ValueError(f"--block-size must be at least 2, got {opts.block_size}")
+    if opts.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {opts.batch_size}")
 
 
 def nc4_budget(opts) -> Optional[int]:

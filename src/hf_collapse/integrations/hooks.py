@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Optional, Union
 
@@ -50,6 +51,9 @@ ModulesArg = Union[None, str, torch.nn.Module, Sequence[Union[str, torch.nn.Modu
 # ---------------------------------------------------------------------------- model helpers
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """Strip DDP / DataParallel / FSDP / DeepSpeed / torch.compile wrappers (Accelerate's unwrap)."""
+    if isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a loaded torch.nn.Module, got the path or name {os.fspath(model)!r}: "
+                        "load it first, e.g. AutoModelForCausalLM.from_pretrained(...)")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     try:

@@ -31,6 +31,7 @@ from .folder import (
     write_measurement,
 )
 from .model_card import render_model_card, write_model_card
+from .model_source import check_model_source, is_valid_repo_id
 from .weights_hash import weights_sha256
 
 __all__ = ["MeasuredModel", "find_measurement", "load_measured", "push_measured", "save_measured", "weights_sha256",
@@ -122,7 +123,9 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
         return path, None, None
     if not isinstance(repo_id_or_path, str) or repo_id_or_path.count("/") > 1 or path.is_absolute() \
             or repo_id_or_path.startswith("."):
-        raise FileNotFoundError(f"no measured model folder at {str(path)!r}")
+        raise FileNotFoundError(f"no measured model folder at {os.fspath(repo_id_or_path)!r} (and it is not a valid "
+                                "Hub repo id either)")
+    check_model_source(repo_id_or_path, "measured model folder", need_config=False)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import IncompleteSnapshotError, RepositoryNotFoundError
 
@@ -139,6 +142,13 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
     except RepositoryNotFoundError as e:
         raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo you can access "
                                 f"({str(e).splitlines()[0]})") from e
+    except (OSError, ValueError) as e:  # no network / offline without a cached copy (LocalEntryNotFoundError)
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if isinstance(e, HfHubHTTPError):  # the Hub answered (revision not found, ...): its own error
+            raise
+        raise FileNotFoundError(f"no local folder {repo_id!r}, and it could not be fetched from the Hub: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     else:
         reason = f"cached snapshot {folder.name} of {repo_id} lacks {sub}/{STATISTICS_FILE} or the model files"
     if folder is None or (require and not _snapshot_complete(folder, sub, need_weights)):
@@ -298,6 +308,9 @@ def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no measured model folder at {str(folder)!r}")
+    if not isinstance(repo_id, str) or not is_valid_repo_id(repo_id):
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id: expected 'name' or 'namespace/name' of letters, "
+                         "digits, '-', '_' and '.'")
     names = list_measurements(folder)
     if not names:
         raise FileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE} (nor "

@@ -79,7 +79,7 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
                 tokens += global_sum(collector.batch_tokens) if max_tokens is not None else collector.batch_tokens
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(tokens=tokens)
+                    bar.set_postfix_str(f"tokens={int(tokens)}")   # tqdm would print an int as 2e+4
                 if on_batch is not None:
                     on_batch(batches, tokens)
                 if max_tokens is not None and tokens >= max_tokens:

@@ -2,8 +2,19 @@
 
 ``CollapseTrainer`` (a drop-in ``Trainer``) and ``CollapseCallback`` (for a stock ``Trainer`` or a
 subclass such as TRL's) add ``eval_nc1_cdnv``, ``eval_nc4_agreement``, ... to what ``evaluate()``
-returns *and* logs, reduced over all processes, so they reach every ``report_to`` integration and
-``state.log_history`` beside ``eval_loss``.
+returns *and* logs, reduced over the processes the Trainer distributes over, so they reach every
+``report_to`` integration and ``state.log_history`` beside ``eval_loss``.
+
+Which processes are reduced over: exactly those the Trainer itself shards the eval data over
+(``trainer.accelerator.num_processes``, i.e. ``args.world_size`` / ``parallel_mode``). A process group
+the Trainer does not use is ignored, with one warning: under ``accelerate launch --multi_gpu`` on a CPU
+machine without ``use_cpu=True``, transformers reports ``parallel_mode != DISTRIBUTED`` and every
+process trains and evaluates a full copy; each process then measures its own copy (the numbers of a
+1-process run) instead of summing the copies. Pass ``use_cpu=True`` for real data-parallel training
+on CPU. hf_collapse never creates or destroys the Trainer's process group, and starts no thread: a
+script launched with several processes should end with ``torch.distributed.destroy_process_group()``
+(a gloo group left open at interpreter exit can abort with "terminate called without an active
+exception").
 
 How the statistics are collected: the hooks of :mod:`hf_collapse.integrations.hooks` ride the evaluation loop the
 Trainer runs anyway (no extra forward pass), counting the samples ``gather_for_metrics`` keeps
@@ -33,7 +44,7 @@ from typing import Optional
 
 from transformers import Trainer, TrainerCallback
 
-from ..core.distributed import finish_pass
+from ..core.distributed import finish_pass, group_size, scope_for
 from .folder import COLLAPSE_DIR, STATISTICS_FILE, write_report
 from .hooks import FeatureCollector
 from .passes import CollapseReport, collect_nc4, collect_statistics, measure_statistics
@@ -68,6 +79,14 @@ def save_report_statistics(report: CollapseReport, folder: str, step: Optional[i
     write_report(folder, report, model=model, metadata=meta)
 
 
+def trainer_scope(trainer):
+    """Context for a measurement inside ``trainer``: reduce over the processes the Trainer distributes
+    over; ``core.distributed.local_only`` (one warning) when torch.distributed's group is another one."""
+    acc = getattr(trainer, "accelerator", None)
+    n = acc.num_processes if acc is not None else trainer.args.world_size
+    return scope_for(n, type(trainer).__name__)
+
+
 class CollapseTrainer(Trainer):
     """``Trainer`` whose ``evaluate()`` also returns and logs the NC measures.
 
@@ -77,7 +96,8 @@ class CollapseTrainer(Trainer):
         nc4_dataset: held-out data for NC4 (default: the eval dataset).
 
     ``trainer.collapse_report`` holds the latest ``CollapseReport``; ``trainer.measure_collapse()``
-    measures on demand.
+    measures on demand. Statistics are reduced over the processes the Trainer distributes over
+    only; see the module docstring for a process group it does not use (measured locally, one warning).
     """
 
     def __init__(self, *args, collapse_args: Optional[CollapseArguments] = None, collapse_dataset=None,
@@ -99,7 +119,8 @@ class CollapseTrainer(Trainer):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # recurses per dataset
         self._collapse_eval = self.collapse_args.collapse
         try:
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            with trainer_scope(self):  # the hooks in the eval loop and the reduce follow the Trainer's processes
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             self._collapse_eval = False
 
@@ -133,6 +154,10 @@ class CollapseTrainer(Trainer):
     def measure_collapse(self, dataset=None, nc4_dataset=None, *, _nc4_loader=None) -> CollapseReport:
         """Measure now: statistics on ``dataset`` (default: collapse_dataset, else eval_dataset),
         NC4 on ``nc4_dataset`` (default: the trainer's nc4 dataset, else eval_dataset)."""
+        with trainer_scope(self):
+            return self._measure_collapse(dataset, nc4_dataset, _nc4_loader)
+
+    def _measure_collapse(self, dataset, nc4_dataset, _nc4_loader) -> CollapseReport:
         cargs = self.collapse_args
         data = dataset if dataset is not None else (self.collapse_dataset if self.collapse_dataset is not None
                                                     else self.eval_dataset)
@@ -205,7 +230,9 @@ class CollapseCallback(TrainerCallback):
 
     Use ``CollapseCallback(collapse_args).attach(trainer)`` so that every ``report_to`` integration
     sees the metrics; see the module docstring for why. Hooks are installed when the Trainer is
-    built (``on_init_end``) and only act while the model is in eval mode.
+    built (``on_init_end``) and only act while the model is in eval mode. As for ``CollapseTrainer``,
+    statistics are reduced over the Trainer's processes only (``args.world_size``); a process group
+    the Trainer does not use is ignored with one warning (each process measures its own data).
     """
 
     def __init__(self, collapse_args: Optional[CollapseArguments] = None):
@@ -223,16 +250,18 @@ class CollapseCallback(TrainerCallback):
             handler.callbacks.remove(self)
         handler.callbacks.insert(0, self)
         self._attached = True
-        self._install(trainer.model)
+        self._install(trainer.model, trainer.args)
         return self
 
-    def _install(self, model):
-        if self.collector is not None or model is None or not self.collapse_args.collapse:
-            return
-        c = self.collapse_args
-        self.collector = FeatureCollector(model, c.modules, task=c.collapse_task, covariance=c.collapse_covariance,
-                                          pooling=c.collapse_pooling)
-        self.collector.install()
+    def _install(self, model, args=None):
+        if self.collector is None and model is not None and self.collapse_args.collapse:
+            c = self.collapse_args
+            self.collector = FeatureCollector(model, c.modules, task=c.collapse_task,
+                                              covariance=c.collapse_covariance, pooling=c.collapse_pooling)
+            self.collector.install()
+        if self.collector is not None and args is not None:
+            # Accelerate pads the last eval batch only when the Trainer shards over the process group
+            self.collector.drop_padded_duplicates = args.world_size == group_size()
 
     def remove(self) -> None:
         """Remove the hooks."""
@@ -241,10 +270,10 @@ class CollapseCallback(TrainerCallback):
             self.collector = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        self._install(model)
+        self._install(model, args)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._install(model)
+        self._install(model, args)
 
     def on_predict(self, args, state, control, metrics=None, **kwargs):
         self._reset()  # predict() forwards are not an evaluation
@@ -268,8 +297,9 @@ class CollapseCallback(TrainerCallback):
             self._warned = True
         self.collector.enabled = False  # the NC4 pass must not feed pass-1 statistics
         try:
-            report = _finish(model if model is not None else self.collector.model, self.collector,
-                             self.collapse_args, eval_dataloader)
+            with scope_for(args.world_size, type(self).__name__):
+                report = _finish(model if model is not None else self.collector.model, self.collector,
+                                 self.collapse_args, eval_dataloader)
         finally:
             self._reset()
             self.collector.enabled = True

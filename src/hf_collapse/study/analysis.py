@@ -8,16 +8,20 @@ A *run* is a measured model folder (as ``scripts/train_clm.py``, ``hf-collapse d
   in ``run.json``, in ``eval_results.json`` / ``all_results.json``, or the last ``eval_loss``
   logged in ``trainer_state.json``;
 - the configuration: ``run.json`` (``width``, ``depth``, ``epochs``, ``weight_decay``, ``seed``,
-  ``num_parameters``) written by the study, else ``config.json`` (``hidden_size``,
+  ``data_seed``, ``num_parameters``) written by the study, else ``config.json`` (``hidden_size``,
   ``num_layers``/``num_hidden_layers``).
 
 Statistics, per measure m over the n runs (paper Figure 1 and Table 1):
 
-- least-squares line ``m = a + b * val_loss`` and ``R^2 = r^2`` (Pearson r);
-- a two-sided permutation test of no association: ``p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B)``
-  over B random permutations of the losses (seeded, vectorised in chunks of permutations).
-  The paper runs it over seed-only replicas of one architecture (Table 1); pass just those runs
-  to reproduce that design, or the whole grid to test the pooled association.
+- least-squares line ``m = a + b * val_loss`` and ``R^2 = r^2`` (Pearson r; ``scipy.stats.linregress``);
+- a two-sided permutation test of no association (``scipy.stats.permutation_test`` on ``|r|``):
+  ``p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B)`` over B random permutations of the losses (seeded,
+  vectorised in batches of permutations), or the exact share of all n! orderings when n! <= B.
+
+The design matters (paper section 5.1): Table 1 tests seed-only replicas of one architecture, where
+scale cannot drive the association; over a grid of sizes and training lengths the association is
+pooled and confounded by scale. :func:`study_design` tells the two apart from the runs' configuration
+and the report (with a Table 1 layout beside the paper's values) is labelled accordingly.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import numpy as np
 
 from ..core.io import atomic_write_text, fmt
 from ..core.registry import MEASURE_KEYS, MEASURES
+from .design import PAPER_TABLE1, confounded_factors, study_design, table1  # noqa: F401  (public here too)
 
 logger = logging.getLogger(__name__)
 
-CONFIG_COLUMNS = ("name", "width", "depth", "epochs", "weight_decay", "seed", "num_parameters", "val_loss")
+CONFIG_COLUMNS = ("name", "width", "depth", "epochs", "weight_decay", "seed", "data_seed", "num_parameters", "val_loss")
 
 # +1: a larger value means more collapse; -1: a smaller value does; 0: no direction (nc2_norm_mean).
 # From the registry: variability, non-uniformity and misalignment shrink with collapse; duality and
@@ -87,6 +92,7 @@ def read_run(folder: str | os.PathLike) -> dict:
         "width": run.get("width", config.get("hidden_size")),
         "depth": run.get("depth", config.get("num_layers", config.get("num_hidden_layers"))),
         "epochs": run.get("epochs"), "weight_decay": run.get("weight_decay"), "seed": run.get("seed"),
+        "data_seed": run.get("data_seed"),
         "num_parameters": run.get("num_parameters"), "val_loss": _find_loss(folder, metrics, run),
     }
     for key in MEASURE_KEYS:
@@ -154,39 +160,58 @@ def _as_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def linear_fit(x, y) -> dict:
-    """Least squares ``y = intercept + slope * x``; returns slope, intercept, r (Pearson), r2, n."""
+    """Least squares ``y = intercept + slope * x`` (``scipy.stats.linregress``); slope, intercept, r, r2, n.
+
+    A constant ``y`` gives slope 0 and r = R^2 = 0 (no association) instead of linregress's NaN r.
+    """
+    from scipy.stats import linregress
+
     x, y = _as_xy(x, y)
-    xc, yc = x - x.mean(), y - y.mean()
-    sxx, syy = float(xc @ xc), float(yc @ yc)
-    if sxx == 0.0:
+    if np.ptp(x) == 0.0:
         raise ValueError("x is constant: no line can be fitted")
-    slope = float(xc @ yc) / sxx
-    r = float(xc @ yc) / math.sqrt(sxx * syy) if syy > 0 else 0.0
-    return {"slope": slope, "intercept": float(y.mean() - slope * x.mean()), "r": r, "r2": r * r, "n": int(x.size)}
+    if np.ptp(y) == 0.0:
+        return {"slope": 0.0, "intercept": float(y[0]), "r": 0.0, "r2": 0.0, "n": int(x.size)}
+    fit = linregress(x, y)
+    r = float(fit.rvalue)
+    return {"slope": float(fit.slope), "intercept": float(fit.intercept), "r": r, "r2": r * r, "n": int(x.size)}
+
+
+def permutation_is_exact(n: int, num_permutations: int) -> bool:
+    """Whether :func:`permutation_test` enumerates all ``n!`` orderings instead of sampling."""
+    return math.factorial(n) <= num_permutations
 
 
 def permutation_test(x, y, num_permutations: int = 10_000, seed: int = 0, chunk: int = 2048) -> float:
-    """Two-sided permutation p-value of Pearson's r between x and y (permuting y), vectorised.
+    """Two-sided permutation p-value of Pearson's r between x and y (permuting y); ``scipy.stats.permutation_test``.
 
-    ``p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B)``; a chunk of permutations is one (chunk, n)
-    matrix, so B = 10^4 over tens of runs takes milliseconds. 1.0 when either variable is constant.
+    The statistic is ``|r|`` with ``alternative="greater"``, so with B random permutations (seeded:
+    ``numpy.random.default_rng(seed)``, ``chunk`` permutations per vectorised batch)
+
+        ``p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B)``
+
+    (scipy counts ties within a relative ``100 * eps * |r_obs|`` as ``>=``). When ``n! <= B`` scipy
+    enumerates all n! orderings instead (an exact test): ``p = #{|r_perm| >= |r_obs|} / n!``, the
+    identity ordering included. scipy's own ``alternative="two-sided"`` on r would double the smaller
+    one-sided p instead, which differs when the null distribution of r is not symmetric.
+    1.0 when either variable is constant.
     """
+    from scipy.stats import permutation_test as scipy_permutation_test
+
     x, y = _as_xy(x, y)
     if num_permutations < 1:
         raise ValueError(f"num_permutations must be >= 1, got {num_permutations}")
-    if x.std() == 0 or y.std() == 0:
+    if np.ptp(x) == 0.0 or np.ptp(y) == 0.0:
         return 1.0
-    xs, ys = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()
-    n = x.size
-    r_obs = abs(float(xs @ ys) / n)
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for start in range(0, num_permutations, chunk):
-        b = min(chunk, num_permutations - start)
-        perm = rng.permuted(np.broadcast_to(ys, (b, n)), axis=1)   # (b, n) independent shuffles
-        r = np.abs(perm @ xs) / n                                   # (b,)
-        hits += int((r >= r_obs - 1e-12).sum())                     # tolerance: ties in float round-off
-    return (1 + hits) / (1 + num_permutations)
+    xc = (x - x.mean()) / np.linalg.norm(x - x.mean())   # (n,) unit, centred
+
+    def abs_r(yb, axis=-1):   # yb: (..., n) orderings of y -> (...,) |Pearson r| with x
+        yb = yb - yb.mean(axis=-1, keepdims=True)
+        return np.abs(yb @ xc) / np.linalg.norm(yb, axis=-1)
+
+    res = scipy_permutation_test((y,), abs_r, permutation_type="pairings", vectorized=True,
+                                 n_resamples=num_permutations, batch=chunk, alternative="greater",
+                                 rng=np.random.default_rng(seed))
+    return float(res.pvalue)
 
 
 def correlations(rows: Sequence[dict], metrics: Optional[Sequence[str]] = None, num_permutations: int = 10_000,
@@ -198,101 +223,15 @@ def correlations(rows: Sequence[dict], metrics: Optional[Sequence[str]] = None, 
     metrics = metric_columns(rows) if metrics is None else list(metrics)
     loss = [float(r["val_loss"]) for r in rows]
     out = []
+    exact = permutation_is_exact(len(rows), num_permutations)
     for key in metrics:
         vals = [float(r[key]) for r in rows]
-        if np.std(vals) == 0:
-            fit = {"slope": 0.0, "intercept": float(vals[0]), "r": 0.0, "r2": 0.0, "n": len(vals)}
-        else:
-            fit = linear_fit(loss, vals)
+        fit = linear_fit(loss, vals)
         p = permutation_test(loss, vals, num_permutations, seed=seed)
-        out.append({"metric": key, **fit, "p_value": p, "num_permutations": num_permutations})
+        out.append({"metric": key, **fit, "p_value": p,
+                    "num_permutations": math.factorial(len(rows)) if exact else num_permutations,
+                    "exact": exact})
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# figures
-
-
-def _size(rows) -> tuple[np.ndarray, str]:
-    if all(r.get("num_parameters") for r in rows):
-        return np.array([float(r["num_parameters"]) for r in rows]), "parameters"
-    if all(r.get("width") for r in rows):
-        return np.array([float(r["width"]) for r in rows]), "width"
-    return np.arange(len(rows), dtype=float), "run"
-
-
-def _grid(n: int):
-    import matplotlib.pyplot as plt
-
-    cols = min(4, n)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def plot_scatter(rows, metrics, fits, path) -> Path:
-    """Figure 1 style: each measure against validation loss, coloured by model size, with the fitted line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.colors import LogNorm, Normalize
-
-    size, size_label = _size(rows)
-    norm = LogNorm(size.min(), size.max()) if size.min() > 0 and size.max() > size.min() else Normalize()
-    loss = np.array([float(r["val_loss"]) for r in rows])
-    fig, axes = _grid(len(metrics))
-    by_metric = {f["metric"]: f for f in fits}
-    sc = None
-    for ax, key in zip(axes, metrics):
-        y = np.array([float(r[key]) for r in rows])
-        sc = ax.scatter(loss, y, c=size, cmap="viridis", norm=norm, s=22, edgecolors="k", linewidths=0.3)
-        f = by_metric.get(key)
-        if f is not None:
-            xs = np.linspace(loss.min(), loss.max(), 20)
-            ax.plot(xs, f["intercept"] + f["slope"] * xs, "r-", lw=1)
-            ax.set_title(f"{key}\nR²={f['r2']:.2f}  p={f['p_value']:.3g}", fontsize=8)
-        ax.set_xlabel("validation loss", fontsize=8)
-        ax.tick_params(labelsize=7)
-    if sc is not None:
-        fig.colorbar(sc, ax=axes, label=f"model size ({size_label})", shrink=0.8)
-    path = Path(path)
-    _save(fig, path)
-    return path
-
-
-def plot_scaling(rows, metrics, factor: str, path) -> Path:
-    """Each measure (and the validation loss) against ``factor`` (width, depth or epochs), mean line per value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    keys = ["val_loss", *metrics]
-    x = np.array([float(r[factor]) for r in rows])
-    fig, axes = _grid(len(keys))
-    for ax, key in zip(axes, keys):
-        y = np.array([float(r[key]) for r in rows])
-        ax.scatter(x, y, s=16, alpha=0.7)
-        ux = np.unique(x)
-        ax.plot(ux, [y[x == v].mean() for v in ux], "k-", lw=1)
-        if factor == "width" and ux.min() > 0:
-            ax.set_xscale("log", base=2)
-        ax.set_title(key, fontsize=8)
-        ax.set_xlabel(factor, fontsize=8)
-        ax.tick_params(labelsize=7)
-    path = Path(path)
-    _save(fig, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,37 +261,62 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutations: int = 10_000, seed: int = 0,
-            title: str = "Neural collapse vs validation loss", notes: str = "") -> dict:
+            title: str = "Neural collapse vs validation loss", notes: str = "", allow_few_runs: bool = False) -> dict:
     """Write ``runs.csv``, ``correlations.csv``, figures and ``report.md`` into ``output_dir``.
 
-    Returns ``{"rows", "metrics", "fits", "direction", "figures", "report"}``.
+    Returns ``{"rows", "metrics", "fits", "direction", "design", "figures", "report"}``. The report
+    says whether the runs are seed replicas of one configuration (the paper's Table 1 design) or
+    pooled over sizes / training lengths, and which grid factors are confounded. Fits need at least
+    3 runs: fewer raise ValueError, or with ``allow_few_runs`` (the demo, whose trained runs must not
+    be lost) write ``runs.csv`` and a ``report.md`` with the runs and the fits marked not available.
     """
+    from .figures import plot_scaling, plot_scatter
+
     rows = list(rows)
-    if len(rows) < 3:
+    if not rows:
+        raise ValueError("no runs to analyse")
+    if len(rows) < 3 and not allow_few_runs:
         raise ValueError(f"the analysis needs at least 3 runs, got {len(rows)}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = metric_columns(rows)
     if not metrics:
         raise ValueError("no measure is present in every run")
+    design = study_design(rows)
+    check_rows(rows, metrics)
+    if len(rows) < 3:
+        return _report_without_fits(rows, metrics, out, title, notes, design)
     fits = correlations(rows, metrics, num_permutations=num_permutations, seed=seed)
     write_csv(rows, out / "runs.csv")
     write_csv(fits, out / "correlations.csv", ["metric", "n", "r2", "r", "slope", "intercept", "p_value",
-                                                 "num_permutations"])
-    figures = [plot_scatter(rows, metrics, fits, out / "nc_vs_val_loss.png")]
+                                                 "num_permutations", "exact"])
+    confounded = confounded_factors(rows)
+    short = "seed replicas of one configuration" if design["seed_replicas"] else design["label"].split(":")[0]
+    figures = [plot_scatter(rows, metrics, fits, out / "nc_vs_val_loss.png", subtitle=f"design: {short}")]
     for factor in ("width", "depth", "epochs"):
         vals = {r.get(factor) for r in rows}
         if None not in vals and len(vals) > 1:
-            figures.append(plot_scaling(rows, metrics, factor, out / f"scaling_{factor}.png"))
+            partners = [g for f, g in confounded if f == factor]
+            figures.append(plot_scaling(rows, metrics, factor, out / f"scaling_{factor}.png", partners))
     direction = direction_summary(rows, fits)
-    cols = [c for c in CONFIG_COLUMNS if any(r.get(c) is not None for r in rows)] + metrics
+    exact = fits[0]["exact"]
+    test = (f"exact: all {len(rows)}! = {math.factorial(len(rows))} orderings, since n! <= {num_permutations}"
+            if exact else f"{num_permutations} random permutations, seed {seed}")
     text = [f"# {title}", "", notes, "" if notes else None,
-            f"{len(rows)} runs; permutation tests with {num_permutations} permutations (seed {seed}).", "",
-            "## Runs", "", markdown_table(sorted(rows, key=lambda r: r["val_loss"]), cols), "",
+            f"**Design: {design['label']}.**", "",
+            *_design_notes(design, confounded),
+            f"{len(rows)} runs; two-sided permutation tests of Pearson's r ({test}).", "",
+            "## Table 1 layout", "",
+            "Each measure against validation loss as in the paper's Table 1 (p < 0.05 in bold), beside the "
+            "paper's own values (21 seed replicas of a 2x768 model, 1 epoch, weight decay 0.0005, TinyStories).", "",
+            table1(fits, design["seed_replicas"]), "",
+            "## Runs", "", markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)), "",
             "## Each measure against validation loss", "",
-            "Least-squares line `measure = intercept + slope * val_loss`, R² and the two-sided permutation "
-            "p-value of Pearson's r.", "",
-            markdown_table(fits, ["metric", "r2", "slope", "intercept", "p_value"]), "",
+            "Least-squares line `measure = intercept + slope * val_loss` (`scipy.stats.linregress`), R² = r², "
+            "and the two-sided permutation p-value of Pearson's r: p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B) "
+            "over B random permutations of the losses, or the exact share of all n! orderings when n! <= B "
+            "(`scipy.stats.permutation_test` on |r|).", "",
+            markdown_table(fits, ["metric", "r2", "r", "slope", "intercept", "p_value"]), "",
             "## Direction", "",
             f"Lower validation loss goes with more collapse on {len(direction['agree'])} of "
             f"{len(direction['agree']) + len(direction['disagree'])} directional measures "
@@ -361,31 +325,79 @@ def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutation
     text += [f"![{p.stem}]({p.name})\n" for p in figures]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(t for t in text if t is not None) + "\n")
-    return {"rows": rows, "metrics": metrics, "fits": fits, "direction": direction, "figures": figures,
-            "report": report}
+    return {"rows": rows, "metrics": metrics, "fits": fits, "direction": direction, "design": design,
+            "figures": figures, "report": report}
+
+
+def _run_columns(rows, metrics) -> list[str]:
+    return [c for c in CONFIG_COLUMNS if any(r.get(c) is not None for r in rows)] + list(metrics)
+
+
+def _design_notes(design: dict, confounded) -> list:
+    notes = []
+    if design["duplicates"]:
+        notes += [f"Warning: {design['duplicates']} run(s) repeat another run's seeds.", ""]
+    for f, g in confounded:
+        notes += [f"Confounded: {f} never varies at a fixed {g} in this grid, so an association with {f} "
+                  f"cannot be told apart from one with {g} (scaling_{f}.png says so too).", ""]
+    return notes
+
+
+def _report_without_fits(rows, metrics, out: Path, title: str, notes: str, design: dict) -> dict:
+    """runs.csv and a report.md with the runs' table; the fits need at least 3 runs."""
+    write_csv(rows, out / "runs.csv")
+    reason = f"fits not available: a fit against validation loss needs at least 3 runs, got {len(rows)}"
+    text = [f"# {title}", "", notes, "" if notes else None, f"{len(rows)} runs.", "", "## Runs", "",
+            markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)), "",
+            "## Each measure against validation loss", "", reason + ".", ""]
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(t for t in text if t is not None) + "\n")
+    return {"rows": rows, "metrics": metrics, "fits": [], "figures": [], "report": report, "design": design,
+            "direction": {"agree": [], "disagree": [], "holds": False, "fits_not_available": reason}}
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``runs.csv`` or a ``trajectory.csv`` (numbers parsed back to float/int). A trajectory's
-    rows are named by ``checkpoint`` and fitted against their ``eval_loss``; rows of duplicated weights
+    """Rows of a ``runs.csv`` or a ``trajectory.csv`` (numbers parsed back to float/int); FileNotFoundError /
+    ValueError name the file when it is missing or not a UTF-8 CSV table. A trajectory's rows (``hf-collapse
+    sweep``) are named by ``checkpoint`` and fitted against their ``eval_loss``; rows of duplicated weights
     (``duplicate_of``) are left out, since they repeat a measured row."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no runs table at {os.fspath(path)!r}")
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            row = {}
-            for k, v in r.items():
-                if v == "":
-                    row[k] = None
-                    continue
-                try:
-                    row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-                except ValueError:
-                    row[k] = v
-            if "checkpoint" in row and "weights_sha256" in row:  # trajectory.csv of hf-collapse sweep
-                if row.get("duplicate_of"):
-                    continue
-                row.setdefault("name", row["checkpoint"])
-                if row.get("val_loss") is None:
-                    row["val_loss"] = row.get("eval_loss")
-            rows.append(row)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                row = {}
+                for k, v in r.items():
+                    if k is None or v is None:  # more / fewer cells than the header names
+                        raise ValueError(f"{os.fspath(path)!r}: a row does not match the header "
+                                         f"{[k for k in r if k is not None]}")
+                    if v == "":
+                        row[k] = None
+                        continue
+                    try:
+                        row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+                    except ValueError:
+                        row[k] = v
+                if "checkpoint" in row and "weights_sha256" in row:  # a trajectory.csv
+                    if row.get("duplicate_of"):
+                        continue
+                    row.setdefault("name", row["checkpoint"])
+                    if row.get("val_loss") is None:
+                        row["val_loss"] = row.get("eval_loss")
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a UTF-8 CSV table: {e}") from e
     return rows
+
+
+def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
+    """Every run has a numeric ``val_loss`` and numeric measures (a malformed runs.csv names the cell)."""
+    missing = [r.get("name") for r in rows if r.get("val_loss") is None]
+    if missing:
+        raise ValueError(f"runs without a validation loss (eval_loss): {missing}")
+    for r in rows:
+        for key in ("val_loss", *metrics):
+            v = r.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"run {r.get('name')!r}: {key} is {v!r}, expected a number")

@@ -5,6 +5,8 @@ architecture scaled down) on the package's built-in procedural stories with a BP
 trained on them at run time, measures each model (:mod:`hf_collapse.integrations.passes`), then runs the analysis
 (:mod:`hf_collapse.study.analysis`: runs.csv, fits against validation loss, permutation tests, figures,
 report.md). ``--train-file`` / ``--dataset-name`` run the same grid on real text instead.
+``--seeds N`` runs the paper's Table 1 design instead: N replicas of one size differing only in
+the data-order seed, tested measure by measure against validation loss.
 
 Departures from the paper, for the time budget: widths 32-128 instead of 64-1024, 4 heads of
 size >= 8 instead of 16, sequences of 64 tokens, a vocabulary of 512 BPE tokens, epochs 1 and 3 of
@@ -66,17 +68,52 @@ def expected_direction(rows) -> dict:
     return {"loss_falls_with_size": size_ok, "loss_falls_with_epochs": train_ok}
 
 
+def replica_seeds(seeds: int, seed: int = 0, seed_init: bool = False) -> list[tuple[int, int]]:
+    """``(init seed, data seed)`` of each of ``seeds`` replicas: data seeds ``seed .. seed + N - 1``; the
+    initialisation fixed at ``seed`` as in the paper's Table 1, or varied alike with ``seed_init``."""
+    if not isinstance(seeds, int) or seeds < 3:
+        raise ValueError(f"--seeds needs at least 3 replicas for a fit and a permutation test, got {seeds!r}")
+    return [(seed + i if seed_init else seed, seed + i) for i in range(seeds)]
+
+
+def _plan(sizes: str, epochs: str, seeds, seed: int, seed_init: bool, say) -> list[tuple]:
+    """The runs to train, ``(depth, width, epochs, init seed, data seed)``, checked before any training."""
+    grid, lengths = parse_sizes(sizes), _epochs(epochs)
+    if seeds is None:
+        plan = [(d, w, e, seed, None) for d, w in grid for e in lengths]
+        if len(plan) < 3:
+            say(f"note: {len(plan)} run(s) ({sizes} x epochs {epochs}) are too few for the fits (at least 3); "
+                f"the report will list the runs with the fits marked not available (add sizes or epochs, or "
+                f"use --seeds N)")
+        return plan
+    if len(grid) > 1 or len(lengths) > 1:
+        d, w = grid[0]
+        say(f"note: --seeds trains replicas of one configuration: the first size ({d}x{w}) and the first "
+            f"epochs value ({lengths[0]:g}) are used")
+    (d, w), e = grid[0], lengths[0]
+    return [(d, w, e, s_init, s_data) for s_init, s_data in replica_seeds(seeds, seed, seed_init)]
+
+
 def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_EPOCHS, *, stories: int = 3000,
              train_file=None, validation_file=None, dataset_name=None, tokenizer="EleutherAI/gpt-neo-125M",
              max_train_stories=None, block_size: int = 64, batch_size: int = 32, learning_rate: float = 3e-3,
-             weight_decay: float = 0.1, seed: int = 0, permutations: int = 10_000, measure_max_tokens=None,
-             max_eval_blocks=None, progress: bool = False) -> dict:
-    """Train, measure and analyse the grid; returns the analysis dict plus ``direction`` and ``seconds``."""
+             weight_decay=None, seed: int = 0, permutations: int = 10_000, measure_max_tokens=None,
+             max_eval_blocks=None, progress: bool = False, seeds=None, seed_init: bool = False,
+             quiet: bool = False) -> dict:
+    """Train, measure and analyse the grid (or ``seeds`` replicas); returns the analysis plus ``direction``, ``seconds``.
+
+    ``seeds=N``: the paper's Table 1 design, N replicas of the first size at the first epochs value
+    differing only in the data-order seed (``seed_init``: the initialisation too). ``weight_decay``
+    defaults to 0.1 for the grid and to Table 1's 0.0005 for replicas. ``quiet``: no per-model lines.
+    """
     from .analysis import analyze
     from .train import StudyArguments, prepare_data, train_one
 
+    say = (lambda *a, **k: None) if quiet else print
     start = time.perf_counter()
-    grid, lengths = parse_sizes(sizes), _epochs(epochs)
+    plan = _plan(sizes, epochs, seeds, seed, seed_init, say)
+    if weight_decay is None:
+        weight_decay = 0.1 if seeds is None else 0.0005
     out = Path(output_dir)
     base = StudyArguments(
         block_size=block_size, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
@@ -87,24 +124,40 @@ def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_
         logging_steps=10_000, eval_strategy="no", progress=progress,
     )
     data = prepare_data(base)
-    print(f"data: {data.source}: {data.train.numel():,} training tokens, {data.validation.numel():,} validation "
-          f"tokens, vocabulary {len(data.tokenizer)}")
-    rows = []
-    for depth, width in grid:
-        for e in lengths:
-            args = replace(base, width=width, depth=depth, epochs=e, num_heads=_heads(width))
-            t = time.perf_counter()
-            row = train_one(args, data)
-            rows.append(row)
-            print(f"  {row['name']:<24} {row['num_parameters']:>9,} params  val loss {row['val_loss']:.4f}  "
-                  f"CDNV {row[HEADLINE_KEYS[0]]:.4g}  ({time.perf_counter() - t:.1f} s)")
-    direction = expected_direction(rows)
-    notes = (f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD, epochs {epochs}) trained on {data.source}. "
-             f"Validation loss falls with model size at every training length: "
-             f"**{'yes' if direction['loss_falls_with_size'] else 'no'}**; with training at every size: "
-             f"**{'yes' if direction['loss_falls_with_epochs'] else 'no'}**.")
-    result = analyze(rows, out, num_permutations=permutations, seed=seed,
-                     title="hf-collapse demo: neural collapse vs validation loss", notes=notes)
+    say(f"data: {data.source}: {data.train.numel():,} training tokens, {data.validation.numel():,} validation "
+        f"tokens, vocabulary {len(data.tokenizer)}")
+    rows, times = [], []
+    for i, (depth, width, e, s_init, s_data) in enumerate(plan, 1):
+        args = replace(base, width=width, depth=depth, epochs=e, num_heads=_heads(width), seed=s_init, data_seed=s_data)
+        # ETA from the runs so far: exact for replicas, a rough guide for a grid of growing sizes
+        eta = f", about {sum(times) / len(times) * (len(plan) - i + 1):.0f} s left" if times else ""
+        seeds_text = "" if s_data is None else f", init seed {s_init}, data seed {s_data}"
+        say(f"model {i}/{len(plan)}: {depth}x{width}, {e:g} epoch{'' if e == 1 else 's'}{seeds_text} "
+            f"(training + measuring{eta}) ...", flush=True)
+        t = time.perf_counter()
+        row = train_one(args, data)
+        times.append(time.perf_counter() - t)
+        rows.append(row)
+        say(f"  {row['name']:<24} {row['num_parameters']:>9,} params  val loss {row['val_loss']:.4f}  "
+            f"CDNV {row[HEADLINE_KEYS[0]]:.4g}  ({times[-1]:.1f} s)")
+    if seeds is None:
+        direction = expected_direction(rows)
+        notes = (f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD, epochs {epochs}) trained on {data.source}. "
+                 f"Validation loss falls with model size at every training length: "
+                 f"**{'yes' if direction['loss_falls_with_size'] else 'no'}**; with training at every size: "
+                 f"**{'yes' if direction['loss_falls_with_epochs'] else 'no'}**.")
+        title = "hf-collapse demo: neural collapse vs validation loss"
+    else:
+        depth, width, e = plan[0][:3]
+        direction = {}
+        varied = "initialisation and data-order seeds" if seed_init else "data-order seed (initialisation fixed)"
+        notes = (f"{len(rows)} replicas of one GPT-Neo model ({depth}x{width}, {e:g} epoch(s), weight decay "
+                 f"{weight_decay:g}) trained on {data.source}, differing only in the {varied}: the paper's "
+                 f"Table 1 design at demo scale. Validation losses range {min(r['val_loss'] for r in rows):.4f} - "
+                 f"{max(r['val_loss'] for r in rows):.4f}.")
+        title = f"hf-collapse demo --seeds {len(rows)}: Table 1 design (seed replicas)"
+    result = analyze(rows, out, num_permutations=permutations, seed=seed, title=title, notes=notes,
+                     allow_few_runs=True)
     result.update(direction=direction | result["direction"], seconds=time.perf_counter() - start)
     return result
 
@@ -112,6 +165,6 @@ def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_
 def _summary(result) -> str:
     from .analysis import markdown_table
 
-    rows = sorted(result["rows"], key=lambda r: (r["num_parameters"], r["epochs"]))
+    rows = sorted(result["rows"], key=lambda r: (r["num_parameters"], r["epochs"], r["val_loss"]))
     return markdown_table(rows, ["name", "num_parameters", "epochs", "val_loss",
                                  *[k for k in SUMMARY_KEYS if k in result["metrics"]]])

@@ -23,7 +23,8 @@ Departure: classes whose means coincide (identical contexts in real text) are le
 (``measure_collapse(..., coincident="exclude")``, counted in ``num_classes_coincident``).
 
 Names: ``TinyStories-{L}x{d}_{E}{D}{S}``, as the paper's ``TinyStories-12x1024_10L``: E the epochs,
-D the weight decay (``L`` = 0.0005, ``H`` = 0.1, else ``W`` + the value), S the seed (left out for 0).
+D the weight decay (``L`` = 0.0005, ``H`` = 0.1, else ``W`` + the value), S the seed (left out for 0),
+then ``d<data seed>`` when the data order has its own seed (``data_seed``, seed replicas).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class StudyArguments:
     depth: int = field(default=2, metadata={"help": "number of layers L, alternating global/local attention (paper: 1..12)"})
     epochs: float = field(default=1, metadata={"help": "training epochs (paper: 1, 3, 10)"})
     weight_decay: float = field(default=0.0005, metadata={"help": "AdamW weight decay (paper: 0.0005 or 0.1)"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation and data shuffling"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation (and of data shuffling unless data_seed is set)"})
+    data_seed: Optional[int] = field(default=None, metadata={"help": "seed of the data shuffling only (default: seed); Table 1's replicas differ only in it"})
     learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "schedule (paper: linear, no warm-up)"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps in [0, 1) used for warm-up (paper: 0)"})
@@ -87,11 +89,14 @@ class StudyArguments:
     progress: bool = field(default=False, metadata={"help": "show tqdm progress bars and print the training logs"})
 
 
-def run_name(width: int, depth: int, epochs: float, weight_decay: float, seed: int = 0) -> str:
-    """``TinyStories-{L}x{d}_{E}{D}{S}``: D = L (0.0005), H (0.1) or W<value>; S left out for seed 0."""
+def run_name(width: int, depth: int, epochs: float, weight_decay: float, seed: int = 0,
+             data_seed: Optional[int] = None) -> str:
+    """``TinyStories-{L}x{d}_{E}{D}{S}``: D = L (0.0005), H (0.1) or W<value>; S left out for seed 0;
+    ``d<data_seed>`` appended when the data order has its own seed (seed replicas)."""
     decay = {0.0005: "L", 0.1: "H"}.get(weight_decay, f"W{weight_decay:g}")
     e = f"{epochs:g}"
-    return f"TinyStories-{depth}x{width}_{e}{decay}{seed if seed else ''}"
+    data = f"d{data_seed}" if data_seed is not None and data_seed != seed else ""
+    return f"TinyStories-{depth}x{width}_{e}{decay}{seed if seed else ''}{data}"
 
 
 def gpt_neo_config(width: int, depth: int, vocab_size: int, *, num_heads: int = 16, window_size: int = 256,
@@ -174,6 +179,7 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     (counted in ``num_classes_coincident``).
     """
     from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
+    from ..integrations.trainer import trainer_scope
 
     model = trainer.model
     progress = trainer.is_world_process_zero() and args.progress
@@ -181,9 +187,11 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     # the run's own measurement settings (k, tile, dtype, modules), with this measurement's budgets
     cfg = trainer.collapse_args.override(task="causal_lm", max_tokens=args.measure_max_tokens,
                                          nc4_max_tokens=args.nc4_max_tokens, per_class=True)
-    stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), cfg, progress=progress)
-    nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, cfg,
-                      progress=progress)
+    with trainer_scope(trainer):  # reduce over the Trainer's processes only
+        stats = collect_statistics(model, trainer.get_eval_dataloader(PackedDataset(data.train)), cfg,
+                                   progress=progress)
+        nc4 = collect_nc4(model, trainer.get_eval_dataloader(PackedDataset(data.validation)), stats, cfg,
+                          progress=progress)
     report = measure_statistics(model, stats, cfg, nc4=nc4)
     return report
 
@@ -211,7 +219,8 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     from ..integrations.trainer import CollapseTrainer
 
     data = data if data is not None else prepare_data(args)
-    name = args.run_name or run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed)
+    name = args.run_name or run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed, args.data_seed)
+    data_seed = args.seed if args.data_seed is None else args.data_seed
     folder = Path(args.output_dir) / name
     set_seed(args.seed)
     tok = data.tokenizer
@@ -223,7 +232,7 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
         output_dir=str(folder / "checkpoints"), num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_ratio,
-        weight_decay=args.weight_decay, seed=args.seed, data_seed=args.seed, bf16=bf16,
+        weight_decay=args.weight_decay, seed=args.seed, data_seed=data_seed, bf16=bf16,
         eval_strategy=args.eval_strategy, save_strategy="no", logging_steps=args.logging_steps,
         report_to=report_to, disable_tqdm=not args.progress, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -246,7 +255,8 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     result = report.result
     num_parameters = sum(p.numel() for p in model.parameters())
     info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
-            "weight_decay": args.weight_decay, "seed": args.seed, "num_parameters": num_parameters,
+            "weight_decay": args.weight_decay, "seed": args.seed, "data_seed": data_seed,
+            "num_parameters": num_parameters,
             "eval_loss": eval_loss, "train_loss": float(train_out.training_loss),
             "train_tokens": int(data.train.numel()), "data": data.source, "arguments": asdict(args),
             "final_eval": {k: float(v) for k, v in final_eval.items() if isinstance(v, (int, float))},
@@ -257,5 +267,6 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
                       metrics_extra={"eval_loss": eval_loss, "model_name": name},
                       metadata={"data": data.source, "max_tokens": args.measure_max_tokens, "model_name": name})
         atomic_write_text(folder / "run.json", json.dumps(info, indent=2))
-    return {**{k: info[k] for k in ("name", "width", "depth", "epochs", "weight_decay", "seed", "num_parameters")},
+    return {**{k: info[k] for k in ("name", "width", "depth", "epochs", "weight_decay", "seed", "data_seed",
+                                    "num_parameters")},
             "val_loss": eval_loss, "path": str(folder), **{k: float(v) for k, v in result.items()}}
