@@ -32,6 +32,7 @@ from ..core.lockfile import OutputLock
 from ..integrations.data import (
     blocks_loader,
     check_measurement_data,
+    check_measurement_files,
     describe_measurement_data,
     measurement_blocks,
     nc4_budget,
@@ -55,6 +56,7 @@ def run(args) -> int:
     check_measurement_data(args)
     args.measure_options = measure_options(args)  # validates the measure flags before any model is loaded
     check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
+    check_measurement_files(args)
     if args.no_progress:  # no progress bars at all: transformers' loading bars included
         from transformers.utils import logging as hf_logging
 

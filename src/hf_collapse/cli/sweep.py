@@ -25,6 +25,7 @@ from ..core.registry import HEADLINE_KEYS
 from ..integrations.data import (
     blocks_loader,
     check_measurement_data,
+    check_measurement_files,
     describe_measurement_data,
     measurement_blocks,
     nc4_budget,
@@ -60,6 +61,7 @@ def run(args) -> int:
     from ..study.trajectory import TRAJECTORY_CSV, TRAJECTORY_PNG, hub_checkpoints, resolve, run_checkpoints, sweep
 
     check_measurement_data(args)
+    check_measurement_files(args)
     opts = measure_options(args)
     if args.revisions:
         checkpoints = hub_checkpoints(args.run, args.revisions)

@@ -274,6 +274,10 @@ def check_measurement_data(opts) -> None:
         raise ValueError("give either --train-file or --dataset, not both")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise ValueError(f"--max-tokens must be positive, got {opts.max_tokens}")
+
+
+def check_measurement_files(opts) -> None:
+    """FileNotFoundError for a missing text file, ValueError for a bad block or batch size."""
     for flag, path in (("--train-file", opts.train_file), ("--validation-file", opts.validation_file)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"no text file at {path!r} ({flag})")
