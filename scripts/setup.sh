@@ -24,7 +24,7 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
       || "$VPY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-if ! "$VPY" -m pip install -q -e ".[test]" >.venv/pip-install.log 2>&1; then
+if ! "$VPY" -m pip install -q -e ".[test,docs]" >.venv/pip-install.log 2>&1; then
   cat .venv/pip-install.log; echo "setup: pip install failed (log above)" >&2; exit 1
 fi
 # evaluate.load("neural_collapse") offline: importing hf_collapse writes nothing, so register here (idempotent)

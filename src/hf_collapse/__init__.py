@@ -13,7 +13,7 @@ from .core.statistics import CollapseStatistics
 __all__ = [
     "CollapseStatistics", "CollapseResult", "measure_collapse", "MEASURES", "__version__",
     "load_measured", "push_measured", "save_measured", "MeasuredModel", "collect_statistics", "measure_model",
-    "CollapseReport", "CollapseTrainer", "CollapseArguments", "CollapseCallback",
+    "CollapseReport", "CollapseTrainer", "CollapseArguments", "CollapseCallback", "load_metric",
 ]
 
 # Exports that import transformers / huggingface_hub load on first use (PEP 562), so that
@@ -23,8 +23,19 @@ _LAZY = {
     "save_measured": "integrations.hub", "collect_statistics": "integrations.passes",
     "measure_model": "integrations.passes", "CollapseReport": "integrations.passes",
     "CollapseTrainer": "integrations.trainer", "CollapseCallback": "integrations.trainer",
-    "CollapseArguments": "integrations.settings",
+    "CollapseArguments": "integrations.settings", "load_metric": "integrations.metric",
 }
+
+
+def _quiet_evaluate_cache_notice() -> None:
+    # evaluate logs "couldn't be found locally ... or remotely" on every bare-name load of the module that
+    # `hf-collapse install-metric` registered; drop exactly that message (integrations.metric)
+    from .integrations.metric import silence_cached_copy_notice
+
+    silence_cached_copy_notice()
+
+
+_quiet_evaluate_cache_notice()
 
 
 def __getattr__(name: str):

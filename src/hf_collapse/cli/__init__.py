@@ -50,6 +50,7 @@ def plain(text: str | None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hf-collapse`` parser with every sub-command of ``COMMAND_MODULES``."""
     from .._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``hf-collapse`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code (1 for a user error)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

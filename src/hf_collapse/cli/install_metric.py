@@ -1,4 +1,4 @@
-"""``hf-collapse install-metric``: register the ``neural_collapse`` evaluate metric (see ``metric_registry``).
+"""``hf-collapse install-metric``: register the ``neural_collapse`` evaluate metric (see ``integrations.metric``).
 
     hf-collapse install-metric                      # register in $HF_MODULES_CACHE (idempotent)
     hf-collapse install-metric --check              # exit 1 unless registered and up to date

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 def describe_data(args, which) -> str:
-    """What the statistics (``"train"``) or NC4 (``"validation"``) data are, as recorded in the folder."""
+    """How the ``train`` or ``validation`` data were given, for the statistics header (file sha256 or dataset/split)."""
     return describe_measurement_data(args, which)
 
 
@@ -249,6 +249,7 @@ def _matching_measurement(args, model, data):
 
 
 def resolve_head_name(model):
+    """Names of the modules measured by default (the output embeddings)."""
     from ..integrations.hooks import resolve_modules
 
     return list(resolve_modules(model, None))

@@ -82,6 +82,7 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def world_size() -> int:
+    """The number of processes (1 without torch.distributed)."""
     return rank_and_world()[1]
 
 

@@ -24,15 +24,15 @@ class UserError(Exception):
 
 
 class UserValueError(UserError, ValueError):
-    pass
+    """A bad value from the caller (a ``ValueError``)."""
 
 
 class UserTypeError(UserError, TypeError):
-    pass
+    """An argument of the wrong type (a ``TypeError``)."""
 
 
 class UserFileNotFoundError(UserError, FileNotFoundError):
-    pass
+    """A file or folder the caller named that does not exist (a ``FileNotFoundError``)."""
 
 
 def _raise_site(exc: BaseException):

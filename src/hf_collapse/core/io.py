@@ -48,6 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
@@ -56,6 +57,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -104,6 +106,7 @@ def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
+    """``x`` as a tensor (a tensor as is, numpy without a copy, lists converted); TypeError naming ``name`` otherwise."""
     if isinstance(x, torch.Tensor):
         return x
     try:

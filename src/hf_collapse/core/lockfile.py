@@ -20,6 +20,8 @@ LOCK_NAME = ".hf-collapse.lock"
 
 
 class OutputLock:
+    """An exclusive OS lock on ``folder/.hf-collapse.lock`` (a context manager); freed when the process dies."""
+
     def __init__(self, folder, what: str = "hf-collapse"):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME

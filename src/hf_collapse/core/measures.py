@@ -152,11 +152,13 @@ def measure_collapse(
 
     Args:
         stats: the accumulated ``CollapseStatistics`` (or a path to a saved statistics file).
-        weights, bias: classifier rows W (C, d) (e.g. ``model.get_output_embeddings().weight``; enable
-            NC3/NC4) and an optional bias (C,). k: CDNV power (paper: 2).
-        features, labels: held-out samples (N, d) and (N,) for ``nc4_agreement`` (needs weights) and
-            ``ncc_accuracy``; labels equal to ``stats.ignore_index`` are skipped.
-        per_class: also return per-class vectors in ``result.per_class``. tile_size: tile edge of the sweep.
+        weights: classifier rows W (C, d) (e.g. ``model.get_output_embeddings().weight``); enables NC3/NC4.
+        bias: optional classifier bias (C,).
+        k: CDNV power (paper: 2).
+        features: held-out samples (N, d) for ``nc4_agreement`` (needs weights) and ``ncc_accuracy``.
+        labels: their labels (N,); labels equal to ``stats.ignore_index`` are skipped.
+        per_class: also return per-class vectors in ``result.per_class``.
+        tile_size: tile edge of the pairwise sweep.
         dtype: float32 (default, fast) or float64 (exact) for tiles, d x d Gram matrices and NC4 matmuls.
         batch_size: test samples per NC4 batch (memory: batch_size x C scores).
         device: where to compute (default: where the statistics are).

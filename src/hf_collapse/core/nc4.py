@@ -27,7 +27,8 @@ class NC4Counter:
         class_ids: (K,) ids of the classes NCC chooses among (the present, non-excluded classes).
         means: (K, d) their means (float64).
         num_classes: C, the label range.
-        weights, bias: classifier (C, d) and (C,); optional when logits are passed to ``update``.
+        weights: classifier rows (C, d); optional when logits are passed to ``update``.
+        bias: classifier bias (C,), optional.
         dtype: float32 (fast) or float64 for the distance and logit matmuls.
         ignore_index: label value of samples to skip.
     """

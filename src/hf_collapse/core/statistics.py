@@ -60,7 +60,7 @@ class CollapseStatistics:
         ignore_index: label value that marks positions without a class (default -100, as in
             ``transformers``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> stats = CollapseStatistics(num_classes=3, dim=2)
         >>> stats.update(torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0, 2]))

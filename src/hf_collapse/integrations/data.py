@@ -162,6 +162,7 @@ def iter_file_documents(path):
 
 
 def iter_dataset_documents(name, config, split, text_column, streaming=False):
+    """The non-empty texts of ``text_column`` of a Hub dataset split; ValueError for a load failure or a missing column."""
     import datasets
 
     try:

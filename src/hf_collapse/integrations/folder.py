@@ -135,6 +135,7 @@ def verify_weights(folder: str | os.PathLike, stats: CollapseStatistics, stats_p
 
 # ---------------------------------------------------------------------------------------- writing
 def file_sha256(path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -176,8 +176,9 @@ def load_measured(repo_id_or_path, revision: Optional[str] = None, *, name: Opti
             ``snapshot_download``; with ``HF_HUB_OFFLINE=1`` it is read from the cache).
         revision: branch, tag or commit of a Hub repo.
         name: which measurement (``collapse/<name>/``); None for the default ``collapse/``.
-        load_model / load_tokenizer: set False to read the statistics only (then only ``collapse/``
-            and the JSON files are downloaded and the weights are not checked).
+        load_model: set False to read the statistics only (then only ``collapse/`` and the JSON
+            files are downloaded and the weights are not checked).
+        load_tokenizer: set False to skip the tokenizer.
         check_weights: compare the ``weights_sha256`` recorded with the statistics against the
             weights in the folder; a mismatch raises ValueError.
         model_class: the class whose ``from_pretrained`` loads the model (default

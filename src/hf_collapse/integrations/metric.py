@@ -13,7 +13,8 @@ and makes it the newest copy. It is idempotent (nothing is written when the copy
 and newest) and atomic (temp file + ``os.replace``), so concurrent processes may all register.
 
 It runs through ``hf-collapse install-metric`` (which ``scripts/setup.sh`` runs) or
-:func:`register_metric`; importing hf_collapse writes nothing. Set ``HF_EVALUATE_OFFLINE=1`` to skip
+:func:`register_metric`; importing hf_collapse writes nothing. :func:`load_metric` loads the shipped
+script by path instead: no registration, no Hub request. Set ``HF_EVALUATE_OFFLINE=1`` to skip
 evaluate's Hub attempt (about 1.5 s per load without network).
 
 The module's files live once, in the repository's ``metrics/neural_collapse/`` (evaluate's layout);
@@ -123,3 +124,56 @@ def register_metric(cache: Optional[os.PathLike] = None) -> Path:
         t = max(time.time(), newest + 1.0)
         os.utime(script, (t, t))
     return script
+
+
+INSTALL_HINT = ("evaluate.load('neural_collapse') finds the module only after it was registered in evaluate's "
+                "modules cache: run `hf-collapse install-metric` once (scripts/setup.sh does, for its own "
+                "cache), or use hf_collapse.load_metric(), which needs no registration")
+
+
+def load_metric(config_name: Optional[str] = None, **kwargs):
+    """``evaluate.load`` the ``neural_collapse`` metric shipped in this package, by path.
+
+    Equivalent to ``evaluate.load("neural_collapse", config_name, **kwargs)`` after
+    ``hf-collapse install-metric``, but it needs no registration, makes no Hub request (the bare
+    name first tries the Hub: about 1.5 s without network unless ``HF_EVALUATE_OFFLINE=1``) and
+    logs no "couldn't be found locally ... or remotely" warning.
+
+    Args:
+        config_name: ``None`` (features and labels through ``add_batch``) or ``"statistics"``.
+        **kwargs: passed to ``evaluate.load`` (``num_process``, ``process_id``, ``experiment_id``, ...).
+
+    Raises:
+        FileNotFoundError: the package's copy of the module is missing (a broken install); the message
+            says how to register it instead.
+    """
+    import evaluate
+
+    script = shipped_metric_dir() / f"{METRIC_NAME}.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"the neural_collapse module is missing from the installed package ({script}); "
+                                f"reinstall hf_collapse. {INSTALL_HINT}")
+    return evaluate.load(str(script), config_name, **kwargs)
+
+
+class _CachedCopyNotice(logging.Filter):
+    """Drops evaluate's warning that it fell back to the cached copy of *our* registered metric.
+
+    For a bare name evaluate tries the Hub Space ``evaluate-metric/neural_collapse`` (which does
+    not exist), then loads the newest cached copy and always logs, at WARNING, "Using the latest
+    cached version of the module from ... since it couldn't be found locally at
+    evaluate-metric--neural_collapse, or remotely on the Hugging Face Hub" (evaluate 0.4,
+    ``loading.CachedEvaluationModuleFactory.get_module``; there is no switch for it). That cached
+    copy is the one registration put there, so the message is expected; other modules' messages pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (CACHE_NAME in msg and "couldn't be found locally" in msg)
+
+
+def silence_cached_copy_notice() -> None:
+    """Install ``_CachedCopyNotice`` on evaluate's loading logger (idempotent; evaluate need not be imported)."""
+    log = logging.getLogger("evaluate.loading")  # the logger evaluate.loading gets from its get_logger(__name__)
+    if not any(isinstance(f, _CachedCopyNotice) for f in log.filters):
+        log.addFilter(_CachedCopyNotice())

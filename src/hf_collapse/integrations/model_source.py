@@ -18,6 +18,7 @@ def looks_like_path(text: str) -> bool:
 
 
 def is_valid_repo_id(text: str) -> bool:
+    """True when huggingface_hub accepts ``text`` as a repo id."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 

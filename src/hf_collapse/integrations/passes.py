@@ -115,8 +115,9 @@ def collect_statistics(model, dataloader, settings: Optional[CollapseArguments] 
             process the last batch is cut exactly, with several whole last batches count.
         max_batches: stop after this many batches (per process).
         accelerator: optional ``accelerate.Accelerator`` whose model wrapper is removed.
-        checkpoint_path, checkpoint_every: save the state every N batches into that folder and
-            resume from it; a finished run gives the same numbers as an uninterrupted one.
+        checkpoint_path: folder to save the state into and resume from; a finished run gives the
+            same numbers as an uninterrupted one.
+        checkpoint_every: save the state every this many batches.
         reduce: all-reduce over processes at the end (one collective).
         data_fingerprint: identifies the data for checkpoint validation (default: hash of the
             dataloader's length and first batch).

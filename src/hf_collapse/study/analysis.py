@@ -255,6 +255,7 @@ def direction_summary(rows: Sequence[dict], fits: Sequence[dict]) -> dict:
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """``rows`` as a Markdown table of ``columns`` (numbers with 4 significant digits)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c), 4) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

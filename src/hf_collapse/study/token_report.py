@@ -101,6 +101,7 @@ def token_report(folder, tokenizer=None, *, top: int = 10, lookup: Sequence[str]
 
 
 def format_report(rep: dict) -> str:
+    """The token report as aligned text: each ranking, then the looked-up tokens against the average."""
     cols = [c for c in COLUMNS if c in rep["average"]]
     head = f"{'id':>7}  {'token':<16}" + "".join(f"{c:>22}" for c in cols)
 

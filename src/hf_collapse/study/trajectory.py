@@ -58,10 +58,12 @@ class Checkpoint:
 
 
 def has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds model weights (``*.safetensors`` or ``pytorch_model*.bin``) at its top level."""
     return any(p.is_file() for pat in _WEIGHT_FILES for p in folder.glob(pat))
 
 
 def trainer_state(folder: Path) -> dict:
+    """The folder's ``trainer_state.json`` (``{}`` when absent); ValueError when it is not JSON."""
     path = Path(folder) / "trainer_state.json"
     if not path.is_file():
         return {}
