@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hf_collapse import CollapseStatistics, measure_collapse
+from hf_collapse.core.registry import MEASURE_KEYS
 from hf_collapse.hub import (
     find_measurement,
     list_measurements,
@@ -136,7 +137,7 @@ def test_model_card_yaml_and_body(measured):
     assert card.data.datasets == ["roneneldan/TinyStories"]
     metrics = read_measurement(measured)[2]
     parsed = card_metrics(card)[None]
-    assert set(parsed) == {k for k in metrics if k.startswith(("nc", "gnc", "unc"))}
+    assert set(parsed) == {k for k in metrics if k in MEASURE_KEYS}
     assert all(parsed[k] == pytest.approx(metrics[k], rel=1e-12) for k in parsed)
     assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
     assert (measured / "collapse" / "collapse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

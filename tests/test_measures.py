@@ -29,6 +29,11 @@ def problem(C=40, d=12, N=3000, seed=0, absent=(3, 17), bias=True):
     return h, y, W, b, ht, yt
 
 
+def ood_features(d, n=50, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) + 1.5
+
+
 def stats_of(h, y, C, covariance=False):
     s = CollapseStatistics(C, h.shape[1], covariance=covariance)
     s.update(h, y)
@@ -40,11 +45,13 @@ def stats_of(h, y, C, covariance=False):
 def test_every_measure_matches_dense_reference(dtype, rtol, tile):
     h, y, W, b, ht, yt = problem()
     s = stats_of(h, y, 40, covariance=True)
+    ood = ood_features(h.shape[1])
     res = measure_collapse(s, weights=W, bias=b, k=2.0, features=ht, labels=yt, per_class=True,
-                           tile_size=tile, dtype=dtype)
+                           tile_size=tile, dtype=dtype, riesz_s=3.0, ood_features=ood)
     counts, means, variances = dense_statistics(h.numpy(), y.numpy(), 40)
     ref, per = dense_measures(counts, means, variances, W=W.numpy(), b=b.numpy(), k=2.0,
-                              h_test=ht.numpy(), y_test=yt.numpy(), h_train=h.numpy(), y_train=y.numpy())
+                              h_test=ht.numpy(), y_test=yt.numpy(), h_train=h.numpy(), y_train=y.numpy(),
+                              riesz_s=3.0, h_ood=ood.numpy())
     assert set(res) == set(ref) == set(MEASURE_KEYS)
     for key in ref:
         np.testing.assert_allclose(res[key], ref[key], rtol=rtol, atol=1e-12, err_msg=key)

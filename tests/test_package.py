@@ -22,9 +22,9 @@ def test_cli_lists_every_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "measure", "push", "analyze", "tokens", "install-metric"):
+    for command in ("demo", "measure", "sweep", "push", "analyze", "tokens", "install-metric"):
         assert command in out, command
-    assert len(COMMAND_MODULES) == 6
+    assert len(COMMAND_MODULES) == 7
 
 
 def test_module_entry_points():

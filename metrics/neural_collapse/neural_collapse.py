@@ -54,6 +54,11 @@ Keyword arguments of ``compute`` (both configurations):
     dtype: "float32" (default, fast) or "float64" (exact) for the pairwise sweep and NC4.
     tile_size: tile edge of the pairwise sweep (memory ~ tile_size^2 floats).
     device: where to measure, e.g. "cuda" (default: CPU).
+    min_count: classes with fewer samples are treated as absent (default 1).
+    classes: measure only these class ids (a list of ints); all others are treated as absent.
+    global_mean: "unweighted" (default, the paper's mean of class means) or "weighted" (by counts).
+    riesz_s: s > 0 adds gnc2_riesz_mean and gnc2_riesz_cov (Riesz s-kernel of unit class means).
+    ood_features: out-of-distribution features (N, d); their mean gives nc5_ood_orthogonality.
 Returns:
     dict of float, the keys of ``hf_collapse.measure_collapse`` that apply (from the registry,
     ``hf_collapse.core.registry``):
@@ -214,7 +219,12 @@ class NeuralCollapse(evaluate.Metric):
         return super().compute(**kwargs)
 
     # ------------------------------------------------------------------ measure
-    def _compute(self, features=None, labels=None, statistics=None, num_classes=None, **kwargs):
+    def _compute(self, features=None, labels=None, statistics=None, num_classes=None, weights=None, bias=None, k=2.0,
+                 test_features=None, test_labels=None, dtype="float32", tile_size=1024, device=None, min_count=1,
+                 classes=None, global_mean="unweighted", riesz_s=None, ood_features=None):
+        kwargs = dict(weights=weights, bias=bias, k=k, test_features=test_features, test_labels=test_labels,
+                      dtype=dtype, tile_size=tile_size, device=device, min_count=min_count, classes=classes,
+                      global_mean=global_mean, riesz_s=riesz_s, ood_features=ood_features)
         if self.config_name == STATISTICS_CONFIG:
             if num_classes is not None:
                 raise ValueError("num_classes comes from the statistics file in the 'statistics' configuration")
@@ -237,7 +247,8 @@ class NeuralCollapse(evaluate.Metric):
         return self._measure([stats], **kwargs)
 
     def _measure(self, stats_list, weights=None, bias=None, k=2.0, test_features=None, test_labels=None,
-                 dtype="float32", tile_size=1024, device=None):
+                 dtype="float32", tile_size=1024, device=None, min_count=1, classes=None, global_mean="unweighted",
+                 riesz_s=None, ood_features=None):
         stats = stats_list[0] if len(stats_list) == 1 else stats_list[0].clone()
         for other in stats_list[1:]:
             stats.merge(other)  # sums add: merging shards equals accumulating their samples together
@@ -248,6 +259,10 @@ class NeuralCollapse(evaluate.Metric):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         # tensors and numpy arrays go to the core as they are; it validates shapes and dtypes
+        if ood_features is not None and not isinstance(ood_features, torch.Tensor):
+            ood_features = torch.from_numpy(np.asarray(_to_numpy(ood_features, "ood_features"), dtype=np.float64))
         result = measure_collapse(stats, weights=weights, bias=bias, k=k, features=test_features,
-                                  labels=test_labels, dtype=dtype, tile_size=tile_size, device=device)
+                                  labels=test_labels, dtype=dtype, tile_size=tile_size, device=device,
+                                  min_count=min_count, classes=classes, global_mean=global_mean, riesz_s=riesz_s,
+                                  ood_features=ood_features)
         return dict(result)

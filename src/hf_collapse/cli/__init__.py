@@ -18,10 +18,12 @@ import sys
 
 from ..core.errors import is_user_error, one_line
 
-# sub-command modules, in workflow order (as ``--help`` lists them): measure a model, inspect its
-# tokens, publish it, analyse several runs, the end-to-end demo, then setup of the evaluate module
+# sub-command modules, in workflow order (as ``--help`` lists them): measure a model, follow it over its
+# checkpoints, inspect its tokens, publish it, analyse several runs, the end-to-end demo, then setup of
+# the evaluate module
 COMMAND_MODULES = [
     "hf_collapse.cli.measure",
+    "hf_collapse.cli.sweep",
     "hf_collapse.cli.tokens",
     "hf_collapse.cli.push",
     "hf_collapse.cli.analyze",

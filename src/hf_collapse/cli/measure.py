@@ -39,52 +39,24 @@ import torch
 from ..core.distributed import all_true, scope_for
 from ..core.errors import UserValueError
 from ..core.lockfile import OutputLock
-from ..integrations.data import collate, text_blocks
+from ..integrations.measurement_data import (
+    blocks_loader,
+    budget_shortfall,
+    check_measurement_data,
+    check_measurement_files,
+    describe_measurement_data,
+    measurement_blocks,
+    nc4_budget,
+)
 from ..integrations.model_source import check_model_source, from_pretrained_or_explain
+from ..integrations.settings import CollapseArguments
 
 logger = logging.getLogger(__name__)
 
 
-def build_blocks(args, which, tokenizer, budget):
-    """Token blocks of the ``train`` or ``validation`` data (None when no validation data are given)."""
-    common = dict(max_tokens=budget, num_proc=args.num_proc, cache_dir=args.cache_dir, streaming=args.streaming)
-    if which == "train":
-        if args.train_file:
-            return text_blocks(tokenizer, args.block_size, files=args.train_file, **common)
-        return text_blocks(tokenizer, args.block_size, dataset=args.dataset, config=args.dataset_config,
-                           split=args.split, text_column=args.text_column, **common)
-    if args.validation_file:
-        return text_blocks(tokenizer, args.block_size, files=args.validation_file, **common)
-    if args.dataset and args.validation_split:
-        return text_blocks(tokenizer, args.block_size, dataset=args.dataset, config=args.dataset_config,
-                           split=args.validation_split, text_column=args.text_column, **common)
-    return None
-
-
-def _report_size(blocks, which, budget, main):
-    """Say what the data hold; a budget larger than the data measures what there is (and says so)."""
-    if not hasattr(blocks, "num_labelled"):  # streamed: unknown until the pass ends
-        return
-    if len(blocks) == 0:
-        raise ValueError(f"the {which} data hold no labelled token (empty text?)")
-    if budget is not None and blocks.num_labelled < budget and main:
-        msg = (f"the {which} data hold {blocks.num_labelled:,} labelled tokens, fewer than the budget of "
-               f"{budget:,}: measuring all of them")
-        print(f"hf-collapse measure: note: {msg}", file=sys.stderr)
-    logger.info("%s data: %d blocks, %d labelled tokens", which, len(blocks), blocks.num_labelled)
-
-
 def describe_data(args, which) -> str:
     """How the ``train`` or ``validation`` data were given, for the statistics header (file sha256 or dataset/split)."""
-    from ..integrations.folder import file_sha256
-
-    path = args.train_file if which == "train" else args.validation_file
-    if path:
-        return f"file:{os.path.basename(path)} sha256:{file_sha256(path)}"
-    split = args.split if which == "train" else args.validation_split
-    if args.dataset and split:
-        return f"dataset:{args.dataset}" + (f"/{args.dataset_config}" if args.dataset_config else "") + f" split:{split}"
-    return ""
+    return describe_measurement_data(args, which)
 
 
 # ---------------------------------------------------------------------------- command
@@ -92,22 +64,10 @@ def run(args) -> int:
     import torch.distributed as dist
     from accelerate import Accelerator
 
-    if not args.train_file and not args.dataset:
-        raise ValueError("give the measurement data: --train-file FILE or --dataset NAME")
-    if args.train_file and args.dataset:
-        raise ValueError("give either --train-file or --dataset, not both")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    check_measurement_data(args)
+    args.measure_options = measure_options(args)  # validates the measure flags before any model is loaded
     check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
-    for flag, path in (("--train-file", args.train_file), ("--validation-file", args.validation_file)):
-        if path and not os.path.isfile(path):
-            raise FileNotFoundError(f"no text file at {path!r} ({flag})")
-    if args.block_size < 2:
-        raise ValueError(f"--block-size must be at least 2, got {args.block_size}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.num_proc is not None and args.num_proc < 1:
-        raise ValueError(f"--num-proc must be positive, got {args.num_proc}")
+    check_measurement_files(args)
     if args.no_progress:  # no progress bars at all: transformers' loading bars included
         from transformers.utils import logging as hf_logging
 
@@ -159,35 +119,35 @@ def _measure(args, accelerator, main, progress) -> int:
     from ..integrations.hub import save_measured
     from ..integrations.model_card import write_model_card
     from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
-    from ..integrations.settings import CollapseArguments
 
     tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, args.model, "tokenizer")
+    nc4_max = nc4_budget(args)
 
     def loader(which, budget):
         # the main process of each node tokenizes into the cache first; the others read the cached files
         error = None
         with accelerator.local_main_process_first():
             try:  # raise after the barrier: the other processes must not wait for the main one forever
-                blocks = build_blocks(args, which, tokenizer, budget)
+                blocks = measurement_blocks(args, tokenizer, which)
             except (ValueError, FileNotFoundError) as e:
                 error = e
         if error is not None:
             raise error
-        if blocks is None:
-            return None
-        _report_size(blocks, which, budget, main)
-        dl = torch.utils.data.DataLoader(blocks, batch_size=args.batch_size, collate_fn=collate)
-        return accelerator.prepare_data_loader(dl)
+        note = budget_shortfall(blocks, which, budget)
+        if note and main:
+            print(f"hf-collapse measure: note: {note}", file=sys.stderr)
+        return blocks_loader(blocks, args.batch_size, accelerator.prepare_data_loader)
 
     train_dl = loader("train", args.max_tokens)
-    nc4_budget = args.nc4_max_tokens if args.nc4_max_tokens is not None else args.max_tokens
-    nc4_dl = loader("validation", nc4_budget)
+    nc4_dl = loader("validation", nc4_max)
     # the model after the data: bad data fail fast, and tokenizing never overlaps the model in memory
     model = from_pretrained_or_explain(AutoModelForCausalLM.from_pretrained, args.model, "model",
                                        dtype=getattr(torch, args.torch_dtype))
     model.to(accelerator.device).eval()
     data = describe_data(args, "train")
-    if not args.no_reuse and not args.layers and not args.covariance:
+    # a stored measurement is reused only for the default measure options (it holds their values)
+    default_measures = args.measure_options == CollapseArguments().measure_options()
+    if not args.no_reuse and not args.layers and not args.covariance and default_measures:
         found = _matching_measurement(args, model, data)
         if found is not None:  # the model folder or Hub repo already holds these statistics
             if main:
@@ -211,17 +171,19 @@ def _measure(args, accelerator, main, progress) -> int:
     cfg = CollapseArguments(
         collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
         collapse_k=args.k, collapse_tile_size=args.tile_size, collapse_dtype=args.dtype,
-        collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_budget if nc4_dl else None,
-        collapse_per_class=True, collapse_covariance=args.covariance)
+        collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_max if nc4_dl else None,
+        collapse_per_class=True, collapse_covariance=args.covariance,
+        **{f"collapse_{k}": v for k, v in args.measure_options.items()})
     stats = collect_statistics(model, train_dl, cfg, progress=progress, checkpoint_path=ckpt,
                                checkpoint_every=args.checkpoint_every if ckpt else None,
                                data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
     nc4 = None
     if nc4_dl is not None:
         nc4 = collect_nc4(model, nc4_dl, stats, cfg, progress=progress)
-    settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_budget if nc4_dl else None,
+    settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_max if nc4_dl else None,
                 "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
-                "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model}
+                "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model,
+                **cfg.measure_record()}
     report = measure_statistics(model, stats, cfg, nc4=nc4, extra_settings=settings)
     if main:
         print(report.table())
@@ -252,6 +214,57 @@ def _measure(args, accelerator, main, progress) -> int:
             print(f"wrote {args.output_dir}")
     accelerator.wait_for_everyone()
     return 0
+
+
+def add_data_arguments(p) -> None:
+    """The data flags (shared with ``hf-collapse sweep``)."""
+    d = p.add_argument_group("data")
+    d.add_argument("--train-file", help="text file for the statistics (pass 1)")
+    d.add_argument("--validation-file", help="text file for NC4 (pass 2)")
+    d.add_argument("--dataset", help="Hub dataset id (instead of --train-file)")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d.add_argument("--split", default="train", help="split for the statistics (default: train)")
+    d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
+    d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    d.add_argument("--streaming", action="store_true",
+                   help="stream the data (an IterableDataset: nothing downloaded or cached, tokenized on the fly)")
+    d.add_argument("--num-proc", type=int, default=None,
+                   help="tokenization workers (default: the cores available, one per 1,000 documents at most)")
+    d.add_argument("--cache-dir", default=None, help="datasets cache for the tokenized data "
+                   "(default: HF_DATASETS_CACHE, ~/.cache/huggingface/datasets)")
+    d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
+    d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
+    d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")
+    d.add_argument("--batch-size", type=int, default=8, help="sequences per batch and process (default: 8)")
+
+
+def add_measure_arguments(p):
+    """The measure flags (shared with ``hf-collapse sweep``); returns the group for more."""
+    m = p.add_argument_group("measures")
+    m.add_argument("--k", type=float, default=2.0, help="CDNV power k (default: 2, as in the paper)")
+    m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
+    m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
+    m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
+    m.add_argument("--min-count", type=int, default=1,
+                   help="treat classes with fewer samples as absent everywhere (default 1)")
+    m.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID",
+                   help="measure only these class (token) ids; all others are treated as absent")
+    m.add_argument("--global-mean", choices=["unweighted", "weighted"], default="unweighted",
+                   help="centre of the class means: unweighted mean of the means (default, the paper) "
+                        "or weighted by counts")
+    m.add_argument("--riesz-s", type=float, default=None, metavar="S",
+                   help="also measure the Riesz s-kernel (gnc2_riesz_mean, gnc2_riesz_cov)")
+    m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to load the model in")
+    return m
+
+
+def measure_options(args) -> dict:
+    """``measure_collapse`` keywords of the measure flags, validated (ValueError on bad values)."""
+    opts = {"min_count": args.min_count, "classes": args.classes, "global_mean": args.global_mean,
+            "riesz_s": args.riesz_s}
+    CollapseArguments(**{f"collapse_{k}": v for k, v in opts.items()})  # validation only
+    return opts
 
 
 def _matching_measurement(args, model, data):
@@ -288,33 +301,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help="measure neural collapse of a causal LM and write a measured model folder",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="Hub id or local folder with model and tokenizer")
-    d = p.add_argument_group("data")
-    d.add_argument("--train-file", help="text file for the statistics (pass 1)")
-    d.add_argument("--validation-file", help="text file for NC4 (pass 2)")
-    d.add_argument("--dataset", help="Hub dataset id (instead of --train-file)")
-    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
-    d.add_argument("--split", default="train", help="split for the statistics (default: train)")
-    d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
-    d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    d.add_argument("--streaming", action="store_true",
-                   help="stream the data (an IterableDataset: nothing downloaded or cached, tokenized on the fly)")
-    d.add_argument("--num-proc", type=int, default=None,
-                   help="tokenization workers (default: the cores available, one per 1,000 documents at most)")
-    d.add_argument("--cache-dir", default=None, help="datasets cache for the tokenized data "
-                   "(default: HF_DATASETS_CACHE, ~/.cache/huggingface/datasets)")
-    d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
-    d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
-    d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")
-    d.add_argument("--batch-size", type=int, default=8, help="sequences per batch and process (default: 8)")
-    m = p.add_argument_group("measures")
-    m.add_argument("--k", type=float, default=2.0, help="CDNV power k (default: 2, as in the paper)")
-    m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
-    m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
-    m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
+    add_data_arguments(p)
+    m = add_measure_arguments(p)
     m.add_argument("--layers", nargs="*", default=None,
                    help="also measure at these modules' inputs (layer-wise NC), e.g. model.layers.2")
-    m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype to load the model in")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", help="write the measured model folder here: weights, tokenizer, "
                    "collapse/statistics.safetensors, collapse/metrics.json, README.md card (without it nothing is "

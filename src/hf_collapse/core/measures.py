@@ -1,7 +1,9 @@
 """Neural-collapse measures NC1-NC4 from ``CollapseStatistics`` (Wu & Papyan 2024, sections 3.4-3.7).
 
-All measures use the K classes present (N_c > 0). With mu_bar the unweighted mean of their means,
-M_c = mu_c - mu_bar, r_c = ||M_c||, u_c = M_c / r_c and pairs c < c':
+All measures use the K classes measured: present (N_c > 0), with at least ``min_count`` samples and
+within ``classes`` when given (:mod:`hf_collapse.core.classes`). With mu_G their global mean (default
+mu_bar, the unweighted mean of their means; ``global_mean="weighted"`` weights by counts),
+M_c = mu_c - mu_G, r_c = ||M_c||, u_c = M_c / r_c and pairs c < c'.
 
 The keys, their equations and directions are listed once, in :mod:`hf_collapse.core.registry`.
 
@@ -10,7 +12,9 @@ e.g. all log-norms equal 0) and +inf when the mean is 0 but the std is not.
 
 How it scales: the pairwise sums never form a C x C matrix. The interference mean comes in closed
 form from U = sum_c u_c (sum_{c,c'} cos = ||U||^2); CDNV, the log kernel and the interference spread
-come from one tiled sweep (:mod:`hf_collapse.core.sweep`); NC4 is :class:`hf_collapse.core.nc4.NC4Counter`.
+come from one tiled sweep (:mod:`hf_collapse.core.sweep`), which also carries the Riesz kernel when
+``riesz_s`` is given; the ETF errors, trace quotient and effective rank come from d x d Gram matrices
+(:mod:`hf_collapse.core.spectral`); NC4 is :class:`hf_collapse.core.nc4.NC4Counter`.
 
 Departures from the paper, on purpose:
 - absent classes (N_c = 0) are left out everywhere (the paper's C = 29,233 are the tokens present);
@@ -21,7 +25,19 @@ Departures from the paper, on purpose:
   in float64, since a Gram matrix cannot resolve them;
 - identical class means (CDNV undefined) raise ValueError, or with ``coincident="exclude"`` the classes
   involved are left out like absent ones (the collection, Trainer and CLI paths do this, and record
-  ``num_classes_coincident``); a class mean equal to mu_bar raises ValueError.
+  ``num_classes_coincident``); a class mean equal to mu_G raises ValueError.
+
+Departures from the authors' package (rhubarbwu/neural-collapse), on purpose:
+- its default global mean is sample-weighted; ours is the paper's unweighted mu_bar (``global_mean``
+  chooses);
+- ``riesz_kernel`` fixes s = d - 2 with sign(s); here s > 0 is an option (``riesz_s``) and its CoV
+  (not the variance) is reported, as for the log kernel;
+- ``orthogonality_deviation`` takes cosines of uncentred means with the uncentred OOD mean; here both
+  are centred at mu_G (the NECO geometry of the issue's definition);
+- ``covariance_ratio(metric="quotient")`` is computed from traces only (no d x d covariance); its
+  ``structure_error`` (the ETF errors) forms a K x K matrix, ours uses d x d Gram matrices;
+- with ``min_count``/``classes``, ``nc1_trace_ratio`` is not computed: the d x d second moment sums
+  every class's samples.
 """
 
 from __future__ import annotations
@@ -29,13 +45,25 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
+from .classes import check_selection, class_moments
+from .classes import global_mean as centre
 from .io import as_tensor
 from .nc4 import NC4Counter
 from .registry import MEASURE_KEYS
+from .spectral import (
+    effective_rank,
+    gram,
+    nc2_etf_error,
+    nc3_self_duality_error,
+    ood_orthogonality,
+    singular_values,
+    trace_quotient,
+)
 from .statistics import CollapseStatistics
 from .sweep import pairwise_sweep
 
@@ -77,32 +105,6 @@ def _mean_std(total: float, total_sq: float, n: float, shift: float = 0.0) -> tu
     return m + shift, math.sqrt(var)
 
 
-def _coincident(mu, rtol: float = 1e-10) -> list[int]:
-    """Positions (rows of ``mu``) of classes whose mean equals another class's mean up to float64
-    round-off (max abs difference <= rtol * max |mu|; classes fed identical features end up ~1e-15
-    apart, not bit-equal, because of the shifted sums). O(K d + K log K): sort a random projection
-    and compare only runs of near-equal projections."""
-    g = torch.Generator().manual_seed(0)
-    v = torch.randn(mu.shape[1], generator=g, dtype=torch.float64).to(mu.device)
-    atol = rtol * float(torch.linalg.vector_norm(mu, float("inf"))) + 1e-300  # max |mu|, no temporary
-    proj = mu @ v  # (K,)
-    order = proj.argsort()
-    sp = proj[order]
-    near = ((sp[1:] - sp[:-1]).abs() <= atol * float(v.abs().sum())).tolist()
-    found, run = set(), [int(order[0])]
-    for i, close in enumerate(near + [False]):
-        if close:
-            run.append(int(order[i + 1]))
-            continue
-        for x in range(len(run)):  # runs are tiny in practice (2 for a duplicated mean)
-            for y in range(x + 1, len(run) if len(run) <= 64 else min(x + 2, len(run))):  # long: neighbours
-                if float((mu[run[x]] - mu[run[y]]).abs().max()) <= atol:
-                    found.update((run[x], run[y]))
-        if i + 1 < len(order):
-            run = [int(order[i + 1])]
-    return sorted(found)
-
-
 def _check_weights(weights, bias, C, d, device):
     W = as_tensor(weights, "weights")
     if not W.is_floating_point():
@@ -140,6 +142,11 @@ def measure_collapse(
     device=None,
     progress: bool = False,
     coincident: str = "raise",
+    min_count: int = 1,
+    classes: Optional[Sequence[int]] = None,
+    global_mean: str = "unweighted",
+    riesz_s: Optional[float] = None,
+    ood_features: Optional[torch.Tensor] = None,
 ) -> CollapseResult:
     """Compute every NC measure from accumulated statistics.
 
@@ -152,47 +159,48 @@ def measure_collapse(
         labels: their labels (N,); labels equal to ``stats.ignore_index`` are skipped.
         per_class: also return per-class vectors in ``result.per_class``.
         tile_size: tile edge of the pairwise sweep.
-        dtype: float32 (default, fast) or float64 (exact) for tiles and NC4 matmuls.
+        dtype: float32 (default, fast) or float64 (exact) for tiles, d x d Gram matrices and NC4 matmuls.
         batch_size: test samples per NC4 batch (memory: batch_size x C scores).
         device: where to compute (default: where the statistics are).
         progress: show a tqdm bar over the sweep and the NC4 batches.
-        coincident: what to do with classes whose mean equals another class's exactly (CDNV
-            infinite; real text produces them, e.g. two tokens seen once after the same context):
-            ``"raise"`` (default) or ``"exclude"`` (leave every member of such a group out of all
-            measures, as if absent; counted in ``result.info["num_classes_coincident"]``).
+        coincident: classes whose mean equals another class's (CDNV infinite; real text has them, e.g.
+            two tokens seen once after the same context): ``"raise"`` (default) or ``"exclude"`` (leave
+            them out as if absent; counted in ``result.info["num_classes_coincident"]``).
+        min_count: classes with fewer samples are treated as absent everywhere (the authors' ``-mpc``).
+        classes: measure only these class ids (e.g. frequent tokens); all others are treated as absent.
+        global_mean: the centre mu_G of M_c = mu_c - mu_G: ``"unweighted"`` (default, the paper's
+            mean of the class means) or ``"weighted"`` (by sample counts, the mean of all samples).
+        riesz_s: s > 0 adds ``gnc2_riesz_mean`` / ``gnc2_riesz_cov`` (Riesz s-kernel ||u_c - u_c'||^-s).
+        ood_features: out-of-distribution features (N, d); their mean gives ``nc5_ood_orthogonality``.
 
     Returns:
         A ``CollapseResult`` (dict of float) with the keys of :mod:`hf_collapse.core.registry` that apply.
     """
     stats = _as_statistics(stats)
-    k = _check_options(k, coincident, dtype, tile_size)
+    k = _check_options(k, coincident, dtype, tile_size, riesz_s)
+    min_count, classes = check_selection(stats.num_classes, min_count, classes, global_mean)
     dev = torch.device(device) if device is not None else stats.device
-    idx, counts, mu, sig, n_same = _class_moments(stats, dev, coincident)
+    idx, counts, mu, sig, n_same = class_moments(stats, dev, coincident, min_count, classes)
     K = idx.numel()
-    mu_bar = mu.mean(0)  # (d,)
-    M = mu - mu_bar  # (K, d) centred means
+    mu_g = centre(mu, counts, global_mean)  # (d,)
+    M = mu - mu_g  # (K, d) centred means
     r = M.norm(dim=1)  # (K,)
     if bool((r == 0).any()):
-        raise ValueError(
-            f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_bar (centred norm 0): "
-            f"their norms, angles and log kernel are undefined"
-        )
-    sigma_b = M.T @ M / K if stats.covariance else None  # (d, d) between-class covariance
+        raise ValueError(f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_G "
+                         f"(centred norm 0): their norms, angles and log kernel are undefined")
+    out, G, sum_m = _spectral(M, r, counts, sig, dtype)
+    if stats.covariance:
+        _trace_ratio(stats, M, dev, min_count > 1 or classes is not None, out)
     u = M.div_(r[:, None])  # (K, d) unit centred means (in place: M is not needed any more)
     del M
-    out, U, cdnv_rows = _geometry(u, r, sig, k, tile_size, dtype, progress)
-    if sigma_b is not None:
-        sigma_w = stats.within_class_covariance().to(dev)  # (d, d)
-        out["nc1_trace_ratio"] = float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True))) / K
+    geo, U, cdnv_rows = _geometry(u, r, sig, k, tile_size, dtype, progress, riesz_s)
+    out.update(geo)
     info = {"num_classes": stats.num_classes, "num_classes_present": K, "num_classes_coincident": n_same,
-            "num_tokens": stats.num_tokens, "k": k, "tile_size": tile_size,
-            "dtype": str(dtype).replace("torch.", "")}
-    W = b = duality = None
-    if weights is not None:
-        W, b = _check_weights(weights, bias, stats.num_classes, stats.dim, dev)
-        duality = _duality(W[idx], u, out, info)
-    elif bias is not None:
-        raise ValueError("bias was given without weights")
+            "num_tokens": stats.num_tokens, "k": k, "tile_size": tile_size, "dtype": str(dtype)[6:],
+            "min_count": min_count, "global_mean": global_mean, "num_classes_selected": _count(classes)}
+    W, b, duality = _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info)
+    if ood_features is not None:
+        out["nc5_ood_orthogonality"] = ood_orthogonality(u, as_tensor(ood_features, "ood_features"), mu_g)
     if features is not None or labels is not None:
         if features is None or labels is None:
             raise ValueError("NC4 needs both features and labels of held-out samples")
@@ -201,13 +209,16 @@ def measure_collapse(
         out.update(counter.values())
         info["nc4_samples"] = counter.num_samples
     per = None
-    if per_class:
-        per = {"class_ids": idx.cpu(), "count": counts.cpu(), "mean_norm": r.cpu(), "variance": sig.cpu(),
-               "cdnv_row_mean": (cdnv_rows / (K - 1)).cpu(), "interference_row_mean": ((u @ U - 1) / (K - 1)).cpu()}
-        if duality is not None:
-            per["duality"] = duality.cpu()
+    if per_class:  # (K,) vectors over the measured classes
+        per = {"class_ids": idx, "count": counts, "mean_norm": r, "variance": sig, "cdnv_row_mean": cdnv_rows / (K - 1),
+               "interference_row_mean": (u @ U - 1) / (K - 1), **({} if duality is None else {"duality": duality})}
     ordered = {key: float(out[key]) for key in MEASURE_KEYS if key in out}
-    return CollapseResult(ordered, per_class=per, info=info)
+    return CollapseResult(ordered, per_class=None if per is None else {key: v.cpu() for key, v in per.items()},
+                          info=info)
+
+
+def _count(classes) -> Optional[int]:
+    return None if classes is None else int(classes.numel())
 
 
 def _as_statistics(stats) -> CollapseStatistics:
@@ -218,63 +229,95 @@ def _as_statistics(stats) -> CollapseStatistics:
     return stats
 
 
-def _check_options(k, coincident, dtype, tile_size) -> float:
+def _check_options(k, coincident, dtype, tile_size, riesz_s) -> float:
     if coincident not in ("raise", "exclude"):
         raise ValueError(f"coincident must be 'raise' or 'exclude', got {coincident!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
+    if riesz_s is not None:
+        if isinstance(riesz_s, bool) or not isinstance(riesz_s, (int, float)):
+            raise TypeError(f"riesz_s must be a number, got {type(riesz_s).__name__}")
+        if not (math.isfinite(riesz_s) and riesz_s > 0):
+            raise ValueError(f"riesz_s must be a finite number > 0, got {riesz_s}")
     k = float(k)
     if not math.isfinite(k) or k < 0:
         raise ValueError(f"k must be a finite number >= 0, got {k}")
     return k
 
 
-def _class_moments(stats: CollapseStatistics, dev, coincident: str):
-    """Ids, counts, means and variances of the classes measured: present ones, less coincident groups
-    when ``coincident="exclude"``. Returns ``(idx (K,), counts (K,), mu (K, d), sig (K,), n_excluded)``."""
-    idx = stats.present.nonzero().squeeze(1).to(dev)  # (K,) class ids present
-    if idx.numel() < 2:
-        raise ValueError(f"neural collapse needs at least 2 classes with samples, got {idx.numel()}")
-    counts, mu, sig = (t.to(dev) for t in stats.moments(idx.to(stats.device)))  # (K,), (K, d), (K,) float64
-    same = _coincident(mu)
-    if not same:
-        return idx, counts, mu, sig, 0
-    ids = idx[same].tolist()
-    if coincident == "raise":
-        raise ValueError(
-            f"classes {ids[:6]} have means identical to another class's, so their CDNV is infinite; "
-            f"pass coincident='exclude' to leave them out (or remove duplicate classes)"
-        )
-    logger.warning("leaving out %d classes whose means coincide with another class's (up to round-off): %s",
-                   len(ids), ids[:10])
-    keep = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
-    keep[same] = False
-    if int(keep.sum()) < 2:
-        raise ValueError(f"neural collapse needs at least 2 classes with distinct means, got {int(keep.sum())}")
-    return idx[keep], counts[keep], mu[keep], sig[keep], len(same)
+def _spectral(M, r, counts, sig, dtype):
+    """The d x d closed forms from centred means M (K, d): ``nc1_trace_quotient``, ``nc2_etf_error`` and
+    ``effective_rank``. Returns ``(measures, G = M^T M (d, d) float64, sum_c M_c (d,))``."""
+    G = gram(M, dtype)
+    sum_m = M.sum(0)
+    out = {"nc1_trace_quotient": trace_quotient(counts, sig, r), "nc2_etf_error": nc2_etf_error(r, sum_m, G),
+           "effective_rank": effective_rank(singular_values(M, G))}
+    return out, G, sum_m
 
 
-def _geometry(u, r, sig, k, tile_size, dtype, progress):
+def _trace_ratio(stats, M, dev, subset: bool, out: dict) -> None:
+    """``nc1_trace_ratio`` = tr(Sigma_W Sigma_B^+) / K with the d x d covariances (``covariance=True``)."""
+    if subset:  # the second moment sums every sample: it cannot give Sigma_W of a subset of classes
+        logger.warning("nc1_trace_ratio is not computed with min_count/classes: the d x d second moment "
+                       "covers every class (nc1_trace_quotient needs no covariance)")
+        return
+    K = M.shape[0]
+    sigma_b = M.T @ M / K  # (d, d) between-class covariance
+    sigma_w = stats.within_class_covariance().to(dev)  # (d, d)
+    out["nc1_trace_ratio"] = float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True))) / K
+
+
+def _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info):
+    """NC3 measures when ``weights`` are given; returns ``(W (C, d), b (C,), per-class duality)``."""
+    if weights is None:
+        if bias is not None:
+            raise ValueError("bias was given without weights")
+        return None, None, None
+    W, b = _check_weights(weights, bias, stats.num_classes, stats.dim, dev)
+    w = W[idx]  # (K, d)
+    duality = _duality(w, u, out, info)
+    out["nc3_self_duality_error"] = nc3_self_duality_error(w, u, r, sum_m, G, dtype)
+    return W, b, duality
+
+
+def _geometry(u, r, sig, k, tile_size, dtype, progress, riesz_s=None):
     """NC1 CDNV and the NC2/GNC2 measures from unit centred means ``u`` (K, d), their norms ``r`` (K,)
     and the class variances ``sig`` (K,). Returns ``(measures, U = sum_c u_c, CDNV row sums)``."""
     K = u.shape[0]
     n_pairs = K * (K - 1) / 2
     U = u.sum(0)  # (d,)
     cos_mean = (float(U @ U) - K) / 2 / n_pairs  # sum_{c<c'} cos = (||sum_c u_c||^2 - K) / 2
-    cdnv_sum, cdnv_rows, log_sum, log_sq, shift, cos_sq = pairwise_sweep(u, r, sig, k, cos_mean, tile_size,
-                                                                          dtype, progress)
-    out = {"nc1_cdnv": cdnv_sum / n_pairs}
+    sums = pairwise_sweep(u, r, sig, k, cos_mean, tile_size, dtype, progress, riesz_s)
+    out = {"nc1_cdnv": sums.cdnv_sum / n_pairs}
     logr = r.log()
     m, sd = float(logr.mean()), float(logr.std(unbiased=False))
     out["nc2_norm_mean"], out["nc2_equinorm_cov"] = m, cov(sd, m)
-    sd = math.sqrt(max(cos_sq / n_pairs, 0.0))
+    sd = math.sqrt(max(sums.cos_sq / n_pairs, 0.0))
     out["nc2_interference_mean"], out["nc2_interference_std"] = cos_mean, sd
     out["nc2_equiangularity_cov"] = cov(sd, cos_mean)
-    m, sd = _mean_std(log_sum, log_sq, n_pairs, shift)
+    m, sd = _mean_std(sums.log_sum, sums.log_sq, n_pairs, sums.shift)
     out["gnc2_log_kernel_mean"], out["gnc2_uniformity_cov"] = m, cov(sd, m)
-    return out, U, cdnv_rows
+    if riesz_s is not None:
+        out["gnc2_riesz_mean"], out["gnc2_riesz_cov"] = _riesz(sums, n_pairs, riesz_s)
+    return out, U, sums.row
+
+
+def _riesz(sums, n_pairs: float, s: float) -> tuple[float, float]:
+    """Mean and CoV over pairs of ||u_c - u_c'||^-s from the sweep's sums of R - 1, where
+    R = ||u_c - u_c'||^-s / exp(s shift): the CoV is scale-free; the mean is put back in log space."""
+    if not (math.isfinite(sums.riesz_sum) and math.isfinite(sums.riesz_sq)):
+        raise ValueError(
+            f"riesz_s={s} overflows float64: the Riesz kernel ||u_c - u_c'||^-s (or its square, for the CoV) "
+            f"of the closest pairs of unit centred means exceeds 1.8e308; use a smaller s"
+        )
+    m, sd = _mean_std(sums.riesz_sum, sums.riesz_sq, n_pairs, 1.0)  # of R
+    log_mean = s * sums.shift + math.log(m) if m > 0 else -math.inf
+    if log_mean > math.log(torch.finfo(torch.float64).max):
+        raise ValueError(f"riesz_s={s} overflows float64: the mean Riesz kernel is exp({log_mean:.1f}); "
+                         f"use a smaller s")
+    return math.exp(log_mean), cov(sd, m)
 
 
 def _duality(w, u, out: dict, info: dict) -> torch.Tensor:

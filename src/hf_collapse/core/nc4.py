@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from .classes import selected_ids
+
 
 class NC4Counter:
     """Streaming counts of (linear == NCC), (NCC == label) and labelled samples.
@@ -47,10 +49,14 @@ class NC4Counter:
         self.saw_logits = False
 
     @classmethod
-    def from_statistics(cls, stats, weights=None, bias=None, dtype=torch.float32) -> NC4Counter:
-        """A counter over the classes present in a ``CollapseStatistics``."""
-        idx = stats.present.nonzero().squeeze(1)
-        return cls(idx, stats.means[idx], stats.num_classes, weights, bias, dtype, stats.ignore_index)
+    def from_statistics(cls, stats, weights=None, bias=None, dtype=torch.float32, min_count: int = 1,
+                        classes=None) -> NC4Counter:
+        """A counter over the classes present in a ``CollapseStatistics`` (with at least ``min_count``
+        samples, within ``classes`` when given: the classes ``measure_collapse`` measures)."""
+        idx = selected_ids(stats, min_count, classes)
+        if idx.numel() < 1:
+            raise ValueError(f"NC4 needs at least one class with samples (min_count={min_count}), got none")
+        return cls(idx, stats.moments(idx)[1], stats.num_classes, weights, bias, dtype, stats.ignore_index)
 
     @property
     def has_linear(self) -> bool:

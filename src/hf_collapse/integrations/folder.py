@@ -159,6 +159,8 @@ def build_metrics(statistics: CollapseStatistics, result, settings: Optional[Map
     info = getattr(result, "info", None) or {}
     if "num_classes_coincident" in info:  # left out of the measures (identical means)
         out["num_classes_coincident"] = int(info["num_classes_coincident"])
+    if info.get("min_count", 1) > 1 or info.get("num_classes_selected") is not None:  # min_count / classes
+        out["num_classes_measured"] = int(info["num_classes_present"])
     for k, v in (settings or {}).items():
         if k not in out:
             out[k] = _json_value(v)

@@ -221,7 +221,9 @@ def collect_nc4(model, dataloader, statistics, settings: Optional[CollapseArgume
                 w = b = None  # the head's own logits give the linear prediction: no copy of W needed
             elif w is not None:  # pooled after a per-token head: predict with a copy of W
                 w, b = w.clone(), (None if b is None else b.clone())
-            collector.nc4[name] = NC4Counter.from_statistics(stats[name], w, b, dtype=cfg.torch_dtype)
+            collector.nc4[name] = NC4Counter.from_statistics(stats[name], w, b, dtype=cfg.torch_dtype,
+                                                             min_count=cfg.collapse_min_count,
+                                                             classes=cfg.collapse_classes)
     collector.num_classes = _first(statistics).num_classes
     _run_pass(model, dataloader, collector, max_tokens=cfg.collapse_nc4_max_tokens, max_batches=max_batches,
               progress=progress, desc="NC4")
@@ -313,7 +315,7 @@ def measure_statistics(model, statistics, settings: Optional[CollapseArguments] 
             w, b = head_weights(inner, name, mod, stats[name])
             res = measure_collapse(stats[name], weights=w, bias=b, k=cfg.collapse_k, per_class=cfg.collapse_per_class,
                                    tile_size=cfg.collapse_tile_size, dtype=cfg.torch_dtype, progress=progress,
-                                   coincident="exclude")
+                                   coincident="exclude", **cfg.measure_options())
         if nc4 is not None and name in nc4:
             vals = {**res, **nc4[name]}
             res = CollapseResult({key: float(vals[key]) for key in MEASURE_KEYS if key in vals},

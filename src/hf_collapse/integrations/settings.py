@@ -8,11 +8,14 @@ keyword names of the first release (``modules=``, ``task=``, ``k=``, ...) onto i
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
 
+from ..core.classes import check_selection
 from ..core.registry import MEASURE_KEYS
 
 TASKS = ("causal_lm", "token_classification", "sequence_classification")
@@ -22,7 +25,8 @@ SHORT_NAMES = {
     "modules": "collapse_modules", "task": "collapse_task", "k": "collapse_k", "tile_size": "collapse_tile_size",
     "dtype": "collapse_dtype", "max_tokens": "collapse_max_tokens", "nc4_max_tokens": "collapse_nc4_max_tokens",
     "per_class": "collapse_per_class", "covariance": "collapse_covariance", "pooling": "collapse_pooling",
-    "measures": "collapse_measures",
+    "measures": "collapse_measures", "min_count": "collapse_min_count", "classes": "collapse_classes",
+    "global_mean": "collapse_global_mean", "riesz_s": "collapse_riesz_s",
 }
 
 
@@ -52,6 +56,15 @@ class CollapseArguments:
     collapse_covariance: bool = field(default=False, metadata={"help": "Accumulate the d x d covariance too."})
     collapse_pooling: str = field(default="last", metadata={
         "help": "sequence_classification with a per-token head: 'last' non-pad token or 'first' token."})
+    collapse_min_count: int = field(default=1, metadata={
+        "help": "Classes with fewer samples are treated as absent in every measure and in NC4."})
+    collapse_classes: Optional[list[int]] = field(default=None, metadata={
+        "help": "Measure only these class ids (e.g. frequent tokens); all others are treated as absent."})
+    collapse_global_mean: str = field(default="unweighted", metadata={
+        "help": "Centre of the class means: 'unweighted' (the paper's mean of class means) or 'weighted' "
+                "(by sample counts)."})
+    collapse_riesz_s: Optional[float] = field(default=None, metadata={
+        "help": "s > 0 adds gnc2_riesz_mean / gnc2_riesz_cov, the Riesz s-kernel ||u_c - u_c'||^-s."})
 
     def __post_init__(self):
         if self.collapse_dtype not in ("float32", "float64"):
@@ -63,6 +76,11 @@ class CollapseArguments:
             self.collapse_modules = [self.collapse_modules]
         if isinstance(self.collapse_measures, str):
             self.collapse_measures = [self.collapse_measures]
+        if self.collapse_classes is not None:
+            self.collapse_classes = [int(c) for c in self.collapse_classes]
+        check_selection(2 ** 62, self.collapse_min_count, self.collapse_classes, self.collapse_global_mean)
+        if self.collapse_riesz_s is not None and not (math.isfinite(self.collapse_riesz_s) and self.collapse_riesz_s > 0):
+            raise ValueError(f"collapse_riesz_s must be a finite number > 0, got {self.collapse_riesz_s}")
         if self.collapse_measures:
             bad = [m for m in self.collapse_measures if m not in MEASURE_KEYS]
             if bad:
@@ -97,7 +115,23 @@ class CollapseArguments:
         """The settings a measurement records in ``metrics.json`` (short names)."""
         return {"task": self.collapse_task, "k": float(self.collapse_k), "max_tokens": self.collapse_max_tokens,
                 "nc4_max_tokens": self.collapse_nc4_max_tokens, "tile_size": self.collapse_tile_size,
-                "dtype": self.collapse_dtype, "covariance": self.collapse_covariance}
+                "dtype": self.collapse_dtype, "covariance": self.collapse_covariance, **self.measure_record()}
+
+    def measure_record(self) -> dict:
+        """The options that change the measures (not the statistics): min_count, classes (as a count
+        and a hash: the list can be vocabulary-sized), global_mean, riesz_s."""
+        classes = None
+        if self.collapse_classes is not None:
+            ids = sorted(set(self.collapse_classes))
+            digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+            classes = f"{len(ids)} ids sha256:{digest}"
+        return {"min_count": self.collapse_min_count, "classes": classes,
+                "global_mean": self.collapse_global_mean, "riesz_s": self.collapse_riesz_s}
+
+    def measure_options(self) -> dict:
+        """Keyword arguments of ``measure_collapse`` for these settings."""
+        return {"min_count": self.collapse_min_count, "classes": self.collapse_classes,
+                "global_mean": self.collapse_global_mean, "riesz_s": self.collapse_riesz_s}
 
 
 def as_settings(settings: Optional[CollapseArguments], **short) -> CollapseArguments:

@@ -358,8 +358,10 @@ def _report_without_fits(rows, metrics, out: Path, title: str, notes: str, desig
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``runs.csv`` (numbers parsed back to float/int); FileNotFoundError / ValueError name the
-    file when it is missing or not a UTF-8 CSV table."""
+    """Rows of a ``runs.csv`` or a ``trajectory.csv`` (numbers parsed back to float/int); FileNotFoundError /
+    ValueError name the file when it is missing or not a UTF-8 CSV table. A trajectory's rows (``hf-collapse
+    sweep``) are named by ``checkpoint`` and fitted against their ``eval_loss``; rows of duplicated weights
+    (``duplicate_of``) are left out, since they repeat a measured row."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no runs table at {os.fspath(path)!r}")
     rows = []
@@ -378,6 +380,12 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict]:
                         row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
                     except ValueError:
                         row[k] = v
+                if "checkpoint" in row and "weights_sha256" in row:  # a trajectory.csv
+                    if row.get("duplicate_of"):
+                        continue
+                    row.setdefault("name", row["checkpoint"])
+                    if row.get("val_loss") is None:
+                        row["val_loss"] = row.get("eval_loss")
                 rows.append(row)
     except (UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{os.fspath(path)!r} is not a UTF-8 CSV table: {e}") from e

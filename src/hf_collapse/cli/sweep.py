@@ -1,0 +1,168 @@
+"""``hf-collapse sweep RUN_DIR``: neural collapse over a model's training checkpoints.
+
+Measures every ``checkpoint-<step>`` folder of a Trainer output directory in step order (and the run
+folder itself, as ``final``, when it holds weights), or with ``--revisions R ...`` those revisions
+(branches, tags, commits) of the Hub repo RUN_DIR, on the same data and with the same flags as
+``hf-collapse measure``. The text is tokenized once (with ``--tokenizer``, else the first checkpoint's
+or the run folder's tokenizer) and every checkpoint sees the same token blocks. Writes to
+``--output-dir``: ``trajectory.csv``, ``trajectory.png`` and ``checkpoints/<label>/`` (statistics and
+metrics.json of each measured checkpoint); see :mod:`hf_collapse.study.trajectory`. Running it again
+measures only what is new; checkpoints with byte-identical weights are measured once.
+One process (no ``accelerate launch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..core.io import fmt
+from ..core.lockfile import OutputLock
+from ..core.registry import HEADLINE_KEYS
+from ..integrations.measurement_data import (
+    blocks_loader,
+    check_measurement_data,
+    check_measurement_files,
+    describe_measurement_data,
+    measurement_blocks,
+    nc4_budget,
+)
+from ..integrations.settings import CollapseArguments
+from .measure import add_data_arguments, add_measure_arguments, measure_options
+
+logger = logging.getLogger(__name__)
+
+
+def _tokenizer(args, first_folder: Path):
+    from transformers import AutoTokenizer
+
+    candidates = (
+        [args.tokenizer] if args.tokenizer else [str(first_folder)] + ([args.run] if os.path.isdir(args.run) else [])
+    )
+    errors = []
+    for c in candidates:
+        try:
+            return AutoTokenizer.from_pretrained(c)
+        except (OSError, ValueError, TypeError) as e:
+            errors.append(f"{c}: {e}")
+    raise ValueError(
+        "no tokenizer found (Trainer checkpoints often have none): pass --tokenizer NAME_OR_PATH; " + "; ".join(errors)
+    )
+
+
+def run(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..integrations.passes import measure_model
+    from ..study.trajectory import TRAJECTORY_CSV, TRAJECTORY_PNG, hub_checkpoints, resolve, run_checkpoints, sweep
+
+    check_measurement_data(args)
+    check_measurement_files(args)
+    opts = measure_options(args)
+    if args.revisions:
+        checkpoints = hub_checkpoints(args.run, args.revisions)
+    else:
+        checkpoints = run_checkpoints(args.run)
+    tok = _tokenizer(args, resolve(checkpoints[0]))
+    train_blocks = measurement_blocks(args, tok, "train")
+    nc4_blocks = measurement_blocks(args, tok, "validation")
+    nc4_max = nc4_budget(args) if nc4_blocks is not None else None
+    cfg = CollapseArguments(
+        collapse_k=args.k,
+        collapse_tile_size=args.tile_size,
+        collapse_dtype=args.dtype,
+        collapse_max_tokens=args.max_tokens,
+        collapse_nc4_max_tokens=nc4_max,
+        collapse_per_class=True,
+        collapse_covariance=args.covariance,
+        **{f"collapse_{k}": v for k, v in opts.items()},
+    )
+    settings = {
+        "task": "causal_lm",
+        "data": describe_measurement_data(args, "train"),
+        "nc4_data": describe_measurement_data(args, "validation") or None,
+        "max_tokens": args.max_tokens,
+        "nc4_max_tokens": nc4_max,
+        "block_size": args.block_size,
+        "batch_size": args.batch_size,
+        "k": float(args.k),
+        "tile_size": args.tile_size,
+        "dtype": args.dtype,
+        "covariance": args.covariance,
+        "torch_dtype": args.torch_dtype,
+        "tokenizer": f"{type(tok).__name__}:{len(tok)}",
+        **cfg.measure_record(),
+    }
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def measure(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.torch_dtype)).to(device).eval()
+        return measure_model(
+            model,
+            blocks_loader(train_blocks, args.batch_size),
+            blocks_loader(nc4_blocks, args.batch_size),
+            cfg,
+            progress=not args.no_progress,
+        )
+
+    lock = OutputLock(args.output_dir, "hf-collapse sweep").acquire()  # two sweeps never interleave files
+    try:
+        rows = sweep(checkpoints, args.output_dir, measure, settings)
+    finally:
+        lock.release()
+    shown = [k for k in HEADLINE_KEYS if any(k in r for r in rows)]
+    print("  ".join(["checkpoint", "step", *shown, "eval_loss", "duplicate_of"]))
+    for r in rows:
+        print(
+            "  ".join(
+                [
+                    r["checkpoint"],
+                    str(r["step"]),
+                    *(fmt(r.get(k), 4) for k in shown),
+                    fmt(r.get("eval_loss"), 4),
+                    r.get("duplicate_of") or "-",
+                ]
+            )
+        )
+    print(f"wrote {Path(args.output_dir) / TRAJECTORY_CSV}, {TRAJECTORY_PNG} and checkpoints/")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="measure neural collapse over a run's checkpoints (trajectory.csv/.png)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "run",
+        metavar="RUN_DIR",
+        help="Trainer output directory (checkpoint-* folders), or a Hub repo id with --revisions",
+    )
+    p.add_argument(
+        "--revisions",
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="measure these revisions (branches, tags, commits) of the Hub repo RUN_DIR",
+    )
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer name or folder (default: the first checkpoint's, else RUN_DIR's)"
+    )
+    add_data_arguments(p)
+    add_measure_arguments(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", required=True, help="where trajectory.csv, trajectory.png and checkpoints/ go")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from . import main as _main
+
+    sys.exit(_main(["sweep", *sys.argv[1:]]))

@@ -1,0 +1,301 @@
+"""Collapse over a model's training checkpoints (``hf-collapse sweep``).
+
+The paper reads NC against training progress; public checkpoint series (Trainer ``checkpoint-*``
+folders, Hub branches/revisions) are how people study it. :func:`sweep` measures each checkpoint in
+order with one set of settings and writes into ``output_dir``::
+
+    trajectory.csv                 one row per checkpoint: checkpoint, step, revision, weights_sha256,
+                                   duplicate_of, every measure, eval_loss (from trainer_state.json)
+    trajectory.png                 each measure against step (log scale where the values span > 20x)
+    checkpoints/<label>/collapse/  that checkpoint's statistics + metrics.json (the measured-folder format)
+    checkpoints/<label>/sweep.json what was measured: settings key, weights hash, source files, measures
+
+Resumable: a checkpoint whose ``sweep.json`` has the same settings key and whose weight files are
+unchanged (names, sizes, mtimes) is not measured again, so a second run measures nothing new.
+Checkpoints whose ``weights_sha256`` equals an earlier one's are not measured either: their row copies
+the measures and names the checkpoint it duplicates (public series hold byte-identical branches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..core.io import atomic_write_text
+from ..core.registry import MEASURE_KEYS, MEASURES
+from .analysis import write_csv
+
+logger = logging.getLogger(__name__)
+
+TRAJECTORY_CSV = "trajectory.csv"
+TRAJECTORY_PNG = "trajectory.png"
+RECORD_FILE = "sweep.json"
+CHECKPOINTS_DIR = "checkpoints"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+ROW_COLUMNS = ("checkpoint", "step", "revision", "weights_sha256", "duplicate_of")
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint to measure: ``label`` names its output folder and row; ``folder`` holds the
+    weights (for a Hub revision it is filled in by :func:`resolve`)."""
+
+    label: str
+    step: Optional[int] = None
+    folder: Optional[Path] = None
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds model weights (``*.safetensors`` or ``pytorch_model*.bin``) at its top level."""
+    return any(p.is_file() for pat in _WEIGHT_FILES for p in folder.glob(pat))
+
+
+def trainer_state(folder: Path) -> dict:
+    """The folder's ``trainer_state.json`` (``{}`` when absent); ValueError when it is not JSON."""
+    path = Path(folder) / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def eval_loss(folder: Path) -> Optional[float]:
+    """The last ``eval_loss`` logged in the folder's ``trainer_state.json`` (None when absent)."""
+    losses = [e["eval_loss"] for e in trainer_state(folder).get("log_history", []) if "eval_loss" in e]
+    return float(losses[-1]) if losses else None
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Checkpoint]:
+    """The ``checkpoint-<step>`` folders of a Trainer output directory in step order, then the run
+    folder itself (label ``final``) when it holds weights. FileNotFoundError when there are none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {str(run_dir)!r}")
+    found = []
+    for p in run_dir.iterdir():
+        m = _CHECKPOINT.match(p.name)
+        if m and p.is_dir() and has_weights(p):
+            found.append(Checkpoint(p.name, int(m.group(1)), p))
+    found.sort(key=lambda c: c.step)
+    if has_weights(run_dir):
+        step = trainer_state(run_dir).get("global_step")
+        found.append(Checkpoint("final", int(step) if step is not None else None, run_dir))
+    if not found:
+        raise FileNotFoundError(f"{str(run_dir)!r} holds no checkpoint-* folders with weights and no weights itself")
+    return found
+
+
+def hub_checkpoints(repo_id: str, revisions: Sequence[str]) -> list[Checkpoint]:
+    """Checkpoints for revisions (branches, tags, commits) of a Hub repo, in the order given; a
+    revision named like ``step1000`` or ``checkpoint-1000`` gets that step."""
+    if not revisions:
+        raise ValueError("give at least one revision")
+    out = []
+    for rev in revisions:
+        m = re.search(r"(\d+)$", rev)
+        label = re.sub(r"[^A-Za-z0-9._-]", "_", rev)
+        out.append(Checkpoint(label, int(m.group(1)) if m else None, None, repo_id, rev))
+    labels = [c.label for c in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"revisions {list(revisions)} repeat (or differ only in characters replaced by '_')")
+    return out
+
+
+def resolve(ck: Checkpoint) -> Path:
+    """The local folder of a checkpoint (a Hub revision is downloaded into the Hub cache)."""
+    if ck.folder is None:
+        from huggingface_hub import snapshot_download
+
+        ck.folder = Path(
+            snapshot_download(
+                ck.repo_id, revision=ck.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+            )
+        )
+    return ck.folder
+
+
+def source_files(folder: Path) -> list[list]:
+    """(name, size, mtime_ns) of the weight files: unchanged files keep their recorded hash."""
+    out = []
+    for pat in _WEIGHT_FILES:
+        for p in sorted(folder.glob(pat)):
+            st = p.resolve().stat()
+            out.append([p.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def settings_key(settings: dict) -> str:
+    """sha256 of the settings (JSON, sorted keys): equal keys mean the same measurement."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_record(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except ValueError:
+        logger.warning("%s is unreadable: measuring that checkpoint again", path)
+        return None
+
+
+def sweep(
+    checkpoints: Sequence[Checkpoint],
+    output_dir: str | os.PathLike,
+    measure: Callable,
+    settings: dict,
+    *,
+    hasher: Optional[Callable] = None,
+    plot: bool = True,
+) -> list[dict]:
+    """Measure each checkpoint (see the module docstring) and write the trajectory.
+
+    ``measure(folder)`` returns a ``CollapseReport`` of the weights in ``folder``; ``settings`` (a flat
+    dict, JSON-able) describes the measurement and goes into each ``metrics.json``; ``hasher(folder)``
+    gives the weights hash (default :func:`hf_collapse.integrations.weights_hash.weights_sha256`).
+    Returns the rows (also written to ``trajectory.csv``).
+    """
+    if hasher is None:
+        from ..integrations.weights_hash import weights_sha256 as hasher
+    out = Path(output_dir)
+    key = settings_key(settings)
+    rows: list[dict] = []
+    for ck in checkpoints:
+        row = _checkpoint_row(ck, out / CHECKPOINTS_DIR / ck.label, measure, settings, key, hasher, rows)
+        rows.append(row)
+        write_csv(rows, out / TRAJECTORY_CSV, _columns(rows))  # after each checkpoint: a partial sweep is readable
+    if plot:
+        plot_trajectory(rows, out / TRAJECTORY_PNG)
+    return rows
+
+
+def _checkpoint_row(ck, sub: Path, measure, settings, key, hasher, earlier) -> dict:
+    """The row of one checkpoint: from its record when it is up to date, copied from an earlier
+    checkpoint with the same weights hash, or measured now (statistics + record written)."""
+    folder = resolve(ck)
+    files = source_files(folder)
+    record = _read_record(sub / RECORD_FILE)
+    if record and record.get("settings_key") == key and record.get("source_files") == files:
+        logger.info("%s: measured before with these settings, skipped", ck.label)
+        return record["row"]
+    digest = hasher(folder)
+    row = {
+        "checkpoint": ck.label,
+        "step": ck.step,
+        "revision": ck.revision,
+        "weights_sha256": digest,
+        "duplicate_of": None,
+    }
+    twin = next((r for r in earlier if r["weights_sha256"] == digest), None)
+    if twin is not None:
+        logger.info("%s: weights identical to %s, measures copied", ck.label, twin["checkpoint"])
+        row.update({k: v for k, v in twin.items() if k in MEASURES})
+        row["duplicate_of"] = twin["duplicate_of"] or twin["checkpoint"]
+        if (sub / "collapse").is_dir():  # statistics of an earlier sweep with other settings: stale now
+            shutil.rmtree(sub / "collapse")
+    else:
+        from ..integrations.folder import write_report
+
+        logger.info("%s: measuring %s", ck.label, folder)
+        report = measure(folder)
+        write_report(
+            sub,
+            report,
+            metadata={"weights_sha256": digest, "checkpoint": ck.label},
+            metrics_extra={**settings, "checkpoint": ck.label, "step": ck.step, "revision": ck.revision},
+        )
+        row.update({k: float(v) for k, v in report.result.items()})
+    row["eval_loss"] = eval_loss(folder)
+    sub.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        sub / RECORD_FILE,
+        json.dumps(
+            {"settings_key": key, "settings": settings, "source_files": files, "row": row}, indent=2, default=str
+        )
+        + "\n",
+    )
+    return row
+
+
+def _columns(rows) -> list[str]:
+    measures = [k for k in MEASURE_KEYS if any(r.get(k) is not None for r in rows)]
+    return [*ROW_COLUMNS, *measures, "eval_loss"]
+
+
+def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[Path]:
+    """Each measure (and eval_loss) against step, one panel each; duplicated checkpoints hollow;
+    a log y-axis where the positive values span more than 20x. None when nothing is plottable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [
+        k
+        for k in _columns(rows)[len(ROW_COLUMNS) :]
+        if any(r.get(k) is not None and math.isfinite(float(r[k])) for r in rows)
+    ]
+    if not keys or not rows:
+        return None
+    have_steps = all(r.get("step") is not None for r in rows)
+    if have_steps:  # the run folder's final weights may share a step with a checkpoint
+        rows = sorted(rows, key=lambda r: r["step"])
+    x = [r["step"] if have_steps else i for i, r in enumerate(rows)]
+    dup = [r.get("duplicate_of") is not None for r in rows]
+    cols = min(4, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
+        ys = [float(r[key]) if r.get(key) is not None else math.nan for r in rows]
+        ax.plot(x, ys, "-", color="C0", lw=1)
+        ax.plot(
+            [a for a, d in zip(x, dup) if not d],
+            [y for y, d in zip(ys, dup) if not d],
+            "o",
+            color="C0",
+            ms=4,
+            label="measured",
+        )
+        if any(dup):
+            ax.plot(
+                [a for a, d in zip(x, dup) if d],
+                [y for y, d in zip(ys, dup) if d],
+                "o",
+                mfc="none",
+                color="C1",
+                ms=8,
+                label="weights identical to an earlier checkpoint (measures copied)",
+            )
+        pos = [y for y in ys if math.isfinite(y)]
+        if pos and min(pos) > 0 and max(pos) / min(pos) > 20:
+            ax.set_yscale("log")
+        ax.set_title(MEASURES[key].name if key in MEASURES else key, fontsize=9)
+        ax.set_xlabel("step" if have_steps else "checkpoint", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if not have_steps:
+        for ax in axes.flat[: len(keys)]:
+            ax.set_xticks(x, [r["checkpoint"] for r in rows], rotation=45, fontsize=6)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    fig.suptitle("Neural collapse over training checkpoints", fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
