@@ -27,8 +27,9 @@ def measurement_documents(opts, which: str):
     if opts.validation_file:
         return iter_documents(opts.validation_file)
     if opts.dataset and opts.validation_split:
-        return iter_dataset_documents(opts.dataset, opts.dataset_config, opts.validation_split, opts.text_column,
-                                      opts.streaming)
+        return iter_dataset_documents(
+            opts.dataset, opts.dataset_config, opts.validation_split, opts.text_column, opts.streaming
+        )
     return None
 
 
@@ -42,7 +43,9 @@ def describe_measurement_data(opts, which: str) -> str:
         return f"file:{os.path.basename(path)} sha256:{file_sha256(path)}"
     split = opts.split if which == "train" else opts.validation_split
     if opts.dataset and split:
-        return f"dataset:{opts.dataset}" + (f"/{opts.dataset_config}" if opts.dataset_config else "") + f" split:{split}"
+        return (
+            f"dataset:{opts.dataset}" + (f"/{opts.dataset_config}" if opts.dataset_config else "") + f" split:{split}"
+        )
     return ""
 
 
@@ -80,15 +83,26 @@ def measurement_blocks(opts, tokenizer, which: str):
     statistics (``"train"``) or NC4 (``"validation"``) data, cut to the budget; None when there are no
     NC4 data. ValueError when the data hold no labelled token."""
     budget = opts.max_tokens if which == "train" else nc4_budget(opts)
-    common = dict(max_tokens=budget, num_proc=getattr(opts, "num_proc", None),
-                  cache_dir=getattr(opts, "cache_dir", None), streaming=bool(opts.streaming))
+    common = dict(
+        max_tokens=budget,
+        num_proc=getattr(opts, "num_proc", None),
+        cache_dir=getattr(opts, "cache_dir", None),
+        streaming=bool(opts.streaming),
+    )
     split = opts.split if which == "train" else opts.validation_split
     path = opts.train_file if which == "train" else opts.validation_file
     if path:
         blocks = text_blocks(tokenizer, opts.block_size, files=path, **common)
     elif opts.dataset and split:
-        blocks = text_blocks(tokenizer, opts.block_size, dataset=opts.dataset, config=opts.dataset_config,
-                             split=split, text_column=opts.text_column, **common)
+        blocks = text_blocks(
+            tokenizer,
+            opts.block_size,
+            dataset=opts.dataset,
+            config=opts.dataset_config,
+            split=split,
+            text_column=opts.text_column,
+            **common,
+        )
     else:
         return None
     if isinstance(blocks, TokenBlocks) and len(blocks) == 0:
@@ -100,8 +114,10 @@ def budget_shortfall(blocks, which: str, budget: Optional[int]) -> Optional[str]
     """The note to print when the data hold fewer labelled tokens than the budget (all are measured)."""
     if budget is None or not isinstance(blocks, TokenBlocks) or blocks.num_labelled >= budget:
         return None
-    return (f"the {which} data hold {blocks.num_labelled:,} labelled tokens, fewer than the budget of "
-            f"{budget:,}: measuring all of them")
+    return (
+        f"the {which} data hold {blocks.num_labelled:,} labelled tokens, fewer than the budget of "
+        f"{budget:,}: measuring all of them"
+    )
 
 
 def blocks_loader(blocks, batch_size: int, prepare=None):
