@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -89,7 +89,7 @@ def read_metrics(path: str | os.PathLike) -> dict:
     return metrics
 
 
-def read_measurement(folder: str | os.PathLike, name: Optional[str] = None):
+def read_measurement(folder: str | os.PathLike, name: Optional[str] = None) -> tuple[CollapseStatistics, dict, dict, CollapseResult]:
     """Read one measurement of a folder: ``(statistics, per_class, metrics, result)``.
 
     Raises FileNotFoundError naming the missing file (and the measurements that do exist) and
@@ -172,8 +172,8 @@ def layer_key(name: str) -> str:
     return name.replace(".", "_").replace("/", "_")
 
 
-def write_measurement(folder, statistics: CollapseStatistics, result, *, name: Optional[str] = None,
-                      model=None, metadata: Optional[Mapping] = None, metrics_extra: Optional[Mapping] = None) -> Path:
+def write_measurement(folder: str | os.PathLike, statistics: CollapseStatistics, result: CollapseResult, *,
+                      name: Optional[str] = None, model: Optional[torch.nn.Module] = None, metadata: Optional[Mapping] = None, metrics_extra: Optional[Mapping] = None) -> Path:
     """Write one measurement (``collapse[/<name>]/statistics.safetensors`` + ``metrics.json``) into
     ``folder``; with ``model`` the header records its ``weights_sha256``. Returns the measurement folder.
 
@@ -200,7 +200,7 @@ def write_measurement(folder, statistics: CollapseStatistics, result, *, name: O
     return sub
 
 
-def write_report(folder, report, *, model=None, metadata: Optional[Mapping] = None,
+def write_report(folder: str | os.PathLike, report: Any, *, model: Optional[torch.nn.Module] = None, metadata: Optional[Mapping] = None,
                  metrics_extra: Optional[Mapping] = None) -> None:
     """Write every measurement of a ``CollapseReport``: the primary module as the default measurement,
     each further module (layer-wise NC) as ``collapse/<layer_key>/``."""

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..core.measures import CollapseResult
 from ..core.statistics import CollapseStatistics
@@ -36,6 +37,10 @@ from .weights_hash import weights_sha256
 
 __all__ = ["MeasuredModel", "find_measurement", "load_measured", "push_measured", "save_measured", "weights_sha256",
            "write_model_card", "render_model_card", "read_metrics", "list_measurements", "measurement_mismatches"]
+
+if TYPE_CHECKING:  # annotations only: importing them here would load transformers for every reader
+    from huggingface_hub import CommitInfo
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +170,11 @@ def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, lo
     return folder, repo_id, folder.name
 
 
-def load_measured(repo_id_or_path, revision: Optional[str] = None, *, name: Optional[str] = None,
+def load_measured(repo_id_or_path: str | os.PathLike, revision: Optional[str] = None, *, name: Optional[str] = None,
                   load_model: bool = True, load_tokenizer: bool = True, check_weights: bool = True,
-                  model_class=None, token=None, cache_dir=None, local_files_only: Optional[bool] = None,
-                  **model_kwargs) -> MeasuredModel:
+                  model_class: Optional[type] = None, token: Optional[str] = None,
+                  cache_dir: Optional[str | os.PathLike] = None, local_files_only: Optional[bool] = None,
+                  **model_kwargs: Any) -> MeasuredModel:
     """Load a pre-measured model: weights, tokenizer, collapse statistics and measures, in one call.
 
     Args:
@@ -232,8 +238,9 @@ def measurement_mismatches(stats: CollapseStatistics, *, weights_sha256: Optiona
     return problems
 
 
-def find_measurement(repo_id_or_path, revision: Optional[str] = None, *, weights_sha256: Optional[str] = None,
-                     token=None, cache_dir=None, **expected) -> Optional[MeasuredModel]:
+def find_measurement(repo_id_or_path: str | os.PathLike, revision: Optional[str] = None, *, weights_sha256: Optional[str] = None,
+                     token: Optional[str] = None, cache_dir: Optional[str | os.PathLike] = None,
+                     **expected: Any) -> Optional[MeasuredModel]:
     """The first measurement (default, then named ones) of a folder or Hub repo that matches (see
     :func:`measurement_mismatches`), without model or tokenizer; None if there is none. Fetches only
     ``collapse/`` and the JSON files: for ``hf-collapse measure`` to skip the collection pass when
@@ -293,9 +300,9 @@ def default_commit_message(folder: str | os.PathLike) -> str:
     return f"Add {model_type} with neural-collapse statistics ({'; '.join(parts)})"
 
 
-def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token=None,
+def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: Optional[str] = None,
                   revision: Optional[str] = None, commit_message: Optional[str] = None,
-                  commit_description: Optional[str] = None):
+                  commit_description: Optional[str] = None) -> CommitInfo:
     """Push a measured-model folder to the Hub in ONE commit; returns the ``CommitInfo``.
 
     Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it
@@ -342,9 +349,10 @@ def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
 
 
 # ---------------------------------------------------------------------------------------- saving
-def save_measured(output_dir, *, model, tokenizer=None, statistics: CollapseStatistics, result,
-                  metrics_extra=None, metadata=None, card: bool = True, save_model: bool = True,
-                  card_info=None, name: Optional[str] = None) -> str:
+def save_measured(output_dir: str | os.PathLike, *, model: PreTrainedModel, tokenizer: Any = None,
+                  statistics: CollapseStatistics, result: CollapseResult, metrics_extra: Optional[Mapping] = None,
+                  metadata: Optional[Mapping] = None, card: bool = True, save_model: bool = True,
+                  card_info: Optional[Mapping] = None, name: Optional[str] = None) -> str:
     """Write a measured model folder (``save_pretrained`` + one measurement + the card); returns its path.
 
     See :func:`hf_collapse.integrations.folder.write_measurement` for ``metadata`` and ``metrics_extra``.

@@ -15,12 +15,15 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .._version import __version__
 from ..core.io import atomic_write, fmt
 from ..core.registry import CITATION_BIBTEX, MEASURES
 from .folder import COLLAPSE_DIR, FIGURE_FILE, STATISTICS_FILE, list_measurements, measurement_subdir, read_measurement
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "templates" / "collapse_model_card.md.j2"
 METRIC_TYPE_PREFIX = "neural-collapse/"
@@ -143,7 +146,7 @@ def _hyperparameters(info: dict, measurements: list) -> Optional[dict]:
     return dict(hp) if hp else None
 
 
-def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info: Any):
+def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info: Any) -> ModelCard:
     """Build the ``huggingface_hub.ModelCard`` of a measured folder (writes only the figures).
 
     ``info`` (all optional) overrides what the statistics headers say: ``model_name``, ``repo_id``,
@@ -204,7 +207,7 @@ def write_model_card(folder: str | os.PathLike, *, figure: bool = True, **info: 
     return path
 
 
-def card_metrics(card) -> dict:
+def card_metrics(card: ModelCard) -> dict:
     """Back from a card: ``{measurement name or None: {measure key: value}}`` from its model-index."""
     out: dict = {}
     for r in card.data.eval_results or []:

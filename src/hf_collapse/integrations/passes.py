@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -130,11 +130,11 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
 
 
 # ---------------------------------------------------------------------------- public API
-def collect_statistics(model, dataloader, settings: Optional[CollapseArguments] = None, *,
-                       num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator=None,
-                       progress: bool = True, checkpoint_path=None, checkpoint_every: Optional[int] = None,
+def collect_statistics(model: torch.nn.Module, dataloader: Iterable[Mapping], settings: Optional[CollapseArguments] = None, *,
+                       num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator: Any = None,
+                       progress: bool = True, checkpoint_path: Optional[str | os.PathLike] = None, checkpoint_every: Optional[int] = None,
                        ignore_index: int = -100, reduce: bool = True, data_fingerprint: Optional[str] = None,
-                       **short) -> CollapseStatistics | dict[str, CollapseStatistics]:
+                       **short: Any) -> CollapseStatistics | dict[str, CollapseStatistics]:
     """Pass 1: accumulate per-class statistics of the classifier inputs over ``dataloader``.
 
     Args:
@@ -197,9 +197,10 @@ def collect_statistics(model, dataloader, settings: Optional[CollapseArguments] 
     return stats[names[0]] if len(names) == 1 else stats
 
 
-def collect_nc4(model, dataloader, statistics, settings: Optional[CollapseArguments] = None, *,
+def collect_nc4(model: torch.nn.Module, dataloader: Iterable[Mapping],
+                statistics: CollapseStatistics | Mapping[str, CollapseStatistics], settings: Optional[CollapseArguments] = None, *,
                 max_batches: Optional[int] = None, progress: bool = True, reduce: bool = True,
-                **short) -> dict[str, dict[str, float]]:
+                **short: Any) -> dict[str, dict[str, float]]:
     """Pass 2: NC4 agreement and nearest-centre accuracy on held-out data against ``statistics``.
 
     ``statistics`` is what ``collect_statistics`` returned (one or a dict). Settings: ``modules``,
@@ -297,8 +298,10 @@ class CollapseReport:
         return "\n".join(lines)
 
 
-def measure_statistics(model, statistics, settings: Optional[CollapseArguments] = None, *, nc4=None,
-                       progress: bool = False, extra_settings: Optional[Mapping] = None, **short) -> CollapseReport:
+def measure_statistics(model: torch.nn.Module, statistics: CollapseStatistics | Mapping[str, CollapseStatistics],
+                       settings: Optional[CollapseArguments] = None, *,
+                       nc4: Optional[Mapping[str, Mapping[str, float]]] = None, progress: bool = False,
+                       extra_settings: Optional[Mapping] = None, **short: Any) -> CollapseReport:
     """Measures from collected statistics, with NC3 weights read from each hooked linear head.
 
     ``nc4`` is what ``collect_nc4`` returned. Real text has coincident class means (tokens seen once in
@@ -324,10 +327,11 @@ def measure_statistics(model, statistics, settings: Optional[CollapseArguments] 
     return CollapseReport(stats, results, {**cfg.record(), **dict(extra_settings or {})})
 
 
-def measure_model(model, dataloader, nc4_dataloader=None, settings: Optional[CollapseArguments] = None, *,
-                  num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator=None,
-                  progress: bool = True, checkpoint_path=None, checkpoint_every: Optional[int] = None,
-                  **short) -> CollapseReport:
+def measure_model(model: torch.nn.Module, dataloader: Iterable[Mapping],
+                  nc4_dataloader: Optional[Iterable[Mapping]] = None, settings: Optional[CollapseArguments] = None, *,
+                  num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator: Any = None,
+                  progress: bool = True, checkpoint_path: Optional[str | os.PathLike] = None,
+                  checkpoint_every: Optional[int] = None, **short: Any) -> CollapseReport:
     """Both passes and the measures: statistics on ``dataloader``, NC4 on ``nc4_dataloader``.
 
     ``settings`` (or the first release's keywords: ``modules, task, k, max_tokens, nc4_max_tokens,

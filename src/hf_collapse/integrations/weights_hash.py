@@ -87,7 +87,7 @@ def _module_digests(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     return digests
 
 
-def weights_sha256(folder_or_model) -> str:
+def weights_sha256(folder_or_model: str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
     """A hash of a model's weights that is the same for a saved folder and the model in memory.
 
     ``folder_or_model``: a folder holding ``*.safetensors`` weights (top level; shards included), a
