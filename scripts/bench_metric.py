@@ -41,24 +41,28 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     X = rng.standard_normal((args.samples, args.dim), dtype=np.float32)  # (N, d)
     y = rng.integers(0, args.num_classes, args.samples)  # (N,)
-    print(f"data: {args.samples} x {args.dim} float32 ({X.nbytes / 2**20:.0f} MiB), C={args.num_classes}, "
-          f"batches of {args.batch_size}; peak RSS {peak_rss_gb():.2f} GB")
+    print(
+        f"data: {args.samples} x {args.dim} float32 ({X.nbytes / 2**20:.0f} MiB), C={args.num_classes}, "
+        f"batches of {args.batch_size}; peak RSS {peak_rss_gb():.2f} GB"
+    )
 
     with tempfile.TemporaryDirectory() as cache:
         nc = evaluate.load(str(REPO / "metrics" / "neural_collapse"), cache_dir=cache)
         t0 = time.perf_counter()
         for i in range(0, args.samples, args.batch_size):
-            nc.add_batch(features=X[i:i + args.batch_size], labels=y[i:i + args.batch_size])
+            nc.add_batch(features=X[i : i + args.batch_size], labels=y[i : i + args.batch_size])
         t1 = time.perf_counter()
         print(f"metric add_batch: {t1 - t0:.2f} s   peak RSS {peak_rss_gb():.2f} GB")
         result = nc.compute(num_classes=args.num_classes)
         t2 = time.perf_counter()
-        print(f"metric compute:   {t2 - t1:.2f} s   peak RSS {peak_rss_gb():.2f} GB   (nc1_cdnv={result['nc1_cdnv']:.6g})")
+        print(
+            f"metric compute:   {t2 - t1:.2f} s   peak RSS {peak_rss_gb():.2f} GB   (nc1_cdnv={result['nc1_cdnv']:.6g})"
+        )
 
     t0 = time.perf_counter()
     stats = CollapseStatistics(args.num_classes, args.dim)
     for i in range(0, args.samples, args.batch_size):
-        stats.update(torch.from_numpy(X[i:i + args.batch_size]), torch.from_numpy(y[i:i + args.batch_size]))
+        stats.update(torch.from_numpy(X[i : i + args.batch_size]), torch.from_numpy(y[i : i + args.batch_size]))
     t1 = time.perf_counter()
     core = measure_collapse(stats)
     t2 = time.perf_counter()

@@ -79,8 +79,14 @@ def main(argv=None) -> int:
     from hf_collapse.integrations.passes import _run_pass, collect_nc4
 
     torch.manual_seed(0)
-    cfg = GPTNeoConfig(vocab_size=50257, hidden_size=128, num_layers=2, num_heads=4,
-                       attention_types=[[["global", "local"], 1]], max_position_embeddings=max(args.seq_len, 128))
+    cfg = GPTNeoConfig(
+        vocab_size=50257,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        attention_types=[[["global", "local"], 1]],
+        max_position_embeddings=max(args.seq_len, 128),
+    )
     model = GPTNeoForCausalLM(cfg).to(args.device).eval()
     batches = make_batches(args)
     tokens = sum(b["input_ids"].numel() for b in batches)
@@ -104,6 +110,7 @@ def main(argv=None) -> int:
                 out = hook(*a)
                 in_hooks[0] += time.perf_counter() - t
                 return out
+
             return timed_hook
 
     def collect():
@@ -137,14 +144,18 @@ def main(argv=None) -> int:
     stats = holder["stats"]
     stats_mb = (stats.sums.numel() + 2 * stats.counts.numel()) * 8 / 2**20
     K = int(stats.present.sum())
-    print(f"GPT-Neo 2 layers d=128 V=50257 | {args.batches} batches x {args.batch_size} x {args.seq_len} = {tokens} "
-          f"tokens | K={K} classes present | device={args.device} threads={torch.get_num_threads()}")
+    print(
+        f"GPT-Neo 2 layers d=128 V=50257 | {args.batches} batches x {args.batch_size} x {args.seq_len} = {tokens} "
+        f"tokens | K={K} classes present | device={args.device} threads={torch.get_num_threads()}"
+    )
     print(f"plain eval pass      {t_plain:8.3f} s")
     print(f"with collection      {t_collect:8.3f} s   ratio {t_collect / t_plain:.3f}  (goal <= 1.10)")
     print(f"time inside the statistics hooks: {100 * hook_share:.1f}% of the collection pass")
     print(f"NC4 pass             {t_nc4:8.3f} s   ratio {t_nc4 / t_plain:.3f}  (goal <= 2.2)")
-    print(f"peak memory: plain {mem_plain:.0f} MiB, after collection {mem_collect:.0f} MiB "
-          f"(+{mem_collect - mem_plain:.0f} MiB; statistics C x d float64 = {stats_mb:.0f} MiB)")
+    print(
+        f"peak memory: plain {mem_plain:.0f} MiB, after collection {mem_collect:.0f} MiB "
+        f"(+{mem_collect - mem_plain:.0f} MiB; statistics C x d float64 = {stats_mb:.0f} MiB)"
+    )
     return 0
 
 

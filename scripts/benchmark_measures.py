@@ -46,8 +46,11 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--riesz-s", type=float, default=None, help="also compute the Riesz s-kernel measures")
-    p.add_argument("--cpu-time", action="store_true",
-                   help="one thread, timed by process CPU time: robust to other jobs on a shared machine")
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="one thread, timed by process CPU time: robust to other jobs on a shared machine",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -86,8 +89,9 @@ def main(argv=None) -> None:
         return clock() - t
 
     t0 = clock()
-    res = measure_collapse(stats, k=2.0, per_class=True, tile_size=args.tile_size,
-                           dtype=getattr(torch, args.dtype), riesz_s=args.riesz_s)
+    res = measure_collapse(
+        stats, k=2.0, per_class=True, tile_size=args.tile_size, dtype=getattr(torch, args.dtype), riesz_s=args.riesz_s
+    )
     sync()
     t_measure = clock() - t0
     peak = peak_gib() - base_rss
@@ -98,10 +102,21 @@ def main(argv=None) -> None:
     t_dense = min(dense(), dense())
     t_spectral = spectral_seconds(stats, getattr(torch, args.dtype), sync)
 
-    print(f"C={C} d={d} tile={args.tile_size} dtype={args.dtype} device={dev} threads={torch.get_num_threads()}"
-          + (" (CPU time)" if args.cpu_time else " (wall time)"))
-    for key in ("nc1_cdnv", "nc2_interference_mean", "nc2_interference_std", "gnc2_log_kernel_mean",
-                "gnc2_uniformity_cov", "nc2_etf_error", "effective_rank", "gnc2_riesz_mean", "gnc2_riesz_cov"):
+    print(
+        f"C={C} d={d} tile={args.tile_size} dtype={args.dtype} device={dev} threads={torch.get_num_threads()}"
+        + (" (CPU time)" if args.cpu_time else " (wall time)")
+    )
+    for key in (
+        "nc1_cdnv",
+        "nc2_interference_mean",
+        "nc2_interference_std",
+        "gnc2_log_kernel_mean",
+        "gnc2_uniformity_cov",
+        "nc2_etf_error",
+        "effective_rank",
+        "gnc2_riesz_mean",
+        "gnc2_riesz_cov",
+    ):
         if key in res:
             print(f"  {key:<24} {res[key]:.6g}")
     print(f"measure_collapse (pairwise set): {t_measure:8.2f} s")

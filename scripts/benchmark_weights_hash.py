@@ -28,8 +28,10 @@ def main() -> None:
         t1 = time.perf_counter()
         h_memory = weights_sha256(tensors)
         t2 = time.perf_counter()
-    print(f"{mb:.0f} MiB: folder {mb / (t1 - t0):.0f} MiB/s, in memory {mb / (t2 - t1):.0f} MiB/s, "
-          f"equal={h_folder == h_memory}")
+    print(
+        f"{mb:.0f} MiB: folder {mb / (t1 - t0):.0f} MiB/s, in memory {mb / (t2 - t1):.0f} MiB/s, "
+        f"equal={h_folder == h_memory}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def blocks(shared_data: Path, n_train=24, n_eval=7, T=32):
     ids = tok(text)["input_ids"]
     need = (n_train + n_eval) * T
     assert len(ids) >= need
-    rows = [ids[i * T:(i + 1) * T] for i in range(n_train + n_eval)]
+    rows = [ids[i * T : (i + 1) * T] for i in range(n_train + n_eval)]
     mk = lambda r: Dataset.from_dict({"input_ids": r, "labels": r})  # noqa: E731
     return mk(rows[:n_train]), mk(rows[n_train:])
 
@@ -27,19 +27,39 @@ def tiny_gpt_neo(seed=0):
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
     torch.manual_seed(seed)
-    cfg = GPTNeoConfig(vocab_size=50257, hidden_size=32, num_layers=2, num_heads=2,
-                       attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
-                       intermediate_size=64, window_size=16)
+    cfg = GPTNeoConfig(
+        vocab_size=50257,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global", "local"], 1]],
+        max_position_embeddings=64,
+        intermediate_size=64,
+        window_size=16,
+    )
     return GPTNeoForCausalLM(cfg)
 
 
 def training_args(out, **kw):
     from transformers import TrainingArguments
 
-    base = dict(output_dir=str(out), per_device_train_batch_size=4, per_device_eval_batch_size=2, max_steps=4,
-                learning_rate=3e-3, eval_strategy="steps", eval_steps=2, logging_steps=2, save_steps=4,
-                save_strategy="steps", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
-                dataloader_num_workers=0)
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=2,
+        max_steps=4,
+        learning_rate=3e-3,
+        eval_strategy="steps",
+        eval_steps=2,
+        logging_steps=2,
+        save_steps=4,
+        save_strategy="steps",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -57,12 +77,21 @@ def main(out, shared, mode="ddp"):
     out, shared = Path(out), Path(shared)
     train, evals = blocks(shared)
     cargs = CollapseArguments(collapse_dtype="float64")
-    trainer = CollapseTrainer(model=tiny_gpt_neo(), args=training_args(out, use_cpu=mode == "ddp"),
-                              train_dataset=train, eval_dataset=evals, collapse_args=cargs)
+    trainer = CollapseTrainer(
+        model=tiny_gpt_neo(),
+        args=training_args(out, use_cpu=mode == "ddp"),
+        train_dataset=train,
+        eval_dataset=evals,
+        collapse_args=cargs,
+    )
     trainer.train()
     final = trainer.evaluate()
-    res = {"final": final, "log_history": trainer.state.log_history, "world_size": trainer.args.world_size,
-           "num_tokens": trainer.collapse_report.statistics.num_tokens}
+    res = {
+        "final": final,
+        "log_history": trainer.state.log_history,
+        "world_size": trainer.args.world_size,
+        "num_tokens": trainer.collapse_report.statistics.num_tokens,
+    }
     if mode == "nodist":
         res["measure_num_tokens"] = trainer.measure_collapse().statistics.num_tokens
         from transformers import Trainer

@@ -47,8 +47,10 @@ def shared_data_dir() -> Path:
     env = os.environ.get("HF_COLLAPSE_SHARED_DATA")
     path = Path(env) if env else REPO.parent / "shared" / "data"
     if not (path / "README.md").is_file():
-        pytest.skip(f"shared test data not found at {path}: clone the repo beside ../shared or set "
-                    "HF_COLLAPSE_SHARED_DATA (CI has it)")
+        pytest.skip(
+            f"shared test data not found at {path}: clone the repo beside ../shared or set "
+            "HF_COLLAPSE_SHARED_DATA (CI has it)"
+        )
     return path
 
 
@@ -76,8 +78,11 @@ def pytest_collection_modifyitems(config, items):
     ``pytest -m "not slow"`` runs the fast tier alone; CI runs everything."""
     for item in items:
         name = Path(str(item.fspath)).name
-        if ("hub_env" in getattr(item, "fixturenames", ()) or name in SLOW_MODULES
-                or f"{name}::{item.originalname}" in SLOW_TESTS):
+        if (
+            "hub_env" in getattr(item, "fixturenames", ())
+            or name in SLOW_MODULES
+            or f"{name}::{item.originalname}" in SLOW_TESTS
+        ):
             item.add_marker(pytest.mark.slow)
 
 
@@ -88,9 +93,17 @@ class HubEnv:
 
     def __init__(self, hub, home: Path, monkeypatch):
         self.hub, self.url, self.home, self._mp = hub, hub.url, home, monkeypatch
-        self.env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
-                    "HF_HUB_CACHE": str(home / "hub"), "HF_TOKEN": "hf_local_test_token",
-                    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+        self.env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": str(home / "hub"),
+            "HF_TOKEN": "hf_local_test_token",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_OFFLINE": "0",
+            "TRANSFORMERS_OFFLINE": "0",
+        }
 
     def go_offline(self) -> None:
         """Stop the server and switch huggingface_hub to offline mode (``HF_HUB_OFFLINE=1``)."""

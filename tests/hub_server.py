@@ -192,7 +192,7 @@ class HubHandler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append((method, self.path))
             if auth.startswith("Bearer "):
-                self.state.tokens.add(auth[len("Bearer "):])
+                self.state.tokens.add(auth[len("Bearer ") :])
             handled = self._dispatch(method, parts, query)
         if not handled:
             self.state.unhandled.append((method, self.path))
@@ -269,11 +269,20 @@ class HubHandler(BaseHTTPRequestHandler):
         if method == "GET" and (rest == [] or (len(rest) == 2 and rest[0] == "revision")):
             commit = self._commit(repo, rest[1] if rest else "main")
             if commit is not None:
-                self._json(200, {
-                    "id": repo_id, "modelId": repo_id, "sha": commit.sha, "private": repo.private,
-                    "tags": [], "downloads": 0, "likes": 0, "library_name": None,
-                    "siblings": [{"rfilename": path} for path in sorted(commit.files)],
-                })
+                self._json(
+                    200,
+                    {
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "sha": commit.sha,
+                        "private": repo.private,
+                        "tags": [],
+                        "downloads": 0,
+                        "likes": 0,
+                        "library_name": None,
+                        "siblings": [{"rfilename": path} for path in sorted(commit.files)],
+                    },
+                )
             return True
         if method == "GET" and rest == ["refs"]:
             branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()]
@@ -309,7 +318,7 @@ class HubHandler(BaseHTTPRequestHandler):
         for path, entry in sorted(commit.files.items()):
             if not path.startswith(base):
                 continue
-            rel = path[len(base):]
+            rel = path[len(base) :]
             if "/" in rel:
                 segments = rel.split("/")
                 for i in range(1, len(segments) if recursive else 2):
@@ -340,7 +349,9 @@ class HubHandler(BaseHTTPRequestHandler):
             lfs = f["path"].endswith(LFS_SUFFIXES) or f["size"] >= LFS_MIN_SIZE or b"\0" in sample
             existing = commit.files.get(f["path"])
             oid = existing.oid if existing is not None and existing.lfs == lfs else None
-            out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            out.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._json(200, {"files": out, "commitOid": commit.sha})
         return True
 
@@ -382,8 +393,15 @@ class HubHandler(BaseHTTPRequestHandler):
                 return True
         message = header.get("summary") or "Update"
         commit = self.state.new_commit(repo, revision, message, files)
-        self._json(200, {"success": True, "commitOid": commit.sha, "pullRequestUrl": None,
-                         "commitUrl": f"{self.base_url}/{repo.repo_id}/commit/{commit.sha}"})
+        self._json(
+            200,
+            {
+                "success": True,
+                "commitOid": commit.sha,
+                "pullRequestUrl": None,
+                "commitUrl": f"{self.base_url}/{repo.repo_id}/commit/{commit.sha}",
+            },
+        )
         return True
 
     def _lfs_batch(self, repo_id: str) -> bool:
@@ -445,8 +463,14 @@ class HubHandler(BaseHTTPRequestHandler):
             return True
         headers = {"X-Repo-Commit": commit.sha}
         if entry.lfs:  # as on the Hub: redirect to the blob store, with the linked etag and size
-            headers.update({"Location": f"{self.cdn_url}/_lfs/{entry.sha256}", "X-Linked-Etag": f'"{entry.sha256}"',
-                            "X-Linked-Size": str(len(entry.data)), "ETag": f'"{entry.sha256}"'})
+            headers.update(
+                {
+                    "Location": f"{self.cdn_url}/_lfs/{entry.sha256}",
+                    "X-Linked-Etag": f'"{entry.sha256}"',
+                    "X-Linked-Size": str(len(entry.data)),
+                    "ETag": f'"{entry.sha256}"',
+                }
+            )
             self._send(302, b"", headers)
         else:
             headers["ETag"] = f'"{entry.oid}"'
@@ -467,8 +491,9 @@ class LocalHub:
             server.daemon_threads = True
         self.url, self.cdn_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in self._servers)
         handler.base_url, handler.cdn_url = self.url, self.cdn_url
-        self._threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-                         for s in self._servers]
+        self._threads = [
+            threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True) for s in self._servers
+        ]
         self._watchdog = threading.Timer(max_seconds, self.stop)
         self._watchdog.daemon = True
         self._stopped = False

@@ -27,8 +27,22 @@ def dense_statistics(h, y, C):
     return counts, means, variances
 
 
-def dense_measures(counts, means, variances, W=None, b=None, k=2.0, h_test=None, y_test=None, h_train=None, y_train=None,
-                   keep=None, global_mean="unweighted", riesz_s=None, h_ood=None):
+def dense_measures(
+    counts,
+    means,
+    variances,
+    W=None,
+    b=None,
+    k=2.0,
+    h_test=None,
+    y_test=None,
+    h_train=None,
+    y_train=None,
+    keep=None,
+    global_mean="unweighted",
+    riesz_s=None,
+    h_ood=None,
+):
     """Every measure over the classes with counts > 0 (and ``keep[c]`` when given), centred at the
     unweighted or count-weighted mean of their means."""
     measured = counts > 0 if keep is None else (counts > 0) & np.asarray(keep, bool)
@@ -56,7 +70,7 @@ def dense_measures(counts, means, variances, W=None, b=None, k=2.0, h_test=None,
         out["nc1_trace_ratio"] = np.trace(sigma_w @ np.linalg.pinv(sigma_b)) / K
         out["nc1_trace_quotient"] = np.trace(sigma_w) / np.trace(sigma_b)
     else:
-        out["nc1_trace_quotient"] = (n * s).sum() / n.sum() / (r ** 2).mean()
+        out["nc1_trace_quotient"] = (n * s).sum() / n.sum() / (r**2).mean()
     out["nc2_etf_error"] = _etf_error(M, M)
     sv = np.linalg.svd(M, compute_uv=False)
     p = sv[sv > 1e-12 * sv.max()] / sv.sum()
@@ -80,9 +94,13 @@ def dense_measures(counts, means, variances, W=None, b=None, k=2.0, h_test=None,
     if h_ood is not None:
         v = np.asarray(h_ood, np.float64).mean(0) - mu_bar
         out["nc5_ood_orthogonality"] = np.abs(M @ v / (r * np.linalg.norm(v))).mean()
-    per = {"mean_norm": r, "variance": s, "count": counts[present],
-           "cdnv_row_mean": np.array([np.delete(cdnv[c], c).mean() for c in range(K)]),
-           "interference_row_mean": np.array([np.delete(cos[c], c).mean() for c in range(K)])}
+    per = {
+        "mean_norm": r,
+        "variance": s,
+        "count": counts[present],
+        "cdnv_row_mean": np.array([np.delete(cdnv[c], c).mean() for c in range(K)]),
+        "interference_row_mean": np.array([np.delete(cos[c], c).mean() for c in range(K)]),
+    }
     if W is not None:
         W = np.asarray(W, np.float64)
         w = W[present]

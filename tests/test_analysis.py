@@ -24,11 +24,20 @@ def _synthetic_rows(n=24, seed=0, slope=2.0, noise=0.05):
     for i in range(n):
         width, depth, epochs = [16, 32, 64][i % 3], [1, 2][i // 3 % 2], [1, 3][i // 6 % 2]
         loss = 3.0 - 0.3 * np.log2(width / 16) - 0.2 * depth - 0.1 * epochs + rng.normal(0, 0.05)
-        rows.append({"name": f"run{i}", "width": width, "depth": depth, "epochs": epochs, "seed": i,
-                     "num_parameters": width * width * depth * 12, "val_loss": float(loss),
-                     "nc1_cdnv": float(0.5 + slope * loss + rng.normal(0, noise)),
-                     "nc2_equinorm_cov": float(rng.normal(1.0, 0.1)),
-                     "nc3_duality_mean": float(1.0 - 0.2 * loss + rng.normal(0, noise))})
+        rows.append(
+            {
+                "name": f"run{i}",
+                "width": width,
+                "depth": depth,
+                "epochs": epochs,
+                "seed": i,
+                "num_parameters": width * width * depth * 12,
+                "val_loss": float(loss),
+                "nc1_cdnv": float(0.5 + slope * loss + rng.normal(0, noise)),
+                "nc2_equinorm_cov": float(rng.normal(1.0, 0.1)),
+                "nc3_duality_mean": float(1.0 - 0.2 * loss + rng.normal(0, noise)),
+            }
+        )
     return rows
 
 
@@ -38,7 +47,7 @@ def test_linear_fit_recovers_planted_line():
     fit = linear_fit(loss, [r["nc1_cdnv"] for r in rows])
     assert fit["slope"] == pytest.approx(2.0, rel=0.05)
     assert fit["intercept"] == pytest.approx(0.5, abs=0.2)
-    expected_r2 = np.var(2.0 * np.array(loss)) / (np.var(2.0 * np.array(loss)) + 0.01 ** 2)
+    expected_r2 = np.var(2.0 * np.array(loss)) / (np.var(2.0 * np.array(loss)) + 0.01**2)
     assert fit["r2"] == pytest.approx(expected_r2, abs=0.01) and fit["r2"] > 0.99
     noisy = linear_fit(loss, [r["nc2_equinorm_cov"] for r in rows])
     assert noisy["r2"] < 0.15
@@ -46,7 +55,7 @@ def test_linear_fit_recovers_planted_line():
 
 def test_permutation_test_planted_effect_and_noise():
     rng = np.random.default_rng(1)
-    x = rng.normal(size=21)          # 21 replicas as in Table 1
+    x = rng.normal(size=21)  # 21 replicas as in Table 1
     effect = 0.8 * x + rng.normal(0, 0.5, size=21)
     noise = rng.normal(size=21)
     assert permutation_test(x, effect, 10_000, seed=0) < 0.05
@@ -103,12 +112,15 @@ def test_collect_runs_from_folders_and_cli(tmp_path, capsys):
     runs = tmp_path / "runs"
     for i, r in enumerate(_synthetic_rows(6)):
         metrics = {k: r[k] for k in ("nc1_cdnv", "nc2_equinorm_cov", "nc3_duality_mean")}
-        if i % 2:   # loss in metrics.json, or else the last eval_loss in trainer_state.json
+        if i % 2:  # loss in metrics.json, or else the last eval_loss in trainer_state.json
             metrics["eval_loss"] = r["val_loss"]
             _write_run(runs / r["name"], metrics, run={k: r[k] for k in ("name", "width", "depth", "epochs")})
         else:
-            _write_run(runs / r["name"], metrics,
-                       state={"log_history": [{"eval_loss": 9.0}, {"loss": 1.0}, {"eval_loss": r["val_loss"]}]})
+            _write_run(
+                runs / r["name"],
+                metrics,
+                state={"log_history": [{"eval_loss": 9.0}, {"loss": 1.0}, {"eval_loss": r["val_loss"]}]},
+            )
     rows = collect_runs([runs])
     assert len(rows) == 6
     assert rows[0]["val_loss"] == pytest.approx(_synthetic_rows(6)[0]["val_loss"])
@@ -126,10 +138,22 @@ def _replica_table(n=21, seed=5):
     """Seed replicas of one configuration: a planted association (cdnv) and none (equinorm)."""
     rng = np.random.default_rng(seed)
     loss = 2.9 + rng.normal(0, 0.01, size=n)
-    return [{"name": f"TinyStories-2x768_1Ld{i}", "width": 768, "depth": 2, "epochs": 1, "weight_decay": 0.0005,
-             "seed": 0, "data_seed": i, "num_parameters": 1000, "val_loss": float(loss[i]),
-             "nc1_cdnv": float(5 + 40 * (loss[i] - 2.9) + rng.normal(0, 0.3)),
-             "nc2_equinorm_cov": float(rng.normal(1.0, 0.1))} for i in range(n)]
+    return [
+        {
+            "name": f"TinyStories-2x768_1Ld{i}",
+            "width": 768,
+            "depth": 2,
+            "epochs": 1,
+            "weight_decay": 0.0005,
+            "seed": 0,
+            "data_seed": i,
+            "num_parameters": 1000,
+            "val_loss": float(loss[i]),
+            "nc1_cdnv": float(5 + 40 * (loss[i] - 2.9) + rng.normal(0, 0.3)),
+            "nc2_equinorm_cov": float(rng.normal(1.0, 0.1)),
+        }
+        for i in range(n)
+    ]
 
 
 def _r2_independent(x, y):
@@ -152,7 +176,7 @@ def test_seed_replica_analysis_reproduces_r2_exactly_and_p_within_noise(tmp_path
     assert result["design"]["seed_replicas"] and result["design"]["seeds"] == 21
     fits = {f["metric"]: f for f in result["fits"]}
     loss = [r["val_loss"] for r in rows]
-    rng = np.random.default_rng(123)   # an independent stream of permutations
+    rng = np.random.default_rng(123)  # an independent stream of permutations
     for key in ("nc1_cdnv", "nc2_equinorm_cov"):
         vals = [r[key] for r in rows]
         assert fits[key]["r2"] == pytest.approx(_r2_independent(loss, vals), rel=1e-10, abs=1e-12)
@@ -161,8 +185,10 @@ def test_seed_replica_analysis_reproduces_r2_exactly_and_p_within_noise(tmp_path
         assert abs(fits[key]["p_value"] - p_ref) <= noise + 2e-4, (key, fits[key]["p_value"], p_ref)
     assert fits["nc1_cdnv"]["p_value"] < 0.05 < fits["nc2_equinorm_cov"]["p_value"]
     # seeded: the same table and seed give the same p
-    assert correlations(rows, ["nc1_cdnv"], 500, seed=7)[0]["p_value"] == \
+    assert (
         correlations(rows, ["nc1_cdnv"], 500, seed=7)[0]["p_value"]
+        == correlations(rows, ["nc1_cdnv"], 500, seed=7)[0]["p_value"]
+    )
     report = (tmp_path / "report.md").read_text()
     assert "Design: seed replicas: 21 runs of one configuration (2x768" in report
     # the Table 1 layout carries the paper's numbers as printed, our p in bold when < 0.05
@@ -184,7 +210,7 @@ def test_exact_permutation_test_when_all_orderings_fit():
     r_obs = abs(np.corrcoef(x, y)[0, 1])
     hits = sum(abs(np.corrcoef(x, y[list(p)])[0, 1]) >= r_obs - 1e-12 for p in itertools.permutations(range(6)))
     assert permutation_test(x, y, 10_000, seed=0) == pytest.approx(hits / 720, abs=1e-12)
-    assert permutation_test(x, y, 10_000, seed=0) == permutation_test(x, y, 10_000, seed=99)   # no randomness
+    assert permutation_test(x, y, 10_000, seed=0) == permutation_test(x, y, 10_000, seed=99)  # no randomness
 
 
 def test_design_pooled_grid_and_confounding(tmp_path, capsys):
@@ -227,5 +253,8 @@ def test_figure_labels_say_the_collapse_direction_and_factor_values():
     assert axis_label("nc1_cdnv").endswith("lower = more collapsed")
     assert axis_label("nc4_agreement").endswith("higher = more collapsed")
     assert "nats/token" in axis_label("val_loss") and "no collapse direction" in axis_label("nc2_norm_mean")
-    assert (factor_value("epochs", 1.0), factor_value("epochs", 3), factor_value("width", 64)) == \
-        ("1 epoch", "3 epochs", "width 64")
+    assert (factor_value("epochs", 1.0), factor_value("epochs", 3), factor_value("width", 64)) == (
+        "1 epoch",
+        "3 epochs",
+        "width 64",
+    )

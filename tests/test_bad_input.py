@@ -33,8 +33,15 @@ def _tiny_model(vocab=32, d=8):
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
     torch.manual_seed(0)
-    cfg = GPTNeoConfig(vocab_size=vocab, hidden_size=d, num_layers=1, num_heads=2, attention_types=[[["global"], 1]],
-                       max_position_embeddings=32, intermediate_size=16)
+    cfg = GPTNeoConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_layers=1,
+        num_heads=2,
+        attention_types=[[["global"], 1]],
+        max_position_embeddings=32,
+        intermediate_size=16,
+    )
     return GPTNeoForCausalLM(cfg).eval()
 
 
@@ -358,8 +365,10 @@ def c_analyze_no_runs(w):
 def c_analyze_two_runs(w):
     from hf_collapse.study.analysis import analyze
 
-    analyze([{"name": "a", "val_loss": 1.0, "nc1_cdnv": 1.0}, {"name": "b", "val_loss": 2.0, "nc1_cdnv": 2.0}],
-            w["root"] / "a2")
+    analyze(
+        [{"name": "a", "val_loss": 1.0, "nc1_cdnv": 1.0}, {"name": "b", "val_loss": 2.0, "nc1_cdnv": 2.0}],
+        w["root"] / "a2",
+    )
 
 
 def c_collect_runs_missing(w):
@@ -522,8 +531,11 @@ def _cli_cases(w):
         (["measure", good, "--train-file", "a.txt", "--max-tokens", "0"], "--max-tokens must be positive", ""),
         (["measure", model, "--train-file", str(root / "missing.txt"), "--no-progress"], "no text file", ""),
         (["measure", model, "--train-file", str(empty_txt), "--no-progress"], "no labelled token", ""),
-        (["measure", model, "--train-file", str(empty_txt), "--block-size", "1", "--no-progress"],
-         "--block-size must be at least 2", ""),
+        (
+            ["measure", model, "--train-file", str(empty_txt), "--block-size", "1", "--no-progress"],
+            "--block-size must be at least 2",
+            "",
+        ),
         (["push", str(root / "gone"), "user/repo"], "no measured model folder at", ""),
         (["push", good, "bad id!"], "not a valid Hub repo id", ""),
         (["push", str(root / "plain2")], None, None),  # argparse: missing REPO_ID (exit 2, checked below)
@@ -566,8 +578,10 @@ def test_cli_bad_input_is_one_line(world, capsys):
 def test_debug_shows_the_traceback_of_a_user_error(world, capsys):
     from hf_collapse.core.errors import UserError
 
-    for argv in (["--debug", "measure", "./models/typo", "--train-file", "x"],
-                 ["measure", "./models/typo", "--train-file", "x", "--debug"]):
+    for argv in (
+        ["--debug", "measure", "./models/typo", "--train-file", "x"],
+        ["measure", "./models/typo", "--train-file", "x", "--debug"],
+    ):
         with pytest.raises(FileNotFoundError, match="no model folder at './models/typo'") as info:
             main(argv)
         assert isinstance(info.value, UserError)
@@ -603,8 +617,10 @@ def test_unknown_hub_id_offline_is_one_line(world, capsys, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     text = world["root"] / "one.txt"
     text.write_text("Once upon a time there was a cat.\n")
-    for argv, what in ((["measure", "nobody/no-such-model", "--train-file", str(text), "--no-progress"], "tokenizer"),
-                       (["tokens", str(world["good"]), "--tokenizer", "nobody/no-such-tokenizer"], "tokenizer")):
+    for argv, what in (
+        (["measure", "nobody/no-such-model", "--train-file", str(text), "--no-progress"], "tokenizer"),
+        (["tokens", str(world["good"]), "--tokenizer", "nobody/no-such-tokenizer"], "tokenizer"),
+    ):
         code = main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1, (argv, err)

@@ -12,8 +12,15 @@ V, D = 40, 16
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    cfg = GPTNeoConfig(vocab_size=V, hidden_size=D, num_layers=2, num_heads=2, attention_types=[[["global"], 2]],
-                       max_position_embeddings=64, intermediate_size=32)
+    cfg = GPTNeoConfig(
+        vocab_size=V,
+        hidden_size=D,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global"], 2]],
+        max_position_embeddings=64,
+        intermediate_size=32,
+    )
     return GPTNeoForCausalLM(cfg).eval()
 
 
@@ -24,7 +31,7 @@ def batches(n=6, B=3, T=12, seed=1, pad=True):
         ids = torch.randint(0, V, (B, T), generator=g)
         mask = torch.ones(B, T, dtype=torch.long)
         if pad:
-            mask[0, T - 4:] = 0  # right padding in the first row
+            mask[0, T - 4 :] = 0  # right padding in the first row
         out.append({"input_ids": ids, "attention_mask": mask})
     return out
 
@@ -72,8 +79,9 @@ def test_labels_key_overrides_input_ids_and_minus_100():
 def test_sequence_classification_picks_last_non_pad_token():
     h = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 4, 2)
     ids = torch.tensor([[3, 4, 0, 0], [3, 4, 5, 6]])
-    f, y = align_labels(h, {"input_ids": ids, "labels": torch.tensor([1, 0])}, "sequence_classification",
-                        pad_token_id=0)
+    f, y = align_labels(
+        h, {"input_ids": ids, "labels": torch.tensor([1, 0])}, "sequence_classification", pad_token_id=0
+    )
     assert torch.equal(f, torch.stack([h[0, 1], h[1, 3]])) and y.tolist() == [1, 0]
 
 
@@ -159,8 +167,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match="no labelled token"):
         collect_statistics(model, allpad, progress=False)
     with pytest.raises(ValueError, match="outside"):
-        collect_statistics(model, [{"input_ids": torch.zeros(1, 4, dtype=torch.long),
-                                    "labels": torch.tensor([[0, 1, V + 3, 2]])}], progress=False)
+        collect_statistics(
+            model,
+            [{"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": torch.tensor([[0, 1, V + 3, 2]])}],
+            progress=False,
+        )
     with pytest.raises(ValueError, match="max_tokens"):
         collect_statistics(model, batches(1), max_tokens=0, progress=False)
 
@@ -169,15 +180,17 @@ def test_sequence_classification_head_on_every_token():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(0)
-    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=V, n_embd=D, n_layer=1, n_head=2, n_positions=32,
-                                                     num_labels=3, pad_token_id=0)).eval()
+    model = GPT2ForSequenceClassification(
+        GPT2Config(vocab_size=V, n_embd=D, n_layer=1, n_head=2, n_positions=32, num_labels=3, pad_token_id=0)
+    ).eval()
     g = torch.Generator().manual_seed(2)
     data = []
     for _ in range(4):
         ids = torch.randint(1, V, (4, 8), generator=g)
         ids[0, 5:] = 0  # padded row: the model pools position 4
-        data.append({"input_ids": ids, "attention_mask": (ids != 0).long(),
-                     "labels": torch.randint(0, 3, (4,), generator=g)})
+        data.append(
+            {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.randint(0, 3, (4,), generator=g)}
+        )
     stats = collect_statistics(model, data, modules="score", task="sequence_classification", progress=False)
     ref = CollapseStatistics(3, D)
     with torch.no_grad():
@@ -195,9 +208,17 @@ def test_token_classification():
     from transformers import BertConfig, BertForTokenClassification
 
     torch.manual_seed(0)
-    model = BertForTokenClassification(BertConfig(vocab_size=V, hidden_size=D, num_hidden_layers=1,
-                                                  num_attention_heads=2, intermediate_size=32, num_labels=4,
-                                                  max_position_embeddings=32)).eval()
+    model = BertForTokenClassification(
+        BertConfig(
+            vocab_size=V,
+            hidden_size=D,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=4,
+            max_position_embeddings=32,
+        )
+    ).eval()
     g = torch.Generator().manual_seed(3)
     data = []
     for _ in range(3):

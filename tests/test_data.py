@@ -12,22 +12,22 @@ from hf_collapse.study.corpus import generate_stories, train_tokenizer
 def test_generator_deterministic_per_seed():
     a, b = generate_stories(50, seed=3), generate_stories(50, seed=3)
     assert a == b
-    assert generate_stories(20, seed=3) == a[:20]          # story i depends only on (seed, i)
+    assert generate_stories(20, seed=3) == a[:20]  # story i depends only on (seed, i)
     assert generate_stories(50, seed=4) != a
-    assert len(set(a)) > 45                                 # stories differ from each other
+    assert len(set(a)) > 45  # stories differ from each other
 
 
 def test_generator_is_imbalanced_and_shares_openings():
     stories = generate_stories(1000, seed=0)
     words = collections.Counter(w.strip('.,!?"') for s in stories for w in s.split())
     freqs = sorted(words.values(), reverse=True)
-    assert 150 <= len(words) <= 600                        # a few hundred words
-    assert freqs[0] > 20 * freqs[len(freqs) // 2]          # Zipf-like: head >> median
+    assert 150 <= len(words) <= 600  # a few hundred words
+    assert freqs[0] > 20 * freqs[len(freqs) // 2]  # Zipf-like: head >> median
     names = collections.Counter(s.split(" named ")[1].split()[0].strip(".") for s in stories if " named " in s)
     top, rare = names.most_common()[0][1], names.most_common()[-1][1]
-    assert top > 5 * rare                                   # imbalanced classes
+    assert top > 5 * rare  # imbalanced classes
     openings = collections.Counter(s.split(",")[0] for s in stories)
-    assert openings.most_common(1)[0][1] > 0.3 * len(stories)   # shared story openings
+    assert openings.most_common(1)[0][1] > 0.3 * len(stories)  # shared story openings
 
 
 def test_generator_rejects_bad_count():
@@ -64,7 +64,7 @@ def test_pack_texts_and_dataset():
     blocks = pack_texts(stories, tok, block_size=32)
     n_tokens = sum(len(tok(s, add_special_tokens=False)["input_ids"]) + 1 for s in stories)
     assert blocks.shape == (n_tokens // 32, 32) and blocks.dtype == torch.long
-    assert (blocks == tok.eos_token_id).sum() >= len(stories) - 2   # separators kept (tail dropped)
+    assert (blocks == tok.eos_token_id).sum() >= len(stories) - 2  # separators kept (tail dropped)
     ds = PackedDataset(blocks)
     assert len(ds) == blocks.shape[0] and torch.equal(ds[1]["labels"], blocks[1])
 

@@ -25,10 +25,28 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 def measure_args(shared_data, out, *extra, save_model=False):
     # 3000 labelled tokens in blocks of 64 (63 labels each) -> 48 blocks, batches of 2 -> 24 batches
     d = shared_data
-    return ["measure", str(d / "models" / "stories260K"), "--train-file", str(d / "tinystories" / "train-head.txt"),
-            "--validation-file", str(d / "tinystories" / "validation-head.txt"), "--max-tokens", "3000",
-            "--block-size", "64", "--batch-size", "2", "--dtype", "float64", "--no-progress",
-            "--checkpoint-every", "1", "--output-dir", str(out), *extra] + ([] if save_model else ["--no-save-model"])
+    return [
+        "measure",
+        str(d / "models" / "stories260K"),
+        "--train-file",
+        str(d / "tinystories" / "train-head.txt"),
+        "--validation-file",
+        str(d / "tinystories" / "validation-head.txt"),
+        "--max-tokens",
+        "3000",
+        "--block-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--dtype",
+        "float64",
+        "--no-progress",
+        "--checkpoint-every",
+        "1",
+        "--output-dir",
+        str(out),
+        *extra,
+    ] + ([] if save_model else ["--no-save-model"])
 
 
 def _env():
@@ -43,8 +61,13 @@ def _checkpointed_batches(out: Path) -> int:
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, "-m", "hf_collapse.cli", *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hf_collapse.cli", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_when(proc, out: Path, at_least: int, timeout=600) -> int:
@@ -82,8 +105,13 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_statistics(shared_
         reached.append(_kill_when(_start(measure_args(shared_data, out, "--resume")), out, target))
         assert not (out / "collapse" / "metrics.json").exists() or target == 24
     assert reached[0] < reached[1] <= reached[2], (seed, reached)
-    proc = subprocess.run([sys.executable, "-m", "hf_collapse.cli", *measure_args(shared_data, out, "--resume")],
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_collapse.cli", *measure_args(shared_data, out, "--resume")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (seed, reached, proc.stderr[-3000:])
     a = json.loads((full / "collapse" / "metrics.json").read_text())
     b = json.loads((out / "collapse" / "metrics.json").read_text())
@@ -122,8 +150,11 @@ def test_second_measure_on_the_same_output_dir_refuses(shared_data, tmp_path, ca
 
 
 def _digest(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -135,8 +166,9 @@ def measured_folder(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["lfs_put", "commit"])
-def test_push_that_fails_mid_way_changes_nothing_and_a_retry_succeeds(hub_env, measured_folder, capsys, fault,
-                                                                       monkeypatch):
+def test_push_that_fails_mid_way_changes_nothing_and_a_retry_succeeds(
+    hub_env, measured_folder, capsys, fault, monkeypatch
+):
     """The server drops the connection during the LFS upload (every retry too) or at the commit: the
     push exits 1 with one line, the local folder is byte-identical, the repo shows no new revision;
     once the server answers again the same push succeeds and the Hub holds the folder's files."""
@@ -174,8 +206,11 @@ def test_push_that_fails_mid_way_changes_nothing_and_a_retry_succeeds(hub_env, m
     assert main(["push", str(measured_folder), repo]) == 0
     assert _digest(measured_folder) == before
     assert [c[2] for c in state.commits if c[0] == repo][1:] and len([c for c in state.commits if c[0] == repo]) == 2
-    files = {p.relative_to(measured_folder).as_posix() for p in measured_folder.rglob("*") if p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(measured_folder).parts)}
+    files = {
+        p.relative_to(measured_folder).as_posix()
+        for p in measured_folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(measured_folder).parts)
+    }
     assert files <= set(hub_env.hub.files(repo))
     assert hub_env.hub.file(repo, "model.safetensors") == (measured_folder / "model.safetensors").read_bytes()
     assert ".hf-collapse.lock" not in hub_env.hub.files(repo)

@@ -45,20 +45,40 @@ def measure_into(folder: Path, model, tok, lines, name=None, extra_meta=None):
             stats.update(h[0, :-1], ids[0, 1:])  # next-token labels
     result = measure_collapse(stats, weights=model.get_output_embeddings().weight, per_class=True)
     sub = folder / ("collapse" if name is None else f"collapse/{name}")
-    meta = {"k": "2.0", "dataset": "roneneldan/TinyStories", "split": "validation",
-            "data_files": "validation-head.txt", "weights_sha256": weights_sha256(folder),
-            "command": "hf-collapse measure stories260K --max-tokens 2000", **(extra_meta or {})}
-    stats.save(sub / "statistics.safetensors",
-               extra_tensors={f"per_class.{k}": v for k, v in result.per_class.items()}, metadata=meta)
-    (sub / "metrics.json").write_text(json.dumps({
-        **result, "num_tokens": stats.num_tokens, "num_classes": stats.num_classes,
-        "num_classes_present": int(stats.present.sum()), "settings": {"k": 2.0}}))
+    meta = {
+        "k": "2.0",
+        "dataset": "roneneldan/TinyStories",
+        "split": "validation",
+        "data_files": "validation-head.txt",
+        "weights_sha256": weights_sha256(folder),
+        "command": "hf-collapse measure stories260K --max-tokens 2000",
+        **(extra_meta or {}),
+    }
+    stats.save(
+        sub / "statistics.safetensors",
+        extra_tensors={f"per_class.{k}": v for k, v in result.per_class.items()},
+        metadata=meta,
+    )
+    (sub / "metrics.json").write_text(
+        json.dumps(
+            {
+                **result,
+                "num_tokens": stats.num_tokens,
+                "num_classes": stats.num_classes,
+                "num_classes_present": int(stats.present.sum()),
+                "settings": {"k": 2.0},
+            }
+        )
+    )
     return stats, result
 
 
 def tree_digest(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +126,13 @@ def test_weights_hash_same_for_model_folder_and_shards(tiny, tmp_path):
     assert weights_sha256(changed) != h
     from safetensors.torch import save_file
 
-    odd = {"a": torch.randn(3, 5).bfloat16(), "b": torch.tensor(True), "c": torch.zeros(0, 4),
-           "d": torch.arange(7), "e": torch.tensor(2.5, dtype=torch.float16)}
+    odd = {
+        "a": torch.randn(3, 5).bfloat16(),
+        "b": torch.tensor(True),
+        "c": torch.zeros(0, 4),
+        "d": torch.arange(7),
+        "e": torch.tensor(2.5, dtype=torch.float16),
+    }
     (tmp_path / "odd").mkdir()
     save_file(odd, tmp_path / "odd" / "model.safetensors")
     assert weights_sha256(tmp_path / "odd") == weights_sha256(odd)
@@ -149,8 +174,7 @@ def test_model_card_yaml_and_body(measured):
 
 def test_several_measurements_side_by_side(measured, tiny):
     model, tok, lines = tiny
-    stats2, result2 = measure_into(measured, model, tok, lines[:8], name="epoch-1",
-                                   extra_meta={"split": "train"})
+    stats2, result2 = measure_into(measured, model, tok, lines[:8], name="epoch-1", extra_meta={"split": "train"})
     assert list_measurements(measured) == [None, "epoch-1"]
     write_model_card(measured)
     from huggingface_hub import ModelCard
@@ -229,7 +253,9 @@ def test_push_download_offline_round_trip(hub_env, measured):
         (measured / junk).write_bytes(b"junk")
     before = tree_digest(measured)
     info = push_measured(measured, "tester/stories260K-measured", private=True)
-    assert not any(("junk" in f or "checkpoint" in f or "cache" in f) for f in hub_env.hub.files("tester/stories260K-measured"))
+    assert not any(
+        ("junk" in f or "checkpoint" in f or "cache" in f) for f in hub_env.hub.files("tester/stories260K-measured")
+    )
     assert tree_digest(measured) == before  # pushing only reads the folder
     commits = [c for c in hub_env.hub.state.commits if c[0] == "tester/stories260K-measured"]
     assert len(commits) == 2 and commits[0][2] == "initial commit"  # create_repo + ONE commit
@@ -271,8 +297,12 @@ def test_offline_refs_main_trap(hub_env, measured, caplog):
     repo = "tester/trap"
     first = push_measured(measured, repo)
     load_measured(repo)  # complete snapshot of the first commit in the cache
-    second = HfApi().upload_file(path_or_fileobj=b"---\nlicense: mit\n---\n# new card\n", path_in_repo="README.md",
-                                 repo_id=repo, commit_message="card only")
+    second = HfApi().upload_file(
+        path_or_fileobj=b"---\nlicense: mit\n---\n# new card\n",
+        path_in_repo="README.md",
+        repo_id=repo,
+        commit_message="card only",
+    )
     hf_hub_download(repo, "README.md")  # moves refs/main to the second commit, with only README.md
     hub_env.go_offline()
     from huggingface_hub.errors import IncompleteSnapshotError
@@ -293,8 +323,9 @@ def test_offline_refs_main_trap(hub_env, measured, caplog):
 
 def test_push_to_branch(hub_env, measured):
     push_measured(measured, "tester/branched")
-    (measured / "collapse" / "metrics.json").write_text(json.dumps(
-        {**json.loads((measured / "collapse" / "metrics.json").read_text()), "nc1_cdnv": 123.0}))
+    (measured / "collapse" / "metrics.json").write_text(
+        json.dumps({**json.loads((measured / "collapse" / "metrics.json").read_text()), "nc1_cdnv": 123.0})
+    )
     info = push_measured(measured, "tester/branched", revision="v2", commit_message="v2 metrics")
     assert hub_env.hub.state.commits[-1] == ("tester/branched", "v2", "v2 metrics")
     assert load_measured("tester/branched", revision="v2", load_model=False).result["nc1_cdnv"] == 123.0
@@ -308,7 +339,9 @@ def test_online_repo_without_statistics_is_an_error_not_a_fallback(hub_env, meas
     push_measured(measured, "tester/dropped")
     load_measured("tester/dropped", load_model=False)  # a complete snapshot is now cached
     HfApi().delete_folder("collapse", repo_id="tester/dropped", commit_message="drop statistics")
-    with pytest.raises(FileNotFoundError, match=r"tester/dropped \(revision main, commit [0-9a-f]{40}\) holds no collapse/"):
+    with pytest.raises(
+        FileNotFoundError, match=r"tester/dropped \(revision main, commit [0-9a-f]{40}\) holds no collapse/"
+    ):
         load_measured("tester/dropped", load_model=False)
 
 
@@ -368,8 +401,13 @@ def test_cli_push_then_load_in_fresh_processes(hub_env, measured):
     online = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert online.returncode == 0, online.stderr[-2000:]
     hub_env.go_offline()
-    offline = subprocess.run([sys.executable, "-c", code], env=hub_env.env | {"PYTHONPATH": str(SRC)},
-                             capture_output=True, text=True, timeout=120)
+    offline = subprocess.run(
+        [sys.executable, "-c", code],
+        env=hub_env.env | {"PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert offline.returncode == 0, offline.stderr[-2000:]
     local = read_measurement(measured)[0]
     assert online.stdout.split()[0] == str(local.num_tokens) and offline.stdout == online.stdout
@@ -387,11 +425,28 @@ def test_trainer_push_to_hub_carries_card_and_statistics(hub_env, tiny, tmp_path
     data = [{"input_ids": i, "labels": i} for i in ids if len(i) == 32]
 
     out = tmp_path / "run"
-    args = TrainingArguments(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, report_to=[],
-                             save_strategy="no", push_to_hub=True, hub_model_id="tester/trained", use_cpu=True,
-                             learning_rate=1e-3, logging_steps=1, disable_tqdm=True)
-    trainer = CollapseTrainer(model=model, args=args, train_dataset=data, eval_dataset=data[:6], processing_class=tok,
-                              data_collator=default_data_collator, collapse_args=CollapseArguments(collapse_per_class=True))
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        report_to=[],
+        save_strategy="no",
+        push_to_hub=True,
+        hub_model_id="tester/trained",
+        use_cpu=True,
+        learning_rate=1e-3,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    trainer = CollapseTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data[:6],
+        processing_class=tok,
+        data_collator=default_data_collator,
+        collapse_args=CollapseArguments(collapse_per_class=True),
+    )
     trainer.train()
     metrics = trainer.evaluate()
     assert "eval_nc1_cdnv" in metrics
@@ -399,8 +454,14 @@ def test_trainer_push_to_hub_carries_card_and_statistics(hub_env, tiny, tmp_path
     hub = hub_env.hub
     assert hub.state.commits[-1] == ("tester/trained", "main", "end of training")
     files = hub.files("tester/trained")
-    for f in ("model.safetensors", "config.json", "collapse/statistics.safetensors", "collapse/metrics.json",
-              "collapse/collapse.png", "README.md"):
+    for f in (
+        "model.safetensors",
+        "config.json",
+        "collapse/statistics.safetensors",
+        "collapse/metrics.json",
+        "collapse/collapse.png",
+        "README.md",
+    ):
         assert f in files, f
     card = hub.file("tester/trained", "README.md").decode()
     assert "neural-collapse/nc1_cdnv" in card and "learning_rate: 0.001" in card

@@ -21,10 +21,26 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def measure_args(shared_data, out, *extra):
     d = shared_data
-    return ["measure", str(d / "models" / "stories260K"), "--train-file", str(d / "tinystories" / "train-head.txt"),
-            "--validation-file", str(d / "tinystories" / "validation-head.txt"), "--max-tokens", "3000",
-            "--block-size", "128", "--batch-size", "5", "--dtype", "float64", "--no-progress",
-            "--output-dir", str(out), *extra]
+    return [
+        "measure",
+        str(d / "models" / "stories260K"),
+        "--train-file",
+        str(d / "tinystories" / "train-head.txt"),
+        "--validation-file",
+        str(d / "tinystories" / "validation-head.txt"),
+        "--max-tokens",
+        "3000",
+        "--block-size",
+        "128",
+        "--batch-size",
+        "5",
+        "--dtype",
+        "float64",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
@@ -49,15 +65,33 @@ def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
     from hf_collapse import load_measured
 
     layer = load_measured(one, name="model_layers_3", load_model=False)
-    assert layer.statistics.num_tokens == 3000 and layer.result["nc1_cdnv"] == pytest.approx(m1["model_layers_3_nc1_cdnv"])
+    assert layer.statistics.num_tokens == 3000 and layer.result["nc1_cdnv"] == pytest.approx(
+        m1["model_layers_3_nc1_cdnv"]
+    )
     assert "`model_layers_3`" in (one / "README.md").read_text()
 
     # the same command under 2 processes (gloo); 24 blocks in batches of 5 per process leave an uneven
     # last step, so Accelerate pads it with repeated blocks that must not be counted
     two = tmp_path / "two"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(free_port()), "-m", "hf_collapse.cli", *measure_args(shared_data, two, *layers)]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "hf_collapse.cli",
+        *measure_args(shared_data, two, *layers),
+    ]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

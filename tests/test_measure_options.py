@@ -289,12 +289,35 @@ def test_measure_cli_flags_reach_metrics_json(shared_data, tmp_path, capsys):
     from hf_collapse.cli import main
 
     d = shared_data
-    base = ["measure", str(d / "models" / "stories260K"), "--train-file", str(d / "tinystories" / "train-head.txt"),
-            "--validation-file", str(d / "tinystories" / "validation-head.txt"), "--max-tokens", "2000",
-            "--block-size", "128", "--batch-size", "4", "--dtype", "float64", "--no-progress", "--no-save-model"]
+    base = [
+        "measure",
+        str(d / "models" / "stories260K"),
+        "--train-file",
+        str(d / "tinystories" / "train-head.txt"),
+        "--validation-file",
+        str(d / "tinystories" / "validation-head.txt"),
+        "--max-tokens",
+        "2000",
+        "--block-size",
+        "128",
+        "--batch-size",
+        "4",
+        "--dtype",
+        "float64",
+        "--no-progress",
+        "--no-save-model",
+    ]
     assert main([*base, "--output-dir", str(tmp_path / "a")]) == 0
-    flags = ["--min-count", "3", "--classes", *map(str, range(0, 512, 2)), "--global-mean", "weighted",
-             "--riesz-s", "2"]
+    flags = [
+        "--min-count",
+        "3",
+        "--classes",
+        *map(str, range(0, 512, 2)),
+        "--global-mean",
+        "weighted",
+        "--riesz-s",
+        "2",
+    ]
     assert main([*base, "--output-dir", str(tmp_path / "b"), *flags]) == 0
     capsys.readouterr()
     a = json.loads((tmp_path / "a" / "collapse" / "metrics.json").read_text())
@@ -309,8 +332,15 @@ def test_measure_cli_flags_reach_metrics_json(shared_data, tmp_path, capsys):
     from hf_collapse import CollapseStatistics
 
     stats = CollapseStatistics.load(tmp_path / "b" / "collapse" / "statistics.safetensors")
-    ref = measure_collapse(stats, dtype=torch.float64, min_count=3, classes=list(range(0, 512, 2)),
-                           global_mean="weighted", riesz_s=2.0, coincident="exclude")
+    ref = measure_collapse(
+        stats,
+        dtype=torch.float64,
+        min_count=3,
+        classes=list(range(0, 512, 2)),
+        global_mean="weighted",
+        riesz_s=2.0,
+        coincident="exclude",
+    )
     for key in ("nc1_cdnv", "nc2_etf_error", "gnc2_riesz_mean", "nc1_trace_quotient"):
         assert b[key] == pytest.approx(ref[key], rel=1e-12), key
     assert main([*base, "--output-dir", str(tmp_path / "c"), "--min-count", "0"]) == 1

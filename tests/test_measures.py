@@ -46,12 +46,34 @@ def test_every_measure_matches_dense_reference(dtype, rtol, tile):
     h, y, W, b, ht, yt = problem()
     s = stats_of(h, y, 40, covariance=True)
     ood = ood_features(h.shape[1])
-    res = measure_collapse(s, weights=W, bias=b, k=2.0, features=ht, labels=yt, per_class=True,
-                           tile_size=tile, dtype=dtype, riesz_s=3.0, ood_features=ood)
+    res = measure_collapse(
+        s,
+        weights=W,
+        bias=b,
+        k=2.0,
+        features=ht,
+        labels=yt,
+        per_class=True,
+        tile_size=tile,
+        dtype=dtype,
+        riesz_s=3.0,
+        ood_features=ood,
+    )
     counts, means, variances = dense_statistics(h.numpy(), y.numpy(), 40)
-    ref, per = dense_measures(counts, means, variances, W=W.numpy(), b=b.numpy(), k=2.0,
-                              h_test=ht.numpy(), y_test=yt.numpy(), h_train=h.numpy(), y_train=y.numpy(),
-                              riesz_s=3.0, h_ood=ood.numpy())
+    ref, per = dense_measures(
+        counts,
+        means,
+        variances,
+        W=W.numpy(),
+        b=b.numpy(),
+        k=2.0,
+        h_test=ht.numpy(),
+        y_test=yt.numpy(),
+        h_train=h.numpy(),
+        y_train=y.numpy(),
+        riesz_s=3.0,
+        h_ood=ood.numpy(),
+    )
     assert set(res) == set(ref) == set(MEASURE_KEYS)
     for key in ref:
         np.testing.assert_allclose(res[key], ref[key], rtol=rtol, atol=1e-12, err_msg=key)
@@ -112,11 +134,11 @@ def test_perfect_collapse_orthogonal_means():
     # add noise of known variance: sigma_c^2 = 2 * 0.1^2 * ... computed exactly by the dense reference
     noise = torch.zeros(len(y), d, dtype=torch.float64)
     noise[:C, 0] = 0.1
-    noise[C:2 * C, 0] = -0.1
+    noise[C : 2 * C, 0] = -0.1
     s2 = stats_of(mu[y] + noise, y, C)
     sig = 2 * 0.01 / 3  # per class: two samples at +-0.1, one at 0
     dist = 2.0 * math.sqrt(2)  # ||mu_c - mu_c'|| for scaled orthonormal means
-    expected = sig / dist ** 4  # (sig + sig) / (2 dist^(2+2))
+    expected = sig / dist**4  # (sig + sig) / (2 dist^(2+2))
     assert measure_collapse(s2, dtype=torch.float64)["nc1_cdnv"] == pytest.approx(expected, rel=1e-12)
 
 
@@ -129,18 +151,20 @@ def test_rotation_and_scaling_invariance():
     h, y, W, _, ht, yt = problem(C=20, seed=4)
     base = measure_collapse(stats_of(h, y, 20, covariance=True), weights=W, features=ht, labels=yt, dtype=torch.float64)
     Q = rotation(h.shape[1])
-    rot = measure_collapse(stats_of(h @ Q, y, 20, covariance=True), weights=W @ Q, features=ht @ Q, labels=yt,
-                           dtype=torch.float64)
+    rot = measure_collapse(
+        stats_of(h @ Q, y, 20, covariance=True), weights=W @ Q, features=ht @ Q, labels=yt, dtype=torch.float64
+    )
     for key in base:
         assert rot[key] == pytest.approx(base[key], rel=1e-8, abs=1e-12), key
     a = 7.5
-    scaled = measure_collapse(stats_of(h * a, y, 20, covariance=True), weights=W * 3.0, features=ht * a, labels=yt,
-                              dtype=torch.float64)
+    scaled = measure_collapse(
+        stats_of(h * a, y, 20, covariance=True), weights=W * 3.0, features=ht * a, labels=yt, dtype=torch.float64
+    )
     scale_free = [k_ for k_ in base if k_ not in ("nc1_cdnv", "nc2_norm_mean", "nc2_equinorm_cov")]
     for key in scale_free:
         assert scaled[key] == pytest.approx(base[key], rel=1e-8, abs=1e-12), key
     # the scale-dependent ones move exactly as their formulas say
-    assert scaled["nc1_cdnv"] == pytest.approx(base["nc1_cdnv"] * a ** -2, rel=1e-8)  # k = 2: a^2 / a^4
+    assert scaled["nc1_cdnv"] == pytest.approx(base["nc1_cdnv"] * a**-2, rel=1e-8)  # k = 2: a^2 / a^4
     assert scaled["nc2_norm_mean"] == pytest.approx(base["nc2_norm_mean"] + math.log(a), rel=1e-10)
 
 
@@ -204,8 +228,9 @@ def test_classifier_checks_and_zero_rows():
     res = measure_collapse(s, weights=W0, per_class=True, dtype=torch.float64)
     assert math.isnan(res.per_class["duality"][2].item())
     assert res.info["nc3_classes"] == 9
-    ref_cos = torch.nn.functional.cosine_similarity(W[[0, 1, 3, 4, 5, 6, 7, 8, 9]],
-                                                    (s.means - s.global_mean)[[0, 1, 3, 4, 5, 6, 7, 8, 9]])
+    ref_cos = torch.nn.functional.cosine_similarity(
+        W[[0, 1, 3, 4, 5, 6, 7, 8, 9]], (s.means - s.global_mean)[[0, 1, 3, 4, 5, 6, 7, 8, 9]]
+    )
     assert res["nc3_duality_mean"] == pytest.approx(ref_cos.mean().item(), rel=1e-10)
     with pytest.raises(ValueError, match="every classifier row"):
         measure_collapse(s, weights=torch.zeros_like(W))
@@ -213,8 +238,13 @@ def test_classifier_checks_and_zero_rows():
     big_bias = torch.zeros(10, dtype=torch.float64)
     big_bias[4] = 1e6
     res_b = measure_collapse(s, weights=W, bias=big_bias, features=ht, labels=yt)
-    ref, _ = dense_measures(*dense_statistics(h.numpy(), y.numpy(), 10), W=W.numpy(), b=big_bias.numpy(),
-                            h_test=ht.numpy(), y_test=yt.numpy())
+    ref, _ = dense_measures(
+        *dense_statistics(h.numpy(), y.numpy(), 10),
+        W=W.numpy(),
+        b=big_bias.numpy(),
+        h_test=ht.numpy(),
+        y_test=yt.numpy(),
+    )
     assert res_b["nc4_agreement"] == pytest.approx(ref["nc4_agreement"])
 
 
@@ -258,8 +288,9 @@ def test_coincident_means_excluded_on_request():
         measure_collapse(s, weights=W)
     with pytest.raises(ValueError, match="coincident must be"):
         measure_collapse(s, coincident="drop")
-    res = measure_collapse(s, weights=W, features=ht, labels=yt, per_class=True, dtype=torch.float64,
-                           coincident="exclude")
+    res = measure_collapse(
+        s, weights=W, features=ht, labels=yt, per_class=True, dtype=torch.float64, coincident="exclude"
+    )
     assert res.info["num_classes_coincident"] == 2 and res.info["num_classes_present"] == 10
     assert 1 not in res.per_class["class_ids"].tolist() and 4 not in res.per_class["class_ids"].tolist()
     # the same as measuring statistics in which those two classes never occurred

@@ -108,17 +108,21 @@ def test_card_and_docstring_examples_run(evaluate_env):
     assert result.failed == 0 and n >= 10, result
     # the module's own docstring examples, as evaluate's test_metric_common runs them
     namespace = {}
-    exec(compile((METRIC_DIR / "neural_collapse.py").read_text(encoding="utf-8"), "neural_collapse.py", "exec"),
-         namespace)
+    exec(
+        compile((METRIC_DIR / "neural_collapse.py").read_text(encoding="utf-8"), "neural_collapse.py", "exec"),
+        namespace,
+    )
     result, n = _run_examples(namespace["_KWARGS_DESCRIPTION"], "neural_collapse._KWARGS_DESCRIPTION")
     assert result.failed == 0 and n >= 10, result
 
 
 def test_examples_fail_when_numbers_are_wrong(evaluate_env):
     # guards the example runner itself: a wrong expected value must be reported as a failure
-    text = ">>> import evaluate, numpy as np\n>>> nc = evaluate.load('neural_collapse')\n" \
-           ">>> r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n" \
-           ">>> round(r['nc1_cdnv'], 6)\n0.5\n"
+    text = (
+        ">>> import evaluate, numpy as np\n>>> nc = evaluate.load('neural_collapse')\n"
+        ">>> r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n"
+        ">>> round(r['nc1_cdnv'], 6)\n0.5\n"
+    )
     result, _ = _run_examples(text, "wrong")
     assert result.failed == 1
 
@@ -159,8 +163,13 @@ def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
 def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path, capsys):
     home = tmp_path / "home"
     env = _clean_env(HF_HOME=str(home))
-    out = subprocess.run([PY, "-c", "import hf_collapse, hf_collapse.hub, hf_collapse.trainer"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [PY, "-c", "import hf_collapse, hf_collapse.hub, hf_collapse.trainer"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert not home.exists()  # import registered nothing
     blocker = tmp_path / "a_file"
@@ -179,10 +188,12 @@ def test_cli_install_check_export(tmp_path, capsys):
     assert "registered" in capsys.readouterr().out
 
 
-_LOAD_CODE = ("import evaluate, numpy as np\n"
-              "nc = evaluate.load('neural_collapse')\n"
-              "r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n"
-              "print('CDNV', round(r['nc1_cdnv'], 8), type(nc).__module__)\n")
+_LOAD_CODE = (
+    "import evaluate, numpy as np\n"
+    "nc = evaluate.load('neural_collapse')\n"
+    "r = nc.compute(features=np.array([[1., 0], [3, 0], [0, 2], [0, 4]]), labels=np.array([0, 0, 1, 1]))\n"
+    "print('CDNV', round(r['nc1_cdnv'], 8), type(nc).__module__)\n"
+)
 
 
 def _clean_env(**extra):
@@ -213,8 +224,17 @@ def test_wheel_ships_the_registered_module(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     out = subprocess.run(
-        [PY, "-c", "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))",
-         str(tmp_path / "dist")], cwd=src, capture_output=True, text=True, timeout=300)
+        [
+            PY,
+            "-c",
+            "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))",
+            str(tmp_path / "dist"),
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     wheel = tmp_path / "dist" / out.stdout.strip().splitlines()[-1]
     cache = tmp_path / "modules"
@@ -229,8 +249,14 @@ def test_wheel_ships_the_registered_module(tmp_path):
     workdir.mkdir()
     env = _clean_env(PYTHONPATH=str(tmp_path / "site"), HF_HOME=str(tmp_path / "home"))
     register = "from hf_collapse.integrations.metric import register_metric; register_metric()\n"
-    out = subprocess.run([PY, "-c", "import hf_collapse; print(hf_collapse.__file__)\n" + register + _LOAD_CODE],
-                         cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [PY, "-c", "import hf_collapse; print(hf_collapse.__file__)\n" + register + _LOAD_CODE],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith(str(tmp_path / "site" / "hf_collapse")) and f"CDNV {round(1 / 169, 8)}" in out.stdout
     assert reg.registered_script(tmp_path / "home" / "modules").read_bytes() == script.read_bytes()

@@ -14,7 +14,11 @@ def data():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 30, (900,), generator=g)
     y[y == 5] = 6  # an absent class
-    h = torch.randn(30, 8, generator=g, dtype=torch.float64)[y] * 3 + 1e3 + torch.randn(900, 8, generator=g, dtype=torch.float64)
+    h = (
+        torch.randn(30, 8, generator=g, dtype=torch.float64)[y] * 3
+        + 1e3
+        + torch.randn(900, 8, generator=g, dtype=torch.float64)
+    )
     return h, y
 
 

@@ -80,8 +80,9 @@ def test_batch_order_size_and_split_invariance(covariance):
         torch.testing.assert_close(other.means, whole.means, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(other.variances, whole.variances, rtol=1e-10, atol=1e-12)
         if covariance:
-            torch.testing.assert_close(other.within_class_covariance(), whole.within_class_covariance(),
-                                       rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                other.within_class_covariance(), whole.within_class_covariance(), rtol=1e-10, atol=1e-12
+            )
 
 
 def test_within_class_covariance_matches_dense():

@@ -39,19 +39,31 @@ def test_run_name_scheme():
 
 
 def test_train_one_logs_nc_metrics_and_saves_measured_folder(tmp_path):
-    args = StudyArguments(width=32, depth=2, epochs=1, num_heads=4, builtin_stories=300, block_size=32,
-                          batch_size=16, learning_rate=3e-3, output_dir=str(tmp_path), eval_strategy="steps")
+    args = StudyArguments(
+        width=32,
+        depth=2,
+        epochs=1,
+        num_heads=4,
+        builtin_stories=300,
+        block_size=32,
+        batch_size=16,
+        learning_rate=3e-3,
+        output_dir=str(tmp_path),
+        eval_strategy="steps",
+    )
     row = train_one(args, training_overrides={"max_steps": 6, "eval_steps": 3})
     folder = tmp_path / "TinyStories-2x32_1L"
     assert row["path"] == str(folder)
     info = json.loads((folder / "run.json").read_text())
     evals = [e for e in info["log_history"] if "eval_loss" in e]
-    assert len(evals) >= 2                              # steps 3 and 6 (+ the final evaluate)
-    for e in evals:                                     # NC metrics logged beside eval_loss at each evaluation
+    assert len(evals) >= 2  # steps 3 and 6 (+ the final evaluate)
+    for e in evals:  # NC metrics logged beside eval_loss at each evaluation
         assert {"eval_nc1_cdnv", "eval_nc4_agreement", "eval_nc3_duality_mean"} <= set(e)
         assert e["eval_nc1_cdnv"] > 0
     metrics = json.loads((folder / "collapse" / "metrics.json").read_text())
-    assert metrics["eval_loss"] == pytest.approx(row["val_loss"]) and metrics["nc1_cdnv"] == pytest.approx(row["nc1_cdnv"])
+    assert metrics["eval_loss"] == pytest.approx(row["val_loss"]) and metrics["nc1_cdnv"] == pytest.approx(
+        row["nc1_cdnv"]
+    )
     stats, extras = CollapseStatistics.load_with_extras(folder / "collapse" / "statistics.safetensors")
     assert stats.dim == 32 and stats.num_classes == 512 and "per_class.cdnv_row_mean" in extras
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
@@ -63,17 +75,46 @@ def test_train_clm_script_on_real_text(tmp_path, shared_data):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     ts = shared_data / "tinystories"
-    rc = mod.main(["--train_file", str(ts / "train-head.txt"), "--validation_file", str(ts / "validation-head.txt"),
-                   "--tokenizer", str(shared_data / "tokenizers" / "gpt2"), "--max_train_stories", "60",
-                   "--max_eval_blocks", "8", "--width", "32", "--depth", "1", "--num_heads", "4",
-                   "--block_size", "64", "--batch_size", "8", "--epochs", "1", "--output_dir", str(tmp_path),
-                   "--measure_max_tokens", "3000", "--nc4_max_tokens", "500", "--eval_strategy", "no"])
+    rc = mod.main(
+        [
+            "--train_file",
+            str(ts / "train-head.txt"),
+            "--validation_file",
+            str(ts / "validation-head.txt"),
+            "--tokenizer",
+            str(shared_data / "tokenizers" / "gpt2"),
+            "--max_train_stories",
+            "60",
+            "--max_eval_blocks",
+            "8",
+            "--width",
+            "32",
+            "--depth",
+            "1",
+            "--num_heads",
+            "4",
+            "--block_size",
+            "64",
+            "--batch_size",
+            "8",
+            "--epochs",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+            "--measure_max_tokens",
+            "3000",
+            "--nc4_max_tokens",
+            "500",
+            "--eval_strategy",
+            "no",
+        ]
+    )
     assert rc == 0
     folder = tmp_path / "TinyStories-1x32_1L"
     metrics = json.loads((folder / "collapse" / "metrics.json").read_text())
     assert metrics["num_classes"] == 50257 and 100 < metrics["num_classes_present"] < 3000
     assert metrics["num_tokens"] == 3000
-    assert 5.0 < metrics["eval_loss"] < 11.0            # ln(50257) = 10.8 at chance
+    assert 5.0 < metrics["eval_loss"] < 11.0  # ln(50257) = 10.8 at chance
     info = json.loads((folder / "run.json").read_text())
     assert any("eval_nc1_cdnv" in e for e in info["log_history"])
 
@@ -85,8 +126,23 @@ def test_prepare_data_rejects_missing_file(tmp_path):
 
 def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = cli.main(["demo", "--output-dir", str(out), "--sizes", "1x16,1x32,2x32", "--epochs", "1,2",
-                   "--stories", "300", "--block-size", "32", "--permutations", "200"])
+    rc = cli.main(
+        [
+            "demo",
+            "--output-dir",
+            str(out),
+            "--sizes",
+            "1x16,1x32,2x32",
+            "--epochs",
+            "1,2",
+            "--stories",
+            "300",
+            "--block-size",
+            "32",
+            "--permutations",
+            "200",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "TinyStories-2x32_2H" in text and "directional measures" in text and str(out.resolve()) in text
@@ -112,7 +168,7 @@ def test_coincident_classes_are_left_out_of_the_measures():
     y = torch.arange(30) % 8
     stats.update(h, y)
     same = torch.randn(2, 4, generator=g)
-    stats.update(same, torch.tensor([8, 8]))       # classes 8 and 9: the same two contexts each
+    stats.update(same, torch.tensor([8, 8]))  # classes 8 and 9: the same two contexts each
     stats.update(same, torch.tensor([9, 9]))
     with pytest.raises(ValueError, match="identical"):
         measure_collapse(stats)
@@ -127,8 +183,27 @@ def test_coincident_classes_are_left_out_of_the_measures():
 def test_demo_seeds_table1_design(tmp_path, capsys):
     """--seeds 4 on a tiny size: 4 replicas of one configuration, distinct data seeds, fixed init seed."""
     out = tmp_path / "seeds"
-    rc = cli.main(["demo", "--output-dir", str(out), "--seeds", "4", "--sizes", "1x16,2x32", "--epochs", "1,3",
-                   "--stories", "200", "--block-size", "32", "--permutations", "500", "--seed", "3"])
+    rc = cli.main(
+        [
+            "demo",
+            "--output-dir",
+            str(out),
+            "--seeds",
+            "4",
+            "--sizes",
+            "1x16,2x32",
+            "--epochs",
+            "1,3",
+            "--stories",
+            "200",
+            "--block-size",
+            "32",
+            "--permutations",
+            "500",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "model 1/4: 1x16, 1 epoch, init seed 3, data seed 3" in text and "model 4/4:" in text
@@ -137,19 +212,40 @@ def test_demo_seeds_table1_design(tmp_path, capsys):
     assert len(rows) == 4
     assert {(r["width"], r["depth"], r["epochs"], r["weight_decay"]) for r in rows} == {(16, 1, 1.0, 0.0005)}
     assert sorted(r["data_seed"] for r in rows) == [3, 4, 5, 6] and {r["seed"] for r in rows} == {3}
-    assert len({r["val_loss"] for r in rows}) == 4   # the data order alone changes the model
+    assert len({r["val_loss"] for r in rows}) == 4  # the data order alone changes the model
     corr = read_csv_rows(out / "correlations.csv")
     assert {c["metric"] for c in corr} >= {"nc1_cdnv", "nc4_agreement"}
-    assert all(c["n"] == 4 and c["num_permutations"] == 24 and 0 < c["p_value"] <= 1 for c in corr)   # exact: 4!
+    assert all(c["n"] == 4 and c["num_permutations"] == 24 and 0 < c["p_value"] <= 1 for c in corr)  # exact: 4!
     report = (out / "report.md").read_text()
     assert "Design: seed replicas: 4 runs of one configuration (1x16" in report
     assert "| 0.490278 | **0.0001** |" in report and "![nc_vs_val_loss](nc_vs_val_loss.png)" in report
     assert (out / "nc_vs_val_loss.png").stat().st_size > 5000 and not list(out.glob("scaling_*.png"))
     # --seed-init varies the initialisation too; --quiet prints no per-model lines
     out2 = tmp_path / "init"
-    assert cli.main(["demo", "--output-dir", str(out2), "--seeds", "3", "--seed-init", "--sizes", "1x16",
-                     "--epochs", "1", "--stories", "200", "--block-size", "32", "--permutations", "50",
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--output-dir",
+                str(out2),
+                "--seeds",
+                "3",
+                "--seed-init",
+                "--sizes",
+                "1x16",
+                "--epochs",
+                "1",
+                "--stories",
+                "200",
+                "--block-size",
+                "32",
+                "--permutations",
+                "50",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "model 1/3" not in capsys.readouterr().out
     rows = read_csv_rows(out2 / "runs.csv")
     assert [(r["seed"], r["data_seed"]) for r in rows] == [(0, 0), (1, 1), (2, 2)]
@@ -161,8 +257,23 @@ def test_demo_with_fewer_than_three_runs_keeps_them(tmp_path, capsys):
     """``--sizes 1x16`` x 2 lengths = 2 runs: the user is told before training; runs.csv and a report
     (fits marked not available) are written instead of failing after training."""
     out = tmp_path / "demo"
-    rc = cli.main(["demo", "--output-dir", str(out), "--sizes", "1x16", "--epochs", "1,2",
-                   "--stories", "200", "--block-size", "32", "--permutations", "50"])
+    rc = cli.main(
+        [
+            "demo",
+            "--output-dir",
+            str(out),
+            "--sizes",
+            "1x16",
+            "--epochs",
+            "1,2",
+            "--stories",
+            "200",
+            "--block-size",
+            "32",
+            "--permutations",
+            "50",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert text.index("too few for the fits") < text.index("model 1/2")

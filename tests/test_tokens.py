@@ -24,15 +24,17 @@ def folder(tmp_path_factory):
     present = torch.arange(40, 140)
     present = torch.unique(torch.cat([present, torch.tensor([lily])]))
     means = torch.randn(C, d, generator=g) * 5
-    means[lily] = means[present].mean(0) + 0.05 * torch.randn(d, generator=g)   # centred norm ~0.2
-    labels = present.repeat_interleave(20)                                      # (N,)
+    means[lily] = means[present].mean(0) + 0.05 * torch.randn(d, generator=g)  # centred norm ~0.2
+    labels = present.repeat_interleave(20)  # (N,)
     features = means[labels] + 0.3 * torch.randn(len(labels), d, generator=g)  # (N, d)
     stats = CollapseStatistics(C, d)
     stats.update(features, labels)
     weights = torch.randn(C, d, generator=g)
     result = measure_collapse(stats, weights=weights, per_class=True)
-    stats.save(out / "collapse" / "statistics.safetensors",
-               extra_tensors={f"per_class.{k}": v for k, v in result.per_class.items()})
+    stats.save(
+        out / "collapse" / "statistics.safetensors",
+        extra_tensors={f"per_class.{k}": v for k, v in result.per_class.items()},
+    )
     return out, tok, lily
 
 
@@ -47,7 +49,7 @@ def test_rankings_find_planted_token(folder):
     assert rep["num_classes"] == 101 and rep["average"]["count"] == pytest.approx(20.0)
     hit = rep["lookup"][0]["matches"]
     assert any(m["token_id"] == lily and not m.get("absent") for m in hit)
-    assert rep["lookup"][1]["matches"] == []                 # not a single token
+    assert rep["lookup"][1]["matches"] == []  # not a single token
 
 
 def test_cli_prints_and_writes_json(folder, tmp_path, capsys):

@@ -33,7 +33,8 @@ class Recorder(TrainerCallback):
 
 def test_arguments_parse_from_command_line():
     (c,) = HfArgumentParser(CollapseArguments).parse_args_into_dataclasses(
-        ["--collapse_k", "1.5", "--collapse_modules", "transformer.h.1", "lm_head", "--collapse_dtype", "float64"])
+        ["--collapse_k", "1.5", "--collapse_modules", "transformer.h.1", "lm_head", "--collapse_dtype", "float64"]
+    )
     assert c.collapse_k == 1.5 and c.modules == ["transformer.h.1", "lm_head"] and c.torch_dtype == torch.float64
     with pytest.raises(ValueError, match="collapse_dtype"):
         CollapseArguments(collapse_dtype="half")
@@ -44,9 +45,14 @@ def test_arguments_parse_from_command_line():
 def test_collapse_trainer_logs_and_checkpoints(shared_data, tmp_path):
     train, evals = blocks(shared_data)
     rec = Recorder()
-    trainer = CollapseTrainer(model=tiny_gpt_neo(), args=training_args(tmp_path), train_dataset=train,
-                              eval_dataset=evals, callbacks=[rec],
-                              collapse_args=CollapseArguments(collapse_modules=["lm_head", "transformer.h.1"]))
+    trainer = CollapseTrainer(
+        model=tiny_gpt_neo(),
+        args=training_args(tmp_path),
+        train_dataset=train,
+        eval_dataset=evals,
+        callbacks=[rec],
+        collapse_args=CollapseArguments(collapse_modules=["lm_head", "transformer.h.1"]),
+    )
     trainer.train()
     evals_logged = [h for h in trainer.state.log_history if "eval_loss" in h]
     assert len(evals_logged) == 2
@@ -73,8 +79,12 @@ def test_collapse_trainer_logs_and_checkpoints(shared_data, tmp_path):
 def test_callback_on_stock_trainer(shared_data, tmp_path):
     train, evals = blocks(shared_data)
     rec = Recorder()
-    trainer = Trainer(model=tiny_gpt_neo(), args=training_args(tmp_path, max_steps=2, save_steps=2),
-                      train_dataset=train, eval_dataset=evals)
+    trainer = Trainer(
+        model=tiny_gpt_neo(),
+        args=training_args(tmp_path, max_steps=2, save_steps=2),
+        train_dataset=train,
+        eval_dataset=evals,
+    )
     trainer.add_callback(rec)  # an integration registered before ours
     cb = CollapseCallback(CollapseArguments()).attach(trainer)
     trainer.train()
@@ -99,11 +109,26 @@ def _launch(launcher, out, shared_data, mode):
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            port,
+        ]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([*cmd, HELPER, str(out), str(shared_data), mode], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [*cmd, HELPER, str(out), str(shared_data), mode], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc, json.loads((out / "result.json").read_text())
 
@@ -114,8 +139,12 @@ def _one_process_metrics(shared_data, folder, tmp_path):
 
     model = GPTNeoForCausalLM.from_pretrained(folder)
     _, evals = blocks(shared_data)
-    one = CollapseTrainer(model=model, args=training_args(tmp_path / "one"), eval_dataset=evals,
-                          collapse_args=CollapseArguments(collapse_dtype="float64"))
+    one = CollapseTrainer(
+        model=model,
+        args=training_args(tmp_path / "one"),
+        eval_dataset=evals,
+        collapse_args=CollapseArguments(collapse_dtype="float64"),
+    )
     m1 = one.evaluate()
     assert one.collapse_report.statistics.num_tokens == 7 * 31
     keys = [k for k in m1 if "nc" in k]
@@ -162,9 +191,13 @@ def test_process_group_the_trainer_does_not_use(shared_data, tmp_path):
 
 def test_dedicated_pass_with_budget_and_no_nc4(shared_data, tmp_path):
     train, evals = blocks(shared_data)
-    trainer = CollapseTrainer(model=tiny_gpt_neo(), args=training_args(tmp_path), eval_dataset=evals,
-                              collapse_dataset=train,
-                              collapse_args=CollapseArguments(collapse_max_tokens=50, collapse_nc4=False))
+    trainer = CollapseTrainer(
+        model=tiny_gpt_neo(),
+        args=training_args(tmp_path),
+        eval_dataset=evals,
+        collapse_dataset=train,
+        collapse_args=CollapseArguments(collapse_max_tokens=50, collapse_nc4=False),
+    )
     m = trainer.evaluate()
     assert trainer.collapse_report.statistics.num_tokens == 50
     assert "eval_nc1_cdnv" in m and "eval_nc4_agreement" not in m and "eval_ncc_accuracy" not in m

@@ -137,7 +137,8 @@ def _batch(features, labels):
 
 def _is_statistics(x):
     return isinstance(x, CollapseStatistics) or (
-        isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, CollapseStatistics) for s in x))
+        isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, CollapseStatistics) for s in x)
+    )
 
 
 class NeuralCollapse(evaluate.Metric):
@@ -148,14 +149,22 @@ class NeuralCollapse(evaluate.Metric):
             features = datasets.Features({"statistics": datasets.Value("string")})  # one file path per row
         elif self.config_name == "default":
             # (n, d) per add_batch call; d and the dtype are fixed by the first batch
-            features = datasets.Features({"features": datasets.Array2D(shape=(None, None), dtype="float32"),
-                                          "labels": datasets.Sequence(datasets.Value("int64"))})
+            features = datasets.Features(
+                {
+                    "features": datasets.Array2D(shape=(None, None), dtype="float32"),
+                    "labels": datasets.Sequence(datasets.Value("int64")),
+                }
+            )
         else:
             raise ValueError(f"unknown configuration {self.config_name!r}: use 'default' or {STATISTICS_CONFIG!r}")
         info = evaluate.MetricInfo(
-            description=_DESCRIPTION, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
-            features=features, codebase_urls=["https://pypi.org/project/hf-collapse/"],
-            reference_urls=["https://arxiv.org/abs/2405.17767"], license="Apache-2.0",
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=features,
+            codebase_urls=["https://pypi.org/project/hf-collapse/"],
+            reference_urls=["https://arxiv.org/abs/2405.17767"],
+            license="Apache-2.0",
         )
         # numpy format: one (n, d) array per row. MetricInfo only accepts it for Value features, so
         # it is set after construction (evaluate reads it when compute() formats the data).
@@ -167,8 +176,12 @@ class NeuralCollapse(evaluate.Metric):
         if self.config_name == STATISTICS_CONFIG:
             return self.features
         h = batch["features"][0]  # (n, d) of the first batch fixes d and the dtype
-        return datasets.Features({"features": datasets.Array2D(shape=(None, h.shape[1]), dtype=h.dtype.name),
-                                  "labels": datasets.Sequence(datasets.Value("int64"))})
+        return datasets.Features(
+            {
+                "features": datasets.Array2D(shape=(None, h.shape[1]), dtype=h.dtype.name),
+                "labels": datasets.Sequence(datasets.Value("int64")),
+            }
+        )
 
     def add_batch(self, *, features=None, labels=None, **kwargs):
         """One batch: ``features`` (n, d) and ``labels`` (n,) (or ``statistics=`` path(s))."""
@@ -180,8 +193,10 @@ class NeuralCollapse(evaluate.Metric):
                 raise ValueError("add_batch needs `statistics=`: path(s) of saved CollapseStatistics files")
             paths = [stats] if isinstance(stats, (str, os.PathLike)) else list(stats)
             if any(isinstance(s, CollapseStatistics) for s in paths):
-                raise TypeError("CollapseStatistics objects cannot be stored in evaluate's Arrow cache: pass them to "
-                                "compute(statistics=...) or add the path of a file written by stats.save(path)")
+                raise TypeError(
+                    "CollapseStatistics objects cannot be stored in evaluate's Arrow cache: pass them to "
+                    "compute(statistics=...) or add the path of a file written by stats.save(path)"
+                )
             for p in paths:
                 if not os.path.isfile(os.fspath(p)):
                     raise FileNotFoundError(f"no statistics file at {os.fspath(p)!r}")
@@ -210,8 +225,10 @@ class NeuralCollapse(evaluate.Metric):
         if self.config_name == STATISTICS_CONFIG and _is_statistics(kwargs.get("statistics")):
             # in-memory statistics skip the Arrow cache (they hold C x d floats)
             if len(self) or self.num_process > 1:
-                raise ValueError("pass CollapseStatistics objects to compute() only in a single process with "
-                                 "nothing added; in multi-process mode add saved files by path")
+                raise ValueError(
+                    "pass CollapseStatistics objects to compute() only in a single process with "
+                    "nothing added; in multi-process mode add saved files by path"
+                )
             stats = kwargs.pop("statistics")
             return self._measure(list(stats) if isinstance(stats, (list, tuple)) else [stats], **kwargs)
         if self.config_name == STATISTICS_CONFIG and isinstance(kwargs.get("statistics"), (str, os.PathLike)):
@@ -219,12 +236,41 @@ class NeuralCollapse(evaluate.Metric):
         return super().compute(**kwargs)
 
     # ------------------------------------------------------------------ measure
-    def _compute(self, features=None, labels=None, statistics=None, num_classes=None, weights=None, bias=None, k=2.0,
-                 test_features=None, test_labels=None, dtype="float32", tile_size=1024, device=None, min_count=1,
-                 classes=None, global_mean="unweighted", riesz_s=None, ood_features=None):
-        kwargs = dict(weights=weights, bias=bias, k=k, test_features=test_features, test_labels=test_labels,
-                      dtype=dtype, tile_size=tile_size, device=device, min_count=min_count, classes=classes,
-                      global_mean=global_mean, riesz_s=riesz_s, ood_features=ood_features)
+    def _compute(
+        self,
+        features=None,
+        labels=None,
+        statistics=None,
+        num_classes=None,
+        weights=None,
+        bias=None,
+        k=2.0,
+        test_features=None,
+        test_labels=None,
+        dtype="float32",
+        tile_size=1024,
+        device=None,
+        min_count=1,
+        classes=None,
+        global_mean="unweighted",
+        riesz_s=None,
+        ood_features=None,
+    ):
+        kwargs = dict(
+            weights=weights,
+            bias=bias,
+            k=k,
+            test_features=test_features,
+            test_labels=test_labels,
+            dtype=dtype,
+            tile_size=tile_size,
+            device=device,
+            min_count=min_count,
+            classes=classes,
+            global_mean=global_mean,
+            riesz_s=riesz_s,
+            ood_features=ood_features,
+        )
         if self.config_name == STATISTICS_CONFIG:
             if num_classes is not None:
                 raise ValueError("num_classes comes from the statistics file in the 'statistics' configuration")
@@ -246,23 +292,51 @@ class NeuralCollapse(evaluate.Metric):
                 stats.update(torch.from_numpy(h), torch.from_numpy(y))
         return self._measure([stats], **kwargs)
 
-    def _measure(self, stats_list, weights=None, bias=None, k=2.0, test_features=None, test_labels=None,
-                 dtype="float32", tile_size=1024, device=None, min_count=1, classes=None, global_mean="unweighted",
-                 riesz_s=None, ood_features=None):
+    def _measure(
+        self,
+        stats_list,
+        weights=None,
+        bias=None,
+        k=2.0,
+        test_features=None,
+        test_labels=None,
+        dtype="float32",
+        tile_size=1024,
+        device=None,
+        min_count=1,
+        classes=None,
+        global_mean="unweighted",
+        riesz_s=None,
+        ood_features=None,
+    ):
         stats = stats_list[0] if len(stats_list) == 1 else stats_list[0].clone()
         for other in stats_list[1:]:
             stats.merge(other)  # sums add: merging shards equals accumulating their samples together
         if (test_features is not None or test_labels is not None) and weights is None:
-            raise ValueError("test_features/test_labels measure nc4_agreement, which needs the classifier: pass "
-                             "weights= (C, d), e.g. model.get_output_embeddings().weight")
+            raise ValueError(
+                "test_features/test_labels measure nc4_agreement, which needs the classifier: pass "
+                "weights= (C, d), e.g. model.get_output_embeddings().weight"
+            )
         if dtype not in ("float32", "float64", torch.float32, torch.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         # tensors and numpy arrays go to the core as they are; it validates shapes and dtypes
         if ood_features is not None and not isinstance(ood_features, torch.Tensor):
             ood_features = torch.from_numpy(np.asarray(_to_numpy(ood_features, "ood_features"), dtype=np.float64))
-        result = measure_collapse(stats, weights=weights, bias=bias, k=k, features=test_features,
-                                  labels=test_labels, dtype=dtype, tile_size=tile_size, device=device,
-                                  min_count=min_count, classes=classes, global_mean=global_mean, riesz_s=riesz_s,
-                                  ood_features=ood_features)
+        result = measure_collapse(
+            stats,
+            weights=weights,
+            bias=bias,
+            k=k,
+            features=test_features,
+            labels=test_labels,
+            dtype=dtype,
+            tile_size=tile_size,
+            device=device,
+            min_count=min_count,
+            classes=classes,
+            global_mean=global_mean,
+            riesz_s=riesz_s,
+            ood_features=ood_features,
+        )
         return dict(result)

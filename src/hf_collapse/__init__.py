@@ -11,19 +11,38 @@ from .core.registry import MEASURES
 from .core.statistics import CollapseStatistics
 
 __all__ = [
-    "CollapseStatistics", "CollapseResult", "measure_collapse", "MEASURES", "__version__",
-    "load_measured", "push_measured", "save_measured", "MeasuredModel", "collect_statistics", "measure_model",
-    "CollapseReport", "CollapseTrainer", "CollapseArguments", "CollapseCallback", "load_metric",
+    "CollapseStatistics",
+    "CollapseResult",
+    "measure_collapse",
+    "MEASURES",
+    "__version__",
+    "load_measured",
+    "push_measured",
+    "save_measured",
+    "MeasuredModel",
+    "collect_statistics",
+    "measure_model",
+    "CollapseReport",
+    "CollapseTrainer",
+    "CollapseArguments",
+    "CollapseCallback",
+    "load_metric",
 ]
 
 # Exports that import transformers / huggingface_hub load on first use (PEP 562), so that
 # ``import hf_collapse`` stays fast and torch-only; this hides no import cycle.
 _LAZY = {
-    "load_measured": "integrations.hub", "push_measured": "integrations.hub", "MeasuredModel": "integrations.hub",
-    "save_measured": "integrations.hub", "collect_statistics": "integrations.passes",
-    "measure_model": "integrations.passes", "CollapseReport": "integrations.passes",
-    "CollapseTrainer": "integrations.trainer", "CollapseCallback": "integrations.trainer",
-    "CollapseArguments": "integrations.settings", "load_metric": "integrations.metric",
+    "load_measured": "integrations.hub",
+    "push_measured": "integrations.hub",
+    "MeasuredModel": "integrations.hub",
+    "save_measured": "integrations.hub",
+    "collect_statistics": "integrations.passes",
+    "measure_model": "integrations.passes",
+    "CollapseReport": "integrations.passes",
+    "CollapseTrainer": "integrations.trainer",
+    "CollapseCallback": "integrations.trainer",
+    "CollapseArguments": "integrations.settings",
+    "load_metric": "integrations.metric",
 }
 
 

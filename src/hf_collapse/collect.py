@@ -4,5 +4,14 @@
 from .integrations.hooks import FeatureCollector, align_labels, resolve_modules, unwrap_model
 from .integrations.passes import CollapseReport, collect_nc4, collect_statistics, measure_model, measure_statistics
 
-__all__ = ["CollapseReport", "FeatureCollector", "align_labels", "collect_nc4", "collect_statistics",
-           "measure_model", "measure_statistics", "resolve_modules", "unwrap_model"]
+__all__ = [
+    "CollapseReport",
+    "FeatureCollector",
+    "align_labels",
+    "collect_nc4",
+    "collect_statistics",
+    "measure_model",
+    "measure_statistics",
+    "resolve_modules",
+    "unwrap_model",
+]

@@ -37,7 +37,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
+        if (
+            "default" in text.lower()
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            or not action.option_strings
+        ):
             return text
         return text + " (default: %(default)s)"
 
@@ -54,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
     parser = argparse.ArgumentParser(
-        prog="hf-collapse", formatter_class=HelpFormatter,
+        prog="hf-collapse",
+        formatter_class=HelpFormatter,
         description="Measure neural collapse in Hugging Face models. Commands in workflow order; "
-                    "`hf-collapse COMMAND --help` for each.")
+        "`hf-collapse COMMAND --help` for each.",
+    )
     parser.add_argument("--version", action="version", version=f"hf_collapse {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -64,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).add_parser(sub)
     for command in sub.choices.values():  # one look for every command's --help
         # --debug also after the command; SUPPRESS keeps a leading one
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show the traceback of user errors too")
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of user errors too"
+        )
         command.formatter_class = HelpFormatter
         command.description = plain(command.description)
         for action in command._actions:

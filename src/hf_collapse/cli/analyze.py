@@ -16,24 +16,29 @@ def run(args) -> int:
         rows.extend(read_csv_rows(p) if str(p).endswith(".csv") else collect_runs([p]))
     result = analyze(rows, args.output_dir, num_permutations=args.permutations, seed=args.seed)
     design = result["design"]
-    if not design["seed_replicas"]:   # say it before the numbers: a pooled table is not Table 1
+    if not design["seed_replicas"]:  # say it before the numbers: a pooled table is not Table 1
         print(f"note: {design['label']}", file=sys.stderr)
     print(f"design: {design['label']}\n")
     print(markdown_table(result["fits"], ["metric", "r2", "r", "slope", "p_value"]))
     d = result["direction"]
-    print(f"\nlower validation loss goes with more collapse on {len(d['agree'])} of "
-          f"{len(d['agree']) + len(d['disagree'])} directional measures")
+    print(
+        f"\nlower validation loss goes with more collapse on {len(d['agree'])} of "
+        f"{len(d['agree']) + len(d['disagree'])} directional measures"
+    )
     print(f"wrote {result['report']} (+ runs.csv, correlations.csv, {len(result['figures'])} figures)")
     return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("analyze", help="tabulate measured runs, fit measures against validation loss, plot",
-                       description="Collect measured runs (folders with collapse/metrics.json, or folders of "
-                                   "them, or runs.csv tables) into runs.csv, fit every measure against the "
-                                   "validation loss (R^2, permutation test) and write report.md with figures. "
-                                   "Says whether the runs are seed replicas of one configuration (the paper's "
-                                   "Table 1 design) or pooled over sizes / training lengths.")
+    p = sub.add_parser(
+        "analyze",
+        help="tabulate measured runs, fit measures against validation loss, plot",
+        description="Collect measured runs (folders with collapse/metrics.json, or folders of "
+        "them, or runs.csv tables) into runs.csv, fit every measure against the "
+        "validation loss (R^2, permutation test) and write report.md with figures. "
+        "Says whether the runs are seed replicas of one configuration (the paper's "
+        "Table 1 design) or pooled over sizes / training lengths.",
+    )
     p.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or runs.csv files")
     p.add_argument("--output-dir", default="collapse_analysis", help="where report.md, CSVs and PNGs go")
     p.add_argument("--permutations", type=int, default=10_000, help="permutations per test (default 10^4)")

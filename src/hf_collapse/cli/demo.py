@@ -21,20 +21,38 @@ def run(args) -> int:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         logging.getLogger("hf_collapse").setLevel(logging.WARNING)
-    result = run_demo(args.output_dir, args.sizes, args.epochs, stories=args.stories, train_file=args.train_file,
-                      validation_file=args.validation_file, dataset_name=args.dataset_name, tokenizer=args.tokenizer,
-                      max_train_stories=args.max_train_stories, block_size=args.block_size,
-                      batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-                      seed=args.seed, permutations=args.permutations, measure_max_tokens=args.measure_max_tokens,
-                      max_eval_blocks=args.max_eval_blocks, progress=args.verbose, seeds=args.seeds,
-                      seed_init=args.seed_init, quiet=args.quiet)
+    result = run_demo(
+        args.output_dir,
+        args.sizes,
+        args.epochs,
+        stories=args.stories,
+        train_file=args.train_file,
+        validation_file=args.validation_file,
+        dataset_name=args.dataset_name,
+        tokenizer=args.tokenizer,
+        max_train_stories=args.max_train_stories,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        permutations=args.permutations,
+        measure_max_tokens=args.measure_max_tokens,
+        max_eval_blocks=args.max_eval_blocks,
+        progress=args.verbose,
+        seeds=args.seeds,
+        seed_init=args.seed_init,
+        quiet=args.quiet,
+    )
     d = result["direction"]
     print()
     if args.seeds is None:
         print(_summary(result))
         print()
-        print(f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
-              f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}")
+        print(
+            f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
+            f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}"
+        )
     elif result["fits"]:
         print(table1(result["fits"], result["design"]["seed_replicas"]))
         print()
@@ -43,16 +61,23 @@ def run(args) -> int:
     else:
         n_dir = len(d["agree"]) + len(d["disagree"])
         holds = "expected direction holds" if d["holds"] else "expected direction does NOT hold on most measures"
-        print(f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional "
-              f"measures ({holds}); against: {', '.join(d['disagree']) or 'none'}")
-    print(f"wrote {result['report']}, runs.csv and {len(result['figures'])} figures in "
-          f"{Path(args.output_dir).resolve()} ({result['seconds']:.0f} s)")
+        print(
+            f"lower validation loss goes with more collapse on {len(d['agree'])} of {n_dir} directional "
+            f"measures ({holds}); against: {', '.join(d['disagree']) or 'none'}"
+        )
+    print(
+        f"wrote {result['report']}, runs.csv and {len(result['figures'])} figures in "
+        f"{Path(args.output_dir).resolve()} ({result['seconds']:.0f} s)"
+    )
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train, measure and analyse a small grid of causal LMs (offline, minutes)",
-                       description=DEMO_DESCRIPTION)
+    p = sub.add_parser(
+        "demo",
+        help="train, measure and analyse a small grid of causal LMs (offline, minutes)",
+        description=DEMO_DESCRIPTION,
+    )
     p.add_argument("--output-dir", default="hf_collapse_demo", help="folder for report.md, runs.csv, figures, runs/")
     p.add_argument("--sizes", default=DEFAULT_SIZES, help="model sizes as DEPTHxWIDTH, comma separated")
     p.add_argument("--epochs", default=DEFAULT_EPOCHS, help="training lengths in epochs, comma separated")
@@ -67,15 +92,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=64, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, default=32, help="training sequences per batch")
     p.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=None,
-                   help="AdamW weight decay (default: 0.1 for the grid, Table 1's 0.0005 with --seeds)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="AdamW weight decay (default: 0.1 for the grid, Table 1's 0.0005 with --seeds)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and permutation tests")
-    p.add_argument("--seeds", type=int, metavar="N",
-                   help="Table 1 design: N >= 3 replicas of the first of --sizes at the first --epochs value, "
-                        "differing only in the data-order seed (--seed .. --seed+N-1)")
-    p.add_argument("--seed-init", action="store_true",
-                   help="with --seeds: vary the initialisation seed as well (the paper fixes it)")
-    p.add_argument("--permutations", type=int, default=10_000, help="permutations per test (exact test when n! is fewer)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="Table 1 design: N >= 3 replicas of the first of --sizes at the first --epochs value, "
+        "differing only in the data-order seed (--seed .. --seed+N-1)",
+    )
+    p.add_argument(
+        "--seed-init",
+        action="store_true",
+        help="with --seeds: vary the initialisation seed as well (the paper fixes it)",
+    )
+    p.add_argument(
+        "--permutations", type=int, default=10_000, help="permutations per test (exact test when n! is fewer)"
+    )
     p.add_argument("--quiet", action="store_true", help="no per-model progress lines")
     p.add_argument("--verbose", action="store_true", help="progress bars and library logs")
     p.set_defaults(func=run)

@@ -1,8 +1,8 @@
 """``hf-collapse install-metric``: register the ``neural_collapse`` evaluate metric (see ``integrations.metric``).
 
-    hf-collapse install-metric                      # register in $HF_MODULES_CACHE (idempotent)
-    hf-collapse install-metric --check              # exit 1 unless registered and up to date
-    hf-collapse install-metric --export DIR         # write the shipped module folder (for a Space)
+hf-collapse install-metric                      # register in $HF_MODULES_CACHE (idempotent)
+hf-collapse install-metric --check              # exit 1 unless registered and up to date
+hf-collapse install-metric --export DIR         # write the shipped module folder (for a Space)
 """
 
 from __future__ import annotations
@@ -16,13 +16,24 @@ from ..integrations import metric as reg
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("install-metric", help="make evaluate.load('neural_collapse') work offline",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modules-cache", default=None,
-                   help="evaluate's modules cache (default: $HF_MODULES_CACHE, else $HF_HOME/modules)")
+    p = sub.add_parser(
+        "install-metric",
+        help="make evaluate.load('neural_collapse') work offline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--modules-cache",
+        default=None,
+        help="evaluate's modules cache (default: $HF_MODULES_CACHE, else $HF_HOME/modules)",
+    )
     p.add_argument("--check", action="store_true", help="only check; exit 1 when not registered or outdated")
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help="also copy the shipped metric files (" + ", ".join(reg.SHIPPED_FILES) + ") into DIR")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="also copy the shipped metric files (" + ", ".join(reg.SHIPPED_FILES) + ") into DIR",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,7 +64,7 @@ def run(args) -> int:
     print(f"registered {script}")
     if cache is not None and os.path.abspath(cache) != os.path.abspath(reg.modules_cache()):
         print(f"note: evaluate reads HF_MODULES_CACHE={reg.modules_cache()}; export HF_MODULES_CACHE={cache}")
-    print('load it with: HF_EVALUATE_OFFLINE=1 python -c "import evaluate; evaluate.load(\'neural_collapse\')"')
+    print("load it with: HF_EVALUATE_OFFLINE=1 python -c \"import evaluate; evaluate.load('neural_collapse')\"")
     if args.export:
         for path in export_metric(args.export):
             print(f"exported {path}")

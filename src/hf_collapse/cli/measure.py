@@ -141,8 +141,9 @@ def _measure(args, accelerator, main, progress) -> int:
     train_dl = loader("train", args.max_tokens)
     nc4_dl = loader("validation", nc4_max)
     # the model after the data: bad data fail fast, and tokenizing never overlaps the model in memory
-    model = from_pretrained_or_explain(AutoModelForCausalLM.from_pretrained, args.model, "model",
-                                       dtype=getattr(torch, args.torch_dtype))
+    model = from_pretrained_or_explain(
+        AutoModelForCausalLM.from_pretrained, args.model, "model", dtype=getattr(torch, args.torch_dtype)
+    )
     model.to(accelerator.device).eval()
     data = describe_data(args, "train")
     # a stored measurement is reused only for the default measure options (it holds their values)
@@ -151,14 +152,23 @@ def _measure(args, accelerator, main, progress) -> int:
         found = _matching_measurement(args, model, data)
         if found is not None:  # the model folder or Hub repo already holds these statistics
             if main:
-                print(f"{args.model} already holds statistics of these weights on this data, budget and k "
-                      f"({found.path}): skipping the collection pass (--no-reuse to measure again)")
+                print(
+                    f"{args.model} already holds statistics of these weights on this data, budget and k "
+                    f"({found.path}): skipping the collection pass (--no-reuse to measure again)"
+                )
                 print(found.result.table())
                 if args.output_dir:
                     extra = {k: v for k, v in found.metrics.items() if k not in found.result}
-                    save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=found.statistics,
-                                  result=found.result, metrics_extra=extra, metadata=dict(found.statistics.metadata),
-                                  save_model=not args.no_save_model)
+                    save_measured(
+                        args.output_dir,
+                        model=model,
+                        tokenizer=tokenizer,
+                        statistics=found.statistics,
+                        result=found.result,
+                        metrics_extra=extra,
+                        metadata=dict(found.statistics.metadata),
+                        save_model=not args.no_save_model,
+                    )
                     print(f"wrote {args.output_dir}")
             accelerator.wait_for_everyone()
             return 0
@@ -170,44 +180,83 @@ def _measure(args, accelerator, main, progress) -> int:
         accelerator.wait_for_everyone()
     cfg = CollapseArguments(
         collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
-        collapse_k=args.k, collapse_tile_size=args.tile_size, collapse_dtype=args.dtype,
-        collapse_max_tokens=args.max_tokens, collapse_nc4_max_tokens=nc4_max if nc4_dl else None,
-        collapse_per_class=True, collapse_covariance=args.covariance,
-        **{f"collapse_{k}": v for k, v in args.measure_options.items()})
-    stats = collect_statistics(model, train_dl, cfg, progress=progress, checkpoint_path=ckpt,
-                               checkpoint_every=args.checkpoint_every if ckpt else None,
-                               data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}")
+        collapse_k=args.k,
+        collapse_tile_size=args.tile_size,
+        collapse_dtype=args.dtype,
+        collapse_max_tokens=args.max_tokens,
+        collapse_nc4_max_tokens=nc4_max if nc4_dl else None,
+        collapse_per_class=True,
+        collapse_covariance=args.covariance,
+        **{f"collapse_{k}": v for k, v in args.measure_options.items()},
+    )
+    stats = collect_statistics(
+        model,
+        train_dl,
+        cfg,
+        progress=progress,
+        checkpoint_path=ckpt,
+        checkpoint_every=args.checkpoint_every if ckpt else None,
+        data_fingerprint=f"{data}|{args.max_tokens}|{args.block_size}|{args.batch_size}",
+    )
     nc4 = None
     if nc4_dl is not None:
         nc4 = collect_nc4(model, nc4_dl, stats, cfg, progress=progress)
-    settings = {"task": "causal_lm", "max_tokens": args.max_tokens, "nc4_max_tokens": nc4_max if nc4_dl else None,
-                "block_size": args.block_size, "tile_size": args.tile_size, "dtype": args.dtype,
-                "data": data, "nc4_data": describe_data(args, "validation") or None, "model": args.model,
-                **cfg.measure_record()}
+    settings = {
+        "task": "causal_lm",
+        "max_tokens": args.max_tokens,
+        "nc4_max_tokens": nc4_max if nc4_dl else None,
+        "block_size": args.block_size,
+        "tile_size": args.tile_size,
+        "dtype": args.dtype,
+        "data": data,
+        "nc4_data": describe_data(args, "validation") or None,
+        "model": args.model,
+        **cfg.measure_record(),
+    }
     report = measure_statistics(model, stats, cfg, nc4=nc4, extra_settings=settings)
     if main:
         print(report.table())
         if args.output_dir:
-            metadata = {"data": data, "nc4_data": settings["nc4_data"] or "", "max_tokens": str(args.max_tokens),
-                        "block_size": str(args.block_size), "k": str(float(args.k)),
-                        # a Hub id as given; a local folder by its name (no machine paths published)
-                        "model_name": os.path.basename(os.path.normpath(args.model))
-                        if os.path.isdir(args.model) else args.model,
-                        "command": "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))}
+            metadata = {
+                "data": data,
+                "nc4_data": settings["nc4_data"] or "",
+                "max_tokens": str(args.max_tokens),
+                "block_size": str(args.block_size),
+                "k": str(float(args.k)),
+                # a Hub id as given; a local folder by its name (no machine paths published)
+                "model_name": os.path.basename(os.path.normpath(args.model))
+                if os.path.isdir(args.model)
+                else args.model,
+                "command": "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])),
+            }
             if args.dataset:  # a Hub dataset: the card links it and names the split
-                metadata.update(dataset=args.dataset, split=args.split or "",
-                                dataset_config=args.dataset_config or "")
+                metadata.update(dataset=args.dataset, split=args.split or "", dataset_config=args.dataset_config or "")
             else:
                 metadata["data_sha256"] = data.rsplit("sha256:", 1)[-1]
             extra = {k: v for k, v in settings.items() if k not in ("model",)}
             extra.update({key: v for key, v in report.metrics().items() if key not in report.result})
-            save_measured(args.output_dir, model=model, tokenizer=tokenizer, statistics=report.statistics,
-                          result=report.result, metrics_extra=extra, metadata=metadata, card=False,
-                          save_model=not args.no_save_model)
+            save_measured(
+                args.output_dir,
+                model=model,
+                tokenizer=tokenizer,
+                statistics=report.statistics,
+                result=report.result,
+                metrics_extra=extra,
+                metadata=metadata,
+                card=False,
+                save_model=not args.no_save_model,
+            )
             for name, st in report.all_statistics.items():  # --layers: one named measurement each
                 if name != report.primary:
-                    write_measurement(args.output_dir, st, report.results[name], name=layer_key(name),
-                                      model=model, metadata=metadata, metrics_extra=extra)
+                    write_measurement(
+                        args.output_dir,
+                        st,
+                        report.results[name],
+                        name=layer_key(name),
+                        model=model,
+                        metadata=metadata,
+                        metrics_extra=extra,
+                    )
             write_model_card(args.output_dir, model_name=metadata["model_name"])
             if ckpt and os.path.isdir(ckpt):
                 shutil.rmtree(ckpt)
@@ -226,12 +275,22 @@ def add_data_arguments(p) -> None:
     d.add_argument("--split", default="train", help="split for the statistics (default: train)")
     d.add_argument("--validation-split", default=None, help="split for NC4, e.g. validation")
     d.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    d.add_argument("--streaming", action="store_true",
-                   help="stream the data (an IterableDataset: nothing downloaded or cached, tokenized on the fly)")
-    d.add_argument("--num-proc", type=int, default=None,
-                   help="tokenization workers (default: the cores available, one per 1,000 documents at most)")
-    d.add_argument("--cache-dir", default=None, help="datasets cache for the tokenized data "
-                   "(default: HF_DATASETS_CACHE, ~/.cache/huggingface/datasets)")
+    d.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the data (an IterableDataset: nothing downloaded or cached, tokenized on the fly)",
+    )
+    d.add_argument(
+        "--num-proc",
+        type=int,
+        default=None,
+        help="tokenization workers (default: the cores available, one per 1,000 documents at most)",
+    )
+    d.add_argument(
+        "--cache-dir",
+        default=None,
+        help="datasets cache for the tokenized data (default: HF_DATASETS_CACHE, ~/.cache/huggingface/datasets)",
+    )
     d.add_argument("--max-tokens", type=int, default=None, help="budget of labelled tokens for the statistics")
     d.add_argument("--nc4-max-tokens", type=int, default=None, help="budget for NC4 (default: --max-tokens)")
     d.add_argument("--block-size", type=int, default=256, help="tokens per sequence (default: 256)")
@@ -245,24 +304,47 @@ def add_measure_arguments(p):
     m.add_argument("--tile-size", type=int, default=1024, help="tile edge of the pairwise sweep")
     m.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the measure tiles")
     m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
-    m.add_argument("--min-count", type=int, default=1,
-                   help="treat classes with fewer samples as absent everywhere (default 1)")
-    m.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID",
-                   help="measure only these class (token) ids; all others are treated as absent")
-    m.add_argument("--global-mean", choices=["unweighted", "weighted"], default="unweighted",
-                   help="centre of the class means: unweighted mean of the means (default, the paper) "
-                        "or weighted by counts")
-    m.add_argument("--riesz-s", type=float, default=None, metavar="S",
-                   help="also measure the Riesz s-kernel (gnc2_riesz_mean, gnc2_riesz_cov)")
-    m.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype to load the model in")
+    m.add_argument(
+        "--min-count", type=int, default=1, help="treat classes with fewer samples as absent everywhere (default 1)"
+    )
+    m.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="ID",
+        help="measure only these class (token) ids; all others are treated as absent",
+    )
+    m.add_argument(
+        "--global-mean",
+        choices=["unweighted", "weighted"],
+        default="unweighted",
+        help="centre of the class means: unweighted mean of the means (default, the paper) or weighted by counts",
+    )
+    m.add_argument(
+        "--riesz-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="also measure the Riesz s-kernel (gnc2_riesz_mean, gnc2_riesz_cov)",
+    )
+    m.add_argument(
+        "--torch-dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype to load the model in",
+    )
     return m
 
 
 def measure_options(args) -> dict:
     """``measure_collapse`` keywords of the measure flags, validated (ValueError on bad values)."""
-    opts = {"min_count": args.min_count, "classes": args.classes, "global_mean": args.global_mean,
-            "riesz_s": args.riesz_s}
+    opts = {
+        "min_count": args.min_count,
+        "classes": args.classes,
+        "global_mean": args.global_mean,
+        "riesz_s": args.riesz_s,
+    }
     CollapseArguments(**{f"collapse_{k}": v for k, v in opts.items()})  # validation only
     return opts
 
@@ -274,9 +356,15 @@ def _matching_measurement(args, model, data):
     from ..integrations.weights_hash import weights_sha256
 
     try:
-        return find_measurement(args.model, weights_sha256=weights_sha256(model), data=data,
-                                nc4_data=describe_data(args, "validation"), max_tokens=str(args.max_tokens),
-                                block_size=str(args.block_size), k=float(args.k))
+        return find_measurement(
+            args.model,
+            weights_sha256=weights_sha256(model),
+            data=data,
+            nc4_data=describe_data(args, "validation"),
+            max_tokens=str(args.max_tokens),
+            block_size=str(args.block_size),
+            k=float(args.k),
+        )
     except (OSError, ValueError) as e:  # unreachable Hub, unreadable files: just measure
         logger.info("no reusable measurement in %s: %s", args.model, e)
         return None
@@ -298,22 +386,40 @@ def _shutdown():
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("measure", help="measure neural collapse of a causal LM and write a measured model folder",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "measure",
+        help="measure neural collapse of a causal LM and write a measured model folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", metavar="MODEL", help="Hub id or local folder with model and tokenizer")
     add_data_arguments(p)
     m = add_measure_arguments(p)
-    m.add_argument("--layers", nargs="*", default=None,
-                   help="also measure at these modules' inputs (layer-wise NC), e.g. model.layers.2")
+    m.add_argument(
+        "--layers",
+        nargs="*",
+        default=None,
+        help="also measure at these modules' inputs (layer-wise NC), e.g. model.layers.2",
+    )
     o = p.add_argument_group("output")
-    o.add_argument("--output-dir", help="write the measured model folder here: weights, tokenizer, "
-                   "collapse/statistics.safetensors, collapse/metrics.json, README.md card (without it nothing is "
-                   "written: the measures are only printed)")
+    o.add_argument(
+        "--output-dir",
+        help="write the measured model folder here: weights, tokenizer, "
+        "collapse/statistics.safetensors, collapse/metrics.json, README.md card (without it nothing is "
+        "written: the measures are only printed)",
+    )
     o.add_argument("--no-save-model", action="store_true", help="write only collapse/ and README.md")
-    o.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint the statistics every N batches "
-                   "into OUTPUT/collapse/.checkpoint (0: never)")
-    o.add_argument("--no-reuse", action="store_true",
-                   help="measure even when MODEL already holds statistics of the same weights, data, budget and k")
+    o.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=200,
+        help="checkpoint the statistics every N batches into OUTPUT/collapse/.checkpoint (0: never)",
+    )
+    o.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="measure even when MODEL already holds statistics of the same weights, data, budget and k",
+    )
     o.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -30,8 +30,14 @@ def run(args) -> int:
     from ..integrations.hub import push_measured
 
     try:
-        info = push_measured(args.folder, args.repo_id, private=args.private, token=args.token,
-                             revision=args.revision, commit_message=args.commit_message)
+        info = push_measured(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            token=args.token,
+            revision=args.revision,
+            commit_message=args.commit_message,
+        )
     except Exception as e:  # Hub/network errors: one line (local files are untouched); others propagate
         if is_user_error(e) or not network_failure(e) or getattr(args, "debug", False):
             raise
@@ -46,14 +52,17 @@ def run(args) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "push", help="push a measured model folder (weights, tokenizer, collapse/ statistics, card) to the Hub",
+        "push",
+        help="push a measured model folder (weights, tokenizer, collapse/ statistics, card) to the Hub",
         description="Push a measured model folder to a Hub model repo in one commit, creating the repo if "
-                    "needed. The Hub is the one HF_ENDPOINT names (default huggingface.co).")
+        "needed. The Hub is the one HF_ENDPOINT names (default huggingface.co).",
+    )
     p.add_argument("folder", help="measured model folder (from `hf-collapse measure --output-dir`)")
     p.add_argument("repo_id", help="target repo, e.g. username/model-measured")
     p.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
-    p.add_argument("--commit-message", default=None,
-                   help="commit message (default names the model and what was measured)")
+    p.add_argument(
+        "--commit-message", default=None, help="commit message (default names the model and what was measured)"
+    )
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=run)

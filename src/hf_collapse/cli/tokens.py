@@ -37,14 +37,23 @@ def run(args) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokens", help="tokens with extreme norms / CDNV / interference; look up named tokens",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="measured model folder (with collapse/statistics.safetensors and per_class.* tensors)")
+    p = sub.add_parser(
+        "tokens",
+        help="tokens with extreme norms / CDNV / interference; look up named tokens",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "folder", help="measured model folder (with collapse/statistics.safetensors and per_class.* tensors)"
+    )
     p.add_argument("--lookup", nargs="*", metavar="WORD", help="words to look up (e.g. bank spring Lily Tim)")
     p.add_argument("--top", type=int, default=10, help="tokens per list")
-    p.add_argument("--min-count", type=int, default=2,
-                   help="rank only classes with at least this many tokens (default 2: singletons, whose mean is "
-                        "one token, are left out; 1 keeps them)")
+    p.add_argument(
+        "--min-count",
+        type=int,
+        default=2,
+        help="rank only classes with at least this many tokens (default 2: singletons, whose mean is "
+        "one token, are left out; 1 keeps them)",
+    )
     p.add_argument("--tokenizer", help="tokenizer name or folder (default: the measured folder's)")
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=run)

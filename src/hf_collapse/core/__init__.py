@@ -9,5 +9,12 @@ from .nc4 import NC4Counter
 from .registry import MEASURE_KEYS, MEASURES, Measure
 from .statistics import CollapseStatistics
 
-__all__ = ["CollapseResult", "CollapseStatistics", "MEASURES", "MEASURE_KEYS", "Measure", "NC4Counter",
-           "measure_collapse"]
+__all__ = [
+    "CollapseResult",
+    "CollapseStatistics",
+    "MEASURES",
+    "MEASURE_KEYS",
+    "Measure",
+    "NC4Counter",
+    "measure_collapse",
+]

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from .io import as_tensor
+
 
 class BatchChecks:
     """Device-side record of the smallest and largest labelled class id and of non-finite feature rows.
@@ -58,3 +60,23 @@ class BatchChecks:
             )
         if nonfinite:
             raise ValueError("features contain NaN or infinite values (in rows with a valid label)")
+
+
+def check_batch_shapes(features, labels, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Types and shapes of one batch (no device sync): features (..., dim) float, labels of the leading shape."""
+    features = as_tensor(features, "features")
+    labels = as_tensor(labels, "labels")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if features.dim() < 2:
+        raise ValueError(f"features must have shape (N, {dim}) (or (..., {dim})), got {tuple(features.shape)}")
+    if features.shape[-1] != dim:
+        raise ValueError(f"features have dimension {features.shape[-1]} but the statistics expect dim={dim}")
+    if tuple(labels.shape) != tuple(features.shape[:-1]):
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match features shape "
+            f"{tuple(features.shape)}: expected labels of shape {tuple(features.shape[:-1])}"
+        )
+    return features, labels

@@ -25,11 +25,22 @@ from typing import Optional
 
 import torch
 
-from .scope import is_local, local_only
-from .statistics import CollapseStatistics, comm_device
+from .scope import comm_device, is_local, local_only
+from .statistics import CollapseStatistics
 
-__all__ = ["agree_dim", "all_reduce_sum", "all_true", "finish_pass", "global_sum", "group_size", "local_only",
-           "rank_and_world", "reducing", "scope_for", "world_size"]
+__all__ = [
+    "agree_dim",
+    "all_reduce_sum",
+    "all_true",
+    "finish_pass",
+    "global_sum",
+    "group_size",
+    "local_only",
+    "rank_and_world",
+    "reducing",
+    "scope_for",
+    "world_size",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +70,11 @@ def scope_for(num_processes: int, who: str):
             "%s: torch.distributed has a process group of %d processes, but %s distributes over %d; "
             "each process measures its own data without reducing (for data-parallel training on CPU "
             "pass use_cpu=True to TrainingArguments; on GPUs launch with accelerate launch/torchrun)",
-            who, world, who, int(num_processes))
+            who,
+            world,
+            who,
+            int(num_processes),
+        )
     return local_only()
 
 
@@ -115,9 +130,16 @@ def agree_dim(dim: Optional[int]) -> int:
     return agreed
 
 
-def finish_pass(statistics: Mapping[str, CollapseStatistics], names: Sequence[str], num_classes: int, *,
-                covariance: bool = False, ignore_index: int = -100, reduce: bool = True,
-                what: str = "the data") -> dict[str, CollapseStatistics]:
+def finish_pass(
+    statistics: Mapping[str, CollapseStatistics],
+    names: Sequence[str],
+    num_classes: int,
+    *,
+    covariance: bool = False,
+    ignore_index: int = -100,
+    reduce: bool = True,
+    what: str = "the data",
+) -> dict[str, CollapseStatistics]:
     """End a statistics pass: agree on dims, all-reduce, reject empty results; returns ``{name: stats}``
     in ``names`` order.
 

@@ -54,8 +54,9 @@ def is_user_error(exc: BaseException) -> bool:
         return False
     filename = os.path.abspath(site.tb_frame.f_code.co_filename)
     module = str(site.tb_frame.f_globals.get("__name__", ""))
-    ours = (os.path.commonpath([filename, _PACKAGE_DIR]) == _PACKAGE_DIR
-            or module.startswith(("hf_collapse.", _METRIC_MODULE)))
+    ours = os.path.commonpath([filename, _PACKAGE_DIR]) == _PACKAGE_DIR or module.startswith(
+        ("hf_collapse.", _METRIC_MODULE)
+    )
     if not ours:
         return False
     # a deliberate ``raise ...`` statement, not an implicit error of an expression on that line

@@ -17,6 +17,35 @@ import torch
 
 SCHEMA = "hf_collapse.statistics"
 SCHEMA_VERSION = 1
+# tensors and header entries of a statistics file that belong to the state, not to extras / user metadata
+STATE_TENSORS = frozenset(
+    {
+        "counts",
+        "sums",
+        "sq_sums",
+        "shift",
+        "means",
+        "variances",
+        "second_moment",
+        "frozen_means",
+        "pass2_counts",
+        "pass2_sq_sums",
+    }
+)
+HEADER_KEYS = frozenset(
+    {
+        "schema",
+        "schema_version",
+        "num_classes",
+        "dim",
+        "num_tokens",
+        "dtype",
+        "covariance",
+        "has_shift",
+        "ignore_index",
+        "library_version",
+    }
+)
 
 
 def _umask() -> int:
@@ -49,6 +78,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
@@ -102,6 +132,18 @@ def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch
             f"{path!r} uses statistics schema version {version}, newer than this hf_collapse "
             f"supports ({SCHEMA_VERSION}); upgrade hf_collapse"
         )
+    C, d = int(meta["num_classes"]), int(meta["dim"])
+    expected = {"counts": (C,), "sums": (C, d), "sq_sums": (C,), "shift": (d,), "means": (C, d), "variances": (C,)}
+    if meta.get("covariance") == "1":
+        expected["second_moment"] = (d, d)
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ValueError(f"{path!r} lacks the tensor {name!r}")
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != torch.float64:
+            raise ValueError(
+                f"{path!r}: tensor {name!r} has shape {tuple(t.shape)} dtype {t.dtype}, expected {shape} float64"
+            )
     return meta, tensors
 
 

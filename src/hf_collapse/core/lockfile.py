@@ -40,7 +40,8 @@ class OutputLock:
             raise UserValueError(
                 f"{str(self.folder)!r} is being written by another {holder.get('what', 'hf-collapse')} "
                 f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}; lock file {LOCK_NAME}): wait for it "
-                "to finish or choose another --output-dir") from None
+                "to finish or choose another --output-dir"
+            ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what, "argv": sys.argv}
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())

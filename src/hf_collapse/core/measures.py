@@ -69,6 +69,7 @@ from .sweep import pairwise_sweep
 
 logger = logging.getLogger(__name__)
 
+
 class CollapseResult(dict):
     """The measures as a ``dict`` of key -> float, plus
 
@@ -186,8 +187,10 @@ def measure_collapse(
     M = mu - mu_g  # (K, d) centred means
     r = M.norm(dim=1)  # (K,)
     if bool((r == 0).any()):
-        raise ValueError(f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_G "
-                         f"(centred norm 0): their norms, angles and log kernel are undefined")
+        raise ValueError(
+            f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_G "
+            f"(centred norm 0): their norms, angles and log kernel are undefined"
+        )
     out, G, sum_m = _spectral(M, r, counts, sig, dtype)
     if stats.covariance:
         _trace_ratio(stats, M, dev, min_count > 1 or classes is not None, out)
@@ -195,9 +198,18 @@ def measure_collapse(
     del M
     geo, U, cdnv_rows = _geometry(u, r, sig, k, tile_size, dtype, progress, riesz_s)
     out.update(geo)
-    info = {"num_classes": stats.num_classes, "num_classes_present": K, "num_classes_coincident": n_same,
-            "num_tokens": stats.num_tokens, "k": k, "tile_size": tile_size, "dtype": str(dtype)[6:],
-            "min_count": min_count, "global_mean": global_mean, "num_classes_selected": _count(classes)}
+    info = {
+        "num_classes": stats.num_classes,
+        "num_classes_present": K,
+        "num_classes_coincident": n_same,
+        "num_tokens": stats.num_tokens,
+        "k": k,
+        "tile_size": tile_size,
+        "dtype": str(dtype)[6:],
+        "min_count": min_count,
+        "global_mean": global_mean,
+        "num_classes_selected": _count(classes),
+    }
     W, b, duality = _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info)
     if ood_features is not None:
         out["nc5_ood_orthogonality"] = ood_orthogonality(u, as_tensor(ood_features, "ood_features"), mu_g)
@@ -210,11 +222,19 @@ def measure_collapse(
         info["nc4_samples"] = counter.num_samples
     per = None
     if per_class:  # (K,) vectors over the measured classes
-        per = {"class_ids": idx, "count": counts, "mean_norm": r, "variance": sig, "cdnv_row_mean": cdnv_rows / (K - 1),
-               "interference_row_mean": (u @ U - 1) / (K - 1), **({} if duality is None else {"duality": duality})}
+        per = {
+            "class_ids": idx,
+            "count": counts,
+            "mean_norm": r,
+            "variance": sig,
+            "cdnv_row_mean": cdnv_rows / (K - 1),
+            "interference_row_mean": (u @ U - 1) / (K - 1),
+            **({} if duality is None else {"duality": duality}),
+        }
     ordered = {key: float(out[key]) for key in MEASURE_KEYS if key in out}
-    return CollapseResult(ordered, per_class=None if per is None else {key: v.cpu() for key, v in per.items()},
-                          info=info)
+    return CollapseResult(
+        ordered, per_class=None if per is None else {key: v.cpu() for key, v in per.items()}, info=info
+    )
 
 
 def _count(classes) -> Optional[int]:
@@ -252,16 +272,21 @@ def _spectral(M, r, counts, sig, dtype):
     ``effective_rank``. Returns ``(measures, G = M^T M (d, d) float64, sum_c M_c (d,))``."""
     G = gram(M, dtype)
     sum_m = M.sum(0)
-    out = {"nc1_trace_quotient": trace_quotient(counts, sig, r), "nc2_etf_error": nc2_etf_error(r, sum_m, G),
-           "effective_rank": effective_rank(singular_values(M, G))}
+    out = {
+        "nc1_trace_quotient": trace_quotient(counts, sig, r),
+        "nc2_etf_error": nc2_etf_error(r, sum_m, G),
+        "effective_rank": effective_rank(singular_values(M, G)),
+    }
     return out, G, sum_m
 
 
 def _trace_ratio(stats, M, dev, subset: bool, out: dict) -> None:
     """``nc1_trace_ratio`` = tr(Sigma_W Sigma_B^+) / K with the d x d covariances (``covariance=True``)."""
     if subset:  # the second moment sums every sample: it cannot give Sigma_W of a subset of classes
-        logger.warning("nc1_trace_ratio is not computed with min_count/classes: the d x d second moment "
-                       "covers every class (nc1_trace_quotient needs no covariance)")
+        logger.warning(
+            "nc1_trace_ratio is not computed with min_count/classes: the d x d second moment "
+            "covers every class (nc1_trace_quotient needs no covariance)"
+        )
         return
     K = M.shape[0]
     sigma_b = M.T @ M / K  # (d, d) between-class covariance
@@ -315,8 +340,9 @@ def _riesz(sums, n_pairs: float, s: float) -> tuple[float, float]:
     m, sd = _mean_std(sums.riesz_sum, sums.riesz_sq, n_pairs, 1.0)  # of R
     log_mean = s * sums.shift + math.log(m) if m > 0 else -math.inf
     if log_mean > math.log(torch.finfo(torch.float64).max):
-        raise ValueError(f"riesz_s={s} overflows float64: the mean Riesz kernel is exp({log_mean:.1f}); "
-                         f"use a smaller s")
+        raise ValueError(
+            f"riesz_s={s} overflows float64: the mean Riesz kernel is exp({log_mean:.1f}); use a smaller s"
+        )
     return math.exp(log_mean), cov(sd, m)
 
 
@@ -340,8 +366,9 @@ def _duality(w, u, out: dict, info: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _count_nc4(counter: NC4Counter, stats: CollapseStatistics, features, labels, batch_size: int,
-               progress: bool) -> None:
+def _count_nc4(
+    counter: NC4Counter, stats: CollapseStatistics, features, labels, batch_size: int, progress: bool
+) -> None:
     """Validate held-out tensors (one check up front: they are in memory anyway) and count them in batches."""
     h_all = as_tensor(features, "features")
     y_all = as_tensor(labels, "labels")
@@ -366,4 +393,4 @@ def _count_nc4(counter: NC4Counter, stats: CollapseStatistics, features, labels,
 
         starts = tqdm(starts, desc="NC4", unit="batch")
     for s0 in starts:
-        counter.update(h_all[s0:s0 + batch_size], y_all[s0:s0 + batch_size])
+        counter.update(h_all[s0 : s0 + batch_size], y_all[s0 : s0 + batch_size])

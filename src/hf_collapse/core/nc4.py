@@ -33,8 +33,16 @@ class NC4Counter:
         ignore_index: label value of samples to skip.
     """
 
-    def __init__(self, class_ids: torch.Tensor, means: torch.Tensor, num_classes: int, weights=None, bias=None,
-                 dtype: torch.dtype = torch.float32, ignore_index: int = -100):
+    def __init__(
+        self,
+        class_ids: torch.Tensor,
+        means: torch.Tensor,
+        num_classes: int,
+        weights=None,
+        bias=None,
+        dtype: torch.dtype = torch.float32,
+        ignore_index: int = -100,
+    ):
         dev = means.device
         self.idx = class_ids.to(dev)  # (K,)
         self.mu_bar = means.mean(0)  # (d,)
@@ -49,8 +57,9 @@ class NC4Counter:
         self.saw_logits = False
 
     @classmethod
-    def from_statistics(cls, stats, weights=None, bias=None, dtype=torch.float32, min_count: int = 1,
-                        classes=None) -> NC4Counter:
+    def from_statistics(
+        cls, stats, weights=None, bias=None, dtype=torch.float32, min_count: int = 1, classes=None
+    ) -> NC4Counter:
         """A counter over the classes present in a ``CollapseStatistics`` (with at least ``min_count``
         samples, within ``classes`` when given: the classes ``measure_collapse`` measures)."""
         idx = selected_ids(stats, min_count, classes)
@@ -85,8 +94,9 @@ class NC4Counter:
         else:
             lin = None
         agree = ((lin == ncc) & keep).sum() if lin is not None else torch.zeros((), device=dev)
-        batch = torch.stack([agree.to(torch.float64), ((ncc == y) & keep).sum().to(torch.float64),
-                             keep.sum().to(torch.float64)])
+        batch = torch.stack(
+            [agree.to(torch.float64), ((ncc == y) & keep).sum().to(torch.float64), keep.sum().to(torch.float64)]
+        )
         self.counts += batch
 
     def merge(self, other: NC4Counter) -> NC4Counter:
@@ -110,8 +120,10 @@ class NC4Counter:
     def values(self) -> dict[str, float]:
         """``ncc_accuracy`` and, with a linear classifier, ``nc4_agreement`` (one host sync)."""
         if bool(self._bad):
-            raise ValueError(f"NC4 data hold labels outside [0, {self.num_classes}) (other than "
-                             f"{self.ignore_index}) or NaN/infinite features")
+            raise ValueError(
+                f"NC4 data hold labels outside [0, {self.num_classes}) (other than "
+                f"{self.ignore_index}) or NaN/infinite features"
+            )
         agree, correct, n = self.counts.tolist()
         if n == 0:
             raise ValueError("the NC4 data hold no labelled sample (all labels are ignore_index)")

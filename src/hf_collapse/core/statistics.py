@@ -36,17 +36,9 @@ from typing import Optional
 import torch
 
 from .._version import __version__
-from .checks import BatchChecks
-from .io import SCHEMA, SCHEMA_VERSION, as_tensor, atomic_write, read_statistics_file
-
-
-def comm_device(group=None) -> torch.device:
-    """Where collective buffers must live: the current CUDA device for NCCL, else the CPU."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+from .checks import BatchChecks, check_batch_shapes
+from .io import HEADER_KEYS, SCHEMA, SCHEMA_VERSION, STATE_TENSORS, atomic_write, read_statistics_file
+from .scope import comm_device, is_local
 
 
 class CollapseStatistics:
@@ -115,8 +107,16 @@ class CollapseStatistics:
 
     def to(self, device) -> CollapseStatistics:
         """Move the state to ``device`` in place and return ``self``."""
-        for name in ("counts", "sums", "sq_sums", "shift", "second_moment", "frozen_means",
-                     "pass2_counts", "pass2_sq_sums"):
+        for name in (
+            "counts",
+            "sums",
+            "sq_sums",
+            "shift",
+            "second_moment",
+            "frozen_means",
+            "pass2_counts",
+            "pass2_sq_sums",
+        ):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
@@ -137,25 +137,7 @@ class CollapseStatistics:
 
     # ------------------------------------------------------------------ input checks
     def _check_batch(self, features, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        features = as_tensor(features, "features")
-        labels = as_tensor(labels, "labels")
-        if not features.is_floating_point():
-            raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
-        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-            raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-        if features.dim() < 2:
-            raise ValueError(
-                f"features must have shape (N, {self.dim}) (or (..., {self.dim})), got {tuple(features.shape)}"
-            )
-        if features.shape[-1] != self.dim:
-            raise ValueError(
-                f"features have dimension {features.shape[-1]} but the statistics expect dim={self.dim}"
-            )
-        if tuple(labels.shape) != tuple(features.shape[:-1]):
-            raise ValueError(
-                f"labels shape {tuple(labels.shape)} does not match features shape "
-                f"{tuple(features.shape)}: expected labels of shape {tuple(features.shape[:-1])}"
-            )
+        features, labels = check_batch_shapes(features, labels, self.dim)
         features = features.reshape(-1, self.dim)  # (N, d)
         labels = labels.reshape(-1).to(features.device)  # (N,)
         if self._follow_input and features.device != self.device and not self.has_shift:
@@ -260,10 +242,24 @@ class CollapseStatistics:
         return self
 
     def clone(self) -> CollapseStatistics:
-        new = CollapseStatistics(self.num_classes, self.dim, covariance=self.covariance, device=self.device,
-                                 ignore_index=self.ignore_index, defer_checks=self.defer_checks)
-        for name in ("counts", "sums", "sq_sums", "shift", "second_moment", "frozen_means",
-                     "pass2_counts", "pass2_sq_sums"):
+        new = CollapseStatistics(
+            self.num_classes,
+            self.dim,
+            covariance=self.covariance,
+            device=self.device,
+            ignore_index=self.ignore_index,
+            defer_checks=self.defer_checks,
+        )
+        for name in (
+            "counts",
+            "sums",
+            "sq_sums",
+            "shift",
+            "second_moment",
+            "frozen_means",
+            "pass2_counts",
+            "pass2_sq_sums",
+        ):
             t = getattr(self, name)
             setattr(new, name, None if t is None else t.clone())
         new.has_shift, new._follow_input = self.has_shift, self._follow_input
@@ -278,8 +274,6 @@ class CollapseStatistics:
         ends with the same, complete statistics. The second-pass sums are reduced too.
         """
         import torch.distributed as dist
-
-        from .scope import is_local
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return self
@@ -306,7 +300,7 @@ class CollapseStatistics:
         flat = flat.to(self.device)
         i = 0
         for name, p in zip(names, parts):
-            setattr(self, name, flat[i:i + p.numel()].view_as(p).clone())
+            setattr(self, name, flat[i : i + p.numel()].view_as(p).clone())
             i += p.numel()
         return self
 
@@ -364,18 +358,28 @@ class CollapseStatistics:
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {
-            "counts": self.counts, "sums": self.sums, "sq_sums": self.sq_sums, "shift": self.shift,
-            "means": self.means, "variances": self.variances,
+            "counts": self.counts,
+            "sums": self.sums,
+            "sq_sums": self.sq_sums,
+            "shift": self.shift,
+            "means": self.means,
+            "variances": self.variances,
         }
         if self.second_moment is not None:
             state["second_moment"] = self.second_moment
         if self.frozen_means is not None:
-            state.update(frozen_means=self.frozen_means, pass2_counts=self.pass2_counts,
-                         pass2_sq_sums=self.pass2_sq_sums)
+            state.update(
+                frozen_means=self.frozen_means, pass2_counts=self.pass2_counts, pass2_sq_sums=self.pass2_sq_sums
+            )
         return {k: v.detach().to("cpu", torch.float64).contiguous() for k, v in state.items()}
 
-    def save(self, path: str | os.PathLike, *, extra_tensors: Optional[Mapping[str, torch.Tensor]] = None,
-             metadata: Optional[Mapping[str, str]] = None) -> None:
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        extra_tensors: Optional[Mapping[str, torch.Tensor]] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> None:
         """Write the statistics to a safetensors file, atomically (temp file + rename).
 
         The file holds float64 ``counts`` (C,), ``means`` (C, d), ``variances`` (C,) plus the raw
@@ -392,10 +396,16 @@ class CollapseStatistics:
             tensors[k] = v.detach().cpu().contiguous()
         meta = {str(k): str(v) for k, v in {**self.metadata, **(metadata or {})}.items()}
         meta.update(
-            schema=SCHEMA, schema_version=str(SCHEMA_VERSION), num_classes=str(self.num_classes),
-            dim=str(self.dim), num_tokens=str(self.num_tokens), dtype="float64",
-            covariance=str(int(self.covariance)), has_shift=str(int(self.has_shift)),
-            ignore_index=str(self.ignore_index), library_version=__version__,
+            schema=SCHEMA,
+            schema_version=str(SCHEMA_VERSION),
+            num_classes=str(self.num_classes),
+            dim=str(self.dim),
+            num_tokens=str(self.num_tokens),
+            dtype="float64",
+            covariance=str(int(self.covariance)),
+            has_shift=str(int(self.has_shift)),
+            ignore_index=str(self.ignore_index),
+            library_version=__version__,
         )
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -413,20 +423,7 @@ class CollapseStatistics:
     def load_with_extras(cls, path, device=None) -> tuple[CollapseStatistics, dict[str, torch.Tensor]]:
         """Like ``load`` but also return the extra tensors saved beside the statistics."""
         meta, tensors = read_statistics_file(path)
-        path, C, d = os.fspath(path), int(meta["num_classes"]), int(meta["dim"])
-        expected = {"counts": (C,), "sums": (C, d), "sq_sums": (C,), "shift": (d,), "means": (C, d),
-                    "variances": (C,)}
-        covariance = meta.get("covariance") == "1"
-        if covariance:
-            expected["second_moment"] = (d, d)
-        for name, shape in expected.items():
-            if name not in tensors:
-                raise ValueError(f"{path!r} lacks the tensor {name!r}")
-            t = tensors[name]
-            if tuple(t.shape) != shape or t.dtype != torch.float64:
-                raise ValueError(
-                    f"{path!r}: tensor {name!r} has shape {tuple(t.shape)} dtype {t.dtype}, expected {shape} float64"
-                )
+        C, d, covariance = int(meta["num_classes"]), int(meta["dim"]), meta.get("covariance") == "1"
         stats = cls(C, d, covariance=covariance, ignore_index=int(meta.get("ignore_index", -100)))
         stats.counts, stats.sums, stats.sq_sums = tensors["counts"], tensors["sums"], tensors["sq_sums"]
         stats.shift, stats.has_shift = tensors["shift"], meta.get("has_shift", "1") == "1"
@@ -435,15 +432,14 @@ class CollapseStatistics:
         if "frozen_means" in tensors:
             stats.frozen_means = tensors["frozen_means"]
             stats.pass2_counts, stats.pass2_sq_sums = tensors["pass2_counts"], tensors["pass2_sq_sums"]
-        reserved = set(expected) | {"frozen_means", "pass2_counts", "pass2_sq_sums"}
-        internal = {"schema", "schema_version", "num_classes", "dim", "num_tokens", "dtype", "covariance",
-                    "has_shift", "ignore_index", "library_version"}
-        stats.metadata = {k: v for k, v in meta.items() if k not in internal}
+        stats.metadata = {k: v for k, v in meta.items() if k not in HEADER_KEYS}
         if device is not None:
             stats.to(device)
-        return stats, {k: v for k, v in tensors.items() if k not in reserved}
+        return stats, {k: v for k, v in tensors.items() if k not in STATE_TENSORS}
 
     def __repr__(self) -> str:
-        return (f"CollapseStatistics(num_classes={self.num_classes}, dim={self.dim}, "
-                f"present={int(self.present.sum())}, tokens={self.num_tokens}, "
-                f"covariance={self.covariance}, device={self.device})")
+        return (
+            f"CollapseStatistics(num_classes={self.num_classes}, dim={self.dim}, "
+            f"present={int(self.present.sum())}, tokens={self.num_tokens}, "
+            f"covariance={self.covariance}, device={self.device})"
+        )

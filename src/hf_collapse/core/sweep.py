@@ -53,11 +53,15 @@ def pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress, riesz_s: Op
     dev = u.device
     shift = log_kernel_shift(u)
     ut, rt, st = u.to(dtype), r.to(dtype), s.to(dtype)
-    consts = {"tiny": torch.finfo(dtype).tiny,
-              "close": 1e5 * torch.finfo(dtype).eps,  # below this, 2 - 2 cos from a GEMM has lost most digits
-              "power": -(1.0 + k / 2.0),  # ||mu_c - mu_c'||^-(2+k) = (dist^2)^-(1+k/2)
-              "two": torch.tensor(2.0, dtype=dtype, device=dev), "shift": shift, "cos_mean": cos_mean,
-              "riesz": riesz_s}
+    consts = {
+        "tiny": torch.finfo(dtype).tiny,
+        "close": 1e5 * torch.finfo(dtype).eps,  # below this, 2 - 2 cos from a GEMM has lost most digits
+        "power": -(1.0 + k / 2.0),  # ||mu_c - mu_c'||^-(2+k) = (dist^2)^-(1+k/2)
+        "two": torch.tensor(2.0, dtype=dtype, device=dev),
+        "shift": shift,
+        "cos_mean": cos_mean,
+        "riesz": riesz_s,
+    }
     row = torch.zeros(K, dtype=torch.float64, device=dev)
     # float64 sums over pairs, kept on the device (no host sync per tile): [CDNV, log kernel - shift,
     # (log kernel - shift)^2, (cos - cos_mean)^2] and, with riesz_s, [R - 1, (R - 1)^2]
@@ -123,8 +127,15 @@ def _tile(ut, rt, st, u, s, row, bufs, c, i0, i1, j0, j1) -> torch.Tensor:
         R = torch.mul(L, -0.5 * c["riesz"], out=bufs[3][: n * m].view(n, m)).expm1_().view(-1)  # (n m,)
         extra = [R.sum(), torch.dot(R, R)]
     # per-row float32 sums, added up in float64; a diagonal tile holds every pair twice
-    tile = torch.stack([r_part.sum(), -0.5 * L.sum(1).double().sum(), 0.25 * L.square_().sum(1).double().sum(),
-                        0.25 * E.square_().sum(1).double().sum(), *extra])
+    tile = torch.stack(
+        [
+            r_part.sum(),
+            -0.5 * L.sum(1).double().sum(),
+            0.25 * L.square_().sum(1).double().sum(),
+            0.25 * E.square_().sum(1).double().sum(),
+            *extra,
+        ]
+    )
     return tile * (0.5 if diag else 1.0)
 
 

@@ -180,14 +180,23 @@ def check_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
         with tempfile.NamedTemporaryFile(dir=target, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise ValueError(f"cannot write the datasets cache directory {target!r}: {e.strerror or e} "
-                         f"(choose another with --cache-dir or HF_DATASETS_CACHE)") from None
+        raise ValueError(
+            f"cannot write the datasets cache directory {target!r}: {e.strerror or e} "
+            f"(choose another with --cache-dir or HF_DATASETS_CACHE)"
+        ) from None
     return cache_dir
 
 
-def load_text_dataset(files: Optional[str | os.PathLike | Sequence] = None, *, dataset: Optional[str] = None,
-                      config: Optional[str] = None, split: str = "train", text_column: str = "text",
-                      streaming: bool = False, cache_dir: Optional[str] = None):
+def load_text_dataset(
+    files: Optional[str | os.PathLike | Sequence] = None,
+    *,
+    dataset: Optional[str] = None,
+    config: Optional[str] = None,
+    split: str = "train",
+    text_column: str = "text",
+    streaming: bool = False,
+    cache_dir: Optional[str] = None,
+):
     """Documents as a ``datasets.Dataset`` (or ``IterableDataset`` when ``streaming``), text in ``text_column``.
 
     ``files``: one or more local text files (documents split on ``<|endoftext|>`` lines, else blank
@@ -208,8 +217,9 @@ def load_text_dataset(files: Optional[str | os.PathLike | Sequence] = None, *, d
             return datasets.IterableDataset.from_generator(_generate_documents, features=features, gen_kwargs=kwargs)
         fp = hashlib.sha256(repr((PIPELINE_VERSION, formats, kwargs["digests"])).encode()).hexdigest()[:32]
         try:
-            return datasets.Dataset.from_generator(_generate_documents, features=features, gen_kwargs=kwargs,
-                                                   cache_dir=cache_dir, fingerprint=fp)
+            return datasets.Dataset.from_generator(
+                _generate_documents, features=features, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp
+            )
         except OSError as e:
             raise ValueError(f"could not write {paths} into the datasets cache: {e}") from None
     try:
@@ -222,8 +232,10 @@ def load_text_dataset(files: Optional[str | os.PathLike | Sequence] = None, *, d
         first = next(iter(ds), None)
         cols = [] if first is None else list(first)
     if text_column not in cols:
-        raise ValueError(f"dataset {dataset!r} split {split!r} has no column {text_column!r}; columns: {cols}; "
-                         f"choose one with --text-column")
+        raise ValueError(
+            f"dataset {dataset!r} split {split!r} has no column {text_column!r}; columns: {cols}; "
+            f"choose one with --text-column"
+        )
     return ds
 
 
@@ -264,8 +276,16 @@ def default_num_proc(num_rows: Optional[int]) -> int:
     return max(1, min(cores, num_rows // 1000))
 
 
-def tokenize_dataset(ds, tokenizer, *, text_column: str = "text", bos: bool = True, eos: bool = False,
-                     num_proc: Optional[int] = None, batch_size: int = 1000):
+def tokenize_dataset(
+    ds,
+    tokenizer,
+    *,
+    text_column: str = "text",
+    bos: bool = True,
+    eos: bool = False,
+    num_proc: Optional[int] = None,
+    batch_size: int = 1000,
+):
     """``ds.map(batched=True, num_proc=...)`` into a dataset with one column ``input_ids`` per document.
 
     ``bos``: put the tokenizer's BOS token (if it has one) in front of every document; ``eos``: put its
@@ -289,35 +309,85 @@ def tokenize_dataset(ds, tokenizer, *, text_column: str = "text", bos: bool = Tr
     if num_proc is None:
         num_proc = default_num_proc(len(ds))
     num_proc = max(1, min(int(num_proc), len(ds) or 1))
-    fp = hashlib.sha256(repr((PIPELINE_VERSION, ds._fingerprint, tokenizer_digest(tokenizer), text_column,
-                              bos_id, eos_id, features["input_ids"].feature.dtype)).encode()).hexdigest()[:32]
+    fp = hashlib.sha256(
+        repr(
+            (
+                PIPELINE_VERSION,
+                ds._fingerprint,
+                tokenizer_digest(tokenizer),
+                text_column,
+                bos_id,
+                eos_id,
+                features["input_ids"].feature.dtype,
+            )
+        ).encode()
+    ).hexdigest()[:32]
     try:
-        return ds.map(fn, batched=True, batch_size=batch_size, remove_columns=cols, features=features,
-                      num_proc=num_proc if num_proc > 1 else None, new_fingerprint=fp, desc="tokenizing")
+        return ds.map(
+            fn,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=cols,
+            features=features,
+            num_proc=num_proc if num_proc > 1 else None,
+            new_fingerprint=fp,
+            desc="tokenizing",
+        )
     except OSError as e:
         raise ValueError(f"could not write the tokenized data into the datasets cache: {e}") from None
 
 
-def text_blocks(tokenizer, block_size: int, *, files=None, dataset: Optional[str] = None, config=None,
-                split: str = "train", text_column: str = "text", streaming: bool = False,
-                max_tokens: Optional[int] = None, num_proc: Optional[int] = None, cache_dir: Optional[str] = None,
-                bos: bool = True, eos: bool = False, drop_last: bool = False, examples: bool = False):
+def text_blocks(
+    tokenizer,
+    block_size: int,
+    *,
+    files=None,
+    dataset: Optional[str] = None,
+    config=None,
+    split: str = "train",
+    text_column: str = "text",
+    streaming: bool = False,
+    max_tokens: Optional[int] = None,
+    num_proc: Optional[int] = None,
+    cache_dir: Optional[str] = None,
+    bos: bool = True,
+    eos: bool = False,
+    drop_last: bool = False,
+    examples: bool = False,
+):
     """The whole pipeline: text files or a dataset -> documents -> token ids (cached) -> blocks.
 
     Returns ``TokenBlocks`` (map-style, cached, memory-mapped) or ``StreamingTokenBlocks`` (``streaming``).
     """
     check_block_args(block_size, max_tokens)
-    docs = load_text_dataset(files, dataset=dataset, config=config, split=split, text_column=text_column,
-                             streaming=streaming, cache_dir=cache_dir)
-    tokenized = tokenize_dataset(docs, tokenizer, text_column="text" if files is not None else text_column,
-                                 bos=bos, eos=eos, num_proc=num_proc)
+    docs = load_text_dataset(
+        files,
+        dataset=dataset,
+        config=config,
+        split=split,
+        text_column=text_column,
+        streaming=streaming,
+        cache_dir=cache_dir,
+    )
+    tokenized = tokenize_dataset(
+        docs, tokenizer, text_column="text" if files is not None else text_column, bos=bos, eos=eos, num_proc=num_proc
+    )
     cls = StreamingTokenBlocks if streaming else TokenBlocks
     return cls(tokenized, block_size, max_tokens=max_tokens, drop_last=drop_last, examples=examples)
 
 
-def blocks_from_texts(texts: Sequence[str], tokenizer, block_size: int, *, max_tokens: Optional[int] = None,
-                      bos: bool = True, eos: bool = False, drop_last: bool = False, examples: bool = False,
-                      num_proc: Optional[int] = 1) -> TokenBlocks:
+def blocks_from_texts(
+    texts: Sequence[str],
+    tokenizer,
+    block_size: int,
+    *,
+    max_tokens: Optional[int] = None,
+    bos: bool = True,
+    eos: bool = False,
+    drop_last: bool = False,
+    examples: bool = False,
+    num_proc: Optional[int] = 1,
+) -> TokenBlocks:
     """The pipeline on texts already in memory (an in-memory ``Dataset``, nothing cached)."""
     import datasets
 
@@ -341,8 +411,9 @@ def token_blocks(documents, tokenizer, block_size: int, max_tokens):
     return [blocks[i].tolist() for i in range(len(blocks))]
 
 
-def pack_texts(texts: Sequence[str], tokenizer, block_size: int, max_blocks: Optional[int] = None,
-               batch_size: int = 1000) -> torch.Tensor:
+def pack_texts(
+    texts: Sequence[str], tokenizer, block_size: int, max_blocks: Optional[int] = None, batch_size: int = 1000
+) -> torch.Tensor:
     """Texts packed GPT-style with the tokenizer's eos token: ``(N, T)`` (``blocks_from_texts``, stacked)."""
     blocks = blocks_from_texts(texts, tokenizer, block_size, bos=False, eos=True, drop_last=True)
     n = len(blocks) if max_blocks is None else min(len(blocks), max_blocks)
@@ -362,22 +433,3 @@ def read_stories(path: str | os.PathLike, separator: str = EOS, max_stories: Opt
             break
         out.append(doc)
     return out
-
-
-def load_hub_stories(dataset_name: str = DEFAULT_HUB_DATASET, split: str = "train", text_column: str = "text",
-                     max_stories: Optional[int] = None, **kwargs) -> list[str]:
-    """Texts of a Hub dataset (default TinyStories); with ``max_stories`` the split is streamed."""
-    ds = load_text_dataset(dataset=dataset_name, split=split, text_column=text_column,
-                           streaming=max_stories is not None, **kwargs)
-    if max_stories is not None:
-        ds = ds.take(max_stories)
-    return [t for t in (row[text_column] for row in ds) if isinstance(t, str) and t.strip()]
-
-
-def iter_dataset_documents(name, config, split, text_column, streaming=False):
-    """Texts of a dataset split, streamed row by row (non-empty ones)."""
-    ds = load_text_dataset(dataset=name, config=config, split=split, text_column=text_column, streaming=streaming)
-    for row in ds:
-        t = row[text_column]
-        if isinstance(t, str) and t.strip():
-            yield t

@@ -48,6 +48,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # files never pushed: hidden ones (.git, .cache/huggingface of local_dir downloads), temp files, caches
 SKIP_PARTS = ("__pycache__",)
 
+
 # ---------------------------------------------------------------------------------------- layout
 def measurement_subdir(name: Optional[str] = None) -> str:
     """Path inside the folder of measurement ``name``: ``collapse`` for the default (None),
@@ -89,7 +90,9 @@ def read_metrics(path: str | os.PathLike) -> dict:
     return metrics
 
 
-def read_measurement(folder: str | os.PathLike, name: Optional[str] = None) -> tuple[CollapseStatistics, dict, dict, CollapseResult]:
+def read_measurement(
+    folder: str | os.PathLike, name: Optional[str] = None
+) -> tuple[CollapseStatistics, dict, dict, CollapseResult]:
     """Read one measurement of a folder: ``(statistics, per_class, metrics, result)``.
 
     Raises FileNotFoundError naming the missing file (and the measurements that do exist) and
@@ -101,16 +104,23 @@ def read_measurement(folder: str | os.PathLike, name: Optional[str] = None) -> t
     if not stats_path.is_file():
         have = list_measurements(folder)
         listed = ", ".join("default" if n is None else repr(n) for n in have) or "none"
-        raise FileNotFoundError(f"no collapse statistics at {str(stats_path)!r} (measurements in this folder: {listed})")
+        raise FileNotFoundError(
+            f"no collapse statistics at {str(stats_path)!r} (measurements in this folder: {listed})"
+        )
     stats, extras = CollapseStatistics.load_with_extras(stats_path)
-    per_class = {k[len(PER_CLASS_PREFIX):]: v for k, v in extras.items() if k.startswith(PER_CLASS_PREFIX)}
+    per_class = {k[len(PER_CLASS_PREFIX) :]: v for k, v in extras.items() if k.startswith(PER_CLASS_PREFIX)}
     metrics = read_metrics(sub / METRICS_FILE)
     for key, actual in (("num_tokens", stats.num_tokens), ("num_classes", stats.num_classes)):
         if key in metrics and int(metrics[key]) != int(actual):
-            raise ValueError(f"{str(sub / METRICS_FILE)!r} says {key}={metrics[key]} but {str(stats_path)!r} holds "
-                             f"{actual}: the two files come from different measurements")
-    result = CollapseResult({k: float(metrics[k]) for k in MEASURE_KEYS if k in metrics},
-                            per_class=per_class or None, info={"source": str(sub)})
+            raise ValueError(
+                f"{str(sub / METRICS_FILE)!r} says {key}={metrics[key]} but {str(stats_path)!r} holds "
+                f"{actual}: the two files come from different measurements"
+            )
+    result = CollapseResult(
+        {k: float(metrics[k]) for k in MEASURE_KEYS if k in metrics},
+        per_class=per_class or None,
+        info={"source": str(sub)},
+    )
     return stats, per_class, metrics, result
 
 
@@ -154,8 +164,12 @@ def _json_value(v):
 def build_metrics(statistics: CollapseStatistics, result, settings: Optional[Mapping] = None) -> dict:
     """The flat ``metrics.json`` object: measure values, counts, then the settings used."""
     out = {k: _json_value(float(v)) for k, v in result.items()}
-    out.update(num_tokens=statistics.num_tokens, num_classes=statistics.num_classes,
-               num_classes_present=int(statistics.present.sum()), dim=statistics.dim)
+    out.update(
+        num_tokens=statistics.num_tokens,
+        num_classes=statistics.num_classes,
+        num_classes_present=int(statistics.present.sum()),
+        dim=statistics.dim,
+    )
     info = getattr(result, "info", None) or {}
     if "num_classes_coincident" in info:  # left out of the measures (identical means)
         out["num_classes_coincident"] = int(info["num_classes_coincident"])
@@ -172,8 +186,16 @@ def layer_key(name: str) -> str:
     return name.replace(".", "_").replace("/", "_")
 
 
-def write_measurement(folder: str | os.PathLike, statistics: CollapseStatistics, result: CollapseResult, *,
-                      name: Optional[str] = None, model: Optional[torch.nn.Module] = None, metadata: Optional[Mapping] = None, metrics_extra: Optional[Mapping] = None) -> Path:
+def write_measurement(
+    folder: str | os.PathLike,
+    statistics: CollapseStatistics,
+    result: CollapseResult,
+    *,
+    name: Optional[str] = None,
+    model: Optional[torch.nn.Module] = None,
+    metadata: Optional[Mapping] = None,
+    metrics_extra: Optional[Mapping] = None,
+) -> Path:
     """Write one measurement (``collapse[/<name>]/statistics.safetensors`` + ``metrics.json``) into
     ``folder``; with ``model`` the header records its ``weights_sha256``. Returns the measurement folder.
 
@@ -184,27 +206,44 @@ def write_measurement(folder: str | os.PathLike, statistics: CollapseStatistics,
     if not isinstance(statistics, CollapseStatistics):
         raise TypeError(f"statistics must be a CollapseStatistics, got {type(statistics).__name__}")
     sub = Path(folder) / measurement_subdir(name)
-    meta = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str))
-            for k, v in (metadata or {}).items()}
+    meta = {
+        str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str))
+        for k, v in (metadata or {}).items()
+    }
     meta.setdefault("k", str(float(getattr(result, "info", {}).get("k", 2.0))))
     if model is not None:
         meta["weights_sha256"] = weights_sha256(model)
     meta["measured_with"] = f"hf_collapse {__version__}"
     extra = {}
     if getattr(result, "per_class", None):
-        extra = {PER_CLASS_PREFIX + k: v.detach().cpu().to(torch.float64 if v.is_floating_point() else torch.int64)
-                 for k, v in result.per_class.items()}
+        extra = {
+            PER_CLASS_PREFIX + k: v.detach().cpu().to(torch.float64 if v.is_floating_point() else torch.int64)
+            for k, v in result.per_class.items()
+        }
     statistics.save(sub / STATISTICS_FILE, extra_tensors=extra, metadata=meta)
     metrics = build_metrics(statistics, result, {"k": float(meta["k"]), **dict(metrics_extra or {})})
     atomic_write_text(sub / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return sub
 
 
-def write_report(folder: str | os.PathLike, report: Any, *, model: Optional[torch.nn.Module] = None, metadata: Optional[Mapping] = None,
-                 metrics_extra: Optional[Mapping] = None) -> None:
+def write_report(
+    folder: str | os.PathLike,
+    report: Any,
+    *,
+    model: Optional[torch.nn.Module] = None,
+    metadata: Optional[Mapping] = None,
+    metrics_extra: Optional[Mapping] = None,
+) -> None:
     """Write every measurement of a ``CollapseReport``: the primary module as the default measurement,
     each further module (layer-wise NC) as ``collapse/<layer_key>/``."""
     for mod, stats in report.all_statistics.items():
         name = None if mod == report.primary else layer_key(mod)
-        write_measurement(folder, stats, report.results[mod], name=name, model=model, metadata=metadata,
-                          metrics_extra={**report.settings, **dict(metrics_extra or {})})
+        write_measurement(
+            folder,
+            stats,
+            report.results[mod],
+            name=name,
+            model=model,
+            metadata=metadata,
+            metrics_extra={**report.settings, **dict(metrics_extra or {})},
+        )

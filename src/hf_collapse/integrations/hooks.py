@@ -52,8 +52,10 @@ ModulesArg = Union[None, str, torch.nn.Module, Sequence[Union[str, torch.nn.Modu
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """Strip DDP / DataParallel / FSDP / DeepSpeed / torch.compile wrappers (Accelerate's unwrap)."""
     if isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a loaded torch.nn.Module, got the path or name {os.fspath(model)!r}: "
-                        "load it first, e.g. AutoModelForCausalLM.from_pretrained(...)")
+        raise TypeError(
+            f"model must be a loaded torch.nn.Module, got the path or name {os.fspath(model)!r}: "
+            "load it first, e.g. AutoModelForCausalLM.from_pretrained(...)"
+        )
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     try:
@@ -172,8 +174,15 @@ def _num_classes(model, modules: Mapping[str, torch.nn.Module], num_classes: Opt
 
 
 # ---------------------------------------------------------------------------- labels
-def align_labels(features: torch.Tensor, batch: Mapping, task: str, *, ignore_index: int = -100,
-                 pad_token_id: Optional[int] = None, pooling: str = "last"):
+def align_labels(
+    features: torch.Tensor,
+    batch: Mapping,
+    task: str,
+    *,
+    ignore_index: int = -100,
+    pad_token_id: Optional[int] = None,
+    pooling: str = "last",
+):
     """Return ``(features, labels)`` with labels of shape ``features.shape[:-1]`` (see module doc)."""
     labels = batch.get("labels")
     input_ids = batch.get("input_ids")
@@ -199,16 +208,18 @@ def align_labels(features: torch.Tensor, batch: Mapping, task: str, *, ignore_in
         raise ValueError(f"{task} collection needs 'labels' in the batch")
     if task == "token_classification":
         if tuple(labels.shape) != tuple(features.shape[:-1]):
-            raise ValueError(f"token_classification: labels {tuple(labels.shape)} do not match features "
-                             f"{tuple(features.shape)}")
+            raise ValueError(
+                f"token_classification: labels {tuple(labels.shape)} do not match features {tuple(features.shape)}"
+            )
         return features, labels
     if task == "sequence_classification":
         labels = labels.reshape(-1)
         if features.dim() == 2:
             return features, labels
         if features.dim() != 3 or features.shape[0] != labels.shape[0]:
-            raise ValueError(f"sequence_classification: features {tuple(features.shape)} do not match "
-                             f"{labels.shape[0]} labels")
+            raise ValueError(
+                f"sequence_classification: features {tuple(features.shape)} do not match {labels.shape[0]} labels"
+            )
         B, T = features.shape[:2]
         if pooling == "first":
             pos = torch.zeros(B, dtype=torch.long, device=features.device)
@@ -260,9 +271,22 @@ class FeatureCollector:
     the last batch exactly in a single process.
     """
 
-    def __init__(self, model, modules: ModulesArg = None, *, task="causal_lm", num_classes=None,
-                 mode="stats", covariance=False, ignore_index=-100, pooling="last", statistics=None,
-                 nc4=None, remaining: Optional[int] = None, drop_padded_duplicates=True):
+    def __init__(
+        self,
+        model,
+        modules: ModulesArg = None,
+        *,
+        task="causal_lm",
+        num_classes=None,
+        mode="stats",
+        covariance=False,
+        ignore_index=-100,
+        pooling="last",
+        statistics=None,
+        nc4=None,
+        remaining: Optional[int] = None,
+        drop_padded_duplicates=True,
+    ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if mode not in ("stats", "nc4"):
@@ -335,8 +359,14 @@ class FeatureCollector:
         h = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if not isinstance(h, torch.Tensor):
             raise ValueError("the hooked module received no tensor input")
-        h, y = align_labels(h.detach(), self._batch, self.task, ignore_index=self.ignore_index,
-                            pad_token_id=self.pad_token_id, pooling=self.pooling)
+        h, y = align_labels(
+            h.detach(),
+            self._batch,
+            self.task,
+            ignore_index=self.ignore_index,
+            pad_token_id=self.pad_token_id,
+            pooling=self.pooling,
+        )
         if self.drop_padded_duplicates:
             h, y = _keep_real_samples(h, y)
         return h, y.to(h.device)
@@ -364,12 +394,14 @@ class FeatureCollector:
             h, y = self._budget(h, y, first)
             st = self.statistics.get(name)
             if st is None:
-                st = CollapseStatistics(self.num_classes, h.shape[-1], covariance=self.covariance,
-                                        ignore_index=self.ignore_index)
+                st = CollapseStatistics(
+                    self.num_classes, h.shape[-1], covariance=self.covariance, ignore_index=self.ignore_index
+                )
                 self.statistics[name] = st
             st.defer_checks = True  # checked by check() / finish_pass, not once per batch
             st.update(h, y)
             return None
+
         return hook
 
     def _make_post_hook(self, name, first):
@@ -379,8 +411,11 @@ class FeatureCollector:
             h, y = self._features_labels(args, kwargs)
             # the output is the model's logits only when the hooked module is the linear head
             is_head = isinstance(module, torch.nn.Linear)
-            logits = output if is_head and isinstance(output, torch.Tensor) and output.shape[-1] == self.num_classes \
+            logits = (
+                output
+                if is_head and isinstance(output, torch.Tensor) and output.shape[-1] == self.num_classes
                 else None
+            )
             if logits is not None and self.task == "sequence_classification" and logits.dim() == 3:
                 logits = None  # pooled after the head: use the weights instead
             if logits is not None:
@@ -390,6 +425,5 @@ class FeatureCollector:
             h, y = self._budget(h, y, first)
             self.nc4[name].update(h, y, logits)
             return None
+
         return hook
-
-

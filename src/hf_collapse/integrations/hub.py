@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from ..core.measures import CollapseResult
 from ..core.statistics import CollapseStatistics
 from .folder import (
     COLLAPSE_DIR,
-    METRICS_FILE,
     REPO_ID_PLACEHOLDER,
     SKIP_PARTS,
     STATISTICS_FILE,
@@ -32,17 +30,30 @@ from .folder import (
     write_measurement,
 )
 from .model_card import render_model_card, write_model_card
-from .model_source import check_model_source, is_valid_repo_id
+from .model_source import is_valid_repo_id
+from .snapshot import resolve_folder
 from .weights_hash import weights_sha256
 
-__all__ = ["MeasuredModel", "find_measurement", "load_measured", "push_measured", "save_measured", "weights_sha256",
-           "write_model_card", "render_model_card", "read_metrics", "list_measurements", "measurement_mismatches"]
+__all__ = [
+    "MeasuredModel",
+    "find_measurement",
+    "load_measured",
+    "push_measured",
+    "save_measured",
+    "weights_sha256",
+    "write_model_card",
+    "render_model_card",
+    "read_metrics",
+    "list_measurements",
+    "measurement_mismatches",
+]
 
 if TYPE_CHECKING:  # annotations only: importing them here would load transformers for every reader
     from huggingface_hub import CommitInfo
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------------------------- loading
 @dataclass
@@ -72,109 +83,29 @@ class MeasuredModel:
     def __repr__(self) -> str:
         source = f"{self.repo_id}@{self.commit[:10]}" if self.repo_id and self.commit else self.path
         model = type(self.model).__name__ if self.model is not None else None
-        head = (f"MeasuredModel({source!r}, measurement={self.name or 'default'!s}, model={model}, "
-                f"classes={int(self.statistics.present.sum())}/{self.statistics.num_classes}, "
-                f"dim={self.statistics.dim}, tokens={self.statistics.num_tokens}, "
-                f"weights={'verified' if self.weights_sha256 else 'unchecked'})")
+        head = (
+            f"MeasuredModel({source!r}, measurement={self.name or 'default'!s}, model={model}, "
+            f"classes={int(self.statistics.present.sum())}/{self.statistics.num_classes}, "
+            f"dim={self.statistics.dim}, tokens={self.statistics.num_tokens}, "
+            f"weights={'verified' if self.weights_sha256 else 'unchecked'})"
+        )
         return head + ("\n" + self.result.table() if len(self.result) else "")
 
 
-def _snapshot_complete(folder: Path, sub: str, need_weights: bool) -> bool:
-    if not (folder / sub / STATISTICS_FILE).is_file() or not (folder / sub / METRICS_FILE).is_file():
-        return False
-    return not need_weights or ((folder / "config.json").is_file() and any(folder.glob("*.safetensors")))
-
-
-def _fallback_snapshot(repo_id: str, cache_dir, sub: str, need_weights: bool, reason: str) -> Optional[Path]:
-    """Offline: the newest cached snapshot of ``repo_id`` that holds the measurement (and weights).
-
-    Works around the trap where ``refs/main`` points at a snapshot that lacks the model files (a
-    later commit of which only README.md was fetched) although an older complete one is cached."""
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
-    root = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
-    if not root.is_dir():
-        return None
-    complete = [p for p in root.iterdir() if p.is_dir() and _snapshot_complete(p, sub, need_weights)]
-    if not complete:
-        return None
-    best = max(complete, key=lambda p: max((f.stat().st_mtime for f in p.rglob("*")), default=p.stat().st_mtime))
-    logger.warning("%s; using the newest complete cached snapshot %s instead", reason, best.name)
-    return best
-
-
-def _hub_answers(repo_id: str, revision, token, local_files_only) -> bool:
-    """Whether the Hub can be asked now (not offline and it answers, even with an HTTP error)."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if local_files_only or constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        HfApi(token=token).repo_info(repo_id, revision=revision)
-    except HfHubHTTPError:
-        return True
-    except Exception:  # connection refused, timeout, offline mode: we are offline in effect
-        return False
-    return True
-
-
-def _resolve(repo_id_or_path, revision, name, need_weights, token, cache_dir, local_files_only, require=True):
-    """Local folder or Hub repo -> (folder, repo_id, commit); with ``require``, the folder holds
-    measurement ``name`` (and the weights if ``need_weights``)."""
-    path = Path(os.fspath(repo_id_or_path)).expanduser()
-    if path.is_dir():
-        return path, None, None
-    if not isinstance(repo_id_or_path, str) or repo_id_or_path.count("/") > 1 or path.is_absolute() \
-            or repo_id_or_path.startswith("."):
-        raise FileNotFoundError(f"no measured model folder at {os.fspath(repo_id_or_path)!r} (and it is not a valid "
-                                "Hub repo id either)")
-    check_model_source(repo_id_or_path, "measured model folder", need_config=False)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import IncompleteSnapshotError, RepositoryNotFoundError
-
-    sub = measurement_subdir(name)
-    # without weights, fetch only what a measurement needs
-    patterns = None if need_weights else [f"{COLLAPSE_DIR}/*", "*.json", "README.md"]
-    repo_id = repo_id_or_path
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
-                                        local_files_only=bool(local_files_only), allow_patterns=patterns))
-    except IncompleteSnapshotError as e:
-        folder = None
-        reason = str(e).split(". ")[0]
-    except RepositoryNotFoundError as e:
-        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo you can access "
-                                f"({str(e).splitlines()[0]})") from e
-    except (OSError, ValueError) as e:  # no network / offline without a cached copy (LocalEntryNotFoundError)
-        from huggingface_hub.errors import HfHubHTTPError
-
-        if isinstance(e, HfHubHTTPError):  # the Hub answered (revision not found, ...): its own error
-            raise
-        raise FileNotFoundError(f"no local folder {repo_id!r}, and it could not be fetched from the Hub: "
-                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
-    else:
-        reason = f"cached snapshot {folder.name} of {repo_id} lacks {sub}/{STATISTICS_FILE} or the model files"
-    if folder is None or (require and not _snapshot_complete(folder, sub, need_weights)):
-        if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
-            fallback = None  # an explicit commit must not be swapped for another one
-        elif folder is not None and _hub_answers(repo_id, revision, token, local_files_only):
-            raise FileNotFoundError(f"{repo_id} (revision {revision or 'main'}, commit {folder.name}) holds no "
-                                    f"{sub}/{STATISTICS_FILE} with {METRICS_FILE}" + (" or no model files" if need_weights else ""))
-        else:
-            fallback = _fallback_snapshot(repo_id, cache_dir, sub, need_weights, reason)
-        if fallback is None:
-            raise FileNotFoundError(f"{reason}, and no other cached snapshot holds them")
-        folder = fallback
-    return folder, repo_id, folder.name
-
-
-def load_measured(repo_id_or_path: str | os.PathLike, revision: Optional[str] = None, *, name: Optional[str] = None,
-                  load_model: bool = True, load_tokenizer: bool = True, check_weights: bool = True,
-                  model_class: Optional[type] = None, token: Optional[str] = None,
-                  cache_dir: Optional[str | os.PathLike] = None, local_files_only: Optional[bool] = None,
-                  **model_kwargs: Any) -> MeasuredModel:
+def load_measured(
+    repo_id_or_path: str | os.PathLike,
+    revision: Optional[str] = None,
+    *,
+    name: Optional[str] = None,
+    load_model: bool = True,
+    load_tokenizer: bool = True,
+    check_weights: bool = True,
+    model_class: Optional[type] = None,
+    token: Optional[str] = None,
+    cache_dir: Optional[str | os.PathLike] = None,
+    local_files_only: Optional[bool] = None,
+    **model_kwargs: Any,
+) -> MeasuredModel:
     """Load a pre-measured model: weights, tokenizer, collapse statistics and measures, in one call.
 
     Args:
@@ -192,8 +123,9 @@ def load_measured(repo_id_or_path: str | os.PathLike, revision: Optional[str] = 
 
     Never unpickles: weights must be safetensors, statistics are safetensors, metrics JSON.
     """
-    folder, repo_id, commit = _resolve(repo_id_or_path, revision, name, load_model, token, cache_dir,
-                                       local_files_only)
+    folder, repo_id, commit = resolve_folder(
+        repo_id_or_path, revision, name, load_model, token, cache_dir, local_files_only
+    )
     stats, _per_class, metrics, result = read_measurement(folder, name)
     stats_path = str(folder / measurement_subdir(name) / STATISTICS_FILE)
     verified = verify_weights(folder, stats, stats_path) if (check_weights and load_model) else None
@@ -207,9 +139,19 @@ def load_measured(repo_id_or_path: str | os.PathLike, revision: Optional[str] = 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    return MeasuredModel(path=str(folder), statistics=stats, metrics=metrics, result=result, model=model,
-                         tokenizer=tokenizer, name=name, repo_id=repo_id, commit=commit, weights_sha256=verified,
-                         measurements=list_measurements(folder))
+    return MeasuredModel(
+        path=str(folder),
+        statistics=stats,
+        metrics=metrics,
+        result=result,
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        repo_id=repo_id,
+        commit=commit,
+        weights_sha256=verified,
+        measurements=list_measurements(folder),
+    )
 
 
 def _same(stored, wanted) -> bool:
@@ -221,8 +163,7 @@ def _same(stored, wanted) -> bool:
         return str(stored) == str(wanted)
 
 
-def measurement_mismatches(stats: CollapseStatistics, *, weights_sha256: Optional[str] = None,
-                           **expected) -> list[str]:
+def measurement_mismatches(stats: CollapseStatistics, *, weights_sha256: Optional[str] = None, **expected) -> list[str]:
     """Why stored statistics do not answer a new request (empty list: they do).
 
     ``weights_sha256`` must equal the recorded hash; every ``expected`` key (e.g. ``k=2``,
@@ -238,16 +179,23 @@ def measurement_mismatches(stats: CollapseStatistics, *, weights_sha256: Optiona
     return problems
 
 
-def find_measurement(repo_id_or_path: str | os.PathLike, revision: Optional[str] = None, *, weights_sha256: Optional[str] = None,
-                     token: Optional[str] = None, cache_dir: Optional[str | os.PathLike] = None,
-                     **expected: Any) -> Optional[MeasuredModel]:
+def find_measurement(
+    repo_id_or_path: str | os.PathLike,
+    revision: Optional[str] = None,
+    *,
+    weights_sha256: Optional[str] = None,
+    token: Optional[str] = None,
+    cache_dir: Optional[str | os.PathLike] = None,
+    **expected: Any,
+) -> Optional[MeasuredModel]:
     """The first measurement (default, then named ones) of a folder or Hub repo that matches (see
     :func:`measurement_mismatches`), without model or tokenizer; None if there is none. Fetches only
     ``collapse/`` and the JSON files: for ``hf-collapse measure`` to skip the collection pass when
     the repo already holds matching statistics."""
     try:
-        folder, repo_id, commit = _resolve(repo_id_or_path, revision, None, False, token, cache_dir, None,
-                                           require=False)
+        folder, repo_id, commit = resolve_folder(
+            repo_id_or_path, revision, None, False, token, cache_dir, None, require=False
+        )
     except FileNotFoundError:
         return None
     names = list_measurements(folder)
@@ -259,8 +207,16 @@ def find_measurement(repo_id_or_path: str | os.PathLike, revision: Optional[str]
             continue
         problems = measurement_mismatches(stats, weights_sha256=weights_sha256, **expected)
         if not problems:
-            return MeasuredModel(path=str(folder), statistics=stats, metrics=metrics, result=result, name=name,
-                                 repo_id=repo_id, commit=commit, measurements=names)
+            return MeasuredModel(
+                path=str(folder),
+                statistics=stats,
+                metrics=metrics,
+                result=result,
+                name=name,
+                repo_id=repo_id,
+                commit=commit,
+                measurements=names,
+            )
         logger.info("measurement %s of %s does not match: %s", name or "default", repo_id_or_path, "; ".join(problems))
     return None
 
@@ -290,8 +246,10 @@ def default_commit_message(folder: str | os.PathLike) -> str:
         except (ValueError, FileNotFoundError):
             continue
         k = stats.metadata.get("k")
-        parts.append(f"{name or 'default'}: {stats.num_tokens} tokens, {int(stats.present.sum())} classes"
-                     + (f", k={k}" if k else ""))
+        parts.append(
+            f"{name or 'default'}: {stats.num_tokens} tokens, {int(stats.present.sum())} classes"
+            + (f", k={k}" if k else "")
+        )
     model_type = "model"
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type") or model_type
@@ -300,9 +258,16 @@ def default_commit_message(folder: str | os.PathLike) -> str:
     return f"Add {model_type} with neural-collapse statistics ({'; '.join(parts)})"
 
 
-def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: Optional[str] = None,
-                  revision: Optional[str] = None, commit_message: Optional[str] = None,
-                  commit_description: Optional[str] = None) -> CommitInfo:
+def push_measured(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: Optional[str] = None,
+    revision: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    commit_description: Optional[str] = None,
+) -> CommitInfo:
     """Push a measured-model folder to the Hub in ONE commit; returns the ``CommitInfo``.
 
     Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it
@@ -317,12 +282,16 @@ def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
     if not folder.is_dir():
         raise FileNotFoundError(f"no measured model folder at {str(folder)!r}")
     if not isinstance(repo_id, str) or not is_valid_repo_id(repo_id):
-        raise ValueError(f"{repo_id!r} is not a valid Hub repo id: expected 'name' or 'namespace/name' of letters, "
-                         "digits, '-', '_' and '.'")
+        raise ValueError(
+            f"{repo_id!r} is not a valid Hub repo id: expected 'name' or 'namespace/name' of letters, "
+            "digits, '-', '_' and '.'"
+        )
     names = list_measurements(folder)
     if not names:
-        raise FileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE} (nor "
-                                f"{COLLAPSE_DIR}/<name>/{STATISTICS_FILE}): measure it first")
+        raise FileNotFoundError(
+            f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE} (nor "
+            f"{COLLAPSE_DIR}/<name>/{STATISTICS_FILE}): measure it first"
+        )
     for name in names:  # fail before any network traffic on files a reader would reject
         read_measurement(folder, name)
     if not (folder / "README.md").is_file():
@@ -341,18 +310,33 @@ def push_measured(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision not in (None, "main"):
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    info = api.create_commit(repo_id, operations=operations, commit_message=commit_message or
-                             default_commit_message(folder), commit_description=commit_description,
-                             revision=revision, repo_type="model")
+    info = api.create_commit(
+        repo_id,
+        operations=operations,
+        commit_message=commit_message or default_commit_message(folder),
+        commit_description=commit_description,
+        revision=revision,
+        repo_type="model",
+    )
     logger.info("pushed %d files of %s to %s (%s)", len(operations), folder, repo_id, info.commit_url)
     return info
 
 
 # ---------------------------------------------------------------------------------------- saving
-def save_measured(output_dir: str | os.PathLike, *, model: PreTrainedModel, tokenizer: Any = None,
-                  statistics: CollapseStatistics, result: CollapseResult, metrics_extra: Optional[Mapping] = None,
-                  metadata: Optional[Mapping] = None, card: bool = True, save_model: bool = True,
-                  card_info: Optional[Mapping] = None, name: Optional[str] = None) -> str:
+def save_measured(
+    output_dir: str | os.PathLike,
+    *,
+    model: PreTrainedModel,
+    tokenizer: Any = None,
+    statistics: CollapseStatistics,
+    result: CollapseResult,
+    metrics_extra: Optional[Mapping] = None,
+    metadata: Optional[Mapping] = None,
+    card: bool = True,
+    save_model: bool = True,
+    card_info: Optional[Mapping] = None,
+    name: Optional[str] = None,
+) -> str:
     """Write a measured model folder (``save_pretrained`` + one measurement + the card); returns its path.
 
     See :func:`hf_collapse.integrations.folder.write_measurement` for ``metadata`` and ``metrics_extra``.
@@ -364,8 +348,9 @@ def save_measured(output_dir: str | os.PathLike, *, model: PreTrainedModel, toke
         model.save_pretrained(output_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(output_dir)
-    write_measurement(output_dir, statistics, result, name=name, model=model, metadata=metadata,
-                      metrics_extra=metrics_extra)
+    write_measurement(
+        output_dir, statistics, result, name=name, model=model, metadata=metadata, metrics_extra=metrics_extra
+    )
     if card:
         write_model_card(output_dir, **dict(card_info or {}))
     return output_dir

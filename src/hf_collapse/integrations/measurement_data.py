@@ -14,7 +14,15 @@ from typing import Optional
 
 import torch
 
-from .data import StreamingTokenBlocks, TokenBlocks, collate, iter_dataset_documents, iter_documents, text_blocks
+from .data import (
+    DEFAULT_HUB_DATASET,
+    StreamingTokenBlocks,
+    TokenBlocks,
+    collate,
+    iter_documents,
+    load_text_dataset,
+    text_blocks,
+)
 
 
 def measurement_documents(opts, which: str):
@@ -129,3 +137,32 @@ def blocks_loader(blocks, batch_size: int, prepare=None):
         blocks = TokenBlocks(blocks)
     dl = torch.utils.data.DataLoader(blocks, batch_size=batch_size, collate_fn=collate)
     return prepare(dl) if prepare is not None else dl
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub datasets
+
+
+def load_hub_stories(
+    dataset_name: str = DEFAULT_HUB_DATASET,
+    split: str = "train",
+    text_column: str = "text",
+    max_stories: Optional[int] = None,
+    **kwargs,
+) -> list[str]:
+    """Texts of a Hub dataset (default TinyStories); with ``max_stories`` the split is streamed."""
+    ds = load_text_dataset(
+        dataset=dataset_name, split=split, text_column=text_column, streaming=max_stories is not None, **kwargs
+    )
+    if max_stories is not None:
+        ds = ds.take(max_stories)
+    return [t for t in (row[text_column] for row in ds) if isinstance(t, str) and t.strip()]
+
+
+def iter_dataset_documents(name, config, split, text_column, streaming=False):
+    """Texts of a dataset split, streamed row by row (non-empty ones)."""
+    ds = load_text_dataset(dataset=name, config=config, split=split, text_column=text_column, streaming=streaming)
+    for row in ds:
+        t = row[text_column]
+        if isinstance(t, str) and t.strip():
+            yield t

@@ -50,7 +50,9 @@ def shipped_metric_dir() -> Path:
 
 def modules_cache() -> Path:
     """evaluate's ``HF_MODULES_CACHE``, resolved from the environment exactly as evaluate.config does."""
-    home = os.path.expanduser(os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "huggingface")))
+    home = os.path.expanduser(
+        os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
+    )
     return Path(os.getenv("HF_MODULES_CACHE", os.path.join(home, "modules")))
 
 
@@ -109,8 +111,13 @@ def register_metric(cache: Optional[os.PathLike] = None) -> Path:
     script = _metric_root(root) / source_hash(source) / f"{METRIC_NAME}.py"
     # evaluate imports it as evaluate_modules.metrics.<CACHE_NAME>.<hash>.neural_collapse from root
     script.parent.mkdir(parents=True, exist_ok=True)
-    for directory in (root, root / "evaluate_modules", root / "evaluate_modules" / "metrics",
-                      script.parent.parent, script.parent):
+    for directory in (
+        root,
+        root / "evaluate_modules",
+        root / "evaluate_modules" / "metrics",
+        script.parent.parent,
+        script.parent,
+    ):
         _touch_init(directory)
     if not script.is_file() or script.read_bytes() != source:
         atomic_write_bytes(script, source)
@@ -126,9 +133,11 @@ def register_metric(cache: Optional[os.PathLike] = None) -> Path:
     return script
 
 
-INSTALL_HINT = ("evaluate.load('neural_collapse') finds the module only after it was registered in evaluate's "
-                "modules cache: run `hf-collapse install-metric` once (scripts/setup.sh does, for its own "
-                "cache), or use hf_collapse.load_metric(), which needs no registration")
+INSTALL_HINT = (
+    "evaluate.load('neural_collapse') finds the module only after it was registered in evaluate's "
+    "modules cache: run `hf-collapse install-metric` once (scripts/setup.sh does, for its own "
+    "cache), or use hf_collapse.load_metric(), which needs no registration"
+)
 
 
 def load_metric(config_name: Optional[str] = None, **kwargs):
@@ -151,8 +160,10 @@ def load_metric(config_name: Optional[str] = None, **kwargs):
 
     script = shipped_metric_dir() / f"{METRIC_NAME}.py"
     if not script.is_file():
-        raise FileNotFoundError(f"the neural_collapse module is missing from the installed package ({script}); "
-                                f"reinstall hf_collapse. {INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"the neural_collapse module is missing from the installed package ({script}); "
+            f"reinstall hf_collapse. {INSTALL_HINT}"
+        )
     return evaluate.load(str(script), config_name, **kwargs)
 
 

@@ -53,8 +53,12 @@ def _meta(metadata: dict, key: str):
 def _hub_id(name) -> bool:
     """Whether a dataset/model name looks like a Hub id rather than a local file or folder."""
     name = str(name or "")
-    return bool(name) and not name.startswith(("/", ".", "~")) and name.count("/") <= 1 \
+    return (
+        bool(name)
+        and not name.startswith(("/", ".", "~"))
+        and name.count("/") <= 1
         and not name.lower().endswith((".txt", ".json", ".jsonl", ".csv", ".parquet", ".arrow"))
+    )
 
 
 def plot_per_class(per_class: dict, path: str | os.PathLike, title: str = "") -> Optional[Path]:
@@ -108,19 +112,41 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
         fig_rel = f"{sub}/{FIGURE_FILE}"
     elif (folder / sub / FIGURE_FILE).is_file():
         fig_rel = f"{sub}/{FIGURE_FILE}"
-    rows = [{"key": key, "value": fmt(value, 6), "name": MEASURES[key].name, "meaning": MEASURES[key].meaning,
-             "direction": MEASURES[key].direction_text} for key, value in result.items()]
+    rows = [
+        {
+            "key": key,
+            "value": fmt(value, 6),
+            "name": MEASURES[key].name,
+            "meaning": MEASURES[key].meaning,
+            "direction": MEASURES[key].direction_text,
+        }
+        for key, value in result.items()
+    ]
     settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
     return {
-        "name": name, "title": name or "default", "path": sub, "rows": rows, "values": dict(result),
-        "num_tokens": stats.num_tokens, "num_classes": stats.num_classes,
-        "present": int(stats.present.sum()), "dim": stats.dim,
+        "name": name,
+        "title": name or "default",
+        "path": sub,
+        "rows": rows,
+        "values": dict(result),
+        "num_tokens": stats.num_tokens,
+        "num_classes": stats.num_classes,
+        "present": int(stats.present.sum()),
+        "dim": stats.dim,
         "k": get("k") if get("k") is not None else settings.get("k"),
-        "dataset": get("dataset"), "dataset_config": get("dataset_config"),
-        "split": get("split"), "dataset_revision": get("dataset_revision"), "data_files": get("data_files"),
-        "data_sha256": get("data_sha256"), "max_tokens": get("max_tokens"), "command": get("command"),
-        "base_model": get("base_model"), "weights_sha256": meta.get("weights_sha256"),
-        "figure": fig_rel, "settings": settings, "hyperparameters": _json_dict(meta.get("hyperparameters")),
+        "dataset": get("dataset"),
+        "dataset_config": get("dataset_config"),
+        "split": get("split"),
+        "dataset_revision": get("dataset_revision"),
+        "data_files": get("data_files"),
+        "data_sha256": get("data_sha256"),
+        "max_tokens": get("max_tokens"),
+        "command": get("command"),
+        "base_model": get("base_model"),
+        "weights_sha256": meta.get("weights_sha256"),
+        "figure": fig_rel,
+        "settings": settings,
+        "hyperparameters": _json_dict(meta.get("hyperparameters")),
     }
 
 
@@ -169,8 +195,12 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
     if base_model and not _hub_id(base_model):
         base_model = None  # a local path is no Hub id: the Hub would reject it in base_model
     model_name = info.get("model_name") or (info.get("repo_id") or "").split("/")[-1] or folder.resolve().name
-    datasets = info.get("datasets") or ([info["dataset"]] if info.get("dataset") else None) \
-        or sorted({str(m["dataset"]) for m in measurements if _hub_id(m["dataset"])}) or None
+    datasets = (
+        info.get("datasets")
+        or ([info["dataset"]] if info.get("dataset") else None)
+        or sorted({str(m["dataset"]) for m in measurements if _hub_id(m["dataset"])})
+        or None
+    )
     task = info.get("pipeline_tag", "text-generation")
     results = []
     for m in measurements:
@@ -178,22 +208,42 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
         for key, value in m["values"].items():
             if not math.isfinite(value):
                 continue  # YAML/the Hub cannot carry inf or nan
-            results.append(EvalResult(
-                task_type=task, dataset_type=str(m["dataset"] or "text"), dataset_name=str(dataset_name),
-                dataset_split=m["split"], dataset_config=m["dataset_config"], dataset_revision=m["dataset_revision"],
-                metric_type=METRIC_TYPE_PREFIX + key, metric_name=MEASURES[key].name if key in MEASURES else key,
-                metric_value=float(value), metric_config=m["name"],
-            ))
+            results.append(
+                EvalResult(
+                    task_type=task,
+                    dataset_type=str(m["dataset"] or "text"),
+                    dataset_name=str(dataset_name),
+                    dataset_split=m["split"],
+                    dataset_config=m["dataset_config"],
+                    dataset_revision=m["dataset_revision"],
+                    metric_type=METRIC_TYPE_PREFIX + key,
+                    metric_name=MEASURES[key].name if key in MEASURES else key,
+                    metric_value=float(value),
+                    metric_config=m["name"],
+                )
+            )
     tags = ["neural-collapse", "hf_collapse"] + [t for t in (info.get("tags") or []) if t not in ("neural-collapse",)]
     card_data = ModelCardData(
-        library_name="transformers", tags=tags, datasets=datasets, base_model=base_model,
-        license=info.get("license"), language=info.get("language"), pipeline_tag=task,
-        model_name=model_name, eval_results=results or None,
+        library_name="transformers",
+        tags=tags,
+        datasets=datasets,
+        base_model=base_model,
+        license=info.get("license"),
+        language=info.get("language"),
+        pipeline_tag=task,
+        model_name=model_name,
+        eval_results=results or None,
     )
     kwargs = dict(
-        model_name=model_name, repo_id=info.get("repo_id"), description=info.get("description"),
-        base_model_name=base_model, measurements=measurements, hyperparameters=_hyperparameters(info, measurements),
-        citation=CITATION_BIBTEX, library_version=__version__, metric_prefix=METRIC_TYPE_PREFIX,
+        model_name=model_name,
+        repo_id=info.get("repo_id"),
+        description=info.get("description"),
+        base_model_name=base_model,
+        measurements=measurements,
+        hyperparameters=_hyperparameters(info, measurements),
+        citation=CITATION_BIBTEX,
+        library_version=__version__,
+        metric_prefix=METRIC_TYPE_PREFIX,
     )
     return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **kwargs)
 
@@ -212,6 +262,5 @@ def card_metrics(card: ModelCard) -> dict:
     out: dict = {}
     for r in card.data.eval_results or []:
         if r.metric_type.startswith(METRIC_TYPE_PREFIX):
-            out.setdefault(r.metric_config, {})[r.metric_type[len(METRIC_TYPE_PREFIX):]] = r.metric_value
+            out.setdefault(r.metric_config, {})[r.metric_type[len(METRIC_TYPE_PREFIX) :]] = r.metric_value
     return out
-

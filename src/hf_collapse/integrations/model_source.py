@@ -42,8 +42,9 @@ def check_model_source(name_or_path, what: str = "model folder", need_config: bo
     path = Path(text).expanduser()
     if path.is_dir():
         if need_config and not (path / "config.json").is_file():
-            raise UserFileNotFoundError(f"{text!r} is a folder but holds no config.json: not a saved {what} "
-                                        "(save_pretrained writes one)")
+            raise UserFileNotFoundError(
+                f"{text!r} is a folder but holds no config.json: not a saved {what} (save_pretrained writes one)"
+            )
         return text
     if path.exists():
         raise UserFileNotFoundError(f"{text!r} is a file, not a {what} or a Hub repo id")
@@ -61,5 +62,6 @@ def from_pretrained_or_explain(load, name_or_path: str, what: str = "model", **k
         if Path(os.fspath(name_or_path)).expanduser().is_dir():
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserFileNotFoundError(f"no local folder {name_or_path!r}, and loading the {what} {name_or_path!r} "
-                                    f"from the Hub failed: {first}") from e
+        raise UserFileNotFoundError(
+            f"no local folder {name_or_path!r}, and loading the {what} {name_or_path!r} from the Hub failed: {first}"
+        ) from e

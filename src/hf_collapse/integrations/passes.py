@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -22,6 +21,7 @@ from ..core.nc4 import NC4Counter
 from ..core.registry import MEASURE_KEYS
 from ..core.statistics import CollapseStatistics
 from .hooks import FeatureCollector, full_parameters, head_weights, resolve_modules, unwrap_model
+from .report import CollapseReport
 from .resume import fingerprint, read_checkpoint, write_checkpoint
 from .settings import CollapseArguments, as_settings
 
@@ -49,8 +49,20 @@ def _batch_numel(batch) -> float:
     return float(ref.numel()) if isinstance(ref, torch.Tensor) else float("inf")
 
 
-def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max_batches, progress, desc,
-              skip_batches=0, on_batch=None, tokens0=0, sync_every: int = SYNC_EVERY):
+def _run_pass(
+    model,
+    dataloader,
+    collector: FeatureCollector,
+    *,
+    max_tokens,
+    max_batches,
+    progress,
+    desc,
+    skip_batches=0,
+    on_batch=None,
+    tokens0=0,
+    sync_every: int = SYNC_EVERY,
+):
     """Drive ``model`` over ``dataloader`` under no_grad + eval mode; hooks do the accumulating.
 
     No host synchronisation per batch: the labelled-token count stays on the device. In one process
@@ -90,8 +102,11 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
                     batches += 1
                     continue
                 if max_tokens is not None:  # device tensors: masking instead of a branch on the host
-                    collector.remaining = (max_tokens - tokens if world == 1 else
-                                           torch.where(tokens < max_tokens, torch.iinfo(torch.long).max, 0))
+                    collector.remaining = (
+                        max_tokens - tokens
+                        if world == 1
+                        else torch.where(tokens < max_tokens, torch.iinfo(torch.long).max, 0)
+                    )
                 collector.batch_tokens = 0
                 try:
                     model(**_move(batch, device))
@@ -130,11 +145,22 @@ def _run_pass(model, dataloader, collector: FeatureCollector, *, max_tokens, max
 
 
 # ---------------------------------------------------------------------------- public API
-def collect_statistics(model: torch.nn.Module, dataloader: Iterable[Mapping], settings: Optional[CollapseArguments] = None, *,
-                       num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator: Any = None,
-                       progress: bool = True, checkpoint_path: Optional[str | os.PathLike] = None, checkpoint_every: Optional[int] = None,
-                       ignore_index: int = -100, reduce: bool = True, data_fingerprint: Optional[str] = None,
-                       **short: Any) -> CollapseStatistics | dict[str, CollapseStatistics]:
+def collect_statistics(
+    model: torch.nn.Module,
+    dataloader: Iterable[Mapping],
+    settings: Optional[CollapseArguments] = None,
+    *,
+    num_classes: Optional[int] = None,
+    max_batches: Optional[int] = None,
+    accelerator: Any = None,
+    progress: bool = True,
+    checkpoint_path: Optional[str | os.PathLike] = None,
+    checkpoint_every: Optional[int] = None,
+    ignore_index: int = -100,
+    reduce: bool = True,
+    data_fingerprint: Optional[str] = None,
+    **short: Any,
+) -> CollapseStatistics | dict[str, CollapseStatistics]:
     """Pass 1: accumulate per-class statistics of the classifier inputs over ``dataloader``.
 
     Args:
@@ -168,16 +194,28 @@ def collect_statistics(model: torch.nn.Module, dataloader: Iterable[Mapping], se
         raise ValueError("checkpoint_every needs checkpoint_path")
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
-    collector = FeatureCollector(model, cfg.modules, task=cfg.collapse_task, num_classes=num_classes,
-                                 covariance=cfg.collapse_covariance, pooling=cfg.collapse_pooling,
-                                 ignore_index=ignore_index)
+    collector = FeatureCollector(
+        model,
+        cfg.modules,
+        task=cfg.collapse_task,
+        num_classes=num_classes,
+        covariance=cfg.collapse_covariance,
+        pooling=cfg.collapse_pooling,
+        ignore_index=ignore_index,
+    )
     names = list(collector.modules)
     skip, tokens0, fp = 0, 0, None
     if checkpoint_path is not None:
         checkpoint_path = os.fspath(checkpoint_path)
         os.makedirs(checkpoint_path, exist_ok=True)
-        extra = {"task": cfg.collapse_task, "modules": names, "max_tokens": max_tokens, "max_batches": max_batches,
-                 "data": data_fingerprint, "world": rank_and_world()[1]}
+        extra = {
+            "task": cfg.collapse_task,
+            "modules": names,
+            "max_tokens": max_tokens,
+            "max_batches": max_batches,
+            "data": data_fingerprint,
+            "world": rank_and_world()[1],
+        }
         fp = fingerprint(collector.model, dataloader if data_fingerprint is None else None, extra=extra)
         found = read_checkpoint(checkpoint_path, fp, names, collector.num_classes)
         if found is not None:
@@ -189,18 +227,40 @@ def collect_statistics(model: torch.nn.Module, dataloader: Iterable[Mapping], se
             write_checkpoint(checkpoint_path, collector.statistics, batches, int(tokens), fp)
 
     if max_tokens is None or tokens0 < max_tokens:
-        _run_pass(model, dataloader, collector, max_tokens=max_tokens, max_batches=max_batches, progress=progress,
-                  desc="NC statistics", skip_batches=skip, tokens0=tokens0,
-                  on_batch=on_batch if checkpoint_every else None)
-    stats = finish_pass(collector.statistics, names, collector.num_classes, covariance=cfg.collapse_covariance,
-                        ignore_index=ignore_index, reduce=reduce)
+        _run_pass(
+            model,
+            dataloader,
+            collector,
+            max_tokens=max_tokens,
+            max_batches=max_batches,
+            progress=progress,
+            desc="NC statistics",
+            skip_batches=skip,
+            tokens0=tokens0,
+            on_batch=on_batch if checkpoint_every else None,
+        )
+    stats = finish_pass(
+        collector.statistics,
+        names,
+        collector.num_classes,
+        covariance=cfg.collapse_covariance,
+        ignore_index=ignore_index,
+        reduce=reduce,
+    )
     return stats[names[0]] if len(names) == 1 else stats
 
 
-def collect_nc4(model: torch.nn.Module, dataloader: Iterable[Mapping],
-                statistics: CollapseStatistics | Mapping[str, CollapseStatistics], settings: Optional[CollapseArguments] = None, *,
-                max_batches: Optional[int] = None, progress: bool = True, reduce: bool = True,
-                **short: Any) -> dict[str, dict[str, float]]:
+def collect_nc4(
+    model: torch.nn.Module,
+    dataloader: Iterable[Mapping],
+    statistics: CollapseStatistics | Mapping[str, CollapseStatistics],
+    settings: Optional[CollapseArguments] = None,
+    *,
+    max_batches: Optional[int] = None,
+    progress: bool = True,
+    reduce: bool = True,
+    **short: Any,
+) -> dict[str, dict[str, float]]:
     """Pass 2: NC4 agreement and nearest-centre accuracy on held-out data against ``statistics``.
 
     ``statistics`` is what ``collect_statistics`` returned (one or a dict). Settings: ``modules``,
@@ -212,8 +272,14 @@ def collect_nc4(model: torch.nn.Module, dataloader: Iterable[Mapping],
     if "max_tokens" in short:
         short["nc4_max_tokens"] = short.pop("max_tokens")
     cfg = as_settings(settings, **short)
-    collector = FeatureCollector(model, cfg.modules, task=cfg.collapse_task, mode="nc4", pooling=cfg.collapse_pooling,
-                                 ignore_index=_first(statistics).ignore_index)
+    collector = FeatureCollector(
+        model,
+        cfg.modules,
+        task=cfg.collapse_task,
+        mode="nc4",
+        pooling=cfg.collapse_pooling,
+        ignore_index=_first(statistics).ignore_index,
+    )
     stats = _as_dict(statistics, list(collector.modules))
     for name, mod in collector.modules.items():
         with full_parameters(model):
@@ -222,12 +288,19 @@ def collect_nc4(model: torch.nn.Module, dataloader: Iterable[Mapping],
                 w = b = None  # the head's own logits give the linear prediction: no copy of W needed
             elif w is not None:  # pooled after a per-token head: predict with a copy of W
                 w, b = w.clone(), (None if b is None else b.clone())
-            collector.nc4[name] = NC4Counter.from_statistics(stats[name], w, b, dtype=cfg.torch_dtype,
-                                                             min_count=cfg.collapse_min_count,
-                                                             classes=cfg.collapse_classes)
+            collector.nc4[name] = NC4Counter.from_statistics(
+                stats[name], w, b, dtype=cfg.torch_dtype, min_count=cfg.collapse_min_count, classes=cfg.collapse_classes
+            )
     collector.num_classes = _first(statistics).num_classes
-    _run_pass(model, dataloader, collector, max_tokens=cfg.collapse_nc4_max_tokens, max_batches=max_batches,
-              progress=progress, desc="NC4")
+    _run_pass(
+        model,
+        dataloader,
+        collector,
+        max_tokens=cfg.collapse_nc4_max_tokens,
+        max_batches=max_batches,
+        progress=progress,
+        desc="NC4",
+    )
     out = {}
     for name, counter in collector.nc4.items():
         if reduce:
@@ -251,57 +324,16 @@ def _as_dict(statistics, names) -> dict[str, CollapseStatistics]:
     return dict(statistics)
 
 
-def layer_key(name: str) -> str:
-    """Metric-key form of a module name: ``transformer.h.1`` -> ``transformer_h_1``."""
-    return name.replace(".", "_").replace("/", "_")
-
-
-@dataclass
-class CollapseReport:
-    """Statistics and measures of one measurement.
-
-    ``statistics`` / ``result`` belong to the first (primary) module; ``all_statistics`` /
-    ``results`` hold every module by name. ``metrics(prefix)`` flattens them for logging: primary
-    keys as is (``nc1_cdnv``), other modules as ``<layer>_<key>`` (``transformer_h_1_nc1_cdnv``).
-    """
-
-    all_statistics: dict[str, CollapseStatistics]
-    results: dict[str, CollapseResult]
-    settings: dict = field(default_factory=dict)
-
-    @property
-    def primary(self) -> str:
-        return next(iter(self.results))
-
-    @property
-    def statistics(self) -> CollapseStatistics:
-        return self.all_statistics[self.primary]
-
-    @property
-    def result(self) -> CollapseResult:
-        return self.results[self.primary]
-
-    def metrics(self, prefix: str = "") -> dict[str, float]:
-        pre = f"{prefix}_" if prefix else ""
-        out = {f"{pre}{k}": v for k, v in self.result.items()}
-        for name, res in self.results.items():
-            if name != self.primary:
-                out.update({f"{pre}{layer_key(name)}_{k}": v for k, v in res.items()})
-        return out
-
-    def table(self) -> str:
-        lines = []
-        for name, res in self.results.items():
-            lines.append(f"[{name}]  tokens={self.all_statistics[name].num_tokens}  "
-                         f"classes present={int(self.all_statistics[name].present.sum())}")
-            lines.append(res.table())
-        return "\n".join(lines)
-
-
-def measure_statistics(model: torch.nn.Module, statistics: CollapseStatistics | Mapping[str, CollapseStatistics],
-                       settings: Optional[CollapseArguments] = None, *,
-                       nc4: Optional[Mapping[str, Mapping[str, float]]] = None, progress: bool = False,
-                       extra_settings: Optional[Mapping] = None, **short: Any) -> CollapseReport:
+def measure_statistics(
+    model: torch.nn.Module,
+    statistics: CollapseStatistics | Mapping[str, CollapseStatistics],
+    settings: Optional[CollapseArguments] = None,
+    *,
+    nc4: Optional[Mapping[str, Mapping[str, float]]] = None,
+    progress: bool = False,
+    extra_settings: Optional[Mapping] = None,
+    **short: Any,
+) -> CollapseReport:
     """Measures from collected statistics, with NC3 weights read from each hooked linear head.
 
     ``nc4`` is what ``collect_nc4`` returned. Real text has coincident class means (tokens seen once in
@@ -316,22 +348,41 @@ def measure_statistics(model: torch.nn.Module, statistics: CollapseStatistics | 
     for name, mod in mods.items():
         with full_parameters(model):
             w, b = head_weights(inner, name, mod, stats[name])
-            res = measure_collapse(stats[name], weights=w, bias=b, k=cfg.collapse_k, per_class=cfg.collapse_per_class,
-                                   tile_size=cfg.collapse_tile_size, dtype=cfg.torch_dtype, progress=progress,
-                                   coincident="exclude", **cfg.measure_options())
+            res = measure_collapse(
+                stats[name],
+                weights=w,
+                bias=b,
+                k=cfg.collapse_k,
+                per_class=cfg.collapse_per_class,
+                tile_size=cfg.collapse_tile_size,
+                dtype=cfg.torch_dtype,
+                progress=progress,
+                coincident="exclude",
+                **cfg.measure_options(),
+            )
         if nc4 is not None and name in nc4:
             vals = {**res, **nc4[name]}
-            res = CollapseResult({key: float(vals[key]) for key in MEASURE_KEYS if key in vals},
-                                 per_class=res.per_class, info=res.info)
+            res = CollapseResult(
+                {key: float(vals[key]) for key in MEASURE_KEYS if key in vals}, per_class=res.per_class, info=res.info
+            )
         results[name] = res
     return CollapseReport(stats, results, {**cfg.record(), **dict(extra_settings or {})})
 
 
-def measure_model(model: torch.nn.Module, dataloader: Iterable[Mapping],
-                  nc4_dataloader: Optional[Iterable[Mapping]] = None, settings: Optional[CollapseArguments] = None, *,
-                  num_classes: Optional[int] = None, max_batches: Optional[int] = None, accelerator: Any = None,
-                  progress: bool = True, checkpoint_path: Optional[str | os.PathLike] = None,
-                  checkpoint_every: Optional[int] = None, **short: Any) -> CollapseReport:
+def measure_model(
+    model: torch.nn.Module,
+    dataloader: Iterable[Mapping],
+    nc4_dataloader: Optional[Iterable[Mapping]] = None,
+    settings: Optional[CollapseArguments] = None,
+    *,
+    num_classes: Optional[int] = None,
+    max_batches: Optional[int] = None,
+    accelerator: Any = None,
+    progress: bool = True,
+    checkpoint_path: Optional[str | os.PathLike] = None,
+    checkpoint_every: Optional[int] = None,
+    **short: Any,
+) -> CollapseReport:
     """Both passes and the measures: statistics on ``dataloader``, NC4 on ``nc4_dataloader``.
 
     ``settings`` (or the first release's keywords: ``modules, task, k, max_tokens, nc4_max_tokens,
@@ -339,9 +390,17 @@ def measure_model(model: torch.nn.Module, dataloader: Iterable[Mapping],
     ``CollapseReport`` (``.statistics``, ``.result``, ``.metrics()``), the same on every process.
     """
     cfg = as_settings(settings, **short)
-    stats = collect_statistics(model, dataloader, cfg, num_classes=num_classes, max_batches=max_batches,
-                               accelerator=accelerator, progress=progress, checkpoint_path=checkpoint_path,
-                               checkpoint_every=checkpoint_every)
+    stats = collect_statistics(
+        model,
+        dataloader,
+        cfg,
+        num_classes=num_classes,
+        max_batches=max_batches,
+        accelerator=accelerator,
+        progress=progress,
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+    )
     nc4 = None
     if nc4_dataloader is not None and cfg.collapse_nc4:
         nc4 = collect_nc4(model, nc4_dataloader, stats, cfg, progress=progress)

@@ -71,8 +71,14 @@ def write_checkpoint(path, statistics, batches, tokens, fp):
     if world > 1:
         dist.barrier()
     if rank == 0:
-        info = {"fingerprint": fp, "batches": batches, "tokens": tokens, "world_size": world,
-                "modules": list(statistics), "folder": os.path.basename(step_dir)}
+        info = {
+            "fingerprint": fp,
+            "batches": batches,
+            "tokens": tokens,
+            "world_size": world,
+            "modules": list(statistics),
+            "folder": os.path.basename(step_dir),
+        }
         atomic_write_text(os.path.join(path, "latest.json"), json.dumps(info))
         for d in os.listdir(path):
             if d.startswith("step-") and d != info["folder"]:
@@ -95,8 +101,10 @@ def read_checkpoint(path, fp, names, num_classes):
             f"(fingerprint {info.get('fingerprint')} != {fp}); remove it or use another checkpoint_path"
         )
     if info.get("world_size") != world:
-        raise ValueError(f"the checkpoint in {path!r} was written by {info.get('world_size')} processes, "
-                         f"this run has {world}: resume with the same number of processes")
+        raise ValueError(
+            f"the checkpoint in {path!r} was written by {info.get('world_size')} processes, "
+            f"this run has {world}: resume with the same number of processes"
+        )
     step_dir = os.path.join(path, info["folder"])
     stats = {}
     for name in info["modules"]:

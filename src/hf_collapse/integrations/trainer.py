@@ -60,8 +60,9 @@ def _finish(model, stats_or_collector, cargs: CollapseArguments, nc4_loader, pro
     stats = stats_or_collector
     if isinstance(stats_or_collector, FeatureCollector):
         c = stats_or_collector
-        stats = finish_pass(c.statistics, list(c.modules), c.num_classes, covariance=cargs.collapse_covariance,
-                            what="the evaluation")
+        stats = finish_pass(
+            c.statistics, list(c.modules), c.num_classes, covariance=cargs.collapse_covariance, what="the evaluation"
+        )
         stats = next(iter(stats.values())) if len(stats) == 1 else stats
     nc4 = None
     if cargs.collapse_nc4 and nc4_loader is not None:
@@ -100,8 +101,14 @@ class CollapseTrainer(Trainer):
     only; see the module docstring for a process group it does not use (measured locally, one warning).
     """
 
-    def __init__(self, *args, collapse_args: Optional[CollapseArguments] = None, collapse_dataset=None,
-                 nc4_dataset=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        collapse_args: Optional[CollapseArguments] = None,
+        collapse_dataset=None,
+        nc4_dataset=None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if collapse_args is not None and not isinstance(collapse_args, CollapseArguments):
             raise TypeError(f"collapse_args must be CollapseArguments, got {type(collapse_args).__name__}")
@@ -124,21 +131,29 @@ class CollapseTrainer(Trainer):
         finally:
             self._collapse_eval = False
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix: str = "eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
         if not self._collapse_eval:
-            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                           metric_key_prefix)
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
         cargs = self.collapse_args
         ride = self.collapse_dataset is None and cargs.collapse_max_tokens is None
         collector = None
         if ride:
-            collector = FeatureCollector(self.model, cargs.modules, task=cargs.collapse_task,
-                                         covariance=cargs.collapse_covariance, pooling=cargs.collapse_pooling)
+            collector = FeatureCollector(
+                self.model,
+                cargs.modules,
+                task=cargs.collapse_task,
+                covariance=cargs.collapse_covariance,
+                pooling=cargs.collapse_pooling,
+            )
             collector.install()
         try:
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                             metric_key_prefix)
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
         finally:
             if collector is not None:
                 collector.remove()
@@ -159,16 +174,23 @@ class CollapseTrainer(Trainer):
 
     def _measure_collapse(self, dataset, nc4_dataset, _nc4_loader) -> CollapseReport:
         cargs = self.collapse_args
-        data = dataset if dataset is not None else (self.collapse_dataset if self.collapse_dataset is not None
-                                                    else self.eval_dataset)
+        data = (
+            dataset
+            if dataset is not None
+            else (self.collapse_dataset if self.collapse_dataset is not None else self.eval_dataset)
+        )
         if data is None:
             raise ValueError("measure_collapse needs a dataset: pass one or give the trainer an eval_dataset")
         loader = self.get_eval_dataloader(data)
-        stats = collect_statistics(self.model, loader, cargs,
-                                   progress=self.is_world_process_zero() and not self.args.disable_tqdm)
+        stats = collect_statistics(
+            self.model, loader, cargs, progress=self.is_world_process_zero() and not self.args.disable_tqdm
+        )
         if _nc4_loader is None:
-            nc4_data = nc4_dataset if nc4_dataset is not None else (self.nc4_dataset if self.nc4_dataset is not None
-                                                                    else self.eval_dataset)
+            nc4_data = (
+                nc4_dataset
+                if nc4_dataset is not None
+                else (self.nc4_dataset if self.nc4_dataset is not None else self.eval_dataset)
+            )
             _nc4_loader = self.get_eval_dataloader(nc4_data) if nc4_data is not None else None
         report = _finish(self.model, stats, cargs, _nc4_loader)
         self.collapse_report = report
@@ -178,31 +200,61 @@ class CollapseTrainer(Trainer):
         """``Trainer.save_model`` plus the latest collapse statistics: the folder is a measured model
         folder, so ``push_to_hub`` publishes weights and statistics in one commit."""
         super().save_model(output_dir, _internal_call)
-        if (self.collapse_report is not None and self.collapse_args.collapse_save_statistics
-                and self.is_world_process_zero()):
-            save_report_statistics(self.collapse_report, output_dir or self.args.output_dir, self.state.global_step,
-                                   model=self.model)
+        if (
+            self.collapse_report is not None
+            and self.collapse_args.collapse_save_statistics
+            and self.is_world_process_zero()
+        ):
+            save_report_statistics(
+                self.collapse_report, output_dir or self.args.output_dir, self.state.global_step, model=self.model
+            )
 
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs):
+    def create_model_card(
+        self,
+        language=None,
+        license=None,
+        tags=None,
+        model_name=None,
+        finetuned_from=None,
+        tasks=None,
+        dataset_tags=None,
+        dataset=None,
+        dataset_args=None,
+        **kwargs,
+    ):
         """The hf_collapse card (NC table, ``model-index`` with every measure, figure) when the output
         folder holds collapse statistics; the stock ``Trainer`` card otherwise."""
         if not self.is_world_process_zero():
             return
         folder = self.args.output_dir
         if not os.path.isfile(os.path.join(folder, STATISTICS_IN_CHECKPOINT)):
-            return super().create_model_card(language=language, license=license, tags=tags, model_name=model_name,
-                                             finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
-                                             dataset=dataset, dataset_args=dataset_args)
+            return super().create_model_card(
+                language=language,
+                license=license,
+                tags=tags,
+                model_name=model_name,
+                finetuned_from=finetuned_from,
+                tasks=tasks,
+                dataset_tags=dataset_tags,
+                dataset=dataset,
+                dataset_args=dataset_args,
+            )
         from .model_card import write_model_card
 
-        info = {"language": language, "license": license, "model_name": model_name, "base_model": finetuned_from,
-                "dataset": dataset if isinstance(dataset, str) else None,
-                "datasets": list(dataset_tags) if isinstance(dataset_tags, (list, tuple)) else
-                ([dataset_tags] if dataset_tags else None),
-                "tags": [tags] if isinstance(tags, str) else tags}
-        write_model_card(folder, trainer=self, repo_id=self.hub_model_id,
-                         **{k: v for k, v in info.items() if v is not None})
+        info = {
+            "language": language,
+            "license": license,
+            "model_name": model_name,
+            "base_model": finetuned_from,
+            "dataset": dataset if isinstance(dataset, str) else None,
+            "datasets": list(dataset_tags)
+            if isinstance(dataset_tags, (list, tuple))
+            else ([dataset_tags] if dataset_tags else None),
+            "tags": [tags] if isinstance(tags, str) else tags,
+        }
+        write_model_card(
+            folder, trainer=self, repo_id=self.hub_model_id, **{k: v for k, v in info.items() if v is not None}
+        )
 
 
 def _checkpoint_folder(args, state) -> str:
@@ -220,8 +272,12 @@ class _SaveReportOnCheckpoint(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         t = self.trainer
         folder = _checkpoint_folder(args, state)
-        if (t.collapse_report is not None and t.collapse_args.collapse_save_statistics and state.is_world_process_zero
-                and os.path.isdir(folder)):
+        if (
+            t.collapse_report is not None
+            and t.collapse_args.collapse_save_statistics
+            and state.is_world_process_zero
+            and os.path.isdir(folder)
+        ):
             save_report_statistics(t.collapse_report, folder, state.global_step, model=t.model)
 
 
@@ -256,8 +312,9 @@ class CollapseCallback(TrainerCallback):
     def _install(self, model, args=None):
         if self.collector is None and model is not None and self.collapse_args.collapse:
             c = self.collapse_args
-            self.collector = FeatureCollector(model, c.modules, task=c.collapse_task,
-                                              covariance=c.collapse_covariance, pooling=c.collapse_pooling)
+            self.collector = FeatureCollector(
+                model, c.modules, task=c.collapse_task, covariance=c.collapse_covariance, pooling=c.collapse_pooling
+            )
             self.collector.install()
         if self.collector is not None and args is not None:
             # Accelerate pads the last eval batch only when the Trainer shards over the process group
@@ -292,14 +349,20 @@ class CollapseCallback(TrainerCallback):
         if prefix is None:
             return  # a training log
         if not self._attached and not self._warned and state.is_world_process_zero:
-            logger.warning("CollapseCallback was not attached with .attach(trainer): report_to integrations "
-                           "registered before it will not see the NC metrics")
+            logger.warning(
+                "CollapseCallback was not attached with .attach(trainer): report_to integrations "
+                "registered before it will not see the NC metrics"
+            )
             self._warned = True
         self.collector.enabled = False  # the NC4 pass must not feed pass-1 statistics
         try:
             with scope_for(args.world_size, type(self).__name__):
-                report = _finish(model if model is not None else self.collector.model, self.collector,
-                                 self.collapse_args, eval_dataloader)
+                report = _finish(
+                    model if model is not None else self.collector.model,
+                    self.collector,
+                    self.collapse_args,
+                    eval_dataloader,
+                )
         finally:
             self._reset()
             self.collector.enabled = True
@@ -315,5 +378,4 @@ class CollapseCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = _checkpoint_folder(args, state)
             if os.path.isdir(folder):
-                save_report_statistics(self.collapse_report, folder, state.global_step,
-                                       model=kwargs.get("model"))
+                save_report_statistics(self.collapse_report, folder, state.global_step, model=kwargs.get("model"))

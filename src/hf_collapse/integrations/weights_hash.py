@@ -19,8 +19,15 @@ import torch
 
 # safetensors dtype codes, as in the file header, for the torch dtypes a model may hold
 _ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
     torch.bool: "BOOL",
 }
 for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
@@ -38,7 +45,9 @@ def _folder_weight_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
     if not files:
         pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        hint = f" (found {', '.join(pickled)}: re-save with save_pretrained(safe_serialization=True))" if pickled else ""
+        hint = (
+            f" (found {', '.join(pickled)}: re-save with save_pretrained(safe_serialization=True))" if pickled else ""
+        )
         raise FileNotFoundError(f"no *.safetensors weights in {str(folder)!r}{hint}")
     return files
 
@@ -70,7 +79,7 @@ def _file_digests(path: Path) -> list[str]:
                     raise ValueError(f"{str(path)!r}: tensor {name!r} has a malformed header entry") from e
                 if not 0 <= a <= b <= size - start:
                     raise ValueError(f"{str(path)!r}: tensor {name!r} lies outside the file (truncated?)")
-                digests.append(_tensor_digest(dtype, shape, view[start + a:start + b]))
+                digests.append(_tensor_digest(dtype, shape, view[start + a : start + b]))
     return digests
 
 
@@ -107,8 +116,10 @@ def weights_sha256(folder_or_model: str | os.PathLike | torch.nn.Module | Mappin
     elif isinstance(folder_or_model, Mapping):
         digests = _module_digests(folder_or_model)
     else:
-        raise TypeError(f"weights_sha256 expects a folder path, an nn.Module or a dict of tensors, "
-                        f"got {type(folder_or_model).__name__}")
+        raise TypeError(
+            f"weights_sha256 expects a folder path, an nn.Module or a dict of tensors, "
+            f"got {type(folder_or_model).__name__}"
+        )
     if not digests:
         raise ValueError("weights_sha256: no tensors to hash")
     return hashlib.sha256("\n".join(sorted(set(digests))).encode()).hexdigest()

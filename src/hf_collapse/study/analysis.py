@@ -26,122 +26,27 @@ and the report (with a Table 1 layout beside the paper's values) is labelled acc
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..core.io import atomic_write_text, fmt
-from ..core.registry import MEASURE_KEYS, MEASURES
+from ..core.registry import MEASURES
 from .design import PAPER_TABLE1, confounded_factors, study_design, table1  # noqa: F401  (public here too)
+from .runs import CONFIG_COLUMNS, check_rows, collect_runs, metric_columns, read_csv_rows, read_run, write_csv  # noqa: F401  (public here too)
 
 logger = logging.getLogger(__name__)
 
-CONFIG_COLUMNS = ("name", "width", "depth", "epochs", "weight_decay", "seed", "data_seed", "num_parameters", "val_loss")
 
 # +1: a larger value means more collapse; -1: a smaller value does; 0: no direction (nc2_norm_mean).
 # From the registry: variability, non-uniformity and misalignment shrink with collapse; duality and
 # agreement grow; interference and the log kernel fall towards their minima.
 COLLAPSE_DIRECTION = {key: m.sign for key, m in MEASURES.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# collecting runs
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-def _is_run(folder: Path) -> bool:
-    return (folder / "collapse" / "metrics.json").is_file()
-
-
-def _find_loss(folder: Path, metrics: dict, run: dict) -> Optional[float]:
-    for src in (metrics, run, _read_json(folder / "eval_results.json") or {},
-                _read_json(folder / "all_results.json") or {}):
-        if "eval_loss" in src:
-            return float(src["eval_loss"])
-    state = _read_json(folder / "trainer_state.json") or {}
-    losses = [e["eval_loss"] for e in state.get("log_history", []) if "eval_loss" in e]
-    return float(losses[-1]) if losses else None
-
-
-def read_run(folder: str | os.PathLike) -> dict:
-    """One row: configuration columns, ``val_loss`` and every measure found in ``collapse/metrics.json``."""
-    folder = Path(folder)
-    metrics = _read_json(folder / "collapse" / "metrics.json")
-    if metrics is None:
-        raise FileNotFoundError(f"{folder} is not a measured run: no collapse/metrics.json")
-    run = _read_json(folder / "run.json") or {}
-    config = _read_json(folder / "config.json") or {}
-    row = {
-        "name": run.get("name", folder.name), "path": str(folder),
-        "width": run.get("width", config.get("hidden_size")),
-        "depth": run.get("depth", config.get("num_layers", config.get("num_hidden_layers"))),
-        "epochs": run.get("epochs"), "weight_decay": run.get("weight_decay"), "seed": run.get("seed"),
-        "data_seed": run.get("data_seed"),
-        "num_parameters": run.get("num_parameters"), "val_loss": _find_loss(folder, metrics, run),
-    }
-    for key in MEASURE_KEYS:
-        if key in metrics and metrics[key] is not None:
-            row[key] = float(metrics[key])
-    return row
-
-
-def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """Rows of every run under ``paths``: a run folder itself, or a folder whose sub-folders are runs."""
-    rows = []
-    for p in paths:
-        p = Path(p)
-        if _is_run(p):
-            rows.append(read_run(p))
-        elif p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_dir() and _is_run(q))
-            if not found:
-                raise FileNotFoundError(f"{p} holds no measured runs (folders with collapse/metrics.json)")
-            rows.extend(read_run(q) for q in found)
-        else:
-            raise FileNotFoundError(f"no run folder at {p}")
-    return rows
-
-
-def metric_columns(rows: Sequence[dict]) -> list[str]:
-    """Measures present (finite) in every row, in ``MEASURE_KEYS`` order."""
-    keys = []
-    for key in MEASURE_KEYS:
-        vals = [r.get(key) for r in rows]
-        if rows and all(v is not None and math.isfinite(float(v)) for v in vals):
-            keys.append(key)
-    return keys
-
-
-def write_csv(rows: Sequence[dict], path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> None:
-    """The rows as CSV (columns: ``columns`` or every key seen, config first), written atomically."""
-    import io
-
-    if columns is None:
-        columns = [c for c in (*CONFIG_COLUMNS, "path") if any(c in r for r in rows)]
-        columns += [k for k in MEASURE_KEYS if any(k in r for r in rows)]
-        columns += sorted({k for r in rows for k in r} - set(columns))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,20 +107,28 @@ def permutation_test(x, y, num_permutations: int = 10_000, seed: int = 0, chunk:
         raise ValueError(f"num_permutations must be >= 1, got {num_permutations}")
     if np.ptp(x) == 0.0 or np.ptp(y) == 0.0:
         return 1.0
-    xc = (x - x.mean()) / np.linalg.norm(x - x.mean())   # (n,) unit, centred
+    xc = (x - x.mean()) / np.linalg.norm(x - x.mean())  # (n,) unit, centred
 
-    def abs_r(yb, axis=-1):   # yb: (..., n) orderings of y -> (...,) |Pearson r| with x
+    def abs_r(yb, axis=-1):  # yb: (..., n) orderings of y -> (...,) |Pearson r| with x
         yb = yb - yb.mean(axis=-1, keepdims=True)
         return np.abs(yb @ xc) / np.linalg.norm(yb, axis=-1)
 
-    res = scipy_permutation_test((y,), abs_r, permutation_type="pairings", vectorized=True,
-                                 n_resamples=num_permutations, batch=chunk, alternative="greater",
-                                 rng=np.random.default_rng(seed))
+    res = scipy_permutation_test(
+        (y,),
+        abs_r,
+        permutation_type="pairings",
+        vectorized=True,
+        n_resamples=num_permutations,
+        batch=chunk,
+        alternative="greater",
+        rng=np.random.default_rng(seed),
+    )
     return float(res.pvalue)
 
 
-def correlations(rows: Sequence[dict], metrics: Optional[Sequence[str]] = None, num_permutations: int = 10_000,
-                 seed: int = 0) -> list[dict]:
+def correlations(
+    rows: Sequence[dict], metrics: Optional[Sequence[str]] = None, num_permutations: int = 10_000, seed: int = 0
+) -> list[dict]:
     """Per measure: fit vs ``val_loss``, R^2, permutation p-value (one row per measure)."""
     if any(r.get("val_loss") is None for r in rows):
         missing = [r.get("name") for r in rows if r.get("val_loss") is None]
@@ -228,9 +141,15 @@ def correlations(rows: Sequence[dict], metrics: Optional[Sequence[str]] = None, 
         vals = [float(r[key]) for r in rows]
         fit = linear_fit(loss, vals)
         p = permutation_test(loss, vals, num_permutations, seed=seed)
-        out.append({"metric": key, **fit, "p_value": p,
-                    "num_permutations": math.factorial(len(rows)) if exact else num_permutations,
-                    "exact": exact})
+        out.append(
+            {
+                "metric": key,
+                **fit,
+                "p_value": p,
+                "num_permutations": math.factorial(len(rows)) if exact else num_permutations,
+                "exact": exact,
+            }
+        )
     return out
 
 
@@ -250,8 +169,7 @@ def direction_summary(rows: Sequence[dict], fits: Sequence[dict]) -> dict:
         if d == 0 or f["slope"] == 0:
             continue
         (agree if -d * f["slope"] > 0 else disagree).append(f["metric"])
-    return {"agree": agree, "disagree": disagree,
-            "holds": len(agree) > len(disagree)}
+    return {"agree": agree, "disagree": disagree, "holds": len(agree) > len(disagree)}
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -261,8 +179,15 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutations: int = 10_000, seed: int = 0,
-            title: str = "Neural collapse vs validation loss", notes: str = "", allow_few_runs: bool = False) -> dict:
+def analyze(
+    rows: Sequence[dict],
+    output_dir: str | os.PathLike,
+    num_permutations: int = 10_000,
+    seed: int = 0,
+    title: str = "Neural collapse vs validation loss",
+    notes: str = "",
+    allow_few_runs: bool = False,
+) -> dict:
     """Write ``runs.csv``, ``correlations.csv``, figures and ``report.md`` into ``output_dir``.
 
     Returns ``{"rows", "metrics", "fits", "direction", "design", "figures", "report"}``. The report
@@ -289,8 +214,11 @@ def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutation
         return _report_without_fits(rows, metrics, out, title, notes, design)
     fits = correlations(rows, metrics, num_permutations=num_permutations, seed=seed)
     write_csv(rows, out / "runs.csv")
-    write_csv(fits, out / "correlations.csv", ["metric", "n", "r2", "r", "slope", "intercept", "p_value",
-                                                 "num_permutations", "exact"])
+    write_csv(
+        fits,
+        out / "correlations.csv",
+        ["metric", "n", "r2", "r", "slope", "intercept", "p_value", "num_permutations", "exact"],
+    )
     confounded = confounded_factors(rows)
     short = "seed replicas of one configuration" if design["seed_replicas"] else design["label"].split(":")[0]
     figures = [plot_scatter(rows, metrics, fits, out / "nc_vs_val_loss.png", subtitle=f"design: {short}")]
@@ -301,33 +229,62 @@ def analyze(rows: Sequence[dict], output_dir: str | os.PathLike, num_permutation
             figures.append(plot_scaling(rows, metrics, factor, out / f"scaling_{factor}.png", partners))
     direction = direction_summary(rows, fits)
     exact = fits[0]["exact"]
-    test = (f"exact: all {len(rows)}! = {math.factorial(len(rows))} orderings, since n! <= {num_permutations}"
-            if exact else f"{num_permutations} random permutations, seed {seed}")
-    text = [f"# {title}", "", notes, "" if notes else None,
-            f"**Design: {design['label']}.**", "",
-            *_design_notes(design, confounded),
-            f"{len(rows)} runs; two-sided permutation tests of Pearson's r ({test}).", "",
-            "## Table 1 layout", "",
-            "Each measure against validation loss as in the paper's Table 1 (p < 0.05 in bold), beside the "
-            "paper's own values (21 seed replicas of a 2x768 model, 1 epoch, weight decay 0.0005, TinyStories).", "",
-            table1(fits, design["seed_replicas"]), "",
-            "## Runs", "", markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)), "",
-            "## Each measure against validation loss", "",
-            "Least-squares line `measure = intercept + slope * val_loss` (`scipy.stats.linregress`), R² = r², "
-            "and the two-sided permutation p-value of Pearson's r: p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B) "
-            "over B random permutations of the losses, or the exact share of all n! orderings when n! <= B "
-            "(`scipy.stats.permutation_test` on |r|).", "",
-            markdown_table(fits, ["metric", "r2", "r", "slope", "intercept", "p_value"]), "",
-            "## Direction", "",
-            f"Lower validation loss goes with more collapse on {len(direction['agree'])} of "
-            f"{len(direction['agree']) + len(direction['disagree'])} directional measures "
-            f"({', '.join(direction['agree']) or 'none'}); against: {', '.join(direction['disagree']) or 'none'}.",
-            "", "## Figures", ""]
+    test = (
+        f"exact: all {len(rows)}! = {math.factorial(len(rows))} orderings, since n! <= {num_permutations}"
+        if exact
+        else f"{num_permutations} random permutations, seed {seed}"
+    )
+    text = [
+        f"# {title}",
+        "",
+        notes,
+        "" if notes else None,
+        f"**Design: {design['label']}.**",
+        "",
+        *_design_notes(design, confounded),
+        f"{len(rows)} runs; two-sided permutation tests of Pearson's r ({test}).",
+        "",
+        "## Table 1 layout",
+        "",
+        "Each measure against validation loss as in the paper's Table 1 (p < 0.05 in bold), beside the "
+        "paper's own values (21 seed replicas of a 2x768 model, 1 epoch, weight decay 0.0005, TinyStories).",
+        "",
+        table1(fits, design["seed_replicas"]),
+        "",
+        "## Runs",
+        "",
+        markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)),
+        "",
+        "## Each measure against validation loss",
+        "",
+        "Least-squares line `measure = intercept + slope * val_loss` (`scipy.stats.linregress`), R² = r², "
+        "and the two-sided permutation p-value of Pearson's r: p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B) "
+        "over B random permutations of the losses, or the exact share of all n! orderings when n! <= B "
+        "(`scipy.stats.permutation_test` on |r|).",
+        "",
+        markdown_table(fits, ["metric", "r2", "r", "slope", "intercept", "p_value"]),
+        "",
+        "## Direction",
+        "",
+        f"Lower validation loss goes with more collapse on {len(direction['agree'])} of "
+        f"{len(direction['agree']) + len(direction['disagree'])} directional measures "
+        f"({', '.join(direction['agree']) or 'none'}); against: {', '.join(direction['disagree']) or 'none'}.",
+        "",
+        "## Figures",
+        "",
+    ]
     text += [f"![{p.stem}]({p.name})\n" for p in figures]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(t for t in text if t is not None) + "\n")
-    return {"rows": rows, "metrics": metrics, "fits": fits, "direction": direction, "design": design,
-            "figures": figures, "report": report}
+    return {
+        "rows": rows,
+        "metrics": metrics,
+        "fits": fits,
+        "direction": direction,
+        "design": design,
+        "figures": figures,
+        "report": report,
+    }
 
 
 def _run_columns(rows, metrics) -> list[str]:
@@ -339,8 +296,11 @@ def _design_notes(design: dict, confounded) -> list:
     if design["duplicates"]:
         notes += [f"Warning: {design['duplicates']} run(s) repeat another run's seeds.", ""]
     for f, g in confounded:
-        notes += [f"Confounded: {f} never varies at a fixed {g} in this grid, so an association with {f} "
-                  f"cannot be told apart from one with {g} (scaling_{f}.png says so too).", ""]
+        notes += [
+            f"Confounded: {f} never varies at a fixed {g} in this grid, so an association with {f} "
+            f"cannot be told apart from one with {g} (scaling_{f}.png says so too).",
+            "",
+        ]
     return notes
 
 
@@ -348,57 +308,30 @@ def _report_without_fits(rows, metrics, out: Path, title: str, notes: str, desig
     """runs.csv and a report.md with the runs' table; the fits need at least 3 runs."""
     write_csv(rows, out / "runs.csv")
     reason = f"fits not available: a fit against validation loss needs at least 3 runs, got {len(rows)}"
-    text = [f"# {title}", "", notes, "" if notes else None, f"{len(rows)} runs.", "", "## Runs", "",
-            markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)), "",
-            "## Each measure against validation loss", "", reason + ".", ""]
+    text = [
+        f"# {title}",
+        "",
+        notes,
+        "" if notes else None,
+        f"{len(rows)} runs.",
+        "",
+        "## Runs",
+        "",
+        markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)),
+        "",
+        "## Each measure against validation loss",
+        "",
+        reason + ".",
+        "",
+    ]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(t for t in text if t is not None) + "\n")
-    return {"rows": rows, "metrics": metrics, "fits": [], "figures": [], "report": report, "design": design,
-            "direction": {"agree": [], "disagree": [], "holds": False, "fits_not_available": reason}}
-
-
-def read_csv_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``runs.csv`` or a ``trajectory.csv`` (numbers parsed back to float/int); FileNotFoundError /
-    ValueError name the file when it is missing or not a UTF-8 CSV table. A trajectory's rows (``hf-collapse
-    sweep``) are named by ``checkpoint`` and fitted against their ``eval_loss``; rows of duplicated weights
-    (``duplicate_of``) are left out, since they repeat a measured row."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no runs table at {os.fspath(path)!r}")
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                row = {}
-                for k, v in r.items():
-                    if k is None or v is None:  # more / fewer cells than the header names
-                        raise ValueError(f"{os.fspath(path)!r}: a row does not match the header "
-                                         f"{[k for k in r if k is not None]}")
-                    if v == "":
-                        row[k] = None
-                        continue
-                    try:
-                        row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-                    except ValueError:
-                        row[k] = v
-                if "checkpoint" in row and "weights_sha256" in row:  # a trajectory.csv
-                    if row.get("duplicate_of"):
-                        continue
-                    row.setdefault("name", row["checkpoint"])
-                    if row.get("val_loss") is None:
-                        row["val_loss"] = row.get("eval_loss")
-                rows.append(row)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{os.fspath(path)!r} is not a UTF-8 CSV table: {e}") from e
-    return rows
-
-
-def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
-    """Every run has a numeric ``val_loss`` and numeric measures (a malformed runs.csv names the cell)."""
-    missing = [r.get("name") for r in rows if r.get("val_loss") is None]
-    if missing:
-        raise ValueError(f"runs without a validation loss (eval_loss): {missing}")
-    for r in rows:
-        for key in ("val_loss", *metrics):
-            v = r.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ValueError(f"run {r.get('name')!r}: {key} is {v!r}, expected a number")
+    return {
+        "rows": rows,
+        "metrics": metrics,
+        "fits": [],
+        "figures": [],
+        "report": report,
+        "design": design,
+        "direction": {"agree": [], "disagree": [], "holds": False, "fits_not_available": reason},
+    }

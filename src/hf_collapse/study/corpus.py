@@ -18,25 +18,169 @@ from ..integrations.data import EOS
 # ---------------------------------------------------------------------------------------------
 # built-in procedural stories
 
-_GIRLS = ["Lily", "Mia", "Sue", "Anna", "Lucy", "Zoe", "Emma", "Kate", "Amy", "Ella", "Rose", "Jane",
-          "Ruby", "Daisy", "Molly", "Sara"]
-_BOYS = ["Tom", "Ben", "Tim", "Max", "Sam", "Jack", "Leo", "Bob", "Joe", "Finn", "Jake", "Dan", "Ned",
-         "Pip", "Ray", "Zack"]
-_ANIMALS = ["dog", "cat", "bird", "bunny", "fish", "frog", "bear", "duck", "mouse", "lion", "owl", "fox",
-            "pig", "cow", "horse", "turtle", "bee", "puppy", "kitten", "monkey"]
-_OBJECTS = ["ball", "toy", "kite", "box", "hat", "car", "book", "cake", "flower", "stone", "boat",
-            "drum", "doll", "cup", "shell", "key", "map", "bell", "truck", "apple", "balloon", "crayon"]
-_PLACES = ["park", "garden", "forest", "house", "school", "beach", "river", "farm", "town", "hill",
-           "lake", "yard", "shop", "cave"]
-_ADJS = ["big", "little", "red", "shiny", "old", "new", "blue", "soft", "tiny", "green", "pretty",
-         "funny", "yellow", "round", "dirty", "bright", "fast", "loud"]
-_FEELINGS = ["happy", "sad", "scared", "excited", "angry", "proud", "tired", "surprised", "curious",
-             "brave", "lonely", "calm"]
-_VERBS = ["played with", "looked at", "found", "saw", "wanted", "liked", "held", "lost", "shared",
-          "fixed", "painted", "hid", "threw", "carried", "cleaned"]
-_QUOTES = ["Let's play!", "Can you help me?", "I am sorry.", "Thank you!", "Look at this!",
-           "I want to go home.", "That is fun!", "Be careful!", "I love you.", "Where is it?",
-           "Come with me!", "What is that?"]
+_GIRLS = [
+    "Lily",
+    "Mia",
+    "Sue",
+    "Anna",
+    "Lucy",
+    "Zoe",
+    "Emma",
+    "Kate",
+    "Amy",
+    "Ella",
+    "Rose",
+    "Jane",
+    "Ruby",
+    "Daisy",
+    "Molly",
+    "Sara",
+]
+_BOYS = [
+    "Tom",
+    "Ben",
+    "Tim",
+    "Max",
+    "Sam",
+    "Jack",
+    "Leo",
+    "Bob",
+    "Joe",
+    "Finn",
+    "Jake",
+    "Dan",
+    "Ned",
+    "Pip",
+    "Ray",
+    "Zack",
+]
+_ANIMALS = [
+    "dog",
+    "cat",
+    "bird",
+    "bunny",
+    "fish",
+    "frog",
+    "bear",
+    "duck",
+    "mouse",
+    "lion",
+    "owl",
+    "fox",
+    "pig",
+    "cow",
+    "horse",
+    "turtle",
+    "bee",
+    "puppy",
+    "kitten",
+    "monkey",
+]
+_OBJECTS = [
+    "ball",
+    "toy",
+    "kite",
+    "box",
+    "hat",
+    "car",
+    "book",
+    "cake",
+    "flower",
+    "stone",
+    "boat",
+    "drum",
+    "doll",
+    "cup",
+    "shell",
+    "key",
+    "map",
+    "bell",
+    "truck",
+    "apple",
+    "balloon",
+    "crayon",
+]
+_PLACES = [
+    "park",
+    "garden",
+    "forest",
+    "house",
+    "school",
+    "beach",
+    "river",
+    "farm",
+    "town",
+    "hill",
+    "lake",
+    "yard",
+    "shop",
+    "cave",
+]
+_ADJS = [
+    "big",
+    "little",
+    "red",
+    "shiny",
+    "old",
+    "new",
+    "blue",
+    "soft",
+    "tiny",
+    "green",
+    "pretty",
+    "funny",
+    "yellow",
+    "round",
+    "dirty",
+    "bright",
+    "fast",
+    "loud",
+]
+_FEELINGS = [
+    "happy",
+    "sad",
+    "scared",
+    "excited",
+    "angry",
+    "proud",
+    "tired",
+    "surprised",
+    "curious",
+    "brave",
+    "lonely",
+    "calm",
+]
+_VERBS = [
+    "played with",
+    "looked at",
+    "found",
+    "saw",
+    "wanted",
+    "liked",
+    "held",
+    "lost",
+    "shared",
+    "fixed",
+    "painted",
+    "hid",
+    "threw",
+    "carried",
+    "cleaned",
+]
+_QUOTES = [
+    "Let's play!",
+    "Can you help me?",
+    "I am sorry.",
+    "Thank you!",
+    "Look at this!",
+    "I want to go home.",
+    "That is fun!",
+    "Be careful!",
+    "I love you.",
+    "Where is it?",
+    "Come with me!",
+    "What is that?",
+]
 _RELATIVES = ["mom", "dad", "friend", "sister", "brother", "grandma", "teacher"]
 
 
@@ -56,9 +200,15 @@ class _Picker:
 
 
 _P = {
-    "girl": _Picker(_GIRLS), "boy": _Picker(_BOYS), "animal": _Picker(_ANIMALS),
-    "object": _Picker(_OBJECTS), "place": _Picker(_PLACES), "adj": _Picker(_ADJS),
-    "feeling": _Picker(_FEELINGS), "verb": _Picker(_VERBS), "quote": _Picker(_QUOTES),
+    "girl": _Picker(_GIRLS),
+    "boy": _Picker(_BOYS),
+    "animal": _Picker(_ANIMALS),
+    "object": _Picker(_OBJECTS),
+    "place": _Picker(_PLACES),
+    "adj": _Picker(_ADJS),
+    "feeling": _Picker(_FEELINGS),
+    "verb": _Picker(_VERBS),
+    "quote": _Picker(_QUOTES),
     "relative": _Picker(_RELATIVES),
 }
 
@@ -90,9 +240,9 @@ def _story(rng: random.Random) -> str:
         lambda: f"{hero} {p['verb'](rng)} {_a(obj_adj)} {obj}.",
         lambda: f"{pro.capitalize()} wanted to play with the {obj} in the {place}.",
         lambda: f"{hero} and {friend} went to the {place}.",
-        lambda: f"The {animal} said, \"{p['quote'](rng)}\"",
+        lambda: f'The {animal} said, "{p["quote"](rng)}"',
         lambda: f"{hero} felt {p['feeling'](rng)}.",
-        lambda: f"{pro.capitalize()} said to {pos} {rel}, \"{p['quote'](rng)}\"",
+        lambda: f'{pro.capitalize()} said to {pos} {rel}, "{p["quote"](rng)}"',
         lambda: f"{friend} {p['verb'](rng)} the {obj}.",
         lambda: f"Then {pro} saw {_a(p['adj'](rng))} {p['animal'](rng)} near the {place}.",
         lambda: f"The {obj} was very {p['adj'](rng)}.",
@@ -125,8 +275,6 @@ def generate_stories(num_stories: int, seed: int = 0) -> list[str]:
     return [_story(random.Random(f"hf_collapse-stories-{seed}-{i}")) for i in range(num_stories)]
 
 
-
-
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2):
     """A byte-level BPE tokenizer trained on ``texts`` (``tokenizers``), as a ``PreTrainedTokenizerFast``.
 
@@ -141,8 +289,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS,
-                                   unk_token=EOS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)

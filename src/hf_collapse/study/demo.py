@@ -33,7 +33,9 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
         try:
             depth, width = (int(v) for v in item.strip().lower().split("x"))
         except ValueError:
-            raise ValueError(f"model sizes are DEPTHxWIDTH separated by commas (e.g. 1x32,2x64), got {item!r}") from None
+            raise ValueError(
+                f"model sizes are DEPTHxWIDTH separated by commas (e.g. 1x32,2x64), got {item!r}"
+            ) from None
         if depth < 1 or width < 1:
             raise ValueError(f"model size {item!r} must have positive depth and width")
         out.append((depth, width))
@@ -82,24 +84,46 @@ def _plan(sizes: str, epochs: str, seeds, seed: int, seed_init: bool, say) -> li
     if seeds is None:
         plan = [(d, w, e, seed, None) for d, w in grid for e in lengths]
         if len(plan) < 3:
-            say(f"note: {len(plan)} run(s) ({sizes} x epochs {epochs}) are too few for the fits (at least 3); "
+            say(
+                f"note: {len(plan)} run(s) ({sizes} x epochs {epochs}) are too few for the fits (at least 3); "
                 f"the report will list the runs with the fits marked not available (add sizes or epochs, or "
-                f"use --seeds N)")
+                f"use --seeds N)"
+            )
         return plan
     if len(grid) > 1 or len(lengths) > 1:
         d, w = grid[0]
-        say(f"note: --seeds trains replicas of one configuration: the first size ({d}x{w}) and the first "
-            f"epochs value ({lengths[0]:g}) are used")
+        say(
+            f"note: --seeds trains replicas of one configuration: the first size ({d}x{w}) and the first "
+            f"epochs value ({lengths[0]:g}) are used"
+        )
     (d, w), e = grid[0], lengths[0]
     return [(d, w, e, s_init, s_data) for s_init, s_data in replica_seeds(seeds, seed, seed_init)]
 
 
-def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_EPOCHS, *, stories: int = 3000,
-             train_file=None, validation_file=None, dataset_name=None, tokenizer="EleutherAI/gpt-neo-125M",
-             max_train_stories=None, block_size: int = 64, batch_size: int = 32, learning_rate: float = 3e-3,
-             weight_decay=None, seed: int = 0, permutations: int = 10_000, measure_max_tokens=None,
-             max_eval_blocks=None, progress: bool = False, seeds=None, seed_init: bool = False,
-             quiet: bool = False) -> dict:
+def run_demo(
+    output_dir="hf_collapse_demo",
+    sizes=DEFAULT_SIZES,
+    epochs=DEFAULT_EPOCHS,
+    *,
+    stories: int = 3000,
+    train_file=None,
+    validation_file=None,
+    dataset_name=None,
+    tokenizer="EleutherAI/gpt-neo-125M",
+    max_train_stories=None,
+    block_size: int = 64,
+    batch_size: int = 32,
+    learning_rate: float = 3e-3,
+    weight_decay=None,
+    seed: int = 0,
+    permutations: int = 10_000,
+    measure_max_tokens=None,
+    max_eval_blocks=None,
+    progress: bool = False,
+    seeds=None,
+    seed_init: bool = False,
+    quiet: bool = False,
+) -> dict:
     """Train, measure and analyse the grid (or ``seeds`` replicas); returns the analysis plus ``direction``, ``seconds``.
 
     ``seeds=N``: the paper's Table 1 design, N replicas of the first size at the first epochs value
@@ -116,48 +140,70 @@ def run_demo(output_dir="hf_collapse_demo", sizes=DEFAULT_SIZES, epochs=DEFAULT_
         weight_decay = 0.1 if seeds is None else 0.0005
     out = Path(output_dir)
     base = StudyArguments(
-        block_size=block_size, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-        seed=seed, builtin_stories=0 if (train_file or dataset_name) else stories, train_file=train_file,
-        validation_file=validation_file, dataset_name=dataset_name or "roneneldan/TinyStories", tokenizer=tokenizer,
-        max_train_stories=max_train_stories, max_eval_stories=None if not dataset_name else max(1, (max_train_stories or 10_000) // 10),
-        max_eval_blocks=max_eval_blocks, measure_max_tokens=measure_max_tokens, output_dir=str(out / "runs"),
-        logging_steps=10_000, eval_strategy="no", progress=progress,
+        block_size=block_size,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        seed=seed,
+        builtin_stories=0 if (train_file or dataset_name) else stories,
+        train_file=train_file,
+        validation_file=validation_file,
+        dataset_name=dataset_name or "roneneldan/TinyStories",
+        tokenizer=tokenizer,
+        max_train_stories=max_train_stories,
+        max_eval_stories=None if not dataset_name else max(1, (max_train_stories or 10_000) // 10),
+        max_eval_blocks=max_eval_blocks,
+        measure_max_tokens=measure_max_tokens,
+        output_dir=str(out / "runs"),
+        logging_steps=10_000,
+        eval_strategy="no",
+        progress=progress,
     )
     data = prepare_data(base)
-    say(f"data: {data.source}: {data.train.num_tokens:,} training tokens, {data.validation.num_tokens:,} validation "
-        f"tokens, vocabulary {len(data.tokenizer)}")
+    say(
+        f"data: {data.source}: {data.train.num_tokens:,} training tokens, {data.validation.num_tokens:,} validation "
+        f"tokens, vocabulary {len(data.tokenizer)}"
+    )
     rows, times = [], []
     for i, (depth, width, e, s_init, s_data) in enumerate(plan, 1):
         args = replace(base, width=width, depth=depth, epochs=e, num_heads=_heads(width), seed=s_init, data_seed=s_data)
         # ETA from the runs so far: exact for replicas, a rough guide for a grid of growing sizes
         eta = f", about {sum(times) / len(times) * (len(plan) - i + 1):.0f} s left" if times else ""
         seeds_text = "" if s_data is None else f", init seed {s_init}, data seed {s_data}"
-        say(f"model {i}/{len(plan)}: {depth}x{width}, {e:g} epoch{'' if e == 1 else 's'}{seeds_text} "
-            f"(training + measuring{eta}) ...", flush=True)
+        say(
+            f"model {i}/{len(plan)}: {depth}x{width}, {e:g} epoch{'' if e == 1 else 's'}{seeds_text} "
+            f"(training + measuring{eta}) ...",
+            flush=True,
+        )
         t = time.perf_counter()
         row = train_one(args, data)
         times.append(time.perf_counter() - t)
         rows.append(row)
-        say(f"  {row['name']:<24} {row['num_parameters']:>9,} params  val loss {row['val_loss']:.4f}  "
-            f"CDNV {row[HEADLINE_KEYS[0]]:.4g}  ({times[-1]:.1f} s)")
+        say(
+            f"  {row['name']:<24} {row['num_parameters']:>9,} params  val loss {row['val_loss']:.4f}  "
+            f"CDNV {row[HEADLINE_KEYS[0]]:.4g}  ({times[-1]:.1f} s)"
+        )
     if seeds is None:
         direction = expected_direction(rows)
-        notes = (f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD, epochs {epochs}) trained on {data.source}. "
-                 f"Validation loss falls with model size at every training length: "
-                 f"**{'yes' if direction['loss_falls_with_size'] else 'no'}**; with training at every size: "
-                 f"**{'yes' if direction['loss_falls_with_epochs'] else 'no'}**.")
+        notes = (
+            f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD, epochs {epochs}) trained on {data.source}. "
+            f"Validation loss falls with model size at every training length: "
+            f"**{'yes' if direction['loss_falls_with_size'] else 'no'}**; with training at every size: "
+            f"**{'yes' if direction['loss_falls_with_epochs'] else 'no'}**."
+        )
         title = "hf-collapse demo: neural collapse vs validation loss"
     else:
         depth, width, e = plan[0][:3]
         direction = {}
         varied = "initialisation and data-order seeds" if seed_init else "data-order seed (initialisation fixed)"
-        notes = (f"{len(rows)} replicas of one GPT-Neo model ({depth}x{width}, {e:g} epoch(s), weight decay "
-                 f"{weight_decay:g}) trained on {data.source}, differing only in the {varied}: the paper's "
-                 f"Table 1 design at demo scale. Validation losses range {min(r['val_loss'] for r in rows):.4f} - "
-                 f"{max(r['val_loss'] for r in rows):.4f}.")
+        notes = (
+            f"{len(rows)} replicas of one GPT-Neo model ({depth}x{width}, {e:g} epoch(s), weight decay "
+            f"{weight_decay:g}) trained on {data.source}, differing only in the {varied}: the paper's "
+            f"Table 1 design at demo scale. Validation losses range {min(r['val_loss'] for r in rows):.4f} - "
+            f"{max(r['val_loss'] for r in rows):.4f}."
+        )
         title = f"hf-collapse demo --seeds {len(rows)}: Table 1 design (seed replicas)"
-    result = analyze(rows, out, num_permutations=permutations, seed=seed, title=title, notes=notes,
-                     allow_few_runs=True)
+    result = analyze(rows, out, num_permutations=permutations, seed=seed, title=title, notes=notes, allow_few_runs=True)
     result.update(direction=direction | result["direction"], seconds=time.perf_counter() - start)
     return result
 
@@ -166,5 +212,6 @@ def _summary(result) -> str:
     from .analysis import markdown_table
 
     rows = sorted(result["rows"], key=lambda r: (r["num_parameters"], r["epochs"], r["val_loss"]))
-    return markdown_table(rows, ["name", "num_parameters", "epochs", "val_loss",
-                                 *[k for k in SUMMARY_KEYS if k in result["metrics"]]])
+    return markdown_table(
+        rows, ["name", "num_parameters", "epochs", "val_loss", *[k for k in SUMMARY_KEYS if k in result["metrics"]]]
+    )

@@ -37,11 +37,13 @@ def load_per_class(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / "collapse" / "statistics.safetensors"
     _, extras = CollapseStatistics.load_with_extras(path)
-    per = {k[len("per_class."):]: v for k, v in extras.items() if k.startswith("per_class.")}
+    per = {k[len("per_class.") :]: v for k, v in extras.items() if k.startswith("per_class.")}
     missing = [k for k in ("class_ids", *RANKED) if k not in per]
     if missing:
-        raise ValueError(f"{path} has no per-class outputs {missing}: measure with per_class=True "
-                         f"(hf-collapse measure / the study save them)")
+        raise ValueError(
+            f"{path} has no per-class outputs {missing}: measure with per_class=True "
+            f"(hf-collapse measure / the study save them)"
+        )
     return per
 
 
@@ -75,8 +77,10 @@ def token_report(folder, tokenizer=None, *, top: int = 10, lookup: Sequence[str]
         vals = per[key].double()[keep]
         order = torch.argsort(vals)
         n = min(top, len(order))
-        rankings[key] = {"smallest": [_row(per, int(keep[j]), tokenizer) for j in order[:n]],
-                         "largest": [_row(per, int(keep[j]), tokenizer) for j in order.flip(0)[:n]]}
+        rankings[key] = {
+            "smallest": [_row(per, int(keep[j]), tokenizer) for j in order[:n]],
+            "largest": [_row(per, int(keep[j]), tokenizer) for j in order.flip(0)[:n]],
+        }
     position = {int(c): j for j, c in enumerate(ids.tolist())}
     found = []
     for word in lookup:
@@ -96,8 +100,7 @@ def token_report(folder, tokenizer=None, *, top: int = 10, lookup: Sequence[str]
             else:
                 hits.append({"query": form, "token_id": tid, "text": _decode(tokenizer, tid), "absent": True})
         found.append({"word": word, "matches": hits})
-    return {"num_classes": len(ids), "average": average, "rankings": rankings, "lookup": found,
-            "min_count": min_count}
+    return {"num_classes": len(ids), "average": average, "rankings": rankings, "lookup": found, "min_count": min_count}
 
 
 def format_report(rep: dict) -> str:

@@ -43,12 +43,12 @@ from ..integrations.data import (
     DEFAULT_HUB_DATASET,
     TokenBlocks,
     blocks_from_texts,
-    load_hub_stories,
     load_text_dataset,
     load_tokenizer,
     tokenize_dataset,
 )
 from ..integrations.hub import save_measured
+from ..integrations.measurement_data import load_hub_stories
 from .corpus import generate_stories, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,18 @@ class StudyArguments:
     """One run of the study (``HfArgumentParser`` turns the fields into ``--flags``)."""
 
     width: int = field(default=64, metadata={"help": "hidden size d (paper: 64..1024)"})
-    depth: int = field(default=2, metadata={"help": "number of layers L, alternating global/local attention (paper: 1..12)"})
+    depth: int = field(
+        default=2, metadata={"help": "number of layers L, alternating global/local attention (paper: 1..12)"}
+    )
     epochs: float = field(default=1, metadata={"help": "training epochs (paper: 1, 3, 10)"})
     weight_decay: float = field(default=0.0005, metadata={"help": "AdamW weight decay (paper: 0.0005 or 0.1)"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation (and of data shuffling unless data_seed is set)"})
-    data_seed: Optional[int] = field(default=None, metadata={"help": "seed of the data shuffling only (default: seed); Table 1's replicas differ only in it"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of initialisation (and of data shuffling unless data_seed is set)"}
+    )
+    data_seed: Optional[int] = field(
+        default=None,
+        metadata={"help": "seed of the data shuffling only (default: seed); Table 1's replicas differ only in it"},
+    )
     learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "schedule (paper: linear, no warm-up)"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps in [0, 1) used for warm-up (paper: 0)"})
@@ -74,24 +81,42 @@ class StudyArguments:
     dataset_name: str = field(default=DEFAULT_HUB_DATASET, metadata={"help": "Hub dataset (used without --train-file)"})
     train_file: Optional[str] = field(default=None, metadata={"help": "local TinyStories-format training text"})
     validation_file: Optional[str] = field(default=None, metadata={"help": "local validation text"})
-    tokenizer: str = field(default="EleutherAI/gpt-neo-125M", metadata={"help": "tokenizer name or folder (GPT-Neo/GPT-2 BPE)"})
-    builtin_stories: int = field(default=0, metadata={"help": "if > 0: use this many built-in procedural stories and a BPE tokenizer trained on them"})
-    builtin_vocab_size: int = field(default=512, metadata={"help": "vocabulary of the tokenizer trained on the built-in stories"})
+    tokenizer: str = field(
+        default="EleutherAI/gpt-neo-125M", metadata={"help": "tokenizer name or folder (GPT-Neo/GPT-2 BPE)"}
+    )
+    builtin_stories: int = field(
+        default=0,
+        metadata={"help": "if > 0: use this many built-in procedural stories and a BPE tokenizer trained on them"},
+    )
+    builtin_vocab_size: int = field(
+        default=512, metadata={"help": "vocabulary of the tokenizer trained on the built-in stories"}
+    )
     max_train_stories: Optional[int] = field(default=None, metadata={"help": "use only the first N training stories"})
     max_eval_stories: Optional[int] = field(default=None, metadata={"help": "use only the first N validation stories"})
     max_eval_blocks: Optional[int] = field(default=None, metadata={"help": "cap on packed validation sequences"})
-    measure_max_tokens: Optional[int] = field(default=None, metadata={"help": "token budget of the statistics pass (default: all training tokens)"})
-    nc4_max_tokens: Optional[int] = field(default=100_000, metadata={"help": "token budget of the NC4 pass on validation data"})
+    measure_max_tokens: Optional[int] = field(
+        default=None, metadata={"help": "token budget of the statistics pass (default: all training tokens)"}
+    )
+    nc4_max_tokens: Optional[int] = field(
+        default=100_000, metadata={"help": "token budget of the NC4 pass on validation data"}
+    )
     output_dir: str = field(default="runs", metadata={"help": "folder that receives one sub-folder per run"})
-    run_name: Optional[str] = field(default=None, metadata={"help": "run folder name (default: the TinyStories-LxD_ED naming)"})
-    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 mixed precision (default: when the GPU supports it)"})
+    run_name: Optional[str] = field(
+        default=None, metadata={"help": "run folder name (default: the TinyStories-LxD_ED naming)"}
+    )
+    bf16: Optional[bool] = field(
+        default=None, metadata={"help": "bf16 mixed precision (default: when the GPU supports it)"}
+    )
     logging_steps: int = field(default=50, metadata={"help": "log the training loss every N steps"})
-    eval_strategy: str = field(default="epoch", metadata={"help": "when to evaluate (and log NC metrics): epoch, steps or no"})
+    eval_strategy: str = field(
+        default="epoch", metadata={"help": "when to evaluate (and log NC metrics): epoch, steps or no"}
+    )
     progress: bool = field(default=False, metadata={"help": "show tqdm progress bars and print the training logs"})
 
 
-def run_name(width: int, depth: int, epochs: float, weight_decay: float, seed: int = 0,
-             data_seed: Optional[int] = None) -> str:
+def run_name(
+    width: int, depth: int, epochs: float, weight_decay: float, seed: int = 0, data_seed: Optional[int] = None
+) -> str:
     """``TinyStories-{L}x{d}_{E}{D}{S}``: D = L (0.0005), H (0.1) or W<value>; S left out for seed 0;
     ``d<data_seed>`` appended when the data order has its own seed (seed replicas)."""
     decay = {0.0005: "L", 0.1: "H"}.get(weight_decay, f"W{weight_decay:g}")
@@ -100,9 +125,18 @@ def run_name(width: int, depth: int, epochs: float, weight_decay: float, seed: i
     return f"TinyStories-{depth}x{width}_{e}{decay}{seed if seed else ''}{data}"
 
 
-def gpt_neo_config(width: int, depth: int, vocab_size: int, *, num_heads: int = 16, window_size: int = 256,
-                   max_position_embeddings: int = 2048, bos_token_id: Optional[int] = None,
-                   eos_token_id: Optional[int] = None, **overrides):
+def gpt_neo_config(
+    width: int,
+    depth: int,
+    vocab_size: int,
+    *,
+    num_heads: int = 16,
+    window_size: int = 256,
+    max_position_embeddings: int = 2048,
+    bos_token_id: Optional[int] = None,
+    eos_token_id: Optional[int] = None,
+    **overrides,
+):
     """Appendix B's GPT-Neo configuration at width d and depth L (alternating global/local attention)."""
     from transformers import GPTNeoConfig
 
@@ -118,11 +152,24 @@ def gpt_neo_config(width: int, depth: int, vocab_size: int, *, num_heads: int = 
     if depth % 2:
         types.append([["global"], 1])
     return GPTNeoConfig(
-        vocab_size=vocab_size, hidden_size=width, num_layers=depth, attention_types=types, num_heads=num_heads,
-        window_size=window_size, max_position_embeddings=max_position_embeddings, activation_function="gelu_new",
-        attention_dropout=0.0, embed_dropout=0.0, resid_dropout=0.0, intermediate_size=None,
-        layer_norm_epsilon=1e-5, initializer_range=0.02, use_cache=False,
-        bos_token_id=eos if bos_token_id is None else bos_token_id, eos_token_id=eos, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=width,
+        num_layers=depth,
+        attention_types=types,
+        num_heads=num_heads,
+        window_size=window_size,
+        max_position_embeddings=max_position_embeddings,
+        activation_function="gelu_new",
+        attention_dropout=0.0,
+        embed_dropout=0.0,
+        resid_dropout=0.0,
+        intermediate_size=None,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        use_cache=False,
+        bos_token_id=eos if bos_token_id is None else bos_token_id,
+        eos_token_id=eos,
+        tie_word_embeddings=True,
         **overrides,
     )
 
@@ -155,7 +202,7 @@ def prepare_data(args: StudyArguments) -> StudyData:
     val_budget = None if args.max_eval_blocks is None else args.max_eval_blocks * (args.block_size - 1)
     if args.builtin_stories > 0:
         train_texts = generate_stories(args.builtin_stories, seed=0)
-        val_texts = generate_stories(max(args.builtin_stories // 10, 50), seed=1)   # disjoint seed
+        val_texts = generate_stories(max(args.builtin_stories // 10, 50), seed=1)  # disjoint seed
         tokenizer = train_tokenizer(train_texts, vocab_size=args.builtin_vocab_size)
         source = f"built-in procedural stories ({args.builtin_stories} train / {len(val_texts)} validation)"
         train = blocks_from_texts(train_texts, tokenizer, args.block_size, **pack)
@@ -164,16 +211,24 @@ def prepare_data(args: StudyArguments) -> StudyData:
         train_docs = _first(load_text_dataset(args.train_file), args.max_train_stories)
         if args.validation_file:
             val_docs = _first(load_text_dataset(args.validation_file), args.max_eval_stories)
-        else:   # hold out the last 10% of the stories
+        else:  # hold out the last 10% of the stories
             cut = max(1, len(train_docs) // 10)
-            train_docs, val_docs = (train_docs.select(range(len(train_docs) - cut)),
-                                    train_docs.select(range(len(train_docs) - cut, len(train_docs))))
+            train_docs, val_docs = (
+                train_docs.select(range(len(train_docs) - cut)),
+                train_docs.select(range(len(train_docs) - cut, len(train_docs))),
+            )
         tokenizer = load_tokenizer(args.tokenizer)
         source = f"{args.train_file} ({len(train_docs)} stories)"
-        train = TokenBlocks(tokenize_dataset(train_docs, tokenizer, bos=False, eos=True), args.block_size,
-                            drop_last=True, examples=True)
-        val = TokenBlocks(tokenize_dataset(val_docs, tokenizer, bos=False, eos=True), args.block_size,
-                          max_tokens=val_budget, drop_last=True, examples=True)
+        train = TokenBlocks(
+            tokenize_dataset(train_docs, tokenizer, bos=False, eos=True), args.block_size, drop_last=True, examples=True
+        )
+        val = TokenBlocks(
+            tokenize_dataset(val_docs, tokenizer, bos=False, eos=True),
+            args.block_size,
+            max_tokens=val_budget,
+            drop_last=True,
+            examples=True,
+        )
     else:
         train_texts = load_hub_stories(args.dataset_name, "train", max_stories=args.max_train_stories)
         val_texts = load_hub_stories(args.dataset_name, "validation", max_stories=args.max_eval_stories)
@@ -184,8 +239,14 @@ def prepare_data(args: StudyArguments) -> StudyData:
     for name, blocks in (("training", train), ("validation", val)):
         if len(blocks) == 0:
             raise ValueError(f"the {name} texts hold fewer tokens than one block of {args.block_size}")
-    logger.info("data: %s -> %d x %d train, %d x %d validation tokens", source, len(train), args.block_size,
-                len(val), args.block_size)
+    logger.info(
+        "data: %s -> %d x %d train, %d x %d validation tokens",
+        source,
+        len(train),
+        args.block_size,
+        len(val),
+        args.block_size,
+    )
     return StudyData(tokenizer, train, val, source)
 
 
@@ -207,8 +268,9 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData):
     progress = trainer.is_world_process_zero() and args.progress
     model.eval()
     # the run's own measurement settings (k, tile, dtype, modules), with this measurement's budgets
-    cfg = trainer.collapse_args.override(task="causal_lm", max_tokens=args.measure_max_tokens,
-                                         nc4_max_tokens=args.nc4_max_tokens, per_class=True)
+    cfg = trainer.collapse_args.override(
+        task="causal_lm", max_tokens=args.measure_max_tokens, nc4_max_tokens=args.nc4_max_tokens, per_class=True
+    )
     with trainer_scope(trainer):  # reduce over the Trainer's processes only
         stats = collect_statistics(model, trainer.get_eval_dataloader(data.train), cfg, progress=progress)
         nc4 = collect_nc4(model, trainer.get_eval_dataloader(data.validation), stats, cfg, progress=progress)
@@ -224,8 +286,14 @@ def _bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collapse_args=None, report_to="none",
-              training_overrides: Optional[dict] = None) -> dict:
+def train_one(
+    args: StudyArguments,
+    data: Optional[StudyData] = None,
+    *,
+    collapse_args=None,
+    report_to="none",
+    training_overrides: Optional[dict] = None,
+) -> dict:
     """Train, evaluate, measure and save one model; returns its row (config, ``eval_loss``, measures).
 
     Training uses ``CollapseTrainer``: every evaluation (``eval_strategy``, and the final one) logs
@@ -244,28 +312,47 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     folder = Path(args.output_dir) / name
     set_seed(args.seed)
     tok = data.tokenizer
-    config = gpt_neo_config(args.width, args.depth, len(tok), num_heads=args.num_heads, window_size=args.window_size,
-                            max_position_embeddings=max(args.block_size, 128), eos_token_id=tok.eos_token_id)
+    config = gpt_neo_config(
+        args.width,
+        args.depth,
+        len(tok),
+        num_heads=args.num_heads,
+        window_size=args.window_size,
+        max_position_embeddings=max(args.block_size, 128),
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPTNeoForCausalLM(config)
     bf16 = _bf16_available() if args.bf16 is None else args.bf16
     targs = TrainingArguments(
-        output_dir=str(folder / "checkpoints"), num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_ratio,
-        weight_decay=args.weight_decay, seed=args.seed, data_seed=data_seed, bf16=bf16,
-        eval_strategy=args.eval_strategy, save_strategy="no", logging_steps=args.logging_steps,
-        report_to=report_to, disable_tqdm=not args.progress, dataloader_num_workers=0,
+        output_dir=str(folder / "checkpoints"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        data_seed=data_seed,
+        bf16=bf16,
+        eval_strategy=args.eval_strategy,
+        save_strategy="no",
+        logging_steps=args.logging_steps,
+        report_to=report_to,
+        disable_tqdm=not args.progress,
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         **(training_overrides or {}),
     )
-    trainer = CollapseTrainer(model=model, args=targs, train_dataset=data.train,
-                              eval_dataset=data.validation, collapse_args=collapse_args)
-    if not args.progress:   # quiet: no per-log print lines either
+    trainer = CollapseTrainer(
+        model=model, args=targs, train_dataset=data.train, eval_dataset=data.validation, collapse_args=collapse_args
+    )
+    if not args.progress:  # quiet: no per-log print lines either
         trainer.remove_callback(PrinterCallback)
     train_out = trainer.train()
     try:
         final_eval = trainer.evaluate()
-    except ValueError as e:   # NC of a (tiny) validation set undefined, e.g. fewer than 2 distinct classes
+    except ValueError as e:  # NC of a (tiny) validation set undefined, e.g. fewer than 2 distinct classes
         logger.warning("NC metrics of the final evaluation failed (%s); evaluating the loss only", e)
         trainer.collapse_args = replace(trainer.collapse_args, collapse=False)
         final_eval = trainer.evaluate()
@@ -274,19 +361,41 @@ def train_one(args: StudyArguments, data: Optional[StudyData] = None, *, collaps
     report = _measure_final(trainer, args, data)
     result = report.result
     num_parameters = sum(p.numel() for p in model.parameters())
-    info = {"name": name, "width": args.width, "depth": args.depth, "epochs": args.epochs,
-            "weight_decay": args.weight_decay, "seed": args.seed, "data_seed": data_seed,
-            "num_parameters": num_parameters,
-            "eval_loss": eval_loss, "train_loss": float(train_out.training_loss),
-            "train_tokens": data.train.num_tokens, "data": data.source, "arguments": asdict(args),
-            "final_eval": {k: float(v) for k, v in final_eval.items() if isinstance(v, (int, float))},
-            "log_history": trainer.state.log_history}
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)   # save_strategy="no": only an empty folder
+    info = {
+        "name": name,
+        "width": args.width,
+        "depth": args.depth,
+        "epochs": args.epochs,
+        "weight_decay": args.weight_decay,
+        "seed": args.seed,
+        "data_seed": data_seed,
+        "num_parameters": num_parameters,
+        "eval_loss": eval_loss,
+        "train_loss": float(train_out.training_loss),
+        "train_tokens": data.train.num_tokens,
+        "data": data.source,
+        "arguments": asdict(args),
+        "final_eval": {k: float(v) for k, v in final_eval.items() if isinstance(v, (int, float))},
+        "log_history": trainer.state.log_history,
+    }
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # save_strategy="no": only an empty folder
     if trainer.is_world_process_zero():
-        save_measured(folder, model=model, tokenizer=tok, statistics=report.statistics, result=result,
-                      metrics_extra={"eval_loss": eval_loss, "model_name": name},
-                      metadata={"data": data.source, "max_tokens": args.measure_max_tokens, "model_name": name})
+        save_measured(
+            folder,
+            model=model,
+            tokenizer=tok,
+            statistics=report.statistics,
+            result=result,
+            metrics_extra={"eval_loss": eval_loss, "model_name": name},
+            metadata={"data": data.source, "max_tokens": args.measure_max_tokens, "model_name": name},
+        )
         atomic_write_text(folder / "run.json", json.dumps(info, indent=2))
-    return {**{k: info[k] for k in ("name", "width", "depth", "epochs", "weight_decay", "seed", "data_seed",
-                                    "num_parameters")},
-            "val_loss": eval_loss, "path": str(folder), **{k: float(v) for k, v in result.items()}}
+    return {
+        **{
+            k: info[k]
+            for k in ("name", "width", "depth", "epochs", "weight_decay", "seed", "data_seed", "num_parameters")
+        },
+        "val_loss": eval_loss,
+        "path": str(folder),
+        **{k: float(v) for k, v in result.items()},
+    }

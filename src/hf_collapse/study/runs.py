@@ -1,0 +1,168 @@
+"""Measured runs as table rows: read run folders (``collapse/metrics.json`` + ``run.json``), ``runs.csv`` and
+``trajectory.csv`` tables, and write CSVs. The analysis (:mod:`hf_collapse.study.analysis`) works on these rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Optional
+
+from ..core.io import atomic_write_text
+from ..core.registry import MEASURE_KEYS
+
+logger = logging.getLogger(__name__)
+
+CONFIG_COLUMNS = ("name", "width", "depth", "epochs", "weight_decay", "seed", "data_seed", "num_parameters", "val_loss")
+
+# ---------------------------------------------------------------------------------------------
+# collecting runs
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "collapse" / "metrics.json").is_file()
+
+
+def _find_loss(folder: Path, metrics: dict, run: dict) -> Optional[float]:
+    for src in (
+        metrics,
+        run,
+        _read_json(folder / "eval_results.json") or {},
+        _read_json(folder / "all_results.json") or {},
+    ):
+        if "eval_loss" in src:
+            return float(src["eval_loss"])
+    state = _read_json(folder / "trainer_state.json") or {}
+    losses = [e["eval_loss"] for e in state.get("log_history", []) if "eval_loss" in e]
+    return float(losses[-1]) if losses else None
+
+
+def read_run(folder: str | os.PathLike) -> dict:
+    """One row: configuration columns, ``val_loss`` and every measure found in ``collapse/metrics.json``."""
+    folder = Path(folder)
+    metrics = _read_json(folder / "collapse" / "metrics.json")
+    if metrics is None:
+        raise FileNotFoundError(f"{folder} is not a measured run: no collapse/metrics.json")
+    run = _read_json(folder / "run.json") or {}
+    config = _read_json(folder / "config.json") or {}
+    row = {
+        "name": run.get("name", folder.name),
+        "path": str(folder),
+        "width": run.get("width", config.get("hidden_size")),
+        "depth": run.get("depth", config.get("num_layers", config.get("num_hidden_layers"))),
+        "epochs": run.get("epochs"),
+        "weight_decay": run.get("weight_decay"),
+        "seed": run.get("seed"),
+        "data_seed": run.get("data_seed"),
+        "num_parameters": run.get("num_parameters"),
+        "val_loss": _find_loss(folder, metrics, run),
+    }
+    for key in MEASURE_KEYS:
+        if key in metrics and metrics[key] is not None:
+            row[key] = float(metrics[key])
+    return row
+
+
+def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """Rows of every run under ``paths``: a run folder itself, or a folder whose sub-folders are runs."""
+    rows = []
+    for p in paths:
+        p = Path(p)
+        if _is_run(p):
+            rows.append(read_run(p))
+        elif p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_dir() and _is_run(q))
+            if not found:
+                raise FileNotFoundError(f"{p} holds no measured runs (folders with collapse/metrics.json)")
+            rows.extend(read_run(q) for q in found)
+        else:
+            raise FileNotFoundError(f"no run folder at {p}")
+    return rows
+
+
+def metric_columns(rows: Sequence[dict]) -> list[str]:
+    """Measures present (finite) in every row, in ``MEASURE_KEYS`` order."""
+    keys = []
+    for key in MEASURE_KEYS:
+        vals = [r.get(key) for r in rows]
+        if rows and all(v is not None and math.isfinite(float(v)) for v in vals):
+            keys.append(key)
+    return keys
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> None:
+    """The rows as CSV (columns: ``columns`` or every key seen, config first), written atomically."""
+    import io
+
+    if columns is None:
+        columns = [c for c in (*CONFIG_COLUMNS, "path") if any(c in r for r in rows)]
+        columns += [k for k in MEASURE_KEYS if any(k in r for r in rows)]
+        columns += sorted({k for r in rows for k in r} - set(columns))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows of a ``runs.csv`` or a ``trajectory.csv`` (numbers parsed back to float/int); FileNotFoundError /
+    ValueError name the file when it is missing or not a UTF-8 CSV table. A trajectory's rows (``hf-collapse
+    sweep``) are named by ``checkpoint`` and fitted against their ``eval_loss``; rows of duplicated weights
+    (``duplicate_of``) are left out, since they repeat a measured row."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no runs table at {os.fspath(path)!r}")
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                row = {}
+                for k, v in r.items():
+                    if k is None or v is None:  # more / fewer cells than the header names
+                        raise ValueError(
+                            f"{os.fspath(path)!r}: a row does not match the header {[k for k in r if k is not None]}"
+                        )
+                    if v == "":
+                        row[k] = None
+                        continue
+                    try:
+                        row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+                    except ValueError:
+                        row[k] = v
+                if "checkpoint" in row and "weights_sha256" in row:  # a trajectory.csv
+                    if row.get("duplicate_of"):
+                        continue
+                    row.setdefault("name", row["checkpoint"])
+                    if row.get("val_loss") is None:
+                        row["val_loss"] = row.get("eval_loss")
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a UTF-8 CSV table: {e}") from e
+    return rows
+
+
+def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
+    """Every run has a numeric ``val_loss`` and numeric measures (a malformed runs.csv names the cell)."""
+    missing = [r.get("name") for r in rows if r.get("val_loss") is None]
+    if missing:
+        raise ValueError(f"runs without a validation loss (eval_loss): {missing}")
+    for r in rows:
+        for key in ("val_loss", *metrics):
+            v = r.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"run {r.get('name')!r}: {key} is {v!r}, expected a number")
