@@ -63,6 +63,9 @@ class CollapseStatistics:
         ([2.0, 0.0, 1.0], [2.0, 0.0], 1.0)
     """
 
+    # the state tensors (None when unused): what ``to`` moves and ``clone`` copies
+    _STATE = ("counts", "sums", "sq_sums", "shift", "second_moment", "frozen_means", "pass2_counts", "pass2_sq_sums")
+
     def __init__(
         self,
         num_classes: int,
@@ -107,16 +110,7 @@ class CollapseStatistics:
 
     def to(self, device) -> CollapseStatistics:
         """Move the state to ``device`` in place and return ``self``."""
-        for name in (
-            "counts",
-            "sums",
-            "sq_sums",
-            "shift",
-            "second_moment",
-            "frozen_means",
-            "pass2_counts",
-            "pass2_sq_sums",
-        ):
+        for name in self._STATE:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
@@ -250,16 +244,7 @@ class CollapseStatistics:
             ignore_index=self.ignore_index,
             defer_checks=self.defer_checks,
         )
-        for name in (
-            "counts",
-            "sums",
-            "sq_sums",
-            "shift",
-            "second_moment",
-            "frozen_means",
-            "pass2_counts",
-            "pass2_sq_sums",
-        ):
+        for name in self._STATE:
             t = getattr(self, name)
             setattr(new, name, None if t is None else t.clone())
         new.has_shift, new._follow_input = self.has_shift, self._follow_input
