@@ -178,17 +178,8 @@ def _measure(args, accelerator, main, progress) -> int:
         if not args.resume and main and os.path.isdir(ckpt):
             shutil.rmtree(ckpt)
         accelerator.wait_for_everyone()
-    cfg = CollapseArguments(
-        collapse_modules=None if not args.layers else [*resolve_head_name(model), *args.layers],
-        collapse_k=args.k,
-        collapse_tile_size=args.tile_size,
-        collapse_dtype=args.dtype,
-        collapse_max_tokens=args.max_tokens,
-        collapse_nc4_max_tokens=nc4_max if nc4_dl else None,
-        collapse_per_class=True,
-        collapse_covariance=args.covariance,
-        **{f"collapse_{k}": v for k, v in args.measure_options.items()},
-    )
+    modules = None if not args.layers else [*resolve_head_name(model), *args.layers]
+    cfg = settings_from_args(args, args.measure_options, nc4_max if nc4_dl else None, modules)
     stats = collect_statistics(
         model,
         train_dl,
@@ -347,6 +338,21 @@ def measure_options(args) -> dict:
     }
     CollapseArguments(**{f"collapse_{k}": v for k, v in opts.items()})  # validation only
     return opts
+
+
+def settings_from_args(args, opts: dict, nc4_max_tokens, modules=None) -> CollapseArguments:
+    """The ``CollapseArguments`` of the measure flags (``measure`` and ``sweep``): per-class outputs kept."""
+    return CollapseArguments(
+        collapse_modules=modules,
+        collapse_k=args.k,
+        collapse_tile_size=args.tile_size,
+        collapse_dtype=args.dtype,
+        collapse_max_tokens=args.max_tokens,
+        collapse_nc4_max_tokens=nc4_max_tokens,
+        collapse_per_class=True,
+        collapse_covariance=args.covariance,
+        **{f"collapse_{k}": v for k, v in opts.items()},
+    )
 
 
 def _matching_measurement(args, model, data):

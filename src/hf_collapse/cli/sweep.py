@@ -30,8 +30,7 @@ from ..integrations.measurement_data import (
     measurement_blocks,
     nc4_budget,
 )
-from ..integrations.settings import CollapseArguments
-from .measure import add_data_arguments, add_measure_arguments, measure_options
+from .measure import add_data_arguments, add_measure_arguments, measure_options, settings_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +70,7 @@ def run(args) -> int:
     train_blocks = measurement_blocks(args, tok, "train")
     nc4_blocks = measurement_blocks(args, tok, "validation")
     nc4_max = nc4_budget(args) if nc4_blocks is not None else None
-    cfg = CollapseArguments(
-        collapse_k=args.k,
-        collapse_tile_size=args.tile_size,
-        collapse_dtype=args.dtype,
-        collapse_max_tokens=args.max_tokens,
-        collapse_nc4_max_tokens=nc4_max,
-        collapse_per_class=True,
-        collapse_covariance=args.covariance,
-        **{f"collapse_{k}": v for k, v in opts.items()},
-    )
+    cfg = settings_from_args(args, opts, nc4_max)
     settings = {
         "task": "causal_lm",
         "data": describe_measurement_data(args, "train"),

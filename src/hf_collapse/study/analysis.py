@@ -251,12 +251,7 @@ def analyze(
         "",
         table1(fits, design["seed_replicas"]),
         "",
-        "## Runs",
-        "",
-        markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)),
-        "",
-        "## Each measure against validation loss",
-        "",
+        *_runs_section(rows, metrics),
         "Least-squares line `measure = intercept + slope * val_loss` (`scipy.stats.linregress`), R² = r², "
         "and the two-sided permutation p-value of Pearson's r: p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B) "
         "over B random permutations of the losses, or the exact share of all n! orderings when n! <= B "
@@ -287,6 +282,12 @@ def analyze(
     }
 
 
+def _runs_section(rows, metrics) -> list[str]:
+    """The report's table of runs (sorted by validation loss), then the heading of the fits."""
+    table = markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics))
+    return ["## Runs", "", table, "", "## Each measure against validation loss", ""]
+
+
 def _run_columns(rows, metrics) -> list[str]:
     return [c for c in CONFIG_COLUMNS if any(r.get(c) is not None for r in rows)] + list(metrics)
 
@@ -315,12 +316,7 @@ def _report_without_fits(rows, metrics, out: Path, title: str, notes: str, desig
         "" if notes else None,
         f"{len(rows)} runs.",
         "",
-        "## Runs",
-        "",
-        markdown_table(sorted(rows, key=lambda r: r["val_loss"]), _run_columns(rows, metrics)),
-        "",
-        "## Each measure against validation loss",
-        "",
+        *_runs_section(rows, metrics),
         reason + ".",
         "",
     ]
