@@ -33,7 +33,6 @@ __all__ = [
     "all_reduce_sum",
     "all_true",
     "finish_pass",
-    "global_sum",
     "group_size",
     "local_only",
     "rank_and_world",
@@ -114,11 +113,6 @@ def all_reduce_sum(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
 def all_true(flag: bool) -> bool:
     """Whether ``flag`` holds on every process (one collective; every process must call it)."""
     return bool(all_reduce_sum(torch.tensor([0.0 if flag else 1.0], dtype=torch.float64), op="max").item() == 0)
-
-
-def global_sum(x: int) -> int:
-    """An integer summed over processes."""
-    return int(all_reduce_sum(torch.tensor([float(x)], dtype=torch.float64)).item())
 
 
 def agree_dim(dim: Optional[int]) -> int:
