@@ -15,7 +15,7 @@ import random
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from hf_collapse import measure_model
+from hf_collapse import CollapseArguments, measure_model
 
 
 def block_names(model) -> list[str]:
@@ -56,7 +56,13 @@ def main(argv=None):
     blocks = torch.tensor(ids[: len(ids) // T * T]).view(-1, T)  # (num_blocks, T)
     loader = [{"input_ids": b} for b in blocks.split(8)]  # batches of (8, T); labels = input_ids
     layers = args.layers or [*block_names(model), "lm_head"]
-    report = measure_model(model.eval(), loader, loader, modules=layers, max_tokens=args.max_tokens, progress=False)
+    report = measure_model(
+        model.eval(),
+        loader,
+        loader,
+        settings=CollapseArguments(collapse_modules=layers, collapse_max_tokens=args.max_tokens),
+        progress=False,
+    )
     print(f"{'module':24s} {'tokens':>7s} {'nc1_cdnv':>10s} {'nc2_equinorm_cov':>17s} {'ncc_accuracy':>13s}")
     for name, res in report.results.items():
         print(

@@ -4,7 +4,7 @@ Model: GPT-Neo, 2 layers, d = 128, vocabulary 50,257 (random init; the cost does
 weights). Three passes over the same batches under ``torch.no_grad`` in eval mode:
 
 1. plain evaluation (forward with labels, as ``Trainer.evaluate`` does);
-2. the same with the statistics hooks (``FeatureCollector``, pass 1);
+2. the same with the statistics hooks (``FeatureHooks`` + ``StatisticsSink``, pass 1);
 3. the NC4 pass (``collect_nc4``: forward + nearest-centre matmul against the K class means).
 
 Prints the ratios 2/1 (goal <= 1.10) and 3/1 (goal <= 2.2), the best of ``--repeats`` runs each,
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    from hf_collapse.integrations.hooks import FeatureCollector
+    from hf_collapse.integrations.hooks import FeatureHooks, StatisticsSink
     from hf_collapse.integrations.passes import _run_pass, collect_nc4
 
     torch.manual_seed(0)
@@ -99,11 +99,11 @@ def main(argv=None) -> int:
     holder = {}
     in_hooks = [0.0]
 
-    class TimedCollector(FeatureCollector):
+    class TimedCollector(FeatureHooks):
         """Adds up the wall time spent inside the statistics hooks (robust to machine load)."""
 
-        def _make_pre_hook(self, name, first):
-            hook = super()._make_pre_hook(name, first)
+        def _make_hook(self, name, first):
+            hook = super()._make_hook(name, first)
 
             def timed_hook(*a):
                 t = time.perf_counter()
@@ -117,8 +117,9 @@ def main(argv=None) -> int:
         holder.clear()  # one accumulator alive at a time
         in_hooks[0] = 0.0
         col = TimedCollector(model)
+        col.sink = StatisticsSink(col.num_classes)
         _run_pass(model, batches, col, max_tokens=None, max_batches=None, progress=False, desc="")
-        holder["stats"] = col.statistics["lm_head"]
+        holder["stats"] = col.sink.statistics["lm_head"]
 
     def nc4():
         collect_nc4(model, batches, holder["stats"], progress=False)

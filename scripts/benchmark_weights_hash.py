@@ -11,7 +11,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from hf_collapse.hub import weights_sha256
+from hf_collapse.integrations.weights_hash import weights_sha256
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def collection_rows(args, dev, sync) -> list[tuple[str, str, str]]:
     import torch
     from transformers import GPTNeoForCausalLM
 
-    from hf_collapse.integrations.hooks import FeatureCollector
+    from hf_collapse.integrations.hooks import FeatureHooks, StatisticsSink
     from hf_collapse.integrations.passes import collect_nc4, collect_statistics
     from hf_collapse.study.train import gpt_neo_config
 
@@ -128,7 +128,8 @@ def collection_rows(args, dev, sync) -> list[tuple[str, str, str]]:
                 torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message).lower() for w in caught)
 
-    collector = FeatureCollector(model)
+    collector = FeatureHooks(model)
+    collector.sink = StatisticsSink(collector.num_classes)
     collector.remaining = torch.tensor(tokens // 2, device=dev)  # a budget, as one process cuts it
     few = batches[: min(8, len(batches))]
     n_plain = count_syncs(plain)

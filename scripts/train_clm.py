@@ -17,8 +17,8 @@ import sys
 
 from transformers import HfArgumentParser
 
+from hf_collapse import CollapseArguments
 from hf_collapse.study.train import StudyArguments, train_one
-from hf_collapse.trainer import CollapseArguments
 
 
 def main(argv=None) -> int:

@@ -72,7 +72,7 @@ def main(out, shared, mode="ddp"):
     process group exists but the Trainer does not use it, so every process trains a full copy; the
     final evaluation is also repeated by a stock Trainer with ``CollapseCallback`` and by
     ``measure_collapse()`` (a dedicated pass)."""
-    from hf_collapse.trainer import CollapseArguments, CollapseCallback, CollapseTrainer
+    from hf_collapse import CollapseArguments, CollapseCallback, CollapseTrainer
 
     out, shared = Path(out), Path(shared)
     train, evals = blocks(shared)

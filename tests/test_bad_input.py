@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_collapse import CollapseStatistics, measure_collapse
+from hf_collapse import CollapseArguments, CollapseStatistics, measure_collapse
 from hf_collapse.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,15 +56,20 @@ class Pwned:  # a pickle that would leave a file behind if anything unpickled it
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A measured folder of a tiny GPT-Neo, and variants broken in one way each."""
-    from hf_collapse.collect import measure_model
     from hf_collapse.integrations.hub import save_measured
+    from hf_collapse.integrations.passes import measure_model
 
     root = tmp_path_factory.mktemp("bad_input")
     model = _tiny_model()
     ids = torch.randint(0, 32, (6, 12), generator=torch.Generator().manual_seed(1))
-    report = measure_model(model, [{"input_ids": ids[:3]}, {"input_ids": ids[3:]}], progress=False, per_class=True)
+    report = measure_model(
+        model,
+        [{"input_ids": ids[:3]}, {"input_ids": ids[3:]}],
+        settings=CollapseArguments(collapse_per_class=True),
+        progress=False,
+    )
     good = root / "good"
-    save_measured(good, model=model, statistics=report.statistics, result=report.result, card=False)
+    save_measured(good, report, model=model, card=False)
     return {"root": root, "model": model, "ids": ids, "good": good, "report": report}
 
 
@@ -212,81 +217,90 @@ def c_measure_not_statistics(w):
 
 
 def c_measure_model_path(w):
-    from hf_collapse.collect import measure_model
+    from hf_collapse.integrations.passes import measure_model
 
     measure_model("./models/my-model", [{"input_ids": w["ids"]}])
 
 
 def c_collect_tuple_batches(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
     collect_statistics(w["model"], [(w["ids"],)], progress=False)
 
 
 def c_collect_bad_task(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
-    collect_statistics(w["model"], [{"input_ids": w["ids"]}], task="summarization", progress=False)
+    collect_statistics(
+        w["model"], [{"input_ids": w["ids"]}], settings=CollapseArguments(collapse_task="summarization"), progress=False
+    )
 
 
 def c_collect_bad_module(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
-    collect_statistics(w["model"], [{"input_ids": w["ids"]}], modules="transformer.h.9", progress=False)
+    collect_statistics(
+        w["model"],
+        [{"input_ids": w["ids"]}],
+        settings=CollapseArguments(collapse_modules="transformer.h.9"),
+        progress=False,
+    )
 
 
 def c_collect_zero_budget(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
-    collect_statistics(w["model"], [{"input_ids": w["ids"]}], max_tokens=0, progress=False)
+    collect_statistics(
+        w["model"], [{"input_ids": w["ids"]}], settings=CollapseArguments(collapse_max_tokens=0), progress=False
+    )
 
 
 def c_collect_empty_data(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
     collect_statistics(w["model"], [], progress=False)
 
 
 def c_collect_all_ignored(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
     ids = w["ids"]
     collect_statistics(w["model"], [{"input_ids": ids, "labels": torch.full_like(ids, -100)}], progress=False)
 
 
 def c_collect_zero_batches(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
     collect_statistics(w["model"], [{"input_ids": w["ids"]}], max_batches=0, progress=False)
 
 
 def c_collect_checkpoint_every_alone(w):
-    from hf_collapse.collect import collect_statistics
+    from hf_collapse.integrations.passes import collect_statistics
 
     collect_statistics(w["model"], [{"input_ids": w["ids"]}], checkpoint_every=2, progress=False)
 
 
 def c_load_measured_typo_path(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     load_measured(str(w["root"] / "goood"), load_model=False)
 
 
 def c_load_measured_relative_typo(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     load_measured("./runs/typo-folder", load_model=False)
 
 
 def c_load_measured_no_collapse(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     (w["root"] / "plain").mkdir(exist_ok=True)
     load_measured(w["root"] / "plain", load_model=False)
 
 
 def c_load_measured_bad_json(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     f = _copy(w, "badjson")
     _metrics_path(f).write_text('{"nc1_cdnv": 1.0,')
@@ -294,7 +308,7 @@ def c_load_measured_bad_json(w):
 
 
 def c_load_measured_json_list(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     f = _copy(w, "jsonlist")
     _metrics_path(f).write_text("[1, 2]")
@@ -302,7 +316,7 @@ def c_load_measured_json_list(w):
 
 
 def c_load_measured_string_measure(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     f = _copy(w, "strmeasure")
     m = json.loads(_metrics_path(f).read_text())
@@ -312,7 +326,7 @@ def c_load_measured_string_measure(w):
 
 
 def c_load_measured_inconsistent(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     f = _copy(w, "inconsistent")
     m = json.loads(_metrics_path(f).read_text())
@@ -322,7 +336,7 @@ def c_load_measured_inconsistent(w):
 
 
 def c_load_measured_other_weights(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     f = _copy(w, "otherweights")
     other = _tiny_model()
@@ -333,19 +347,19 @@ def c_load_measured_other_weights(w):
 
 
 def c_load_measured_bad_name(w):
-    from hf_collapse.hub import load_measured
+    from hf_collapse.integrations.hub import load_measured
 
     load_measured(w["good"], name="../escape", load_model=False)
 
 
 def c_push_bad_repo_id(w):
-    from hf_collapse.hub import push_measured
+    from hf_collapse.integrations.hub import push_measured
 
     push_measured(w["good"], "not a repo id!")
 
 
 def c_push_missing_folder(w):
-    from hf_collapse.hub import push_measured
+    from hf_collapse.integrations.hub import push_measured
 
     push_measured(w["root"] / "gone", "user/repo")
 
@@ -353,7 +367,7 @@ def c_push_missing_folder(w):
 def c_save_measured_not_statistics(w):
     from hf_collapse.integrations.hub import save_measured
 
-    save_measured(w["root"] / "s", model=w["model"], statistics={"counts": 1}, result=w["report"].result, card=False)
+    save_measured(w["root"] / "s", {"counts": 1}, model=w["model"], card=False)
 
 
 def c_analyze_no_runs(w):
@@ -378,19 +392,19 @@ def c_collect_runs_missing(w):
 
 
 def c_trainer_args_dtype(w):
-    from hf_collapse.trainer import CollapseArguments
+    from hf_collapse import CollapseArguments
 
     CollapseArguments(collapse_dtype="half")
 
 
 def c_trainer_args_task(w):
-    from hf_collapse.trainer import CollapseArguments
+    from hf_collapse import CollapseArguments
 
     CollapseArguments(collapse_task="translation")
 
 
 def c_trainer_args_measures(w):
-    from hf_collapse.trainer import CollapseArguments
+    from hf_collapse import CollapseArguments
 
     CollapseArguments(collapse_measures=["nc9_magic"])
 
@@ -398,7 +412,7 @@ def c_trainer_args_measures(w):
 def c_trainer_collapse_args_dict(w, tmp_path):
     from transformers import TrainingArguments
 
-    from hf_collapse.trainer import CollapseTrainer
+    from hf_collapse import CollapseTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     CollapseTrainer(model=w["model"], args=args, collapse_args={"collapse_k": 2})
@@ -475,11 +489,11 @@ CASES = [
     (c_load_measured_bad_name, ValueError, "measurement name '../escape' is invalid"),
     (c_push_bad_repo_id, ValueError, "not a valid Hub repo id"),
     (c_push_missing_folder, FileNotFoundError, "no measured model folder at"),
-    (c_save_measured_not_statistics, TypeError, "statistics must be a CollapseStatistics"),
+    (c_save_measured_not_statistics, TypeError, "report must be a CollapseReport"),
     (c_analyze_no_runs, ValueError, "no runs to analyse"),
     (c_analyze_two_runs, ValueError, "needs at least 3 runs, got 2"),
     (c_collect_runs_missing, FileNotFoundError, "no run folder at"),
-    (c_trainer_args_dtype, ValueError, "collapse_dtype must be"),
+    (c_trainer_args_dtype, ValueError, "dtype must be one of"),
     (c_trainer_args_task, ValueError, "collapse_task must be"),
     (c_trainer_args_measures, ValueError, "unknown collapse_measures"),
     (c_trainer_collapse_args_dict, TypeError, "collapse_args must be CollapseArguments"),

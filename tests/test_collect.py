@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-from hf_collapse import CollapseStatistics, measure_collapse
-from hf_collapse.collect import FeatureCollector, align_labels, collect_nc4, collect_statistics, measure_model
+from hf_collapse import CollapseArguments, CollapseStatistics, measure_collapse
+from hf_collapse.integrations.hooks import FeatureHooks, align_labels
+from hf_collapse.integrations.passes import collect_nc4, collect_statistics, measure_model
 
 V, D = 40, 16
 
@@ -87,7 +88,7 @@ def test_sequence_classification_picks_last_non_pad_token():
 
 def test_budget_is_exact_and_hooks_removed():
     model, data = tiny_model(), batches()
-    stats = collect_statistics(model, data, max_tokens=50, progress=False)
+    stats = collect_statistics(model, data, settings=CollapseArguments(collapse_max_tokens=50), progress=False)
     assert stats.num_tokens == 50
     H, Y = manual(model, data, max_tokens=50)
     ref = CollapseStatistics(V, D)
@@ -131,13 +132,17 @@ def test_resume_gives_same_numbers(tmp_path):
 
 def test_layerwise_and_measure_model():
     model, data, test = tiny_model(), batches(n=4), batches(n=3, seed=7)
-    out = collect_statistics(model, data, modules=["transformer.h.1", "lm_head"], progress=False)
+    out = collect_statistics(
+        model, data, settings=CollapseArguments(collapse_modules=["transformer.h.1", "lm_head"]), progress=False
+    )
     assert list(out) == ["transformer.h.1", "lm_head"]
     single = collect_statistics(model, data, progress=False)
     torch.testing.assert_close(out["lm_head"].means, single.means)
     # transformer.h.1's input is block 0's output: differs from the head input
     assert not torch.allclose(out["transformer.h.1"].means, single.means)
-    rep = measure_model(model, data, test, modules=["lm_head", "transformer.h.1"], progress=False)
+    rep = measure_model(
+        model, data, test, settings=CollapseArguments(collapse_modules=["lm_head", "transformer.h.1"]), progress=False
+    )
     m = rep.metrics("eval")
     assert "eval_nc1_cdnv" in m and "eval_transformer_h_1_nc1_cdnv" in m
     assert "eval_nc4_agreement" in m and "eval_transformer_h_1_ncc_accuracy" in m
@@ -147,7 +152,9 @@ def test_layerwise_and_measure_model():
 def test_nc4_matches_core_with_features():
     model, data, test = tiny_model(), batches(n=4), batches(n=3, seed=7)
     stats = collect_statistics(model, data, progress=False)
-    got = collect_nc4(model, test, stats, progress=False, dtype=torch.float64)["lm_head"]
+    got = collect_nc4(model, test, stats, settings=CollapseArguments(collapse_dtype=torch.float64), progress=False)[
+        "lm_head"
+    ]
     Ht, Yt = manual(model, test)
     ref = measure_collapse(stats, weights=model.lm_head.weight, features=Ht, labels=Yt, dtype=torch.float64)
     assert got["nc4_agreement"] == pytest.approx(ref["nc4_agreement"], abs=1e-12)
@@ -158,9 +165,9 @@ def test_bad_input():
     model = tiny_model()
     body = model.transformer
     with pytest.raises(ValueError, match="no output embeddings"):
-        FeatureCollector(body)
+        FeatureHooks(body)
     with pytest.raises(ValueError, match="no submodule"):
-        collect_statistics(model, batches(1), modules="nope", progress=False)
+        collect_statistics(model, batches(1), settings=CollapseArguments(collapse_modules="nope"), progress=False)
     with pytest.raises(ValueError, match="no labelled token"):
         collect_statistics(model, [], progress=False)
     allpad = [{"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.zeros(2, 5, dtype=torch.long)}]
@@ -173,7 +180,7 @@ def test_bad_input():
             progress=False,
         )
     with pytest.raises(ValueError, match="max_tokens"):
-        collect_statistics(model, batches(1), max_tokens=0, progress=False)
+        collect_statistics(model, batches(1), settings=CollapseArguments(collapse_max_tokens=0), progress=False)
 
 
 def test_sequence_classification_head_on_every_token():
@@ -191,7 +198,12 @@ def test_sequence_classification_head_on_every_token():
         data.append(
             {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.randint(0, 3, (4,), generator=g)}
         )
-    stats = collect_statistics(model, data, modules="score", task="sequence_classification", progress=False)
+    stats = collect_statistics(
+        model,
+        data,
+        settings=CollapseArguments(collapse_modules="score", collapse_task="sequence_classification"),
+        progress=False,
+    )
     ref = CollapseStatistics(3, D)
     with torch.no_grad():
         for b in data:
@@ -200,7 +212,13 @@ def test_sequence_classification_head_on_every_token():
             ref.update(h[torch.arange(4), last], b["labels"])
     assert stats.num_tokens == 16
     torch.testing.assert_close(stats.means, ref.means, rtol=1e-5, atol=1e-6)
-    rep = measure_model(model, data, data, modules="score", task="sequence_classification", progress=False)
+    rep = measure_model(
+        model,
+        data,
+        data,
+        settings=CollapseArguments(collapse_modules="score", collapse_task="sequence_classification"),
+        progress=False,
+    )
     assert 0 <= rep.result["nc4_agreement"] <= 1 and "nc3_duality_mean" in rep.result
 
 
@@ -225,7 +243,12 @@ def test_token_classification():
         labels = torch.randint(0, 4, (2, 10), generator=g)
         labels[:, 0] = -100  # e.g. [CLS]
         data.append({"input_ids": torch.randint(0, V, (2, 10), generator=g), "labels": labels})
-    stats = collect_statistics(model, data, modules="classifier", task="token_classification", progress=False)
+    stats = collect_statistics(
+        model,
+        data,
+        settings=CollapseArguments(collapse_modules="classifier", collapse_task="token_classification"),
+        progress=False,
+    )
     ref = CollapseStatistics(4, D)
     with torch.no_grad():
         for b in data:
@@ -240,7 +263,7 @@ def test_statistics_of_another_model_are_rejected():
     wrong.update(torch.randn(10, D), torch.arange(10))
     with pytest.raises(ValueError, match="do not match the classifier"):
         collect_nc4(model, batches(1), wrong, progress=False)
-    from hf_collapse.collect import measure_statistics
+    from hf_collapse.integrations.passes import measure_statistics
 
     wrong_d = CollapseStatistics(V, D + 2)
     wrong_d.update(torch.randn(10, D + 2), torch.arange(10))

@@ -1,11 +1,12 @@
-"""Built-in story corpus, tokenizer training, packing and file loaders."""
+"""Built-in story corpus, tokenizer training, GPT-style packing and document loaders."""
 
 import collections
+import itertools
 
 import pytest
 import torch
 
-from hf_collapse.integrations.data import EOS, PackedDataset, pack_texts, pack_token_ids, read_stories
+from hf_collapse.integrations.data import EOS, blocks_from_texts, iter_documents
 from hf_collapse.study.corpus import generate_stories, train_tokenizer
 
 
@@ -46,34 +47,21 @@ def test_tokenizer_roundtrip_and_eos():
         train_tokenizer(stories, vocab_size=100)
 
 
-def test_pack_token_ids_gpt_style():
-    blocks = pack_token_ids([[1, 2, 3], [4, 5], [6, 7, 8, 9]], block_size=4, eos_id=0)
-    # stream: 1 2 3 0 4 5 0 6 7 8 9 0 -> three full rows, no tail
-    assert blocks.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]
-    assert pack_token_ids([[1, 2, 3], [4, 5]], block_size=2, eos_id=None).tolist() == [[1, 2], [3, 4]]
-    assert pack_token_ids([list(range(100))], block_size=8, eos_id=0, max_blocks=3).shape == (3, 8)
-    with pytest.raises(ValueError, match="fewer than one block"):
-        pack_token_ids([[1, 2]], block_size=8, eos_id=0)
-    with pytest.raises(ValueError, match="block_size"):
-        pack_token_ids([[1, 2]], block_size=1, eos_id=0)
-
-
-def test_pack_texts_and_dataset():
+def test_blocks_from_texts_gpt_style():
     stories = generate_stories(100, seed=2)
     tok = train_tokenizer(stories, vocab_size=300)
-    blocks = pack_texts(stories, tok, block_size=32)
+    blocks = blocks_from_texts(stories, tok, 32, bos=False, eos=True, drop_last=True)
     n_tokens = sum(len(tok(s, add_special_tokens=False)["input_ids"]) + 1 for s in stories)
-    assert blocks.shape == (n_tokens // 32, 32) and blocks.dtype == torch.long
-    assert (blocks == tok.eos_token_id).sum() >= len(stories) - 2  # separators kept (tail dropped)
-    ds = PackedDataset(blocks)
-    assert len(ds) == blocks.shape[0] and torch.equal(ds[1]["labels"], blocks[1])
+    stacked = blocks.to_tensor()
+    assert stacked.shape == (n_tokens // 32, 32) and stacked.dtype == torch.long
+    assert (stacked == tok.eos_token_id).sum() >= len(stories) - 2  # separators kept (tail dropped)
 
 
-def test_read_stories_tinystories_format(tmp_path, shared_data):
+def test_iter_documents_tinystories_format(tmp_path, shared_data):
     f = tmp_path / "t.txt"
     f.write_text(f"One story.\nSecond line.\n{EOS}\nAnother story.\n{EOS}\n")
-    assert read_stories(f) == ["One story.\nSecond line.", "Another story."]
-    real = read_stories(shared_data / "tinystories" / "train-head.txt", max_stories=10)
+    assert list(iter_documents(f)) == ["One story.\nSecond line.", "Another story."]
+    real = list(itertools.islice(iter_documents(shared_data / "tinystories" / "train-head.txt"), 10))
     assert len(real) == 10 and real[0].startswith("One day")
     with pytest.raises(FileNotFoundError):
-        read_stories(tmp_path / "missing.txt")
+        list(iter_documents(tmp_path / "missing.txt"))

@@ -129,17 +129,15 @@ def test_streaming_gives_the_same_blocks_and_statistics(tmp_path, shared_data, l
     assert torch.equal(a.counts, b.counts) and torch.equal(a.sums, b.sums)
 
 
-def test_in_memory_texts_and_first_release_helpers(llama_tok):
-    from hf_collapse.integrations.data import blocks_from_texts, token_blocks
+def test_in_memory_texts(llama_tok):
+    from hf_collapse.integrations.data import blocks_from_texts
 
     texts = ["Once upon a time there was a cat.", "", "The dog ran home fast."]
-    blocks = token_blocks(texts, llama_tok, 5, max_tokens=7)
-    assert [len(b) for b in blocks] == [5, 4] and sum(len(b) - 1 for b in blocks) == 7
+    blocks = blocks_from_texts(texts, llama_tok, 5, max_tokens=7)
+    assert [len(blocks[i]) for i in range(len(blocks))] == [5, 4] and blocks.num_labelled == 7
     assert blocks[0][0] == llama_tok.bos_token_id
-    assert token_blocks(["", "  "], llama_tok, 5, None) == []
-    assert len(blocks_from_texts(texts, llama_tok, 4)) > 0
     with pytest.raises(ValueError, match="block_size"):
-        token_blocks(texts, llama_tok, 1, None)
+        blocks_from_texts(texts, llama_tok, 1)
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, shared_data, llama_tok, capsys):

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_collapse import CollapseStatistics, measure_collapse
+from hf_collapse import CollapseStatistics, MeasurementRecord, MeasureOptions, measure_collapse
 from hf_collapse.core.registry import MEASURE_KEYS
-from hf_collapse.hub import (
+from hf_collapse.integrations.hub import (
     find_measurement,
     list_measurements,
     load_measured,
     push_measured,
     read_measurement,
-    weights_sha256,
 )
+from hf_collapse.integrations.weights_hash import weights_sha256
 from hf_collapse.integrations.model_card import TEMPLATE_PATH, card_metrics, write_model_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -350,14 +350,15 @@ def test_find_measurement_for_skipping_the_pass(hub_env, measured, tiny):
     measure_into(measured, model, tok, lines[:6], name="short", extra_meta={"max_tokens": "500"})
     push_measured(measured, "tester/findme")
     h = weights_sha256(model)
-    m = find_measurement("tester/findme", weights_sha256=h, k=2, max_tokens=500)
-    assert m is not None and m.name == "short" and m.model is None
+    # folders written in the first release's header format (measure_into) are matched by their record
+    m = find_measurement("tester/findme", MeasurementRecord(weights_sha256=h, max_tokens=500))
+    assert m is not None and m.name == "short" and m.model is None and m.record.max_tokens == 500
     assert not any(Path(m.path).glob("*.safetensors"))  # only collapse/ and JSON were fetched
-    assert find_measurement("tester/findme", weights_sha256=h, k=2).name is None
-    assert find_measurement("tester/findme", weights_sha256=h, k=3) is None
-    assert find_measurement("tester/findme", weights_sha256="0" * 64) is None
-    assert find_measurement("tester/nothing-here", weights_sha256=h) is None
-    assert find_measurement(measured, weights_sha256=h, split="validation", max_tokens=500).name == "short"
+    assert find_measurement("tester/findme", MeasurementRecord(weights_sha256=h)).name is None
+    assert find_measurement("tester/findme", MeasurementRecord(weights_sha256=h, options=MeasureOptions(k=3))) is None
+    assert find_measurement("tester/findme", MeasurementRecord(weights_sha256="0" * 64)) is None
+    assert find_measurement("tester/nothing-here", MeasurementRecord(weights_sha256=h)) is None
+    assert find_measurement(measured, MeasurementRecord(weights_sha256=h, max_tokens=500)).name == "short"
 
 
 def test_card_hyperparameters_from_statistics_header(measured, tiny):
@@ -416,7 +417,7 @@ def test_cli_push_then_load_in_fresh_processes(hub_env, measured):
 def test_trainer_push_to_hub_carries_card_and_statistics(hub_env, tiny, tmp_path):
     from transformers import TrainingArguments, default_data_collator
 
-    from hf_collapse.trainer import CollapseArguments, CollapseTrainer
+    from hf_collapse import CollapseArguments, CollapseTrainer
 
     model, tok, lines = tiny
     model = type(model)(model.config)
@@ -476,8 +477,7 @@ def test_non_finite_measures_round_trip_through_metrics_json(tmp_path):
     import math
 
     from hf_collapse import CollapseResult
-    from hf_collapse.hub import read_metrics
-    from hf_collapse.integrations.folder import build_metrics
+    from hf_collapse.integrations.folder import build_metrics, read_metrics
 
     s = CollapseStatistics(3, 2)
     s.update(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2]))

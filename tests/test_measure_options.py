@@ -229,36 +229,26 @@ def test_simplex_etf_helper_is_an_etf():  # the fixture the closed forms rely on
     np.testing.assert_allclose(G, np.eye(6) * 6 / 5 - 1 / 5, atol=1e-12)  # unit norms, cosines -1/(C-1)
 
 
-def test_settings_fields_short_names_and_record():
+def test_collapse_arguments_embed_the_measure_options():
     from transformers import HfArgumentParser
 
-    from hf_collapse.integrations.settings import CollapseArguments, as_settings
+    from hf_collapse import CollapseArguments, MeasureOptions
 
     (c,) = HfArgumentParser(CollapseArguments).parse_args_into_dataclasses(
-        [
-            "--collapse_min_count",
-            "3",
-            "--collapse_classes",
-            "5",
-            "2",
-            "9",
-            "--collapse_global_mean",
-            "weighted",
-            "--collapse_riesz_s",
-            "1.5",
-        ]
+        ["--collapse_min_count", "3", "--collapse_classes", "5", "2", "9", "--collapse_global_mean", "weighted"]
+        + ["--collapse_riesz_s", "1.5"]
     )
-    assert c.measure_options() == {"min_count": 3, "classes": [5, 2, 9], "global_mean": "weighted", "riesz_s": 1.5}
-    rec = c.record()
+    assert c.options == MeasureOptions(min_count=3, classes=[2, 5, 9], global_mean="weighted", riesz_s=1.5)
+    rec = c.options.to_record()
     assert rec["min_count"] == 3 and rec["global_mean"] == "weighted" and rec["riesz_s"] == 1.5
     assert rec["classes"].startswith("3 ids sha256:")
-    short = as_settings(None, min_count=2, classes=[1, 4], global_mean="weighted", riesz_s=2.0)
-    assert short.measure_options() == {"min_count": 2, "classes": [1, 4], "global_mean": "weighted", "riesz_s": 2.0}
+    assert CollapseArguments.from_options(c.options).options == c.options
     for bad, err in (
         ({"collapse_min_count": 0}, "min_count"),
         ({"collapse_global_mean": "mode"}, "global_mean"),
-        ({"collapse_riesz_s": -1.0}, "collapse_riesz_s"),
+        ({"collapse_riesz_s": -1.0}, "riesz_s"),
         ({"collapse_classes": [-1]}, "outside"),
+        ({"collapse_dtype": "float16"}, "dtype"),
     ):
         with pytest.raises(ValueError, match=err):
             CollapseArguments(**bad)

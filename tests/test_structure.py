@@ -1,5 +1,5 @@
-"""The layout rules of CONTRIBUTING.md, checked: layers, no import cycle, short files and functions, one
-measure registry, and an import that writes nothing."""
+"""The layout rules of CONTRIBUTING.md, checked: layers, no import cycle, the map of modules, one measure
+registry, and an import that writes nothing."""
 
 import ast
 import os
@@ -85,18 +85,32 @@ def test_no_import_cycle():
             visit(m, [m])
 
 
-def test_files_and_core_functions_are_short():
-    long_files = [f"{p.relative_to(REPO)}: {n}" for p in SOURCES if (n := len(p.read_text().splitlines())) > 450]
-    assert not long_files, long_files
-    long_functions = []
-    for p in (PKG / "core").glob("*.py"):
-        for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                body = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
-                n = node.end_lineno - body[0].lineno + 1  # code lines: signature and docstring not counted
-                if n > 80:
-                    long_functions.append(f"{p.name}:{node.name} ({n} lines of code)")
-    assert not long_functions, long_functions
+def _contributing_map() -> str:
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    start = text.index("## The map")
+    block = text[start:].split("```", 2)[1]
+    return block
+
+
+def test_contributing_map_lists_every_module():
+    """Every module of the package appears in CONTRIBUTING's map, under its own folder, and the map
+    names no module that does not exist."""
+    block = _contributing_map()
+    sections: dict[str, set[str]] = {}
+    current = ""
+    for line in block.splitlines():
+        m = re.match(r"^  (\w+)/", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.match(r"^    (\w+\.py)\b", line)
+        if m:
+            sections.setdefault(current, set()).add(m.group(1))
+    for sub in ("core", "integrations", "study", "cli"):
+        have = {p.name for p in (PKG / sub).glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+        listed = sections.get(sub, set())
+        assert have - listed == set(), f"CONTRIBUTING.md's map misses {sorted(have - listed)} in {sub}/"
+        assert listed - have == set(), f"CONTRIBUTING.md's map names {sorted(listed - have)} in {sub}/, which do not exist"
 
 
 def test_core_imports_without_transformers_or_hub():

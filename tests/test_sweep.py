@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hf_collapse.cli import main
+from hf_collapse.integrations.trajectory import run_checkpoints
 from hf_collapse.study.analysis import read_csv_rows
-from hf_collapse.study.trajectory import run_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collapse_train_helpers import blocks, tiny_gpt_neo, training_args  # noqa: E402

@@ -10,8 +10,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hf_collapse.integrations.passes as passes
-from hf_collapse import CollapseStatistics
-from hf_collapse.integrations.hooks import FeatureCollector
+from hf_collapse import CollapseArguments, CollapseStatistics
+from hf_collapse.integrations.hooks import FeatureHooks, StatisticsSink
 from hf_collapse.integrations.passes import collect_nc4, collect_statistics
 
 # ops whose CUDA implementation copies a value to the host (a device synchronisation)
@@ -108,13 +108,14 @@ def test_hooked_forward_adds_no_sync(model_and_batches):
     batch = batches[0]
     with torch.no_grad():
         plain = _count(lambda: model(**batch))
-        collector = FeatureCollector(model)
+        collector = FeatureHooks(model)
+        collector.sink = StatisticsSink(collector.num_classes)
         collector.remaining = torch.tensor(20)  # the budget cut of a single process, on the device
         with collector:
             hooked = _count(lambda: model(**batch))
     assert hooked == plain, f"the hooks added {len(hooked) - len(plain)} synchronising calls: {hooked}"
     # 2 rows x 15 labels, flattened in order: the first 20 labelled positions are kept
-    assert collector.statistics["lm_head"].num_tokens == 20 and int(collector.batch_tokens) == 20
+    assert collector.sink.statistics["lm_head"].num_tokens == 20 and int(collector.batch_tokens) == 20
 
 
 def test_pass_syncs_do_not_grow_with_batches(model_and_batches, monkeypatch):
@@ -126,8 +127,10 @@ def test_pass_syncs_do_not_grow_with_batches(model_and_batches, monkeypatch):
     assert len(many) - len(few) == (len(batches) - 4) * plain, (few, many)
     # with a budget the cut is exact and the host reads the count only near the end
     budget = 11 * 30 + 7
-    few = _count(lambda: collect_statistics(model, batches, progress=False, max_tokens=budget))
-    stats = collect_statistics(model, batches, progress=False, max_tokens=budget)
+    few = _count(
+        lambda: collect_statistics(model, batches, CollapseArguments(collapse_max_tokens=budget), progress=False)
+    )
+    stats = collect_statistics(model, batches, CollapseArguments(collapse_max_tokens=budget), progress=False)
     assert stats.num_tokens == budget
     assert len(few) - len(many) <= 8 * (1 + plain)  # a few batches near the budget, not one per batch
     nc4_few = _count(lambda: collect_nc4(model, batches[:4], stats, progress=False))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hf_collapse import CollapseStatistics, cli, measure_collapse
+from hf_collapse.integrations.token_report import load_per_class, token_report
 from hf_collapse.study.corpus import generate_stories, train_tokenizer
-from hf_collapse.study.token_report import load_per_class, token_report
 
 
 @pytest.fixture(scope="module")

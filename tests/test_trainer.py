@@ -10,8 +10,7 @@ import pytest
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback
 
-from hf_collapse import CollapseStatistics
-from hf_collapse.trainer import CollapseArguments, CollapseCallback, CollapseTrainer
+from hf_collapse import CollapseArguments, CollapseCallback, CollapseStatistics, CollapseTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collapse_train_helpers import blocks, tiny_gpt_neo, training_args  # noqa: E402

@@ -7,14 +7,17 @@ analysis, demo) and ``cli``. Importing the package writes nothing.
 
 from ._version import __version__
 from .core.measures import CollapseResult, measure_collapse
-from .core.registry import MEASURES
+from .core.options import MeasureOptions
+from .core.registry import MEASURES, is_collapse_key
 from .core.statistics import CollapseStatistics
 
 __all__ = [
     "CollapseStatistics",
     "CollapseResult",
     "measure_collapse",
+    "MeasureOptions",
     "MEASURES",
+    "is_collapse_key",
     "__version__",
     "load_measured",
     "push_measured",
@@ -26,6 +29,7 @@ __all__ = [
     "CollapseTrainer",
     "CollapseArguments",
     "CollapseCallback",
+    "MeasurementRecord",
     "load_metric",
 ]
 
@@ -39,6 +43,7 @@ _LAZY = {
     "collect_statistics": "integrations.passes",
     "measure_model": "integrations.passes",
     "CollapseReport": "integrations.passes",
+    "MeasurementRecord": "integrations.record",
     "CollapseTrainer": "integrations.trainer",
     "CollapseCallback": "integrations.trainer",
     "CollapseArguments": "integrations.settings",

@@ -27,7 +27,9 @@ def add_dataclass_arguments(parser, cls) -> None:
         default = None if f.default is dataclasses.MISSING else f.default
         help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
         kwargs: dict[str, Any] = {"type": tp, "default": default, "help": help_text, "dest": f.name}
-        if nargs:
+        if tp is bool:  # a switch: off unless given
+            kwargs = {"action": "store_true", "help": f.metadata.get("help", ""), "dest": f.name}
+        elif nargs:
             kwargs["nargs"] = nargs
         for key in ("choices", "metavar"):
             if key in f.metadata:

@@ -6,7 +6,7 @@ folder itself, as ``final``, when it holds weights), or with ``--revisions R ...
 ``hf-collapse measure``. The text is tokenized once (with ``--tokenizer``, else the first checkpoint's
 or the run folder's tokenizer) and every checkpoint sees the same token blocks. Writes to
 ``--output-dir``: ``trajectory.csv``, ``trajectory.png`` and ``checkpoints/<label>/`` (statistics and
-metrics.json of each measured checkpoint); see :mod:`hf_collapse.study.trajectory`. Running it again
+metrics.json of each measured checkpoint); see :mod:`hf_collapse.integrations.trajectory`. Running it again
 measures only what is new; checkpoints with byte-identical weights are measured once.
 One process (no ``accelerate launch``).
 """
@@ -21,16 +21,13 @@ from pathlib import Path
 
 from ..core.io import fmt
 from ..core.lockfile import OutputLock
+from ..core.options import MeasureOptions
 from ..core.registry import HEADLINE_KEYS
-from ..integrations.measurement_data import (
-    blocks_loader,
-    check_measurement_data,
-    check_measurement_files,
-    describe_measurement_data,
-    measurement_blocks,
-    nc4_budget,
-)
-from .measure import add_data_arguments, add_measure_arguments, measure_options, settings_from_args
+from ..integrations.measurement_data import DataSpec
+from ..integrations.record import MeasurementRecord
+from ..integrations.settings import CollapseArguments
+from .arguments import dataclass_from_args
+from .measure import add_data_arguments, add_measure_arguments, command_line, model_name
 
 logger = logging.getLogger(__name__)
 
@@ -57,51 +54,57 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM
 
     from ..integrations.passes import measure_model
-    from ..study.trajectory import TRAJECTORY_CSV, TRAJECTORY_PNG, hub_checkpoints, resolve, run_checkpoints, sweep
+    from ..integrations.trajectory import (
+        TRAJECTORY_CSV,
+        TRAJECTORY_PNG,
+        hub_checkpoints,
+        resolve,
+        run_checkpoints,
+        sweep,
+    )
 
-    check_measurement_data(args)
-    check_measurement_files(args)
-    opts = measure_options(args)
+    data = dataclass_from_args(args, DataSpec)
+    options = dataclass_from_args(args, MeasureOptions)
+    data.check()
     if args.revisions:
         checkpoints = hub_checkpoints(args.run, args.revisions)
     else:
         checkpoints = run_checkpoints(args.run)
     tok = _tokenizer(args, resolve(checkpoints[0]))
-    train_blocks = measurement_blocks(args, tok, "train")
-    nc4_blocks = measurement_blocks(args, tok, "validation")
-    nc4_max = nc4_budget(args) if nc4_blocks is not None else None
-    cfg = settings_from_args(args, opts, nc4_max)
-    settings = {
-        "task": "causal_lm",
-        "data": describe_measurement_data(args, "train"),
-        "nc4_data": describe_measurement_data(args, "validation") or None,
-        "max_tokens": args.max_tokens,
-        "nc4_max_tokens": nc4_max,
-        "block_size": args.block_size,
-        "batch_size": args.batch_size,
-        "k": float(args.k),
-        "tile_size": args.tile_size,
-        "dtype": args.dtype,
-        "covariance": args.covariance,
-        "torch_dtype": args.torch_dtype,
-        "tokenizer": f"{type(tok).__name__}:{len(tok)}",
-        **cfg.measure_record(),
-    }
+    train_blocks = data.blocks(tok, "train")
+    nc4_blocks = data.blocks(tok, "validation")
+    record = MeasurementRecord(
+        model_name=model_name(args.run),
+        data=data.describe("train"),
+        nc4_data=data.describe("validation"),
+        max_tokens=data.max_tokens,
+        nc4_max_tokens=data.budget("validation") if nc4_blocks is not None else None,
+        block_size=data.block_size,
+        batch_size=data.batch_size,
+        covariance=args.covariance,
+        options=options,
+        torch_dtype=args.torch_dtype,
+        tokenizer=f"{type(tok).__name__}:{len(tok)}",
+        command=command_line(args),
+    )
+    cfg = CollapseArguments.from_options(
+        options,
+        collapse_max_tokens=record.max_tokens,
+        collapse_nc4_max_tokens=record.nc4_max_tokens,
+        collapse_per_class=True,
+        collapse_covariance=args.covariance,
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def measure(folder):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.torch_dtype)).to(device).eval()
         return measure_model(
-            model,
-            blocks_loader(train_blocks, args.batch_size),
-            blocks_loader(nc4_blocks, args.batch_size),
-            cfg,
-            progress=not args.no_progress,
+            model, data.loader(train_blocks), data.loader(nc4_blocks), cfg, record=record, progress=not args.no_progress
         )
 
     lock = OutputLock(args.output_dir, "hf-collapse sweep").acquire()  # two sweeps never interleave files
     try:
-        rows = sweep(checkpoints, args.output_dir, measure, settings)
+        rows = sweep(checkpoints, args.output_dir, measure, record)
     finally:
         lock.release()
     shown = [k for k in HEADLINE_KEYS if any(k in r for r in rows)]

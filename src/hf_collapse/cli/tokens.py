@@ -1,5 +1,5 @@
 """``hf-collapse tokens``: the tokens with extreme class-mean norms, CDNV or interference, and look-ups
-of named tokens, from a measured folder's per-class outputs (see :mod:`hf_collapse.study.token_report`)."""
+of named tokens, from a measured folder's per-class outputs (see :mod:`hf_collapse.integrations.token_report`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..core.io import atomic_write_text
 from ..integrations.model_source import check_model_source, from_pretrained_or_explain
-from ..study.token_report import format_report, token_report
+from ..integrations.token_report import format_report, token_report
 
 
 def _tokenizer(folder: Path, name: Optional[str]):
@@ -32,7 +33,7 @@ def run(args) -> int:
         print("(no tokenizer in the folder and none given with --tokenizer: token texts are left empty)")
     print(format_report(rep))
     if args.json:
-        Path(args.json).write_text(json.dumps(rep, indent=2))
+        atomic_write_text(args.json, json.dumps(rep, indent=2))
     return 0
 
 

@@ -166,3 +166,16 @@ def as_tensor(x, name: str) -> torch.Tensor:
 def metadata_json(obj) -> str:
     """Encode a metadata value (dict/list) for the safetensors header, which holds strings only."""
     return json.dumps(obj, sort_keys=True)
+
+
+def write_csv_rows(rows, path: str | os.PathLike, columns) -> None:
+    """``rows`` (dicts) as a CSV table with these ``columns`` (None as an empty cell), written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())

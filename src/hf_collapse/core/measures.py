@@ -45,8 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -54,6 +53,7 @@ from .classes import check_selection, class_moments
 from .classes import global_mean as centre
 from .io import as_tensor
 from .nc4 import NC4Counter
+from .options import MeasureOptions
 from .registry import MEASURE_KEYS
 from .spectral import (
     effective_rank,
@@ -132,22 +132,17 @@ def measure_collapse(
     stats: CollapseStatistics | str | os.PathLike,
     weights: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
-    k: float = 2.0,
+    *,
+    options: Optional[MeasureOptions] = None,
     features: Optional[torch.Tensor] = None,
     labels: Optional[torch.Tensor] = None,
-    *,
     per_class: bool = False,
-    tile_size: int = 1024,
-    dtype: torch.dtype = torch.float32,
     batch_size: int = 1024,
     device=None,
     progress: bool = False,
     coincident: str = "raise",
-    min_count: int = 1,
-    classes: Optional[Sequence[int]] = None,
-    global_mean: str = "unweighted",
-    riesz_s: Optional[float] = None,
     ood_features: Optional[torch.Tensor] = None,
+    **option_values: Any,
 ) -> CollapseResult:
     """Compute every NC measure from accumulated statistics.
 
@@ -155,31 +150,29 @@ def measure_collapse(
         stats: the accumulated ``CollapseStatistics`` (or a path to a saved statistics file).
         weights: classifier rows W (C, d) (e.g. ``model.get_output_embeddings().weight``); enables NC3/NC4.
         bias: optional classifier bias (C,).
-        k: CDNV power (paper: 2).
         features: held-out samples (N, d) for ``nc4_agreement`` (needs weights) and ``ncc_accuracy``.
         labels: their labels (N,); labels equal to ``stats.ignore_index`` are skipped.
+        options: the :class:`~hf_collapse.core.options.MeasureOptions` (k, tile_size, dtype, min_count,
+            classes, global_mean, riesz_s; default: the paper's). Its fields may also be given as
+            keywords (``measure_collapse(stats, k=1)``), which override ``options``.
         per_class: also return per-class vectors in ``result.per_class``.
-        tile_size: tile edge of the pairwise sweep.
-        dtype: float32 (default, fast) or float64 (exact) for tiles, d x d Gram matrices and NC4 matmuls.
         batch_size: test samples per NC4 batch (memory: batch_size x C scores).
         device: where to compute (default: where the statistics are).
         progress: show a tqdm bar over the sweep and the NC4 batches.
         coincident: classes whose mean equals another class's (CDNV infinite; real text has them, e.g.
             two tokens seen once after the same context): ``"raise"`` (default) or ``"exclude"`` (leave
             them out as if absent; counted in ``result.info["num_classes_coincident"]``).
-        min_count: classes with fewer samples are treated as absent everywhere (the authors' ``-mpc``).
-        classes: measure only these class ids (e.g. frequent tokens); all others are treated as absent.
-        global_mean: the centre mu_G of M_c = mu_c - mu_G: ``"unweighted"`` (default, the paper's
-            mean of the class means) or ``"weighted"`` (by sample counts, the mean of all samples).
-        riesz_s: s > 0 adds ``gnc2_riesz_mean`` / ``gnc2_riesz_cov`` (Riesz s-kernel ||u_c - u_c'||^-s).
         ood_features: out-of-distribution features (N, d); their mean gives ``nc5_ood_orthogonality``.
 
     Returns:
         A ``CollapseResult`` (dict of float) with the keys of :mod:`hf_collapse.core.registry` that apply.
     """
     stats = _as_statistics(stats)
-    k = _check_options(k, coincident, dtype, tile_size, riesz_s)
-    min_count, classes = check_selection(stats.num_classes, min_count, classes, global_mean)
+    opts = _as_options(options, option_values)
+    if coincident not in ("raise", "exclude"):
+        raise ValueError(f"coincident must be 'raise' or 'exclude', got {coincident!r}")
+    k, tile_size, dtype, riesz_s, global_mean = opts.k, opts.tile_size, opts.torch_dtype, opts.riesz_s, opts.global_mean
+    min_count, classes = check_selection(stats.num_classes, opts.min_count, opts.classes, opts.global_mean)
     dev = torch.device(device) if device is not None else stats.device
     idx, counts, mu, sig, n_same = class_moments(stats, dev, coincident, min_count, classes)
     K = idx.numel()
@@ -249,22 +242,16 @@ def _as_statistics(stats) -> CollapseStatistics:
     return stats
 
 
-def _check_options(k, coincident, dtype, tile_size, riesz_s) -> float:
-    if coincident not in ("raise", "exclude"):
-        raise ValueError(f"coincident must be 'raise' or 'exclude', got {coincident!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    if not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
-    if riesz_s is not None:
-        if isinstance(riesz_s, bool) or not isinstance(riesz_s, (int, float)):
-            raise TypeError(f"riesz_s must be a number, got {type(riesz_s).__name__}")
-        if not (math.isfinite(riesz_s) and riesz_s > 0):
-            raise ValueError(f"riesz_s must be a finite number > 0, got {riesz_s}")
-    k = float(k)
-    if not math.isfinite(k) or k < 0:
-        raise ValueError(f"k must be a finite number >= 0, got {k}")
-    return k
+def _as_options(options, values: dict) -> MeasureOptions:
+    if options is not None and not isinstance(options, MeasureOptions):
+        raise TypeError(f"options must be a MeasureOptions, got {type(options).__name__}")
+    unknown = sorted(set(values) - set(MeasureOptions.names()))
+    if unknown:
+        raise TypeError(
+            f"measure_collapse got unknown keyword(s) {unknown}; the options are {list(MeasureOptions.names())}"
+        )
+    options = options or MeasureOptions()
+    return options.replace(**values) if values else options
 
 
 def _spectral(M, r, counts, sig, dtype):

@@ -287,6 +287,18 @@ HEADLINE_KEYS: tuple[str, ...] = (
 )
 
 
+def is_collapse_key(key: str) -> bool:
+    """Whether a logged metric key is a collapse measure: a registry key, possibly behind a prefix
+    (``eval_``) and a layer (``eval_transformer_h_1_``). The filter for Trainer logs, e.g.
+    ``{k: v for k, v in logs.items() if is_collapse_key(k)}``.
+
+    Examples:
+        >>> [k for k in ("eval_loss", "eval_nc1_cdnv", "eval_effective_rank", "eval_h_1_ncc_accuracy") if is_collapse_key(k)]
+        ['eval_nc1_cdnv', 'eval_effective_rank', 'eval_h_1_ncc_accuracy']
+    """
+    return any(key == k or key.endswith("_" + k) for k in MEASURE_KEYS)
+
+
 def markdown_table(keys=None) -> str:
     """The measures as a Markdown table (key, definition, source, more collapsed when)."""
     rows = ["| key | definition | source | more collapsed when | needs |", "|---|---|---|---|---|"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import mmap
-from collections.abc import Iterable, Sequence
 from typing import Optional
 
 import numpy as np
@@ -129,23 +128,17 @@ class TokenBlocks(_Blocks, torch.utils.data.Dataset):
     or the exact budget of ``max_tokens`` labelled tokens, whichever comes first. The last block may
     be shorter (``collate`` pads it) unless ``drop_last``; a last block of one token has no label and
     is dropped. Items are 1-D LongTensors, or ``{"input_ids", "labels"}`` with ``examples=True``.
-
-    The first release's form ``TokenBlocks(list_of_id_lists)`` still works (items as given).
     """
 
     def __init__(
         self,
         tokens,
-        block_size: Optional[int] = None,
+        block_size: int,
         *,
         max_tokens: Optional[int] = None,
         drop_last: bool = False,
         examples: bool = False,
     ):
-        if block_size is None:  # the first release: a list of ready blocks
-            self.blocks, self.examples = list(tokens), False
-            return
-        self.blocks = None
         self._setup(block_size, max_tokens, drop_last, examples)
         self.stream = tokens if isinstance(tokens, TokenStream) else TokenStream(tokens)
         total = len(self.stream)
@@ -160,11 +153,9 @@ class TokenBlocks(_Blocks, torch.utils.data.Dataset):
         self.available_tokens = total  # tokens in the whole stream (before any budget)
 
     def __len__(self) -> int:
-        return len(self.blocks) if self.blocks is not None else self.num_blocks
+        return self.num_blocks
 
     def __getitem__(self, i):
-        if self.blocks is not None:
-            return self.blocks[i]
         if not -self.num_blocks <= i < self.num_blocks:
             raise IndexError(f"block {i} out of range ({self.num_blocks} blocks)")
         i %= self.num_blocks
@@ -174,7 +165,7 @@ class TokenBlocks(_Blocks, torch.utils.data.Dataset):
     @property
     def num_tokens(self) -> int:
         """Tokens in the blocks."""
-        return sum(len(b) for b in self.blocks) if self.blocks is not None else self.end
+        return self.end
 
     @property
     def num_labelled(self) -> int:
@@ -239,43 +230,3 @@ def collate(blocks):
         ids[i, : len(b)] = torch.as_tensor(b)
         mask[i, : len(b)] = 1
     return {"input_ids": ids, "attention_mask": mask}
-
-
-# ---------------------------------------------------------------------------------------------
-# the first release's packing of id lists
-
-
-def pack_token_ids(
-    sequences: Iterable[Sequence[int]], block_size: int, eos_id: Optional[int], max_blocks: Optional[int] = None
-) -> torch.Tensor:
-    """GPT-style packing of id lists: ``seq + [eos]`` concatenated, cut into rows of ``block_size``,
-    ragged tail dropped: ``(N, T)``. ``eos_id=None`` concatenates without separators."""
-    check_block_args(block_size, None)
-    stream: list[int] = []
-    limit = None if max_blocks is None else max_blocks * block_size
-    for seq in sequences:
-        stream.extend(int(t) for t in seq)
-        if eos_id is not None:
-            stream.append(int(eos_id))
-        if limit is not None and len(stream) >= limit:
-            break
-    n = len(stream) // block_size if max_blocks is None else min(len(stream) // block_size, max_blocks)
-    if n == 0:
-        raise ValueError(f"the texts hold {len(stream)} tokens, fewer than one block of {block_size}")
-    return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)  # (N, T)
-
-
-class PackedDataset(torch.utils.data.Dataset):
-    """Rows of a packed ``(N, T)`` tensor as ``{"input_ids", "labels"}`` examples for ``Trainer``."""
-
-    def __init__(self, blocks: torch.Tensor):
-        if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2:
-            raise TypeError("PackedDataset expects a (N, T) LongTensor from pack_texts / pack_token_ids")
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return self.blocks.shape[0]
-
-    def __getitem__(self, i):
-        row = self.blocks[i]
-        return {"input_ids": row, "labels": row.clone()}

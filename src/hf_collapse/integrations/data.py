@@ -38,18 +38,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Optional
 
-import torch
-
-from .blocks import (  # noqa: F401  (re-exported: the pipeline's public names live here)
-    PackedDataset,
-    StreamingTokenBlocks,
-    TokenBlocks,
-    TokenStream,
-    budget_end,
-    check_block_args,
-    collate,
-    pack_token_ids,
-)
+from .blocks import StreamingTokenBlocks, TokenBlocks, TokenStream, budget_end, check_block_args, collate  # noqa: F401  (re-exported: the pipeline's public names live here)
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +127,6 @@ def iter_documents(path: str | os.PathLike) -> Iterator[str]:
     fmt = _file_format(path)
     with open(path, encoding="utf-8") as f:
         yield from split_documents(f, fmt)
-
-
-iter_file_documents = iter_documents  # the first release's name
 
 
 @functools.lru_cache(maxsize=64)
@@ -394,42 +380,3 @@ def blocks_from_texts(
     ds = datasets.Dataset.from_dict({"text": list(texts)})
     tokenized = tokenize_dataset(ds, tokenizer, bos=bos, eos=eos, num_proc=num_proc)
     return TokenBlocks(tokenized, block_size, max_tokens=max_tokens, drop_last=drop_last, examples=examples)
-
-
-# ---------------------------------------------------------------------------------------------
-# the first release's helpers, as thin forms of the pipeline
-
-
-def token_blocks(documents, tokenizer, block_size: int, max_tokens):
-    """Blocks (lists of ids) of at most ``block_size`` tokens holding exactly ``max_tokens`` labelled
-    positions, BOS in front of every document (``TokenBlocks`` on in-memory texts)."""
-    check_block_args(block_size, max_tokens)
-    docs = [d for d in documents if isinstance(d, str) and d.strip()]
-    if not docs:
-        return []
-    blocks = blocks_from_texts(docs, tokenizer, block_size, max_tokens=max_tokens)
-    return [blocks[i].tolist() for i in range(len(blocks))]
-
-
-def pack_texts(
-    texts: Sequence[str], tokenizer, block_size: int, max_blocks: Optional[int] = None, batch_size: int = 1000
-) -> torch.Tensor:
-    """Texts packed GPT-style with the tokenizer's eos token: ``(N, T)`` (``blocks_from_texts``, stacked)."""
-    blocks = blocks_from_texts(texts, tokenizer, block_size, bos=False, eos=True, drop_last=True)
-    n = len(blocks) if max_blocks is None else min(len(blocks), max_blocks)
-    if n == 0:
-        raise ValueError(f"the texts hold {len(blocks.stream)} tokens, fewer than one block of {block_size}")
-    return torch.stack([blocks[i] for i in range(n)])  # (N, T)
-
-
-def read_stories(path: str | os.PathLike, separator: str = EOS, max_stories: Optional[int] = None) -> list[str]:
-    """Documents of a text file as a list (``iter_documents``; a file without ``<|endoftext|>``
-    lines is split on blank lines)."""
-    if separator != EOS:
-        raise ValueError(f"only the {EOS!r} separator is supported, got {separator!r}")
-    out = []
-    for doc in iter_documents(path):
-        if max_stories is not None and len(out) >= max_stories:
-            break
-        out.append(doc)
-    return out

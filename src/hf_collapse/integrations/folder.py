@@ -17,7 +17,6 @@ published folder says exactly what was measured on what. Nothing here unpickles.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,11 +28,11 @@ from typing import Any, Optional
 
 import torch
 
-from .._version import __version__
 from ..core.io import atomic_write_text
 from ..core.measures import CollapseResult
 from ..core.registry import MEASURE_KEYS
 from ..core.statistics import CollapseStatistics
+from .record import MeasurementRecord
 from .weights_hash import weights_sha256
 
 logger = logging.getLogger(__name__)
@@ -92,8 +91,8 @@ def read_metrics(path: str | os.PathLike) -> dict:
 
 def read_measurement(
     folder: str | os.PathLike, name: Optional[str] = None
-) -> tuple[CollapseStatistics, dict, dict, CollapseResult]:
-    """Read one measurement of a folder: ``(statistics, per_class, metrics, result)``.
+) -> tuple[CollapseStatistics, dict, dict, CollapseResult, MeasurementRecord]:
+    """Read one measurement of a folder: ``(statistics, per_class, metrics, result, record)``.
 
     Raises FileNotFoundError naming the missing file (and the measurements that do exist) and
     ValueError for corrupt, foreign or inconsistent files.
@@ -121,7 +120,7 @@ def read_measurement(
         per_class=per_class or None,
         info={"source": str(sub)},
     )
-    return stats, per_class, metrics, result
+    return stats, per_class, metrics, result, MeasurementRecord.from_files(stats.metadata, metrics)
 
 
 def verify_weights(folder: str | os.PathLike, stats: CollapseStatistics, stats_path: str) -> Optional[str]:
@@ -144,15 +143,6 @@ def verify_weights(folder: str | os.PathLike, stats: CollapseStatistics, stats_p
 
 
 # ---------------------------------------------------------------------------------------- writing
-def file_sha256(path) -> str:
-    """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _json_value(v):
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no inf/nan
@@ -190,38 +180,30 @@ def write_measurement(
     folder: str | os.PathLike,
     statistics: CollapseStatistics,
     result: CollapseResult,
+    record: MeasurementRecord,
     *,
     name: Optional[str] = None,
-    model: Optional[torch.nn.Module] = None,
-    metadata: Optional[Mapping] = None,
-    metrics_extra: Optional[Mapping] = None,
+    extra_metrics: Optional[Mapping] = None,
 ) -> Path:
     """Write one measurement (``collapse[/<name>]/statistics.safetensors`` + ``metrics.json``) into
-    ``folder``; with ``model`` the header records its ``weights_sha256``. Returns the measurement folder.
-
-    ``metadata`` should describe the data (``data``: dataset id/split or file sha256s, ``max_tokens``)
-    and ``k``; ``library_version``/``measured_with`` are added here. ``metrics_extra`` adds settings to
-    ``metrics.json``. Under several processes call it on the main process only.
+    ``folder``: the statistics header is ``record.to_header()``, ``metrics.json`` holds the measures,
+    the counts, ``record.to_metrics()`` and ``extra_metrics`` (results beside the measures, such as
+    ``eval_loss``). Returns the measurement folder. Under several processes call it on the main
+    process only.
     """
     if not isinstance(statistics, CollapseStatistics):
         raise TypeError(f"statistics must be a CollapseStatistics, got {type(statistics).__name__}")
+    if not isinstance(record, MeasurementRecord):
+        raise TypeError(f"record must be a MeasurementRecord, got {type(record).__name__}")
     sub = Path(folder) / measurement_subdir(name)
-    meta = {
-        str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str))
-        for k, v in (metadata or {}).items()
-    }
-    meta.setdefault("k", str(float(getattr(result, "info", {}).get("k", 2.0))))
-    if model is not None:
-        meta["weights_sha256"] = weights_sha256(model)
-    meta["measured_with"] = f"hf_collapse {__version__}"
     extra = {}
     if getattr(result, "per_class", None):
         extra = {
             PER_CLASS_PREFIX + k: v.detach().cpu().to(torch.float64 if v.is_floating_point() else torch.int64)
             for k, v in result.per_class.items()
         }
-    statistics.save(sub / STATISTICS_FILE, extra_tensors=extra, metadata=meta)
-    metrics = build_metrics(statistics, result, {"k": float(meta["k"]), **dict(metrics_extra or {})})
+    statistics.save(sub / STATISTICS_FILE, extra_tensors=extra, metadata=record.to_header())
+    metrics = build_metrics(statistics, result, {**record.to_metrics(), **dict(extra_metrics or {})})
     atomic_write_text(sub / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return sub
 
@@ -231,19 +213,18 @@ def write_report(
     report: Any,
     *,
     model: Optional[torch.nn.Module] = None,
-    metadata: Optional[Mapping] = None,
-    metrics_extra: Optional[Mapping] = None,
-) -> None:
+    extra_metrics: Optional[Mapping] = None,
+) -> MeasurementRecord:
     """Write every measurement of a ``CollapseReport``: the primary module as the default measurement,
-    each further module (layer-wise NC) as ``collapse/<layer_key>/``."""
+    each further module (layer-wise NC) as ``collapse/<layer_key>/``, all with ``report.record``. With
+    ``model`` and a record without ``weights_sha256`` the weights are hashed here, once for all
+    measurements. Returns the record written."""
+    if not all(hasattr(report, a) for a in ("all_statistics", "results", "record")):
+        raise TypeError(f"report must be a CollapseReport (measure_model's result), got {type(report).__name__}")
+    record = report.record
+    if model is not None and record.weights_sha256 is None:
+        record = record.replace(weights_sha256=weights_sha256(model))
     for mod, stats in report.all_statistics.items():
         name = None if mod == report.primary else layer_key(mod)
-        write_measurement(
-            folder,
-            stats,
-            report.results[mod],
-            name=name,
-            model=model,
-            metadata=metadata,
-            metrics_extra={**report.settings, **dict(metrics_extra or {})},
-        )
+        write_measurement(folder, stats, report.results[mod], record, name=name, extra_metrics=extra_metrics)
+    return record

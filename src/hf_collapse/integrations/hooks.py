@@ -45,6 +45,7 @@ from ..core.statistics import CollapseStatistics
 logger = logging.getLogger(__name__)
 
 TASKS = ("causal_lm", "token_classification", "sequence_classification")
+POOLINGS = ("last", "first")
 ModulesArg = Union[None, str, torch.nn.Module, Sequence[Union[str, torch.nn.Module]]]
 
 
@@ -261,54 +262,89 @@ def _keep_real_samples(features: torch.Tensor, labels: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------- hooks
-class FeatureCollector:
-    """Context manager that installs the hooks and feeds each batch into per-module accumulators.
+class StatisticsSink:
+    """Folds each batch's (features, labels) into ``statistics[name]`` (pass 1; created lazily, d from the
+    first batch). Checks of labels and finiteness are deferred to :meth:`check` (no host sync per batch)."""
 
-    ``mode="stats"``: pre-hooks update ``self.statistics[name]`` (created lazily, d from the first
-    batch). ``mode="nc4"``: forward hooks update ``self.nc4[name]`` (``NC4Counter``s built by the
-    caller). Hooks run only while the model is in eval mode and ``self.enabled`` is true, and never
-    keep features beyond the current batch. ``remaining`` (labelled tokens left in the budget) cuts
-    the last batch exactly in a single process.
+    def __init__(self, num_classes: int, *, covariance: bool = False, ignore_index: int = -100, statistics=None):
+        self.num_classes, self.covariance, self.ignore_index = num_classes, covariance, ignore_index
+        self.statistics: dict[str, CollapseStatistics] = dict(statistics or {})
+
+    def update(self, name, module, h, y, logits) -> None:
+        st = self.statistics.get(name)
+        if st is None:
+            st = CollapseStatistics(
+                self.num_classes, h.shape[-1], covariance=self.covariance, ignore_index=self.ignore_index
+            )
+            self.statistics[name] = st
+        st.defer_checks = True  # checked by check() / finish_pass, not once per batch
+        st.update(h, y)
+
+    def check(self) -> None:
+        for st in self.statistics.values():
+            st.check()
+
+
+class NC4Sink:
+    """Counts NC4 agreement / NCC accuracy per module (pass 2) into ``counters[name]``
+    (``NC4Counter``s built by the caller from the pass-1 statistics)."""
+
+    wants_logits = True
+
+    def __init__(self, counters: Mapping[str, NC4Counter]):
+        self.counters: dict[str, NC4Counter] = dict(counters)
+
+    def update(self, name, module, h, y, logits) -> None:
+        if name in self.counters:
+            self.counters[name].update(h, y, logits)
+
+    def check(self) -> None:
+        return None
+
+
+class FeatureHooks:
+    """Installs the hooks and feeds each batch's features and labels into one sink.
+
+    One forward pre-hook on the top model reads the batch's ``labels`` / ``input_ids`` /
+    ``attention_mask``; one forward hook per measured module takes the module's *input* (its feature),
+    aligns labels (``task``), drops Accelerate's padding duplicates, cuts at the token budget
+    (``remaining``) and hands ``(name, module, h (N, d), y (N,), logits)`` to ``sink`` (a
+    :class:`StatisticsSink` or an :class:`NC4Sink`). Hooks act only while the model is in eval mode and
+    ``enabled`` is true, and never keep features beyond the current batch. ``batch_tokens`` counts the
+    labelled tokens of the first module (a device tensor; no host sync).
     """
 
     def __init__(
         self,
         model,
         modules: ModulesArg = None,
+        sink=None,
         *,
-        task="causal_lm",
-        num_classes=None,
-        mode="stats",
-        covariance=False,
-        ignore_index=-100,
-        pooling="last",
-        statistics=None,
-        nc4=None,
-        remaining: Optional[int] = None,
-        drop_padded_duplicates=True,
+        task: str = "causal_lm",
+        pooling: str = "last",
+        num_classes: Optional[int] = None,
+        drop_padded_duplicates: bool = True,
     ):
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        if mode not in ("stats", "nc4"):
-            raise ValueError(f"mode must be 'stats' or 'nc4', got {mode!r}")
         self.model = unwrap_model(model)
         self.modules = resolve_modules(self.model, modules)
-        self.task, self.mode, self.pooling = task, mode, pooling
+        self.task, self.pooling = task, pooling
         self.num_classes = _num_classes(self.model, self.modules, num_classes)
-        self.covariance, self.ignore_index = covariance, ignore_index
         cfg = getattr(self.model, "config", None)
         self.pad_token_id = getattr(cfg, "pad_token_id", None)
-        self.statistics: dict[str, CollapseStatistics] = dict(statistics or {})
-        self.nc4: dict[str, NC4Counter] = dict(nc4 or {})
-        self.remaining = remaining
+        self.sink = sink
+        self.remaining = None  # labelled tokens left in the budget: an int or a device tensor
         self.drop_padded_duplicates = drop_padded_duplicates
         self.enabled = True
         self._batch: Optional[dict] = None
         self._handles = []
-        self.batch_tokens = 0  # labelled tokens of the first module in the last batch (a device tensor)
+        self.batch_tokens = 0
+
+    @property
+    def ignore_index(self) -> int:
+        return getattr(self.sink, "ignore_index", -100)
 
     # -- install / remove
-    def __enter__(self) -> FeatureCollector:
+    def __enter__(self) -> FeatureHooks:
         self.install()
         return self
 
@@ -321,11 +357,7 @@ class FeatureCollector:
         self._handles.append(self.model.register_forward_pre_hook(self._top_hook, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._top_done))
         for i, (name, mod) in enumerate(self.modules.items()):
-            if self.mode == "stats":
-                h = mod.register_forward_pre_hook(self._make_pre_hook(name, i == 0), with_kwargs=True)
-            else:
-                h = mod.register_forward_hook(self._make_post_hook(name, i == 0), with_kwargs=True)
-            self._handles.append(h)
+            self._handles.append(mod.register_forward_hook(self._make_hook(name, i == 0), with_kwargs=True))
 
     def remove(self) -> None:
         for h in self._handles:
@@ -334,13 +366,13 @@ class FeatureCollector:
         self._batch = None
 
     def check(self) -> None:
-        """Raise the label / finiteness errors the statistics deferred (one host sync per module)."""
-        for st in self.statistics.values():
-            st.check()
+        """Raise the label / finiteness errors the sink deferred (one host sync per module)."""
+        if self.sink is not None:
+            self.sink.check()
 
     # -- hooks
     def _active(self) -> bool:
-        return self.enabled and not self.model.training
+        return self.enabled and self.sink is not None and not self.model.training
 
     def _top_hook(self, module, args, kwargs):
         if not self._active():
@@ -371,6 +403,19 @@ class FeatureCollector:
             h, y = _keep_real_samples(h, y)
         return h, y.to(h.device)
 
+    def _logits(self, module, output, y):
+        """The model's logits when the hooked module is the linear head (NC4 then needs no copy of W)."""
+        if not getattr(self.sink, "wants_logits", False) or not isinstance(module, torch.nn.Linear):
+            return None
+        if not isinstance(output, torch.Tensor) or output.shape[-1] != self.num_classes:
+            return None
+        if self.task == "sequence_classification" and output.dim() == 3:
+            return None  # pooled after the head: the weights predict instead
+        logits = output.detach()
+        if self.drop_padded_duplicates:
+            logits, _ = _keep_real_samples(logits, y)
+        return logits.reshape(-1, logits.shape[-1])
+
     def _budget(self, h, y, first):
         """Cut the batch at the token budget (in order) and count tokens on the first module."""
         if self.remaining is None and not first:
@@ -386,44 +431,14 @@ class FeatureCollector:
             self.batch_tokens = self.batch_tokens + valid.sum()
         return h, y
 
-    def _make_pre_hook(self, name, first):
-        def hook(module, args, kwargs):
+    def _make_hook(self, name, first):
+        def hook(module, args, kwargs, output):
             if not self._active() or self._batch is None:  # not inside the model's own forward
                 return None
             h, y = self._features_labels(args, kwargs)
+            logits = self._logits(module, output, y)
             h, y = self._budget(h, y, first)
-            st = self.statistics.get(name)
-            if st is None:
-                st = CollapseStatistics(
-                    self.num_classes, h.shape[-1], covariance=self.covariance, ignore_index=self.ignore_index
-                )
-                self.statistics[name] = st
-            st.defer_checks = True  # checked by check() / finish_pass, not once per batch
-            st.update(h, y)
-            return None
-
-        return hook
-
-    def _make_post_hook(self, name, first):
-        def hook(module, args, kwargs, output):
-            if not self._active() or name not in self.nc4 or self._batch is None:
-                return None
-            h, y = self._features_labels(args, kwargs)
-            # the output is the model's logits only when the hooked module is the linear head
-            is_head = isinstance(module, torch.nn.Linear)
-            logits = (
-                output
-                if is_head and isinstance(output, torch.Tensor) and output.shape[-1] == self.num_classes
-                else None
-            )
-            if logits is not None and self.task == "sequence_classification" and logits.dim() == 3:
-                logits = None  # pooled after the head: use the weights instead
-            if logits is not None:
-                if self.drop_padded_duplicates:
-                    logits, _ = _keep_real_samples(logits.detach(), y)
-                logits = logits.reshape(-1, logits.shape[-1])
-            h, y = self._budget(h, y, first)
-            self.nc4[name].update(h, y, logits)
+            self.sink.update(name, module, h, y, logits)
             return None
 
         return hook

@@ -27,10 +27,11 @@ from .folder import (
     read_measurement,
     read_metrics,
     verify_weights,
-    write_measurement,
+    write_report,
 )
 from .model_card import render_model_card, write_model_card
 from .model_source import is_valid_repo_id
+from .record import MeasurementRecord
 from .snapshot import resolve_folder
 from .weights_hash import weights_sha256
 
@@ -45,7 +46,6 @@ __all__ = [
     "render_model_card",
     "read_metrics",
     "list_measurements",
-    "measurement_mismatches",
 ]
 
 if TYPE_CHECKING:  # annotations only: importing them here would load transformers for every reader
@@ -71,6 +71,7 @@ class MeasuredModel:
     commit: Optional[str] = None  # snapshot commit for Hub repos
     weights_sha256: Optional[str] = None  # verified hash, None when not checked
     measurements: list = field(default_factory=list)  # all measurement names in the folder
+    record: Optional[MeasurementRecord] = None  # what was measured (model, data, budgets, options)
 
     @property
     def per_class(self) -> Optional[dict]:
@@ -126,7 +127,7 @@ def load_measured(
     folder, repo_id, commit = resolve_folder(
         repo_id_or_path, revision, name, load_model, token, cache_dir, local_files_only
     )
-    stats, _per_class, metrics, result = read_measurement(folder, name)
+    stats, _per_class, metrics, result, record = read_measurement(folder, name)
     stats_path = str(folder / measurement_subdir(name) / STATISTICS_FILE)
     verified = verify_weights(folder, stats, stats_path) if (check_weights and load_model) else None
     model = tokenizer = None
@@ -151,47 +152,23 @@ def load_measured(
         commit=commit,
         weights_sha256=verified,
         measurements=list_measurements(folder),
+        record=record,
     )
-
-
-def _same(stored, wanted) -> bool:
-    if stored is None:
-        return False
-    try:
-        return float(stored) == float(wanted)
-    except (TypeError, ValueError):
-        return str(stored) == str(wanted)
-
-
-def measurement_mismatches(stats: CollapseStatistics, *, weights_sha256: Optional[str] = None, **expected) -> list[str]:
-    """Why stored statistics do not answer a new request (empty list: they do).
-
-    ``weights_sha256`` must equal the recorded hash; every ``expected`` key (e.g. ``k=2``,
-    ``data_sha256=...``, ``max_tokens=20000``, ``split="validation"``) must equal the header value
-    (numbers compared as numbers). ``None`` values are not checked."""
-    problems = []
-    meta = stats.metadata
-    if weights_sha256 is not None and meta.get("weights_sha256") != weights_sha256:
-        problems.append("weights_sha256 differs" if meta.get("weights_sha256") else "no weights_sha256 recorded")
-    for key, wanted in expected.items():
-        if wanted is not None and not _same(meta.get(key), wanted):
-            problems.append(f"{key}: stored {meta.get(key)!r}, wanted {wanted!r}")
-    return problems
 
 
 def find_measurement(
     repo_id_or_path: str | os.PathLike,
+    record: MeasurementRecord,
     revision: Optional[str] = None,
     *,
-    weights_sha256: Optional[str] = None,
     token: Optional[str] = None,
     cache_dir: Optional[str | os.PathLike] = None,
-    **expected: Any,
 ) -> Optional[MeasuredModel]:
-    """The first measurement (default, then named ones) of a folder or Hub repo that matches (see
-    :func:`measurement_mismatches`), without model or tokenizer; None if there is none. Fetches only
-    ``collapse/`` and the JSON files: for ``hf-collapse measure`` to skip the collection pass when
-    the repo already holds matching statistics."""
+    """The first measurement (default, then named ones) of a folder or Hub repo whose record answers
+    ``record`` (:meth:`MeasurementRecord.mismatches` is empty), without model or tokenizer; None if there
+    is none. Fetches only ``collapse/`` and the JSON files: for ``hf-collapse measure`` to skip the
+    collection pass when the repo already holds matching statistics. A stored measurement that cannot
+    be read is reported (a warning naming the file and the problem), not silently skipped."""
     try:
         folder, repo_id, commit = resolve_folder(
             repo_id_or_path, revision, None, False, token, cache_dir, None, require=False
@@ -201,11 +178,13 @@ def find_measurement(
     names = list_measurements(folder)
     for name in names:
         try:
-            stats, _, metrics, result = read_measurement(folder, name)
+            stats, _, metrics, result, stored = read_measurement(folder, name)
         except (FileNotFoundError, ValueError) as e:
-            logger.info("measurement %s of %s is unusable: %s", name or "default", repo_id_or_path, e)
+            logger.warning(
+                "stored measurement %s of %s is unreadable, measuring again: %s", name or "default", repo_id_or_path, e
+            )
             continue
-        problems = measurement_mismatches(stats, weights_sha256=weights_sha256, **expected)
+        problems = stored.mismatches(record)
         if not problems:
             return MeasuredModel(
                 path=str(folder),
@@ -216,6 +195,7 @@ def find_measurement(
                 repo_id=repo_id,
                 commit=commit,
                 measurements=names,
+                record=stored,
             )
         logger.info("measurement %s of %s does not match: %s", name or "default", repo_id_or_path, "; ".join(problems))
     return None
@@ -325,22 +305,18 @@ def push_measured(
 # ---------------------------------------------------------------------------------------- saving
 def save_measured(
     output_dir: str | os.PathLike,
+    report: Any,
     *,
     model: PreTrainedModel,
     tokenizer: Any = None,
-    statistics: CollapseStatistics,
-    result: CollapseResult,
-    metrics_extra: Optional[Mapping] = None,
-    metadata: Optional[Mapping] = None,
-    card: bool = True,
     save_model: bool = True,
+    card: bool = True,
     card_info: Optional[Mapping] = None,
-    name: Optional[str] = None,
-) -> str:
-    """Write a measured model folder (``save_pretrained`` + one measurement + the card); returns its path.
-
-    See :func:`hf_collapse.integrations.folder.write_measurement` for ``metadata`` and ``metrics_extra``.
-    Under several processes call it on the main process only.
+    extra_metrics: Optional[Mapping] = None,
+) -> MeasurementRecord:
+    """Write a measured model folder: ``save_pretrained`` (model, tokenizer), every measurement of the
+    ``CollapseReport`` (:func:`~hf_collapse.integrations.folder.write_report`) and the card. Returns the
+    record written (with the weights hash). Under several processes call it on the main process only.
     """
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
@@ -348,9 +324,7 @@ def save_measured(
         model.save_pretrained(output_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(output_dir)
-    write_measurement(
-        output_dir, statistics, result, name=name, model=model, metadata=metadata, metrics_extra=metrics_extra
-    )
+    record = write_report(output_dir, report, model=model, extra_metrics=extra_metrics)
     if card:
         write_model_card(output_dir, **dict(card_info or {}))
-    return output_dir
+    return record

@@ -11,7 +11,6 @@ the registry (:mod:`hf_collapse.core.registry`); the template ships in the packa
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -27,27 +26,6 @@ if TYPE_CHECKING:
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "templates" / "collapse_model_card.md.j2"
 METRIC_TYPE_PREFIX = "neural-collapse/"
-
-# statistics-header keys the card reads (first one present wins); ``info`` arguments override them
-_META_ALIASES = {
-    "dataset": ("dataset", "dataset_name", "dataset_id"),
-    "dataset_config": ("dataset_config", "dataset_config_name"),
-    "split": ("split", "dataset_split"),
-    "dataset_revision": ("dataset_revision", "data_revision"),
-    "data_files": ("data_files", "train_file", "validation_file", "data"),
-    "data_sha256": ("data_sha256", "file_sha256", "data_hash"),
-    "max_tokens": ("max_tokens", "token_budget"),
-    "k": ("k",),
-    "command": ("command",),
-    "base_model": ("base_model", "model_name_or_path"),
-}
-
-
-def _meta(metadata: dict, key: str):
-    for alias in _META_ALIASES[key]:
-        if metadata.get(alias) not in (None, ""):
-            return metadata[alias]
-    return None
 
 
 def _hub_id(name) -> bool:
@@ -103,9 +81,7 @@ def plot_per_class(per_class: dict, path: str | os.PathLike, title: str = "") ->
 
 
 def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
-    stats, per_class, metrics, result = read_measurement(folder, name)
-    meta = dict(stats.metadata)
-    get = lambda key: info.get(key) if info.get(key) is not None else _meta(meta, key)  # noqa: E731
+    stats, per_class, metrics, result, record = read_measurement(folder, name)
     sub = measurement_subdir(name)
     fig_rel = None
     if figure and plot_per_class(per_class, folder / sub / FIGURE_FILE, title=name or ""):
@@ -122,7 +98,7 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
         }
         for key, value in result.items()
     ]
-    settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
+    data_file = record.data.split(" ", 1)[0][len("file:") :] if (record.data or "").startswith("file:") else None
     return {
         "name": name,
         "title": name or "default",
@@ -133,42 +109,30 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
         "num_classes": stats.num_classes,
         "present": int(stats.present.sum()),
         "dim": stats.dim,
-        "k": get("k") if get("k") is not None else settings.get("k"),
-        "dataset": get("dataset"),
-        "dataset_config": get("dataset_config"),
-        "split": get("split"),
-        "dataset_revision": get("dataset_revision"),
-        "data_files": get("data_files"),
-        "data_sha256": get("data_sha256"),
-        "max_tokens": get("max_tokens"),
-        "command": get("command"),
-        "base_model": get("base_model"),
-        "weights_sha256": meta.get("weights_sha256"),
+        "k": record.options["k"],
+        "dataset": info.get("dataset") or record.dataset,
+        "dataset_config": info.get("dataset_config") or record.dataset_config,
+        "split": info.get("split") or record.split,
+        "dataset_revision": info.get("dataset_revision"),
+        "data_files": info.get("data_files") or data_file,
+        "data_sha256": record.data_sha256,
+        "max_tokens": record.max_tokens,
+        "command": record.command,
+        "base_model": info.get("base_model"),
+        "weights_sha256": record.weights_sha256,
         "figure": fig_rel,
-        "settings": settings,
-        "hyperparameters": _json_dict(meta.get("hyperparameters")),
+        "settings": record.to_metrics(),
     }
 
 
-def _json_dict(text) -> Optional[dict]:
-    try:
-        value = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) and value else None
-
-
 def _hyperparameters(info: dict, measurements: list) -> Optional[dict]:
-    """From ``info`` (``hyperparameters`` or a ``trainer``), else a statistics header's JSON
-    ``hyperparameters`` entry."""
+    """From ``info``: ``hyperparameters``, or those of a ``trainer``."""
     hp = info.get("hyperparameters")
     trainer = info.get("trainer")
     if hp is None and trainer is not None:
         from transformers.modelcard import extract_hyperparameters_from_trainer
 
         hp = extract_hyperparameters_from_trainer(trainer)
-    if hp is None:
-        hp = next((m["hyperparameters"] for m in measurements if m["hyperparameters"]), None)
     return dict(hp) if hp else None
 
 

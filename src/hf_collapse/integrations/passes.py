@@ -1,9 +1,13 @@
-"""Collection passes over a dataloader: statistics (pass 1), NC4 (pass 2), and the measures.
+"""The measurement pipeline: statistics pass -> NC4 pass -> measures, and its result :class:`CollapseReport`.
 
 The hooks (:mod:`hf_collapse.integrations.hooks`) fold each batch into float64 sums; a pass ends with
 :func:`hf_collapse.core.distributed.finish_pass` (one all-reduce, then every process holds the same
 statistics) and the measures are computed on every process from them (cheap next to the pass, no
-broadcast). Settings come from one dataclass, :class:`~hf_collapse.integrations.settings.CollapseArguments`.
+broadcast). :func:`measure_model` is the one composition of the passes that every caller (the
+``measure`` and ``sweep`` commands, the Trainer, the study) uses; :func:`finish_measurement` is its tail
+for statistics collected elsewhere (the Trainer's evaluation loop). Settings come from one dataclass,
+:class:`~hf_collapse.integrations.settings.CollapseArguments`; what was measured travels as a
+:class:`~hf_collapse.integrations.record.MeasurementRecord`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -20,12 +25,57 @@ from ..core.measures import CollapseResult, measure_collapse
 from ..core.nc4 import NC4Counter
 from ..core.registry import MEASURE_KEYS
 from ..core.statistics import CollapseStatistics
-from .hooks import FeatureCollector, full_parameters, head_weights, resolve_modules, unwrap_model
-from .report import CollapseReport
+from .folder import layer_key
+from .hooks import FeatureHooks, NC4Sink, StatisticsSink, full_parameters, head_weights, resolve_modules, unwrap_model
+from .record import MeasurementRecord
 from .resume import fingerprint, read_checkpoint, write_checkpoint
 from .settings import CollapseArguments, as_settings
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CollapseReport:
+    """Statistics and measures of one measurement, with the record of what was measured.
+
+    ``statistics`` / ``result`` belong to the first (primary) module; ``all_statistics`` /
+    ``results`` hold every module by name. ``metrics(prefix)`` flattens them for logging: primary
+    keys as is (``nc1_cdnv``), other modules as ``<layer>_<key>`` (``transformer_h_1_nc1_cdnv``).
+    """
+
+    all_statistics: dict[str, CollapseStatistics]
+    results: dict[str, CollapseResult]
+    record: MeasurementRecord = field(default_factory=MeasurementRecord)
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.results))
+
+    @property
+    def statistics(self) -> CollapseStatistics:
+        return self.all_statistics[self.primary]
+
+    @property
+    def result(self) -> CollapseResult:
+        return self.results[self.primary]
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        pre = f"{prefix}_" if prefix else ""
+        out = {f"{pre}{k}": v for k, v in self.result.items()}
+        for name, res in self.results.items():
+            if name != self.primary:
+                out.update({f"{pre}{layer_key(name)}_{k}": v for k, v in res.items()})
+        return out
+
+    def table(self) -> str:
+        lines = []
+        for name, res in self.results.items():
+            lines.append(
+                f"[{name}]  tokens={self.all_statistics[name].num_tokens}  "
+                f"classes present={int(self.all_statistics[name].present.sum())}"
+            )
+            lines.append(res.table())
+        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- passes
@@ -52,7 +102,7 @@ def _batch_numel(batch) -> float:
 def _run_pass(
     model,
     dataloader,
-    collector: FeatureCollector,
+    hooks: FeatureHooks,
     *,
     max_tokens,
     max_batches,
@@ -61,7 +111,7 @@ def _run_pass(
     skip_batches=0,
     on_batch=None,
     tokens0=0,
-    sync_every: int = SYNC_EVERY,
+    sync_every: Optional[int] = None,
 ):
     """Drive ``model`` over ``dataloader`` under no_grad + eval mode; hooks do the accumulating.
 
@@ -72,7 +122,8 @@ def _run_pass(
     every ``sync_every`` batches, and (one process) at every batch once the batches' shapes allow the
     budget to be reached, to leave the loop. Returns (batches, tokens).
     """
-    inner = collector.model
+    sync_every = sync_every or SYNC_EVERY  # read at call time: a changed SYNC_EVERY applies
+    inner = hooks.model
     was_training = inner.training
     device = _model_device(inner)
     rank, world = rank_and_world()
@@ -91,7 +142,7 @@ def _run_pass(
             total = min(total, max_batches) if total is not None else max_batches
         bar = tqdm(total=total, desc=desc, unit="batch", initial=skip_batches)
     inner.eval()
-    collector.install()
+    hooks.install()
     batches = 0
     try:
         with torch.no_grad():
@@ -102,19 +153,19 @@ def _run_pass(
                     batches += 1
                     continue
                 if max_tokens is not None:  # device tensors: masking instead of a branch on the host
-                    collector.remaining = (
+                    hooks.remaining = (
                         max_tokens - tokens
                         if world == 1
                         else torch.where(tokens < max_tokens, torch.iinfo(torch.long).max, 0)
                     )
-                collector.batch_tokens = 0
+                hooks.batch_tokens = 0
                 try:
                     model(**_move(batch, device))
                 except Exception:
-                    collector.check()  # a bad label the hooks saw explains the model's own error best
+                    hooks.check()  # a bad label the hooks saw explains the model's own error best
                     raise
                 batches += 1
-                batch_tokens = collector.batch_tokens
+                batch_tokens = hooks.batch_tokens
                 if max_tokens is not None and world > 1:
                     batch_tokens = all_reduce_sum(torch.as_tensor(batch_tokens, device=device).reshape(1))[0]
                 tokens = tokens + batch_tokens
@@ -125,22 +176,22 @@ def _run_pass(
                     on_batch(batches, tokens)
                 near_end = max_tokens is not None and world == 1 and bound >= max_tokens
                 if batches % sync_every == 0 or near_end:
-                    collector.check()  # raises the deferred label / finiteness errors
+                    hooks.check()  # raises the deferred label / finiteness errors
                     seen = int(tokens)  # the one host sync of these batches
                     if bar is not None:
                         bar.set_postfix_str(f"tokens={seen}")  # tqdm would print an int as 2e+4
                     if max_tokens is not None and seen >= max_tokens:
                         break
     finally:
-        collector.remove()
-        collector.remaining = None
+        hooks.remove()
+        hooks.remaining = None
         if bar is not None:
             bar.close()
         inner.train(was_training)
         if hasattr(dataloader, "gradient_state") and hasattr(dataloader, "end"):
             # an Accelerate dataloader left early (budget) stays registered as the active one
             dataloader.end()
-    collector.check()
+    hooks.check()
     return batches, int(tokens)
 
 
@@ -159,7 +210,6 @@ def collect_statistics(
     ignore_index: int = -100,
     reduce: bool = True,
     data_fingerprint: Optional[str] = None,
-    **short: Any,
 ) -> CollapseStatistics | dict[str, CollapseStatistics]:
     """Pass 1: accumulate per-class statistics of the classifier inputs over ``dataloader``.
 
@@ -168,10 +218,9 @@ def collect_statistics(
             DDP/FSDP/compiled wrappers are unwrapped. Run in eval mode under ``torch.no_grad``.
         dataloader: yields dicts with ``input_ids`` and/or ``labels`` (+ ``attention_mask``). Under
             Accelerate pass the prepared dataloader (each process sees its shard).
-        settings: ``CollapseArguments`` (modules, task, token budget, covariance, pooling); the
-            first release's keywords ``modules=, task=, max_tokens=, covariance=, pooling=`` still
-            work and override it. ``max_tokens`` counts labelled tokens summed over processes; in one
-            process the last batch is cut exactly, with several whole last batches count.
+        settings: ``CollapseArguments`` (modules, task, token budget ``collapse_max_tokens``, covariance,
+            pooling). The budget counts labelled tokens summed over processes; in one process the last
+            batch is cut exactly, with several whole last batches count.
         max_batches: stop after this many batches (per process).
         accelerator: optional ``accelerate.Accelerator`` whose model wrapper is removed.
         checkpoint_path: folder to save the state into and resume from; a finished run gives the
@@ -184,26 +233,19 @@ def collect_statistics(
     Returns:
         ``CollapseStatistics`` for one module, or a dict name -> statistics for several.
     """
-    cfg = as_settings(settings, **short)
+    cfg = as_settings(settings)
     max_tokens = cfg.collapse_max_tokens
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     if checkpoint_every is not None and checkpoint_path is None:
         raise ValueError("checkpoint_every needs checkpoint_path")
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
-    collector = FeatureCollector(
-        model,
-        cfg.modules,
-        task=cfg.collapse_task,
-        num_classes=num_classes,
-        covariance=cfg.collapse_covariance,
-        pooling=cfg.collapse_pooling,
-        ignore_index=ignore_index,
+    hooks = FeatureHooks(
+        model, cfg.modules, task=cfg.collapse_task, pooling=cfg.collapse_pooling, num_classes=num_classes
     )
-    names = list(collector.modules)
+    sink = hooks.sink = StatisticsSink(hooks.num_classes, covariance=cfg.collapse_covariance, ignore_index=ignore_index)
+    names = list(hooks.modules)
     skip, tokens0, fp = 0, 0, None
     if checkpoint_path is not None:
         checkpoint_path = os.fspath(checkpoint_path)
@@ -216,21 +258,21 @@ def collect_statistics(
             "data": data_fingerprint,
             "world": rank_and_world()[1],
         }
-        fp = fingerprint(collector.model, dataloader if data_fingerprint is None else None, extra=extra)
-        found = read_checkpoint(checkpoint_path, fp, names, collector.num_classes)
+        fp = fingerprint(hooks.model, dataloader if data_fingerprint is None else None, extra=extra)
+        found = read_checkpoint(checkpoint_path, fp, names, hooks.num_classes)
         if found is not None:
-            collector.statistics, skip, tokens0 = found
+            sink.statistics, skip, tokens0 = found
             logger.info("resuming collection from %s at batch %d (%d tokens)", checkpoint_path, skip, tokens0)
 
     def on_batch(batches, tokens):
         if batches % checkpoint_every == 0:
-            write_checkpoint(checkpoint_path, collector.statistics, batches, int(tokens), fp)
+            write_checkpoint(checkpoint_path, sink.statistics, batches, int(tokens), fp)
 
     if max_tokens is None or tokens0 < max_tokens:
         _run_pass(
             model,
             dataloader,
-            collector,
+            hooks,
             max_tokens=max_tokens,
             max_batches=max_batches,
             progress=progress,
@@ -240,9 +282,9 @@ def collect_statistics(
             on_batch=on_batch if checkpoint_every else None,
         )
     stats = finish_pass(
-        collector.statistics,
+        sink.statistics,
         names,
-        collector.num_classes,
+        hooks.num_classes,
         covariance=cfg.collapse_covariance,
         ignore_index=ignore_index,
         reduce=reduce,
@@ -259,50 +301,49 @@ def collect_nc4(
     max_batches: Optional[int] = None,
     progress: bool = True,
     reduce: bool = True,
-    **short: Any,
 ) -> dict[str, dict[str, float]]:
     """Pass 2: NC4 agreement and nearest-centre accuracy on held-out data against ``statistics``.
 
-    ``statistics`` is what ``collect_statistics`` returned (one or a dict). Settings: ``modules``,
-    ``task``, ``pooling``, ``dtype`` and the token budget ``nc4_max_tokens`` (the first release's
-    ``max_tokens=`` keyword still means this budget here). Returns name -> ``{"nc4_agreement",
-    "ncc_accuracy"}`` (agreement only for a linear head), reduced over processes. Costs one extra
-    (tokens x K x d) matmul per batch on top of a forward pass.
+    ``statistics`` is what ``collect_statistics`` returned (one or a dict). Settings: modules, task,
+    pooling, the measure options (``dtype``, ``min_count``, ``classes``) and the token budget
+    ``collapse_nc4_max_tokens``. Returns name -> ``{"nc4_agreement", "ncc_accuracy"}`` (agreement only
+    for a linear head), reduced over processes. Costs one extra (tokens x K x d) matmul per batch on
+    top of a forward pass.
     """
-    if "max_tokens" in short:
-        short["nc4_max_tokens"] = short.pop("max_tokens")
-    cfg = as_settings(settings, **short)
-    collector = FeatureCollector(
+    cfg = as_settings(settings)
+    options = cfg.options
+    hooks = FeatureHooks(
         model,
         cfg.modules,
         task=cfg.collapse_task,
-        mode="nc4",
         pooling=cfg.collapse_pooling,
-        ignore_index=_first(statistics).ignore_index,
+        num_classes=_first(statistics).num_classes,
     )
-    stats = _as_dict(statistics, list(collector.modules))
-    for name, mod in collector.modules.items():
+    stats = _as_dict(statistics, list(hooks.modules))
+    counters = {}
+    for name, mod in hooks.modules.items():
         with full_parameters(model):
-            w, b = head_weights(collector.model, name, mod, stats[name])
+            w, b = head_weights(hooks.model, name, mod, stats[name])
             if cfg.collapse_task != "sequence_classification":
                 w = b = None  # the head's own logits give the linear prediction: no copy of W needed
             elif w is not None:  # pooled after a per-token head: predict with a copy of W
                 w, b = w.clone(), (None if b is None else b.clone())
-            collector.nc4[name] = NC4Counter.from_statistics(
-                stats[name], w, b, dtype=cfg.torch_dtype, min_count=cfg.collapse_min_count, classes=cfg.collapse_classes
+            counters[name] = NC4Counter.from_statistics(
+                stats[name], w, b, dtype=options.torch_dtype, min_count=options.min_count, classes=options.classes
             )
-    collector.num_classes = _first(statistics).num_classes
+    hooks.sink = NC4Sink(counters)
+    hooks.sink.ignore_index = _first(statistics).ignore_index
     _run_pass(
         model,
         dataloader,
-        collector,
+        hooks,
         max_tokens=cfg.collapse_nc4_max_tokens,
         max_batches=max_batches,
         progress=progress,
         desc="NC4",
     )
     out = {}
-    for name, counter in collector.nc4.items():
+    for name, counter in counters.items():
         if reduce:
             counter.reduce()
         out[name] = counter.values()
@@ -331,8 +372,7 @@ def measure_statistics(
     *,
     nc4: Optional[Mapping[str, Mapping[str, float]]] = None,
     progress: bool = False,
-    extra_settings: Optional[Mapping] = None,
-    **short: Any,
+    record: Optional[MeasurementRecord] = None,
 ) -> CollapseReport:
     """Measures from collected statistics, with NC3 weights read from each hooked linear head.
 
@@ -340,7 +380,7 @@ def measure_statistics(
     one context): an evaluation in the middle of training must not crash on them, so they are left out
     and counted (``num_classes_coincident``).
     """
-    cfg = as_settings(settings, **short)
+    cfg = as_settings(settings)
     inner = unwrap_model(model)
     mods = resolve_modules(inner, cfg.modules)
     stats = _as_dict(statistics, list(mods))
@@ -352,13 +392,10 @@ def measure_statistics(
                 stats[name],
                 weights=w,
                 bias=b,
-                k=cfg.collapse_k,
+                options=cfg.options,
                 per_class=cfg.collapse_per_class,
-                tile_size=cfg.collapse_tile_size,
-                dtype=cfg.torch_dtype,
                 progress=progress,
                 coincident="exclude",
-                **cfg.measure_options(),
             )
         if nc4 is not None and name in nc4:
             vals = {**res, **nc4[name]}
@@ -366,7 +403,39 @@ def measure_statistics(
                 {key: float(vals[key]) for key in MEASURE_KEYS if key in vals}, per_class=res.per_class, info=res.info
             )
         results[name] = res
-    return CollapseReport(stats, results, {**cfg.record(), **dict(extra_settings or {})})
+    if record is None:
+        record = settings_record(cfg)
+    return CollapseReport(stats, results, record)
+
+
+def settings_record(cfg: CollapseArguments, **fields: Any) -> MeasurementRecord:
+    """The record of a measurement with these settings (task, budgets, covariance, options) and ``fields``."""
+    return MeasurementRecord(
+        task=cfg.collapse_task,
+        max_tokens=cfg.collapse_max_tokens,
+        nc4_max_tokens=cfg.collapse_nc4_max_tokens if cfg.collapse_nc4 else None,
+        covariance=cfg.collapse_covariance,
+        options=cfg.options,
+        **fields,
+    )
+
+
+def finish_measurement(
+    model: torch.nn.Module,
+    statistics: CollapseStatistics | Mapping[str, CollapseStatistics],
+    settings: Optional[CollapseArguments] = None,
+    nc4_dataloader: Optional[Iterable[Mapping]] = None,
+    *,
+    record: Optional[MeasurementRecord] = None,
+    progress: bool = False,
+) -> CollapseReport:
+    """The tail of the pipeline for reduced pass-1 statistics: the NC4 pass on ``nc4_dataloader`` (when
+    given and ``collapse_nc4``), then the measures."""
+    cfg = as_settings(settings)
+    nc4 = None
+    if nc4_dataloader is not None and cfg.collapse_nc4:
+        nc4 = collect_nc4(model, nc4_dataloader, statistics, cfg, progress=progress)
+    return measure_statistics(model, statistics, cfg, nc4=nc4, progress=False, record=record)
 
 
 def measure_model(
@@ -375,21 +444,23 @@ def measure_model(
     nc4_dataloader: Optional[Iterable[Mapping]] = None,
     settings: Optional[CollapseArguments] = None,
     *,
+    record: Optional[MeasurementRecord] = None,
     num_classes: Optional[int] = None,
     max_batches: Optional[int] = None,
     accelerator: Any = None,
     progress: bool = True,
     checkpoint_path: Optional[str | os.PathLike] = None,
     checkpoint_every: Optional[int] = None,
-    **short: Any,
+    data_fingerprint: Optional[str] = None,
 ) -> CollapseReport:
-    """Both passes and the measures: statistics on ``dataloader``, NC4 on ``nc4_dataloader``.
+    """The whole pipeline: statistics on ``dataloader``, NC4 on ``nc4_dataloader``, the measures.
 
-    ``settings`` (or the first release's keywords: ``modules, task, k, max_tokens, nc4_max_tokens,
-    per_class, tile_size, dtype, covariance, pooling``) say what to measure. Returns a
-    ``CollapseReport`` (``.statistics``, ``.result``, ``.metrics()``), the same on every process.
+    ``settings`` (``CollapseArguments``) say what to measure; ``record`` (a ``MeasurementRecord``) what
+    is being measured, for the report and the folder it is written to (default: the settings' part
+    of it). Returns a ``CollapseReport`` (``.statistics``, ``.result``, ``.metrics()``, ``.record``),
+    the same on every process.
     """
-    cfg = as_settings(settings, **short)
+    cfg = as_settings(settings)
     stats = collect_statistics(
         model,
         dataloader,
@@ -400,8 +471,6 @@ def measure_model(
         progress=progress,
         checkpoint_path=checkpoint_path,
         checkpoint_every=checkpoint_every,
+        data_fingerprint=data_fingerprint,
     )
-    nc4 = None
-    if nc4_dataloader is not None and cfg.collapse_nc4:
-        nc4 = collect_nc4(model, nc4_dataloader, stats, cfg, progress=progress)
-    return measure_statistics(model, stats, cfg, nc4=nc4, progress=progress)
+    return finish_measurement(model, stats, cfg, nc4_dataloader, record=record, progress=progress)

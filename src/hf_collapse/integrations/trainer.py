@@ -46,8 +46,8 @@ from transformers import Trainer, TrainerCallback
 
 from ..core.distributed import finish_pass, group_size, scope_for
 from .folder import COLLAPSE_DIR, STATISTICS_FILE, write_report
-from .hooks import FeatureCollector
-from .passes import CollapseReport, collect_nc4, collect_statistics, measure_statistics
+from .hooks import FeatureHooks, StatisticsSink
+from .passes import CollapseReport, collect_statistics, finish_measurement
 from .settings import CollapseArguments
 
 logger = logging.getLogger(__name__)
@@ -55,29 +55,33 @@ logger = logging.getLogger(__name__)
 STATISTICS_IN_CHECKPOINT = os.path.join(COLLAPSE_DIR, STATISTICS_FILE)
 
 
-def _finish(model, stats_or_collector, cargs: CollapseArguments, nc4_loader, progress=False) -> CollapseReport:
-    """Reduce pass-1 statistics, run the NC4 pass, measure (every process, same numbers)."""
-    stats = stats_or_collector
-    if isinstance(stats_or_collector, FeatureCollector):
-        c = stats_or_collector
-        stats = finish_pass(
-            c.statistics, list(c.modules), c.num_classes, covariance=cargs.collapse_covariance, what="the evaluation"
-        )
-        stats = next(iter(stats.values())) if len(stats) == 1 else stats
-    nc4 = None
-    if cargs.collapse_nc4 and nc4_loader is not None:
-        nc4 = collect_nc4(model, nc4_loader, stats, cargs, progress=progress)
-    return measure_statistics(model, stats, cargs, nc4=nc4)
+def _install_hooks(model, cargs: CollapseArguments) -> FeatureHooks:
+    """Statistics hooks that ride the Trainer's evaluation loop (no extra forward pass)."""
+    hooks = FeatureHooks(model, cargs.modules, task=cargs.collapse_task, pooling=cargs.collapse_pooling)
+    hooks.sink = StatisticsSink(hooks.num_classes, covariance=cargs.collapse_covariance)
+    hooks.install()
+    return hooks
+
+
+def _finish(model, hooks: FeatureHooks, cargs: CollapseArguments, nc4_loader) -> CollapseReport:
+    """Reduce the statistics the hooks collected, run the NC4 pass, measure (every process, same numbers)."""
+    stats = finish_pass(
+        hooks.sink.statistics,
+        list(hooks.modules),
+        hooks.num_classes,
+        covariance=cargs.collapse_covariance,
+        what="the evaluation",
+    )
+    stats = next(iter(stats.values())) if len(stats) == 1 else stats
+    return finish_measurement(model, stats, cargs, nc4_loader)
 
 
 def save_report_statistics(report: CollapseReport, folder: str, step: Optional[int] = None, model=None) -> None:
     """Write the report's measurements into ``folder/collapse/``: the primary module as the default
-    measurement, layer-wise ones as ``collapse/<layer>/`` (``load_measured(..., name=layer)``). With
-    ``model`` the statistics header records the weights hash (a measured model folder)."""
-    meta = {"k": str(report.settings.get("k", 2.0))}
-    if step is not None:
-        meta["global_step"] = str(step)
-    write_report(folder, report, model=model, metadata=meta)
+    measurement, layer-wise ones as ``collapse/<layer>/`` (``load_measured(..., name=layer)``). The
+    record carries the training step; with ``model`` it records the weights hash (hashed once)."""
+    report.record = report.record.replace(step=step)
+    write_report(folder, report, model=model)
 
 
 def trainer_scope(trainer):
@@ -140,26 +144,17 @@ class CollapseTrainer(Trainer):
             )
         cargs = self.collapse_args
         ride = self.collapse_dataset is None and cargs.collapse_max_tokens is None
-        collector = None
-        if ride:
-            collector = FeatureCollector(
-                self.model,
-                cargs.modules,
-                task=cargs.collapse_task,
-                covariance=cargs.collapse_covariance,
-                pooling=cargs.collapse_pooling,
-            )
-            collector.install()
+        hooks = _install_hooks(self.model, cargs) if ride else None
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
         finally:
-            if collector is not None:
-                collector.remove()
+            if hooks is not None:
+                hooks.remove()
         nc4_loader = self.get_eval_dataloader(self.nc4_dataset) if self.nc4_dataset is not None else dataloader
         if ride:
-            report = _finish(self.model, collector, cargs, nc4_loader)
+            report = _finish(self.model, hooks, cargs, nc4_loader)
         else:
             report = self.measure_collapse(nc4_dataset=self.nc4_dataset, _nc4_loader=nc4_loader)
         self.collapse_report = report
@@ -192,7 +187,7 @@ class CollapseTrainer(Trainer):
                 else (self.nc4_dataset if self.nc4_dataset is not None else self.eval_dataset)
             )
             _nc4_loader = self.get_eval_dataloader(nc4_data) if nc4_data is not None else None
-        report = _finish(self.model, stats, cargs, _nc4_loader)
+        report = finish_measurement(self.model, stats, cargs, _nc4_loader)
         self.collapse_report = report
         return report
 
@@ -293,7 +288,7 @@ class CollapseCallback(TrainerCallback):
 
     def __init__(self, collapse_args: Optional[CollapseArguments] = None):
         self.collapse_args = collapse_args or CollapseArguments()
-        self.collector: Optional[FeatureCollector] = None
+        self.hooks: Optional[FeatureHooks] = None
         self.collapse_report: Optional[CollapseReport] = None
         self._attached = False
         self._warned = False
@@ -310,21 +305,17 @@ class CollapseCallback(TrainerCallback):
         return self
 
     def _install(self, model, args=None):
-        if self.collector is None and model is not None and self.collapse_args.collapse:
-            c = self.collapse_args
-            self.collector = FeatureCollector(
-                model, c.modules, task=c.collapse_task, covariance=c.collapse_covariance, pooling=c.collapse_pooling
-            )
-            self.collector.install()
-        if self.collector is not None and args is not None:
+        if self.hooks is None and model is not None and self.collapse_args.collapse:
+            self.hooks = _install_hooks(model, self.collapse_args)
+        if self.hooks is not None and args is not None:
             # Accelerate pads the last eval batch only when the Trainer shards over the process group
-            self.collector.drop_padded_duplicates = args.world_size == group_size()
+            self.hooks.drop_padded_duplicates = args.world_size == group_size()
 
     def remove(self) -> None:
         """Remove the hooks."""
-        if self.collector is not None:
-            self.collector.remove()
-            self.collector = None
+        if self.hooks is not None:
+            self.hooks.remove()
+            self.hooks = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         self._install(model, args)
@@ -336,12 +327,12 @@ class CollapseCallback(TrainerCallback):
         self._reset()  # predict() forwards are not an evaluation
 
     def _reset(self):
-        if self.collector is not None:
-            self.collector.statistics.clear()
+        if self.hooks is not None:
+            self.hooks.sink.statistics.clear()
 
     # -- metrics
     def on_log(self, args, state, control, logs=None, model=None, eval_dataloader=None, **kwargs):
-        if self.collector is None or logs is None:
+        if self.hooks is None or logs is None:
             return
         # An evaluation's logs are the only ones with "<prefix>_runtime" besides "train_runtime" (the public
         # keys of transformers.trainer_utils.speed_metrics, stable since 4.x; tested with transformers 5)
@@ -354,18 +345,15 @@ class CollapseCallback(TrainerCallback):
                 "registered before it will not see the NC metrics"
             )
             self._warned = True
-        self.collector.enabled = False  # the NC4 pass must not feed pass-1 statistics
+        self.hooks.enabled = False  # the NC4 pass must not feed pass-1 statistics
         try:
             with scope_for(args.world_size, type(self).__name__):
                 report = _finish(
-                    model if model is not None else self.collector.model,
-                    self.collector,
-                    self.collapse_args,
-                    eval_dataloader,
+                    model if model is not None else self.hooks.model, self.hooks, self.collapse_args, eval_dataloader
                 )
         finally:
             self._reset()
-            self.collector.enabled = True
+            self.hooks.enabled = True
         self.collapse_report = report
         metrics = self.collapse_args.select(report.metrics(prefix))
         logs.update(metrics)

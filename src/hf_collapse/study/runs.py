@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
-from ..core.io import atomic_write_text
+from ..core.io import write_csv_rows
 from ..core.registry import MEASURE_KEYS
+from ..integrations.trajectory import eval_loss
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ def _find_loss(folder: Path, metrics: dict, run: dict) -> Optional[float]:
     ):
         if "eval_loss" in src:
             return float(src["eval_loss"])
-    state = _read_json(folder / "trainer_state.json") or {}
-    losses = [e["eval_loss"] for e in state.get("log_history", []) if "eval_loss" in e]
-    return float(losses[-1]) if losses else None
+    return eval_loss(folder)
 
 
 def read_run(folder: str | os.PathLike) -> dict:
@@ -106,18 +105,11 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> None:
     """The rows as CSV (columns: ``columns`` or every key seen, config first), written atomically."""
-    import io
-
     if columns is None:
         columns = [c for c in (*CONFIG_COLUMNS, "path") if any(c in r for r in rows)]
         columns += [k for k in MEASURE_KEYS if any(k in r for r in rows)]
         columns += sorted({k for r in rows for k in r} - set(columns))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    atomic_write_text(path, buf.getvalue())
+    write_csv_rows(rows, path, columns)
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:

@@ -254,28 +254,36 @@ def prepare_data(args: StudyArguments) -> StudyData:
 # measuring
 
 
-def _measure_final(trainer, args: StudyArguments, data: StudyData):
+def _measure_final(trainer, args: StudyArguments, data: StudyData, name: str):
     """The saved measurement: statistics over training tokens, NC4 on validation tokens (per-class kept).
 
     Goes through the trainer's prepared (sharded) dataloaders, so under ``accelerate launch`` no
     token is counted twice. Classes with coincident means are left out by ``measure_statistics``
     (counted in ``num_classes_coincident``).
     """
-    from ..integrations.passes import collect_nc4, collect_statistics, measure_statistics
+    from ..integrations.passes import measure_model, settings_record
     from ..integrations.trainer import trainer_scope
 
     model = trainer.model
     progress = trainer.is_world_process_zero() and args.progress
     model.eval()
     # the run's own measurement settings (k, tile, dtype, modules), with this measurement's budgets
-    cfg = trainer.collapse_args.override(
-        task="causal_lm", max_tokens=args.measure_max_tokens, nc4_max_tokens=args.nc4_max_tokens, per_class=True
+    cfg = trainer.collapse_args.replace(
+        collapse_task="causal_lm",
+        collapse_max_tokens=args.measure_max_tokens,
+        collapse_nc4_max_tokens=args.nc4_max_tokens,
+        collapse_per_class=True,
     )
+    record = settings_record(cfg, model_name=name, data=data.source, step=trainer.state.global_step)
     with trainer_scope(trainer):  # reduce over the Trainer's processes only
-        stats = collect_statistics(model, trainer.get_eval_dataloader(data.train), cfg, progress=progress)
-        nc4 = collect_nc4(model, trainer.get_eval_dataloader(data.validation), stats, cfg, progress=progress)
-    report = measure_statistics(model, stats, cfg, nc4=nc4)
-    return report
+        return measure_model(
+            model,
+            trainer.get_eval_dataloader(data.train),
+            trainer.get_eval_dataloader(data.validation),
+            cfg,
+            record=record,
+            progress=progress,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +366,7 @@ def train_one(
         final_eval = trainer.evaluate()
     eval_loss = float(final_eval["eval_loss"])
     model = trainer.model
-    report = _measure_final(trainer, args, data)
+    report = _measure_final(trainer, args, data, name)
     result = report.result
     num_parameters = sum(p.numel() for p in model.parameters())
     info = {
@@ -380,15 +388,7 @@ def train_one(
     }
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # save_strategy="no": only an empty folder
     if trainer.is_world_process_zero():
-        save_measured(
-            folder,
-            model=model,
-            tokenizer=tok,
-            statistics=report.statistics,
-            result=result,
-            metrics_extra={"eval_loss": eval_loss, "model_name": name},
-            metadata={"data": data.source, "max_tokens": args.measure_max_tokens, "model_name": name},
-        )
+        save_measured(folder, report, model=model, tokenizer=tok, extra_metrics={"eval_loss": eval_loss})
         atomic_write_text(folder / "run.json", json.dumps(info, indent=2))
     return {
         **{

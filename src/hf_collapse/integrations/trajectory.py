@@ -8,9 +8,10 @@ order with one set of settings and writes into ``output_dir``::
                                    duplicate_of, every measure, eval_loss (from trainer_state.json)
     trajectory.png                 each measure against step (log scale where the values span > 20x)
     checkpoints/<label>/collapse/  that checkpoint's statistics + metrics.json (the measured-folder format)
-    checkpoints/<label>/sweep.json what was measured: settings key, weights hash, source files, measures
+    checkpoints/<label>/sweep.json what was measured: the record's key, weights hash, source files, measures
 
-Resumable: a checkpoint whose ``sweep.json`` has the same settings key and whose weight files are
+Resumable: a checkpoint whose ``sweep.json`` has the same key (the ``MeasurementRecord`` of the sweep,
+less what differs per checkpoint) and whose weight files are
 unchanged (names, sizes, mtimes) is not measured again, so a second run measures nothing new.
 Checkpoints whose ``weights_sha256`` equals an earlier one's are not measured either: their row copies
 the measures and names the checkpoint it duplicates (public series hold byte-identical branches).
@@ -30,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, write_csv_rows
 from ..core.registry import MEASURE_KEYS, MEASURES
-from .analysis import write_csv
+from .record import MeasurementRecord
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +139,14 @@ def source_files(folder: Path) -> list[list]:
     return out
 
 
-def settings_key(settings: dict) -> str:
-    """sha256 of the settings (JSON, sorted keys): equal keys mean the same measurement."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+PER_CHECKPOINT = ("weights_sha256", "revision", "commit", "step", "command", "library_version")
+
+
+def record_key(record: MeasurementRecord) -> str:
+    """sha256 of what the sweep measures (the record less its per-checkpoint fields): equal keys mean
+    the same measurement."""
+    fields = {k: v for k, v in record.to_metrics().items() if k not in PER_CHECKPOINT}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _read_record(path: Path) -> Optional[dict]:
@@ -155,41 +161,41 @@ def sweep(
     checkpoints: Sequence[Checkpoint],
     output_dir: str | os.PathLike,
     measure: Callable,
-    settings: dict,
+    record: MeasurementRecord,
     *,
     hasher: Optional[Callable] = None,
     plot: bool = True,
 ) -> list[dict]:
     """Measure each checkpoint (see the module docstring) and write the trajectory.
 
-    ``measure(folder)`` returns a ``CollapseReport`` of the weights in ``folder``; ``settings`` (a flat
-    dict, JSON-able) describes the measurement and goes into each ``metrics.json``; ``hasher(folder)``
+    ``measure(folder)`` returns a ``CollapseReport`` of the weights in ``folder``; ``record`` describes
+    the measurement (each checkpoint's copy adds its weights hash, revision and step); ``hasher(folder)``
     gives the weights hash (default :func:`hf_collapse.integrations.weights_hash.weights_sha256`).
     Returns the rows (also written to ``trajectory.csv``).
     """
     if hasher is None:
         from ..integrations.weights_hash import weights_sha256 as hasher
     out = Path(output_dir)
-    key = settings_key(settings)
+    key = record_key(record)
     rows: list[dict] = []
     for ck in checkpoints:
-        row = _checkpoint_row(ck, out / CHECKPOINTS_DIR / ck.label, measure, settings, key, hasher, rows)
+        row = _checkpoint_row(ck, out / CHECKPOINTS_DIR / ck.label, measure, record, key, hasher, rows)
         rows.append(row)
-        write_csv(rows, out / TRAJECTORY_CSV, _columns(rows))  # after each checkpoint: a partial sweep is readable
+        write_csv_rows(rows, out / TRAJECTORY_CSV, _columns(rows))  # after each checkpoint: a partial sweep is readable
     if plot:
         plot_trajectory(rows, out / TRAJECTORY_PNG)
     return rows
 
 
-def _checkpoint_row(ck, sub: Path, measure, settings, key, hasher, earlier) -> dict:
+def _checkpoint_row(ck, sub: Path, measure, base: MeasurementRecord, key, hasher, earlier) -> dict:
     """The row of one checkpoint: from its record when it is up to date, copied from an earlier
     checkpoint with the same weights hash, or measured now (statistics + record written)."""
     folder = resolve(ck)
     files = source_files(folder)
-    record = _read_record(sub / RECORD_FILE)
-    if record and record.get("settings_key") == key and record.get("source_files") == files:
+    done = _read_record(sub / RECORD_FILE)
+    if done and done.get("settings_key") == key and done.get("source_files") == files:
         logger.info("%s: measured before with these settings, skipped", ck.label)
-        return record["row"]
+        return done["row"]
     digest = hasher(folder)
     row = {
         "checkpoint": ck.label,
@@ -210,19 +216,17 @@ def _checkpoint_row(ck, sub: Path, measure, settings, key, hasher, earlier) -> d
 
         logger.info("%s: measuring %s", ck.label, folder)
         report = measure(folder)
-        write_report(
-            sub,
-            report,
-            metadata={"weights_sha256": digest, "checkpoint": ck.label},
-            metrics_extra={**settings, "checkpoint": ck.label, "step": ck.step, "revision": ck.revision},
-        )
+        report.record = base.replace(weights_sha256=digest, revision=ck.revision, step=ck.step)
+        write_report(sub, report, extra_metrics={"checkpoint": ck.label})
         row.update({k: float(v) for k, v in report.result.items()})
     row["eval_loss"] = eval_loss(folder)
     sub.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         sub / RECORD_FILE,
         json.dumps(
-            {"settings_key": key, "settings": settings, "source_files": files, "row": row}, indent=2, default=str
+            {"settings_key": key, "settings": base.to_metrics(), "source_files": files, "row": row},
+            indent=2,
+            default=str,
         )
         + "\n",
     )
