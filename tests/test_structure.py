@@ -110,7 +110,9 @@ def test_contributing_map_lists_every_module():
         have = {p.name for p in (PKG / sub).glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
         listed = sections.get(sub, set())
         assert have - listed == set(), f"CONTRIBUTING.md's map misses {sorted(have - listed)} in {sub}/"
-        assert listed - have == set(), f"CONTRIBUTING.md's map names {sorted(listed - have)} in {sub}/, which do not exist"
+        assert listed - have == set(), (
+            f"CONTRIBUTING.md's map names {sorted(listed - have)} in {sub}/, which do not exist"
+        )
 
 
 def test_core_imports_without_transformers_or_hub():
