@@ -249,12 +249,15 @@ print(json.dumps({"rows": ds.to_list(), "columns": ds.column_names}))
 
 
 def test_load_dataset_reads_parquet_rows_from_a_dataset_repo(hub_env, api, tmp_path):
-    """Two Parquet files in one commit, a card with a ``configs`` block; ``datasets.load_dataset`` in a
-    fresh process (``datasets`` reads ``HF_ENDPOINT`` at import) gets every row."""
+    """Two Parquet files in one commit with the measurements card, whose ``configs`` block names them;
+    ``datasets.load_dataset`` in a fresh process (``datasets`` reads ``HF_ENDPOINT`` at import) gets
+    their rows, and only theirs."""
     from huggingface_hub import CommitOperationAdd
 
+    from hf_collapse.integrations.model_card import render_measurements_card
+
     repo = api.create_repo("nc-rows", repo_type="dataset").repo_id
-    card = '---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: "data/**/*.parquet"\n---\n# rows\n'
+    card = str(render_measurements_card(repo, ["model", "nc1_cdnv"]))  # its configs block: data/**/*.parquet
     api.create_commit(
         repo,
         [
@@ -275,3 +278,42 @@ def test_load_dataset_reads_parquet_rows_from_a_dataset_repo(hub_env, api, tmp_p
     assert result["columns"] == ["model", "nc1"]
     assert sorted(map(tuple, (r.values() for r in result["rows"]))) == [("m1", 0.5), ("m2", 0.25)]
     assert hub_env.hub.state.unhandled == [] and hub_env.hub.state.errors == []
+
+
+def test_measurements_card_renders_parses_and_cites():
+    """The dataset card template (model_cards/measurements_dataset_card.md.j2): valid YAML with a
+    ``configs`` block, license and tag, the columns' meanings from the registry, the citation."""
+    import yaml
+    from huggingface_hub import DatasetCard
+
+    from hf_collapse.core.registry import MEASURES
+    from hf_collapse.integrations.model_card import (
+        MEASUREMENT_COLUMNS,
+        MEASUREMENTS_TEMPLATE_PATH,
+        render_measurements_card,
+    )
+
+    assert MEASUREMENTS_TEMPLATE_PATH.parent.name == "model_cards" and MEASUREMENTS_TEMPLATE_PATH.is_file()
+    card = render_measurements_card("tester/pythia-nc", models=["EleutherAI/pythia-160m"], description="Pythia.")
+    text = str(card)
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/**/*.parquet"}]}
+    ]
+    assert meta["license"] == "apache-2.0" and "neural-collapse" in meta["tags"]
+    parsed = DatasetCard(text)
+    assert parsed.data.configs == meta["configs"] and parsed.data.license == "apache-2.0"
+    assert "arXiv:2405.17767" in parsed.text and "https://arxiv.org/abs/2405.17767" in parsed.text
+    assert "Linguistic Collapse" in parsed.text and 'load_dataset("tester/pythia-nc", split="train")' in text
+    assert "[EleutherAI/pythia-160m](https://huggingface.co/EleutherAI/pythia-160m)" in text
+    for key, measure in MEASURES.items():
+        assert f"| `{key}` | {measure.name} | {measure.meaning} | {measure.direction_text} |" in text, key
+    for key, meaning in MEASUREMENT_COLUMNS.items():
+        assert f"| `{key}` | {meaning} |" in text, key
+
+    few = str(render_measurements_card(columns=["model", "revision", "nc1_cdnv"], data_files="rows/*.parquet"))
+    assert "`nc2_etf_error`" not in few and "`dataset_config`" not in few and "| `nc1_cdnv` |" in few
+    assert yaml.safe_load(few.split("---")[1])["configs"][0]["data_files"][0]["path"] == "rows/*.parquet"
+    assert "arXiv:2405.17767" in few
+    with pytest.raises(ValueError, match="unknown measurements column"):
+        render_measurements_card(columns=["model", "nc9"])
