@@ -147,7 +147,7 @@ def test_weights_hash_same_for_model_folder_and_shards(tiny, tmp_path):
 
 def test_template_lives_once_in_the_package():
     assert TEMPLATE_PATH.is_file()
-    assert TEMPLATE_PATH.parent == REPO / "src" / "hf_collapse" / "templates"
+    assert TEMPLATE_PATH.parent == REPO / "model_cards"  # shipped as hf_collapse.model_cards
     copies = [p for p in REPO.rglob(TEMPLATE_PATH.name) if ".venv" not in p.parts and "build" not in p.parts]
     assert copies == [TEMPLATE_PATH]
 

@@ -221,6 +221,7 @@ def test_wheel_ships_the_registered_module(tmp_path):
     src = tmp_path / "src_copy"
     shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(METRIC_DIR, src / "metrics" / "neural_collapse", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "model_cards", src / "model_cards", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     out = subprocess.run(

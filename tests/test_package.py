@@ -1,12 +1,19 @@
 """The package's front: public names, the CLI entry points."""
 
+import os
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
 import hf_collapse
 from hf_collapse.cli import COMMAND_MODULES, main
+
+REPO = Path(__file__).resolve().parents[1]
+CARD_TEMPLATES = ("collapse_model_card.md.j2", "measurements_dataset_card.md.j2")
 
 
 def test_public_names_resolve():
@@ -37,3 +44,40 @@ def test_user_errors_are_one_line(capsys, tmp_path):
     code = main(["measure", str(tmp_path / "no-model"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("hf-collapse measure: error:") and "Traceback" not in err
+
+
+@pytest.mark.slow  # builds a wheel and starts a fresh Python
+def test_wheel_carries_both_card_templates(tmp_path):
+    """model_cards/ is the one physical copy of the templates; the wheel ships it as hf_collapse.model_cards
+    and the installed package renders both cards from there."""
+    copies = [p.relative_to(REPO).as_posix() for p in REPO.rglob("*.j2") if not {".venv", "build"} & set(p.parts)]
+    assert sorted(copies) == [f"model_cards/{name}" for name in CARD_TEMPLATES]
+    src = tmp_path / "src_copy"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("src", "metrics", "model_cards"):
+        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    build = "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))"
+    out = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path / "dist")], cwd=src, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    wheel = tmp_path / "dist" / out.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as z:
+        for name in CARD_TEMPLATES:
+            assert z.read(f"hf_collapse/model_cards/{name}") == (REPO / "model_cards" / name).read_bytes(), name
+        assert not [n for n in z.namelist() if n.startswith("hf_collapse/templates/")]
+        z.extractall(tmp_path / "site")  # what `pip install` of this pure-python wheel puts in site-packages
+    code = (
+        "import hf_collapse.integrations.model_card as mc\n"
+        "print(mc.TEMPLATE_PATH.parent)\n"
+        "assert mc.TEMPLATE_PATH.is_file() and mc.MEASUREMENTS_TEMPLATE_PATH.is_file()\n"
+        "assert 'arXiv:2405.17767' in str(mc.render_measurements_card('a/b'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert Path(out.stdout.strip()) == tmp_path / "site" / "hf_collapse" / "model_cards"

@@ -5,8 +5,10 @@
 (``collapse[/<name>]/collapse.png``) and writes ``README.md`` whose YAML carries a ``model-index``
 with each NC measure as a result (metric type ``neural-collapse/<key>``, with dataset and split),
 so the numbers are machine-readable on the Hub. The measure names, meanings and directions come from
-the registry (:mod:`hf_collapse.core.registry`); the template ships in the package
-(``hf_collapse/templates/collapse_model_card.md.j2``).
+the registry (:mod:`hf_collapse.core.registry`). ``render_measurements_card(repo_id)`` renders the card
+of a measurements dataset (a Hub dataset repo of Parquet rows, one file per measured model, revision and
+measurement). The templates live once, in the top-level ``model_cards/`` folder, which the package
+carries as ``hf_collapse.model_cards`` (read through ``importlib.resources``).
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .._version import __version__
 from ..core.io import atomic_write, fmt
-from ..core.registry import CITATION_BIBTEX, MEASURES
+from ..core.registry import ARXIV_ID, CITATION_BIBTEX, MEASURES
 from .folder import COLLAPSE_DIR, FIGURE_FILE, STATISTICS_FILE, list_measurements, measurement_subdir, read_measurement
 
 if TYPE_CHECKING:
-    from huggingface_hub import ModelCard
+    from huggingface_hub import DatasetCard, ModelCard
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "templates" / "collapse_model_card.md.j2"
+
+def _template(name: str) -> Path:
+    """A card template shipped as ``hf_collapse.model_cards`` (the top-level ``model_cards/`` folder)."""
+    from importlib.resources import files
+
+    return Path(str(files("hf_collapse.model_cards") / name))
+
+
+TEMPLATE_PATH = _template("collapse_model_card.md.j2")
+MEASUREMENTS_TEMPLATE_PATH = _template("measurements_dataset_card.md.j2")
 METRIC_TYPE_PREFIX = "neural-collapse/"
 
 
@@ -228,3 +239,83 @@ def card_metrics(card: ModelCard) -> dict:
         if r.metric_type.startswith(METRIC_TYPE_PREFIX):
             out.setdefault(r.metric_config, {})[r.metric_type[len(METRIC_TYPE_PREFIX) :]] = r.metric_value
     return out
+
+
+# the columns of a measurements dataset row besides the measures (whose columns are their registry keys)
+MEASUREMENT_COLUMNS = {
+    "model": "Hub id of the measured model",
+    "revision": "the commit sha of the model that was measured",
+    "ref": "the branch or tag the revision was reached by (e.g. `main`, `step100`), if any",
+    "measurement": "the measurement's name (e.g. a layer); empty for the default measurement",
+    "dataset": "the text the features were collected on (a Hub dataset id or a file name)",
+    "dataset_config": "the dataset's configuration, if any",
+    "split": "the dataset split",
+    "dataset_revision": "the dataset's revision, if known",
+    "num_tokens": "tokens measured",
+    "num_classes": "classes (the vocabulary size)",
+    "num_classes_present": "classes that occur in the measured tokens",
+    "dim": "hidden size of the measured features",
+    "k": "the CDNV exponent",
+    "weights_sha256": "sha256 of the model's weights (see `hf_collapse.hub.weights_sha256`)",
+    "statistics": "path of the statistics file in the model repo, for recomputing or extending the measures",
+    "hf_collapse_version": "the `hf_collapse` version that measured it",
+}
+MEASUREMENTS_DATA_DIR = "data"
+
+
+def render_measurements_card(
+    repo_id: Optional[str] = None,
+    columns=None,
+    *,
+    title: Optional[str] = None,
+    description: Optional[str] = None,
+    models=None,
+    license: str = "apache-2.0",
+    data_files: str = f"{MEASUREMENTS_DATA_DIR}/**/*.parquet",
+    tags=None,
+) -> DatasetCard:
+    """The ``huggingface_hub.DatasetCard`` of a measurements dataset: a Hub dataset repo of Parquet rows,
+    one file per measured (model, revision, measurement), read by ``datasets.load_dataset(repo_id,
+    split="train")``.
+
+    ``columns``: the row's columns in order, each a key of :data:`MEASUREMENT_COLUMNS` or a measure key of
+    the registry (default: all of both); their meanings (and the measures' directions) come from there.
+    ``models``: Hub ids of the measured models, linked from the card. The YAML carries a ``configs``
+    block whose ``train`` split is ``data_files``, the license and the ``neural-collapse`` tag.
+    """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    columns = list(columns) if columns is not None else [*MEASUREMENT_COLUMNS, *MEASURES]
+    unknown = [c for c in columns if c not in MEASUREMENT_COLUMNS and c not in MEASURES]
+    if unknown:
+        raise ValueError(
+            f"unknown measurements column(s) {unknown}: use {sorted(MEASUREMENT_COLUMNS)} or measure keys {sorted(MEASURES)}"
+        )
+    rows = [{"key": c, "meaning": MEASUREMENT_COLUMNS[c]} for c in columns if c in MEASUREMENT_COLUMNS]
+    measures = [
+        {"key": c, "name": MEASURES[c].name, "meaning": MEASURES[c].meaning, "direction": MEASURES[c].direction_text}
+        for c in columns
+        if c in MEASURES
+    ]
+    title = title or (repo_id.split("/")[-1] if repo_id else "Neural collapse measurements")
+    card_data = DatasetCardData(
+        license=license,
+        pretty_name=title,
+        tags=["neural-collapse", "hf_collapse"]
+        + [t for t in (tags or []) if t not in ("neural-collapse", "hf_collapse")],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+    )
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(MEASUREMENTS_TEMPLATE_PATH),
+        repo_id=repo_id,
+        title=title,
+        description=description,
+        models=list(models or []),
+        columns=rows,
+        measures=measures,
+        data_dir=data_files.split("/")[0],
+        citation=CITATION_BIBTEX,
+        arxiv_id=ARXIV_ID,
+        library_version=__version__,
+    )
