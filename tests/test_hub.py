@@ -24,8 +24,8 @@ from hf_collapse.integrations.hub import (
     push_measured,
     read_measurement,
 )
-from hf_collapse.integrations.weights_hash import weights_sha256
 from hf_collapse.integrations.model_card import TEMPLATE_PATH, card_metrics, write_model_card
+from hf_collapse.integrations.weights_hash import weights_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
