@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
-from hf_collapse import CollapseArguments, CollapseTrainer  # was: from transformers import Trainer
+from hf_collapse import CollapseArguments, CollapseTrainer, is_collapse_key  # was: from transformers import Trainer
 
 
 def byte_blocks(text: str, block: int) -> Dataset:
@@ -64,7 +64,7 @@ def main(argv=None):
     trainer.train()
     logged = next(h for h in reversed(trainer.state.log_history) if "eval_loss" in h)
     if trainer.is_world_process_zero():  # every process holds the same numbers
-        for key in sorted(k for k in logged if "nc" in k):  # eval_nc*, eval_gnc2_*, eval_unc3_*, layer-wise
+        for key in sorted(k for k in logged if is_collapse_key(k)):  # every measure, layer-wise too
             print(f"{key:45s} {logged[key]:.6g}")
     trainer.accelerator.free_memory()
     if torch.distributed.is_initialized():  # under torchrun: without this, gloo sometimes aborts at exit

@@ -9,6 +9,7 @@ import atexit
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def measure_args(shared_data, out, *extra, block_size=128, batch_size=5, checkpoint_every=None, save_model=True):
+    """``hf-collapse measure`` on stories260K and the TinyStories sample: 3000 labelled tokens, float64."""
+    d = shared_data
+    args = ["measure", str(d / "models" / "stories260K"), "--train-file", str(d / "tinystories" / "train-head.txt")]
+    args += ["--validation-file", str(d / "tinystories" / "validation-head.txt"), "--max-tokens", "3000"]
+    args += ["--block-size", str(block_size), "--batch-size", str(batch_size), "--dtype", "float64", "--no-progress"]
+    if checkpoint_every is not None:
+        args += ["--checkpoint-every", str(checkpoint_every)]
+    return args + ["--output-dir", str(out), *extra] + ([] if save_model else ["--no-save-model"])
+
+
+def accelerate_launch(num_processes: int = 2) -> list[str]:
+    """``accelerate launch`` of several CPU processes on this machine (gloo), ready for ``-m MODULE ...``."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+    ] + [
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
 def shared_data_dir() -> Path:
     env = os.environ.get("HF_COLLAPSE_SHARED_DATA")
     path = Path(env) if env else REPO.parent / "shared" / "data"
@@ -57,33 +90,6 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_data_dir()
-
-
-# modules whose every test is slow: training, several processes, the local Hub server, killed processes
-SLOW_MODULES = {"test_trainer.py", "test_study.py", "test_measure_cli.py", "test_faults.py", "test_hub.py"}
-# single slow tests elsewhere: each starts fresh Python processes (torch + transformers imports) or two ranks
-SLOW_TESTS = {
-    "test_reduce.py::test_two_process_reduce_matches_one_process",
-    "test_metric.py::test_bare_name_loads_offline_from_any_directory",
-    "test_metric.py::test_import_writes_nothing_and_unwritable_cache_is_one_clear_error",
-    "test_metric.py::test_wheel_ships_the_registered_module",
-    "test_structure.py::test_import_writes_nothing",
-    "test_structure.py::test_core_imports_without_transformers_or_hub",
-    "test_package.py::test_module_entry_points",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Mark the slow tiers ``slow`` (by module, by name, and by the ``hub_env`` fixture), so that
-    ``pytest -m "not slow"`` runs the fast tier alone; CI runs everything."""
-    for item in items:
-        name = Path(str(item.fspath)).name
-        if (
-            "hub_env" in getattr(item, "fixturenames", ())
-            or name in SLOW_MODULES
-            or f"{name}::{item.originalname}" in SLOW_TESTS
-        ):
-            item.add_marker(pytest.mark.slow)
 
 
 # ---------------------------------------------------------------------------------------- local Hub

@@ -16,37 +16,18 @@ import pytest
 from hf_collapse.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import conftest  # noqa: E402
 from conftest import HF_TMP_HOME  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 
 
 def measure_args(shared_data, out, *extra, save_model=False):
     # 3000 labelled tokens in blocks of 64 (63 labels each) -> 48 blocks, batches of 2 -> 24 batches
-    d = shared_data
-    return [
-        "measure",
-        str(d / "models" / "stories260K"),
-        "--train-file",
-        str(d / "tinystories" / "train-head.txt"),
-        "--validation-file",
-        str(d / "tinystories" / "validation-head.txt"),
-        "--max-tokens",
-        "3000",
-        "--block-size",
-        "64",
-        "--batch-size",
-        "2",
-        "--dtype",
-        "float64",
-        "--no-progress",
-        "--checkpoint-every",
-        "1",
-        "--output-dir",
-        str(out),
-        *extra,
-    ] + ([] if save_model else ["--no-save-model"])
+    return conftest.measure_args(
+        shared_data, out, *extra, block_size=64, batch_size=2, checkpoint_every=1, save_model=save_model
+    )
 
 
 def _env():

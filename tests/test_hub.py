@@ -30,7 +30,7 @@ from hf_collapse.integrations.weights_hash import weights_sha256
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 # huggingface_hub's LFS upload passes a file object as data=, which its HTTP client deprecates
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -32,6 +32,7 @@ def api(hub_env):
     return HfApi(endpoint=hub_env.url, token="hf_local_test_token")
 
 
+@pytest.mark.slow
 def test_dataset_repo_upload_list_download(hub_env, api, tmp_path):
     from huggingface_hub import CommitOperationAdd, hf_hub_download, snapshot_download
 
@@ -90,6 +91,7 @@ def test_dataset_repo_upload_list_download(hub_env, api, tmp_path):
     assert hub_env.hub.state.unhandled == [] and hub_env.hub.state.errors == []
 
 
+@pytest.mark.slow
 def test_refs_branches_tags_and_commits_to_a_branch(hub_env, api):
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
@@ -144,6 +146,7 @@ def test_refs_branches_tags_and_commits_to_a_branch(hub_env, api):
     assert hub_env.hub.state.unhandled == [] and hub_env.hub.state.errors == []
 
 
+@pytest.mark.slow
 def test_delete_file_and_commits_are_atomic(hub_env, api):
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
@@ -195,6 +198,7 @@ def test_delete_file_and_commits_are_atomic(hub_env, api):
     assert hub_env.hub.state.unhandled == [] and hub_env.hub.state.errors == []
 
 
+@pytest.mark.slow
 def test_collections(hub_env, api):
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -248,6 +252,7 @@ print(json.dumps({"rows": ds.to_list(), "columns": ds.column_names}))
 """
 
 
+@pytest.mark.slow
 def test_load_dataset_reads_parquet_rows_from_a_dataset_repo(hub_env, api, tmp_path):
     """Two Parquet files in one commit with the measurements card, whose ``configs`` block names them;
     ``datasets.load_dataset`` in a fresh process (``datasets`` reads ``HF_ENDPOINT`` at import) gets

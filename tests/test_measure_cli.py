@@ -14,33 +14,11 @@ from hf_collapse.cli import main
 from hf_collapse.core.registry import MEASURE_KEYS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import free_port  # noqa: E402
+from conftest import accelerate_launch, measure_args  # noqa: E402
+
+pytestmark = pytest.mark.slow  # training, processes, the local Hub server or killed processes
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def measure_args(shared_data, out, *extra):
-    d = shared_data
-    return [
-        "measure",
-        str(d / "models" / "stories260K"),
-        "--train-file",
-        str(d / "tinystories" / "train-head.txt"),
-        "--validation-file",
-        str(d / "tinystories" / "validation-head.txt"),
-        "--max-tokens",
-        "3000",
-        "--block-size",
-        "128",
-        "--batch-size",
-        "5",
-        "--dtype",
-        "float64",
-        "--no-progress",
-        "--output-dir",
-        str(out),
-        *extra,
-    ]
 
 
 def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
@@ -73,25 +51,7 @@ def test_measured_folder_and_two_processes_agree(shared_data, tmp_path, capsys):
     # the same command under 2 processes (gloo); 24 blocks in batches of 5 per process leave an uneven
     # last step, so Accelerate pads it with repeated blocks that must not be counted
     two = tmp_path / "two"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "hf_collapse.cli",
-        *measure_args(shared_data, two, *layers),
-    ]
+    launch = [*accelerate_launch(2), "-m", "hf_collapse.cli", *measure_args(shared_data, two, *layers)]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

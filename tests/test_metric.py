@@ -160,6 +160,7 @@ def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
     assert reg.is_registered(cache)
 
 
+@pytest.mark.slow
 def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path, capsys):
     home = tmp_path / "home"
     env = _clean_env(HF_HOME=str(home))
@@ -202,6 +203,7 @@ def _clean_env(**extra):
     return env
 
 
+@pytest.mark.slow
 def test_bare_name_loads_offline_from_any_directory(tmp_path):
     """A clean HF_HOME, HF_EVALUATE_OFFLINE=1, a working directory without the metric folder."""
     workdir = tmp_path / "elsewhere"
@@ -216,6 +218,7 @@ def test_bare_name_loads_offline_from_any_directory(tmp_path):
     assert f"CDNV {round(1 / 169, 8)} evaluate_modules.metrics.evaluate-metric--neural_collapse." in out.stdout
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_registered_module(tmp_path):
     """Build the wheel from a copy of the sources; its metric files are the registered bytes."""
     src = tmp_path / "src_copy"

@@ -18,7 +18,7 @@ CARD_TEMPLATES = ("collapse_model_card.md.j2", "measurements_dataset_card.md.j2"
 
 def test_public_names_resolve():
     assert hf_collapse.CollapseStatistics and hf_collapse.measure_collapse
-    for name in hf_collapse._LAZY:
+    for name in hf_collapse.__all__:
         assert getattr(hf_collapse, name) is not None, name
     with pytest.raises(AttributeError):
         _ = hf_collapse.no_such_name
@@ -34,6 +34,7 @@ def test_cli_lists_every_command(capsys):
     assert len(COMMAND_MODULES) == 7
 
 
+@pytest.mark.slow
 def test_module_entry_points():
     for argv in (["-m", "hf_collapse.cli", "--version"], ["-m", "hf_collapse", "--version"]):
         proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120)

@@ -1,11 +1,12 @@
 """reduce(): the all-reduce over torch.distributed gives the single-process statistics (gloo, 2 processes)."""
 
 import os
-import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from hf_collapse import CollapseStatistics, measure_collapse
 
@@ -39,12 +40,7 @@ def worker(rank, world, port, out_dir, covariance):
         dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_two_process_reduce_matches_one_process(tmp_path):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path), True), nprocs=2, join=True)
     h, y = data()

@@ -115,6 +115,7 @@ def test_contributing_map_lists_every_module():
         )
 
 
+@pytest.mark.slow
 def test_core_imports_without_transformers_or_hub():
     code = (
         "import sys, hf_collapse, hf_collapse.core\n"
@@ -126,6 +127,7 @@ def test_core_imports_without_transformers_or_hub():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_import_writes_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
     env.update(HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"))

@@ -12,6 +12,8 @@ from hf_collapse.study.analysis import read_csv_rows
 from hf_collapse.study.demo import run_demo
 from hf_collapse.study.train import StudyArguments, gpt_neo_config, prepare_data, run_name, train_one
 
+pytestmark = pytest.mark.slow  # training, processes, the local Hub server or killed processes
+
 REPO = Path(__file__).resolve().parents[1]
 
 

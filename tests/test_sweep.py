@@ -147,6 +147,7 @@ def test_sweep_errors(tmp_path, shared_data):
     assert main(sweep_args(shared_data, tmp_path, tmp_path / "o", "--min-count", "0")) == 1
 
 
+@pytest.mark.slow
 def test_sweep_hub_revisions(shared_data, run_dir, tmp_path, hub_env):
     """Revisions of a Hub repo, one of them a branch holding the same weights as another."""
     from huggingface_hub import HfApi

@@ -10,11 +10,13 @@ import pytest
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback
 
-from hf_collapse import CollapseArguments, CollapseCallback, CollapseStatistics, CollapseTrainer
+from hf_collapse import CollapseArguments, CollapseCallback, CollapseStatistics, CollapseTrainer, is_collapse_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collapse_train_helpers import blocks, tiny_gpt_neo, training_args  # noqa: E402
-from conftest import free_port  # noqa: E402
+from conftest import accelerate_launch, free_port  # noqa: E402
+
+pytestmark = pytest.mark.slow  # training, processes, the local Hub server or killed processes
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HELPER = str(Path(__file__).resolve().parent / "collapse_train_helpers.py")
@@ -108,22 +110,7 @@ def _launch(launcher, out, shared_data, mode):
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            port,
-        ]
+        cmd = accelerate_launch(2)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [*cmd, HELPER, str(out), str(shared_data), mode], env=env, capture_output=True, text=True, timeout=300
@@ -146,7 +133,7 @@ def _one_process_metrics(shared_data, folder, tmp_path):
     )
     m1 = one.evaluate()
     assert one.collapse_report.statistics.num_tokens == 7 * 31
-    keys = [k for k in m1 if "nc" in k]
+    keys = [k for k in m1 if is_collapse_key(k)]
     assert len(keys) >= 10
     return m1, keys
 

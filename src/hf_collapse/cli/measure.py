@@ -103,6 +103,7 @@ def model_name(source: str) -> str:
 
 
 def command_line(args) -> str:
+    """The command as typed (recorded in measured folders)."""
     return "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
 
 
