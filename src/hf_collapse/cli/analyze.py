@@ -19,11 +19,15 @@ def run(args) -> int:
     if not design["seed_replicas"]:  # say it before the numbers: a pooled table is not Table 1
         print(f"note: {design['label']}", file=sys.stderr)
     print(f"design: {design['label']}\n")
-    print(markdown_table(result["fits"], ["metric", "r2", "r", "slope", "p_value"]))
+    print(markdown_table(result["fits"], ["metric", "r2", "r", "slope", "p_value", "p_holm", "p_bh"]))
     d = result["direction"]
     print(
         f"\nlower validation loss goes with more collapse on {len(d['agree'])} of "
         f"{len(d['agree']) + len(d['disagree'])} directional measures"
+    )
+    print(
+        "p_holm / p_bh: p_value adjusted for the measures tested together (Holm: family-wise error; "
+        "Benjamini-Hochberg: false discovery rate)"
     )
     print(f"wrote {result['report']} (+ runs.csv, correlations.csv, {len(result['figures'])} figures)")
     return 0
