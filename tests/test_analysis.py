@@ -409,3 +409,36 @@ def test_model_card_histogram_counts_classes_in_whole_numbers(closed_figures, tm
     assert ticks and all(float(t).is_integer() for t in ticks)
     assert hist.get_ylabel() == "number of classes" and _offsets(fig) == []
     assert "stories260K" in fig.get_suptitle()
+
+
+# ---------------------------------------------------------------------------------------------
+# runs that cannot be pooled; outputs of an earlier analysis
+
+
+def test_analyze_refuses_runs_of_different_data_or_vocabulary(tmp_path):
+    rows = _decade_rows()
+    rows[4]["data"] = rows[5]["data"] = "tinystories/train-head.txt (600 stories)"
+    with pytest.raises(ValueError, match=r"^the runs differ in data \(run0, run1, run2 and 1 more: .*run4, run5:"):
+        analyze(rows, tmp_path)
+    rows = _decade_rows()
+    rows[0]["vocab_size"] = 50257
+    with pytest.raises(ValueError, match=r"differ in vocab_size \(run0: 50257; run1, run2, run3 and 2 more: 512\)"):
+        analyze(rows, tmp_path)
+    # from run folders: data from run.json, the vocabulary from config.json
+    runs = tmp_path / "runs"
+    for i, r in enumerate(_synthetic_rows(3)):
+        _write_run(runs / r["name"], {"nc1_cdnv": r["nc1_cdnv"], "eval_loss": r["val_loss"]}, run={"data": "x"})
+        (runs / r["name"] / "config.json").write_text(json.dumps({"vocab_size": 512 if i else 1024}))
+    assert cli.main(["analyze", str(runs), "--output-dir", str(tmp_path / "out")]) == 1
+    assert collect_runs([runs])[0]["vocab_size"] == 1024 and collect_runs([runs])[1]["data"] == "x"
+
+
+def test_analyze_removes_an_earlier_analysis_figures(tmp_path):
+    analyze(_synthetic_rows(12), tmp_path, num_permutations=50)
+    assert (tmp_path / "scaling_depth.png").is_file()
+    replicas = _replica_table(4)
+    result = analyze(replicas, tmp_path, num_permutations=50)  # one configuration: no scaling figures
+    assert [p.name for p in result["figures"]] == ["nc_vs_val_loss.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["nc_vs_val_loss.png"]
+    analyze(replicas[:2], tmp_path, allow_few_runs=True)  # no fits: no figures, no correlations.csv
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "correlations.csv").exists()
