@@ -114,7 +114,8 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
     get = lambda key: info.get(key) if info.get(key) is not None else _meta(meta, key)  # noqa: E731
     sub = measurement_subdir(name)
     fig_rel = None
-    model, data = get("model_name") or folder.name, str(get("data") or "data not recorded")
+    model = info.get("model_name") or meta.get("model_name") or folder.name
+    data = str(info.get("data") or meta.get("data") or get("dataset") or get("data_files") or "data not recorded")
     title = f"{model}{f' ({name})' if name else ''}, measured on {data if len(data) <= 90 else data[:87] + '...'}"
     if figure and plot_per_class(per_class, folder / sub / FIGURE_FILE, title=title):
         fig_rel = f"{sub}/{FIGURE_FILE}"

@@ -246,7 +246,8 @@ def run_demo(
             flush=True,
         )
         t = time.perf_counter()
-        row = train_one(args, data)
+        # what the runs share, as read_run finds it in run.json / config.json: the figures' titles name it
+        row = {"data": data.source, "vocab_size": len(data.tokenizer), "model_type": "gpt_neo", **train_one(args, data)}
         times.append(time.perf_counter() - t)
         rows.append(row)
         say(

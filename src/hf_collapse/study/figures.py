@@ -13,6 +13,7 @@ matplotlib offset ("+1.284") or multiplier. The suptitle names the models and th
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,11 +56,17 @@ def scale_y(ax, values) -> None:
     """A log y axis where ``values`` span decades (:func:`spans_decades`), labelled plainly at powers of
     ten (unlabelled minor ticks), else a linear one."""
     if spans_decades(values):
-        from matplotlib.ticker import FuncFormatter, NullFormatter
+        from matplotlib.ticker import FuncFormatter
 
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.01, 1, 100: no 10^-2
-        ax.yaxis.set_minor_formatter(NullFormatter())  # > 20x holds a power of ten: a labelled major tick
+
+        def minor(v, _):  # under two decades in view one power of ten says little: label 2x and 5x too
+            lo, hi = ax.get_ylim()
+            mantissa = v / 10 ** math.floor(math.log10(v))
+            return f"{v:g}" if hi / lo < 100 and min(abs(mantissa - 2), abs(mantissa - 5)) < 1e-6 else ""
+
+        ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def no_offsets(ax) -> None:
