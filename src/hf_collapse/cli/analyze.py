@@ -14,7 +14,10 @@ def run(args) -> int:
     rows = []
     for p in args.runs:
         rows.extend(read_csv_rows(p) if str(p).endswith(".csv") else collect_runs([p]))
-    print(f"analysing {len(rows)} runs ({args.permutations} permutations per measure) ...", flush=True)
+    print(
+        f"analysing {len(rows)} run{'' if len(rows) == 1 else 's'} ({args.permutations} permutations per measure) ...",
+        flush=True,
+    )
     result = analyze(rows, args.output_dir, num_permutations=args.permutations, seed=args.seed)
     design = result["design"]
     if not design["seed_replicas"]:  # say it before the numbers: a pooled table is not Table 1
