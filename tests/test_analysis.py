@@ -194,11 +194,11 @@ def test_seed_replica_analysis_reproduces_r2_exactly_and_p_within_noise(tmp_path
     # the Table 1 layout carries the paper's numbers as printed, our p in bold when < 0.05
     assert "| NC1 | Within-Class Variability Collapse | `nc1_cdnv` |" in report
     assert "| 0.192011 | **0.0485** |" in report and "| 0.026174 | 0.4870 |" in report
-    assert f"**{fits['nc1_cdnv']['p_value']:.4f}**" in report
+    assert f"**{fits['nc1_cdnv']['p_holm']:.4f}**" in report  # bold follows the Holm-adjusted p
     assert "| `nc4_agreement` | not measured |" in report
     assert "POOLED" not in report
     header = (tmp_path / "correlations.csv").read_text().splitlines()[0]
-    assert header == "metric,n,r2,r,slope,intercept,p_value,num_permutations,exact"
+    assert header == "metric,n,r2,r,slope,intercept,p_value,p_holm,p_bh,num_permutations,exact"
 
 
 def test_exact_permutation_test_when_all_orderings_fit():
@@ -239,8 +239,9 @@ def test_design_pooled_grid_and_confounding(tmp_path, capsys):
 
 def test_fewer_than_three_runs(tmp_path):
     rows = _synthetic_rows(2)
-    with pytest.raises(ValueError, match="at least 3 runs, got 2"):
+    with pytest.raises(ValueError, match="at least 3 runs, got 2") as err:
         analyze(rows, tmp_path)
+    assert "train more" in str(err.value) and "hf-collapse demo" in str(err.value)  # what to do next
     result = analyze(rows, tmp_path, allow_few_runs=True)
     assert result["fits"] == [] and "fits not available" in result["direction"]["fits_not_available"]
     assert "fits not available" in (tmp_path / "report.md").read_text()
@@ -250,7 +251,7 @@ def test_fewer_than_three_runs(tmp_path):
 def test_figure_labels_say_the_collapse_direction_and_factor_values():
     from hf_collapse.study.figures import axis_label, factor_value
 
-    assert axis_label("nc1_cdnv").endswith("lower = more collapsed")
+    assert axis_label("nc1_cdnv").endswith("↓ lower = more collapsed")
     assert axis_label("nc4_agreement").endswith("higher = more collapsed")
     assert "nats/token" in axis_label("val_loss") and "no collapse direction" in axis_label("nc2_norm_mean")
     assert (factor_value("epochs", 1.0), factor_value("epochs", 3), factor_value("width", 64)) == (
@@ -258,3 +259,186 @@ def test_figure_labels_say_the_collapse_direction_and_factor_values():
         "3 epochs",
         "width 64",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple comparisons
+
+
+def test_holm_and_benjamini_hochberg_against_hand_computed_values():
+    from hf_collapse.study.analysis import benjamini_hochberg, holm
+
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; running max 0.02, 0.03, 0.06, 0.06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+    # BH: p_(i) m / i = 0.02, 0.02, 0.04, 0.04; running min from the largest down: 0.02, 0.02, 0.04, 0.04
+    assert benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02], abs=1e-15)
+    assert list(holm([0.5, 0.6])) == [1.0, 1.0] and list(holm([0.02])) == [0.02]  # capped at 1; one test: raw
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        holm([0.2, 1.5])
+
+
+def test_correlations_report_adjusted_p_and_stars_follow_holm(tmp_path):
+    from hf_collapse.study.analysis import benjamini_hochberg, holm, star
+    from hf_collapse.study.design import table1
+
+    rows = _synthetic_rows(12)
+    result = analyze(rows, tmp_path, num_permutations=500)
+    raw = [f["p_value"] for f in result["fits"]]
+    assert [f["p_holm"] for f in result["fits"]] == pytest.approx(list(holm(raw)))
+    assert [f["p_bh"] for f in result["fits"]] == pytest.approx(list(benjamini_hochberg(raw)))
+    csv_rows = read_csv_rows(tmp_path / "correlations.csv")
+    assert [c["p_holm"] for c in csv_rows] == pytest.approx(list(holm(raw)))
+    report = (tmp_path / "report.md").read_text()
+    assert "| p_value | p_holm | p_bh |" in report and "Holm" in report and "Benjamini-Hochberg" in report
+    # raw p < 0.05 but not after Holm: no star, no bold
+    fit = {"metric": "nc1_cdnv", "r2": 0.3, "r": 0.55, "p_value": 0.01, "p_holm": 0.08, "p_bh": 0.04}
+    assert star(fit) == "" and star({**fit, "p_holm": 0.03}) == " *"
+    line = next(t for t in table1([fit], True).splitlines() if "`nc1_cdnv`" in t)
+    assert "| 0.0100 | 0.0800 |" in line and "**0.0100**" not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# figures, read from the matplotlib objects
+
+
+@pytest.fixture
+def closed_figures(monkeypatch):
+    """Figures the plotting functions close, kept (and drawn, so that offset texts are laid out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept, close = [], plt.close
+
+    def keep(fig=None):
+        if fig is not None and hasattr(fig, "canvas"):
+            fig.canvas.draw()
+            kept.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    return kept
+
+
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+def _offsets(fig):
+    return [t for ax in fig.axes for a in (ax.xaxis, ax.yaxis) if (t := a.get_offset_text().get_text())]
+
+
+def _decade_rows():
+    """A grid whose CDNV spans three decades (as the demo's 978 -> 6.2) and whose duality sits near 1.284
+    with tiny differences (which matplotlib would print as an offset "+1.284")."""
+    rows = _synthetic_rows(6)
+    for i, r in enumerate(rows):
+        r["nc1_cdnv"] = [978.0, 150.0, 40.0, 12.0, 8.0, 6.2][i]
+        r["nc3_duality_mean"] = 1.28400 + 1e-6 * i
+        r.update(data="built-in procedural stories (300 train / 50 validation)", vocab_size=512, model_type="gpt_neo")
+    return rows
+
+
+def test_study_figures_log_axes_labels_titles_and_no_offsets(tmp_path, closed_figures):
+    from hf_collapse.study.figures import axis_label
+
+    result = analyze(_decade_rows(), tmp_path, num_permutations=100)
+    assert {p.name for p in result["figures"]} >= {"nc_vs_val_loss.png", "scaling_width.png"}
+    assert len(closed_figures) == len(result["figures"])
+    for fig in closed_figures:
+        title = fig.get_suptitle()
+        assert "gpt_neo" in title and "vocabulary 512" in title and "built-in procedural stories" in title
+        assert _offsets(fig) == []
+        panels = {ax.get_ylabel(): ax for ax in _panels(fig)}
+        cdnv = panels[axis_label("nc1_cdnv")]
+        assert cdnv.get_yscale() == "log"  # spans 158x
+        assert "variance ratio" in cdnv.get_ylabel() and "lower = more collapsed" in cdnv.get_ylabel()
+        assert panels[axis_label("nc2_equinorm_cov")].get_yscale() == "linear"
+        assert all(ax.get_ylabel() for ax in _panels(fig))
+    scatter = closed_figures[0]
+    titles = [ax.get_title() for ax in _panels(scatter)]
+    assert all("Holm" in t and "BH" in t for t in titles)
+
+
+def test_trajectory_figure_labels_title_log_axis_and_legend(closed_figures, tmp_path):
+    from hf_collapse.study.figures import axis_label
+    from hf_collapse.study.trajectory import plot_trajectory
+
+    rows = [
+        {
+            "checkpoint": f"checkpoint-{s}",
+            "step": s,
+            "weights_sha256": str(s),
+            "duplicate_of": None,
+            "nc1_cdnv": c,
+            "nc3_duality_mean": 1.284 + 1e-6 * i,
+            "eval_loss": 3.0 - 0.1 * i,
+        }
+        for i, (s, c) in enumerate([(10, 900.0), (20, 60.0), (30, 7.0)])
+    ]
+    path = plot_trajectory(rows, tmp_path / "t.png", model="runs/TinyStories-2x64_1H", data="train-head.txt")
+    assert path.is_file()
+    (fig,) = closed_figures
+    assert "runs/TinyStories-2x64_1H" in fig.get_suptitle() and "train-head.txt" in fig.get_suptitle()
+    panels = {ax.get_ylabel(): ax for ax in _panels(fig)}
+    assert set(panels) == {axis_label("nc1_cdnv"), axis_label("nc3_duality_mean"), axis_label("eval_loss")}
+    assert panels[axis_label("nc1_cdnv")].get_yscale() == "log"
+    assert "higher = more collapsed" in axis_label("nc3_duality_mean")
+    assert _offsets(fig) == [] and fig.legends == []  # no one-entry legend when nothing is duplicated
+    rows[2]["duplicate_of"] = "checkpoint-20"
+    plot_trajectory(rows, tmp_path / "t.png")
+    assert len(closed_figures[1].legends[0].get_texts()) == 2
+
+
+def test_model_card_histogram_counts_classes_in_whole_numbers(closed_figures, tmp_path):
+    import torch
+
+    from hf_collapse.integrations.model_card import plot_per_class
+
+    per_class = {
+        "count": torch.tensor([5.0, 50.0, 500.0, 7.0]),
+        "mean_norm": torch.tensor([1.0, 1.1, 1.2, 1.3]),
+        "cdnv_row_mean": torch.tensor([0.01, 0.02, 0.5, 3.0]),
+    }
+    assert plot_per_class(per_class, tmp_path / "f.png", title="stories260K, measured on x.txt")
+    (fig,) = closed_figures
+    hist = fig.axes[1]
+    ticks = [t for t in hist.get_yticks() if hist.get_ylim()[0] <= t <= hist.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert hist.get_ylabel() == "number of classes" and _offsets(fig) == []
+    assert "stories260K" in fig.get_suptitle()
+
+
+# ---------------------------------------------------------------------------------------------
+# runs that cannot be pooled; outputs of an earlier analysis
+
+
+def test_analyze_refuses_runs_of_different_data_or_vocabulary(tmp_path):
+    rows = _decade_rows()
+    rows[4]["data"] = rows[5]["data"] = "tinystories/train-head.txt (600 stories)"
+    with pytest.raises(ValueError, match=r"^the runs differ in data \(run0, run1, run2 and 1 more: .*run4, run5:"):
+        analyze(rows, tmp_path)
+    rows = _decade_rows()
+    rows[0]["vocab_size"] = 50257
+    with pytest.raises(ValueError, match=r"differ in vocab_size \(run0: 50257; run1, run2, run3 and 2 more: 512\)"):
+        analyze(rows, tmp_path)
+    # from run folders: data from run.json, the vocabulary from config.json
+    runs = tmp_path / "runs"
+    for i, r in enumerate(_synthetic_rows(3)):
+        _write_run(runs / r["name"], {"nc1_cdnv": r["nc1_cdnv"], "eval_loss": r["val_loss"]}, run={"data": "x"})
+        (runs / r["name"] / "config.json").write_text(json.dumps({"vocab_size": 512 if i else 1024}))
+    assert cli.main(["analyze", str(runs), "--output-dir", str(tmp_path / "out")]) == 1
+    assert collect_runs([runs])[0]["vocab_size"] == 1024 and collect_runs([runs])[1]["data"] == "x"
+
+
+def test_analyze_removes_an_earlier_analysis_figures(tmp_path):
+    analyze(_synthetic_rows(12), tmp_path, num_permutations=50)
+    assert (tmp_path / "scaling_depth.png").is_file()
+    replicas = _replica_table(4)
+    result = analyze(replicas, tmp_path, num_permutations=50)  # one configuration: no scaling figures
+    assert [p.name for p in result["figures"]] == ["nc_vs_val_loss.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["nc_vs_val_loss.png"]
+    analyze(replicas[:2], tmp_path, allow_few_runs=True)  # no fits: no figures, no correlations.csv
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "correlations.csv").exists()

@@ -284,3 +284,105 @@ def test_demo_with_fewer_than_three_runs_keeps_them(tmp_path, capsys):
     assert "fits not available" in report and "TinyStories-1x16" in report
     assert len((out / "runs.csv").read_text().strip().splitlines()) == 1 + 2
     assert len([p for p in (out / "runs").iterdir() if (p / "collapse" / "metrics.json").is_file()]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo's bookkeeping, with training replaced by a fake (seconds, no model)
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """prepare_data and train_one replaced: a row per run whose loss falls with size and training, and
+    a run folder; the calls are recorded."""
+    from types import SimpleNamespace
+
+    from hf_collapse.study import train
+
+    calls = []
+
+    def prepare_data(args):
+        calls.append(("data", args.train_file, args.builtin_stories))
+        tokens = SimpleNamespace(num_tokens=1000)
+        return SimpleNamespace(
+            source=f"fake {args.train_file or 'built-in'}", train=tokens, validation=tokens, tokenizer=[0] * 512
+        )
+
+    def train_one(args, data):
+        calls.append(("train", args.depth, args.width, args.epochs, args.seed, args.data_seed))
+        name = train.run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed, args.data_seed)
+        folder = Path(args.output_dir) / name
+        (folder / "collapse").mkdir(parents=True, exist_ok=True)
+        (folder / "collapse" / "metrics.json").write_text("{}")
+        size = args.depth * args.width
+        loss = 5.0 - 0.01 * size - 0.1 * args.epochs + 0.001 * (args.data_seed or 0)
+        return {
+            "name": name,
+            "width": args.width,
+            "depth": args.depth,
+            "epochs": args.epochs,
+            "weight_decay": args.weight_decay,
+            "seed": args.seed,
+            "data_seed": args.data_seed,
+            "num_parameters": 100 * size,
+            "val_loss": loss,
+            "nc1_cdnv": 10.0**loss,
+            "nc4_agreement": 1.0 / loss,
+        }
+
+    monkeypatch.setattr(train, "prepare_data", prepare_data)
+    monkeypatch.setattr(train, "train_one", train_one)
+    return calls
+
+
+def _demo(out, *extra):
+    return cli.main(["demo", "--output-dir", str(out), "--permutations", "20", *extra])
+
+
+def test_demo_refuses_a_folder_holding_another_design(tmp_path, capsys, fake_training):
+    out = tmp_path / "demo"
+    assert _demo(out, "--sizes", "1x16,1x32,2x32", "--epochs", "1") == 0
+    assert json.loads((out / "demo.json").read_text())["runs"][0] == [1, 16, 1.0, 0, None]
+    n = len(fake_training)
+    assert _demo(out, "--sizes", "1x16,1x32,2x32", "--epochs", "1") == 0  # the same design: trained again
+    assert len(fake_training) == 2 * n
+    capsys.readouterr()
+    # another corpus, grid or design into the same folder: refused before any data is read or model trained
+    for other in (
+        ["--sizes", "1x16,1x32,2x32", "--epochs", "1", "--stories", "99"],
+        ["--sizes", "1x16,1x32,2x32", "--epochs", "1", "--train-file", str(tmp_path / "t.txt"), "--tokenizer", "x"],
+        ["--sizes", "1x16", "--seeds", "3"],
+    ):
+        assert _demo(out, *other) == 1
+        err = capsys.readouterr().err
+        assert "holds another demo design (demo.json: " in err and "pass another --output-dir" in err
+    assert len(fake_training) == 2 * n
+    # a demo folder from before the record: refused too
+    (out / "demo.json").unlink()
+    assert _demo(out, "--sizes", "1x16,1x32,2x32", "--epochs", "1") == 1
+    assert "without a design record" in capsys.readouterr().err
+
+
+def test_demo_one_size_cannot_tell_whether_loss_falls_with_size(tmp_path, capsys, fake_training):
+    assert _demo(tmp_path / "d", "--sizes", "1x16", "--epochs", "1,2,3") == 0
+    text = capsys.readouterr().out
+    assert "validation loss falls with model size: cannot be told (one size trained); with training: yes" in text
+    assert (
+        "falls with model size at every training length: **cannot be told" in (tmp_path / "d" / "report.md").read_text()
+    )
+
+
+def test_demo_time_left_only_for_replicas_and_progress_flushed(tmp_path, monkeypatch, fake_training):
+    import builtins
+
+    printed = []
+    real_print = builtins.print
+    monkeypatch.setattr(
+        builtins, "print", lambda *a, **k: printed.append((" ".join(map(str, a)), k)) or real_print(*a, **k)
+    )
+    assert _demo(tmp_path / "grid", "--sizes", "1x16,2x32", "--epochs", "1,3") == 0
+    progress = [(t, k) for t, k in printed if t.startswith(("model ", "  TinyStories", "data: "))]
+    assert len(progress) == 1 + 2 * 4 and all(k.get("flush") for _, k in progress)  # seen at once through a pipe
+    assert not any("s left" in t for t, _ in progress)  # a grid's earlier runs do not predict the later ones
+    printed.clear()
+    assert _demo(tmp_path / "seeds", "--sizes", "1x16", "--seeds", "3") == 0
+    assert [("s left" in t) for t, _ in printed if t.startswith("model ")] == [False, True, True]

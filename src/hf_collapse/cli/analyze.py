@@ -14,16 +14,24 @@ def run(args) -> int:
     rows = []
     for p in args.runs:
         rows.extend(read_csv_rows(p) if str(p).endswith(".csv") else collect_runs([p]))
+    print(
+        f"analysing {len(rows)} run{'' if len(rows) == 1 else 's'} ({args.permutations} permutations per measure) ...",
+        flush=True,
+    )
     result = analyze(rows, args.output_dir, num_permutations=args.permutations, seed=args.seed)
     design = result["design"]
     if not design["seed_replicas"]:  # say it before the numbers: a pooled table is not Table 1
         print(f"note: {design['label']}", file=sys.stderr)
     print(f"design: {design['label']}\n")
-    print(markdown_table(result["fits"], ["metric", "r2", "r", "slope", "p_value"]))
+    print(markdown_table(result["fits"], ["metric", "r2", "r", "slope", "p_value", "p_holm", "p_bh"]))
     d = result["direction"]
     print(
         f"\nlower validation loss goes with more collapse on {len(d['agree'])} of "
         f"{len(d['agree']) + len(d['disagree'])} directional measures"
+    )
+    print(
+        "p_holm / p_bh: p_value adjusted for the measures tested together (Holm: family-wise error; "
+        "Benjamini-Hochberg: false discovery rate)"
     )
     print(f"wrote {result['report']} (+ runs.csv, correlations.csv, {len(result['figures'])} figures)")
     return 0
@@ -37,7 +45,9 @@ def add_parser(sub) -> None:
         "them, or runs.csv tables) into runs.csv, fit every measure against the "
         "validation loss (R^2, permutation test) and write report.md with figures. "
         "Says whether the runs are seed replicas of one configuration (the paper's "
-        "Table 1 design) or pooled over sizes / training lengths.",
+        "Table 1 design) or pooled over sizes / training lengths. Beside each raw p-value: Holm "
+        "(family-wise) and Benjamini-Hochberg (false discovery rate) adjusted ones; * marks Holm p < 0.05. "
+        "Refuses runs trained on different data or vocabularies, and fewer than 3 runs.",
     )
     p.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or runs.csv files")
     p.add_argument("--output-dir", default="collapse_analysis", help="where report.md, CSVs and PNGs go")

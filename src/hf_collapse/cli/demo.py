@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..study import demo as _demo
 from ..study.analysis import table1
-from ..study.demo import DEFAULT_EPOCHS, DEFAULT_SIZES, _summary, run_demo
+from ..study.demo import DEFAULT_EPOCHS, DEFAULT_SIZES, _summary, answer, run_demo
 
 DEMO_DESCRIPTION = (_demo.__doc__ or "").split("\n\n")[1]
 
@@ -50,8 +50,8 @@ def run(args) -> int:
         print(_summary(result))
         print()
         print(
-            f"validation loss falls with model size: {'yes' if d['loss_falls_with_size'] else 'NO'}; "
-            f"with training: {'yes' if d['loss_falls_with_epochs'] else 'NO'}"
+            f"validation loss falls with model size: {answer(d['loss_falls_with_size'], 'size')}; "
+            f"with training: {answer(d['loss_falls_with_epochs'], 'training length')}"
         )
     elif result["fits"]:
         print(table1(result["fits"], result["design"]["seed_replicas"]))
@@ -78,7 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train, measure and analyse a small grid of causal LMs (offline, minutes)",
         description=DEMO_DESCRIPTION,
     )
-    p.add_argument("--output-dir", default="hf_collapse_demo", help="folder for report.md, runs.csv, figures, runs/")
+    p.add_argument(
+        "--output-dir",
+        default="hf_collapse_demo",
+        help="folder for report.md, runs.csv, figures, runs/ and demo.json (the design: a folder holding "
+        "another design is refused)",
+    )
     p.add_argument("--sizes", default=DEFAULT_SIZES, help="model sizes as DEPTHxWIDTH, comma separated")
     p.add_argument("--epochs", default=DEFAULT_EPOCHS, help="training lengths in epochs, comma separated")
     p.add_argument("--stories", type=int, default=3000, help="built-in stories to generate (training)")

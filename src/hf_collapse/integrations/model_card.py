@@ -60,29 +60,35 @@ def plot_per_class(per_class: dict, path: str | os.PathLike, title: str = "") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     count = per_class["count"].double()
     norm = per_class["mean_norm"].double()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), layout="constrained")
     axes[0].scatter(count.numpy(), norm.numpy(), s=4, alpha=0.5)
     axes[0].set_xscale("log")
-    axes[0].set_xlabel("tokens of the class (frequency)")
-    axes[0].set_ylabel("‖μ_c − μ̄‖")
-    axes[0].set_title("class-mean norm vs frequency")
+    axes[0].set_xlabel("tokens of the class (frequency, log scale)")
+    axes[0].set_ylabel("class-mean norm ‖μ_c − μ̄‖\n(feature units; equal norms = collapsed)")
+    axes[0].set_title("class-mean norm vs frequency", fontsize=10)
     cdnv = per_class.get("cdnv_row_mean")
     if cdnv is not None:
         cdnv = cdnv.double()
         cdnv = cdnv[torch.isfinite(cdnv) & (cdnv > 0)]
     if cdnv is not None and cdnv.numel():
         axes[1].hist(torch.log10(cdnv).numpy(), bins=min(50, max(5, cdnv.numel() // 5)))
-        axes[1].set_xlabel("log10 mean CDNV of a class to the others")
-        axes[1].set_ylabel("classes")
-        axes[1].set_title("CDNV distribution (lower: more collapsed)")
+        axes[1].set_xlabel("log10 mean CDNV of a class to the others\n(↓ lower = more collapsed)")
+        axes[1].set_ylabel("number of classes")
+        axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))  # class counts are whole numbers
+        axes[1].set_title("NC1 CDNV per class", fontsize=10)
     else:
         axes[1].set_axis_off()
+    for ax in axes:  # plain tick labels: no "+1.284" offset or "1e-5" multiplier above an axis
+        for axis in (ax.xaxis, ax.yaxis):
+            if type(axis.get_major_formatter()) is ScalarFormatter:
+                axis.get_major_formatter().set_useOffset(False)
+                axis.get_major_formatter().set_scientific(False)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
     path = Path(path)
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
@@ -95,7 +101,10 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
     stats, per_class, metrics, result, record = read_measurement(folder, name)
     sub = measurement_subdir(name)
     fig_rel = None
-    if figure and plot_per_class(per_class, folder / sub / FIGURE_FILE, title=name or ""):
+    model = info.get("model_name") or meta.get("model_name") or folder.name
+    data = str(info.get("data") or meta.get("data") or get("dataset") or get("data_files") or "data not recorded")
+    title = f"{model}{f' ({name})' if name else ''}, measured on {data if len(data) <= 90 else data[:87] + '...'}"
+    if figure and plot_per_class(per_class, folder / sub / FIGURE_FILE, title=title):
         fig_rel = f"{sub}/{FIGURE_FILE}"
     elif (folder / sub / FIGURE_FILE).is_file():
         fig_rel = f"{sub}/{FIGURE_FILE}"

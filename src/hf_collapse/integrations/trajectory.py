@@ -183,7 +183,13 @@ def sweep(
         rows.append(row)
         write_csv_rows(rows, out / TRAJECTORY_CSV, _columns(rows))  # after each checkpoint: a partial sweep is readable
     if plot:
-        plot_trajectory(rows, out / TRAJECTORY_PNG)
+        first = checkpoints[0] if checkpoints else None
+        model = (
+            ""
+            if first is None
+            else first.repo_id or str(first.folder if first.label == "final" else first.folder.parent)
+        )
+        plot_trajectory(rows, out / TRAJECTORY_PNG, model=model, data=str(settings.get("data") or ""))
     return rows
 
 
@@ -238,13 +244,35 @@ def _columns(rows) -> list[str]:
     return [*ROW_COLUMNS, *measures, "eval_loss"]
 
 
-def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[Path]:
-    """Each measure (and eval_loss) against step, one panel each; duplicated checkpoints hollow;
-    a log y-axis where the positive values span more than 20x. None when nothing is plottable."""
+def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike, model: str = "", data: str = "") -> Optional[Path]:
+    """Each measure (and eval_loss) against step, one panel each (see :func:`trajectory_figure`),
+    saved as a PNG at ``path``. None when nothing is plottable."""
+    import matplotlib.pyplot as plt
+
+    fig = trajectory_figure(rows, model=model, data=data)
+    if fig is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def trajectory_figure(rows: Sequence[dict], model: str = "", data: str = ""):
+    """The trajectory figure (a matplotlib Figure, or None when nothing is plottable): each measure and
+    eval_loss against step, one panel each, its y label naming the measure, its kind of number and its
+    collapse direction (the measure registry); a log y-axis where the positive values span more than
+    20x; no offset labels. The title names ``model`` (the run folder or Hub repo) and ``data`` (what was
+    measured on). Checkpoints whose weights repeat an earlier one are drawn hollow, with a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .figures import axis_label, no_offsets, scale_y
 
     keys = [
         k
@@ -260,46 +288,45 @@ def plot_trajectory(rows: Sequence[dict], path: str | os.PathLike) -> Optional[P
     dup = [r.get("duplicate_of") is not None for r in rows]
     cols = min(4, len(keys))
     nrows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 3.1 * nrows + 1.0), squeeze=False, layout="constrained")
     for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, keys):
         ys = [float(r[key]) if r.get(key) is not None else math.nan for r in rows]
         ax.plot(x, ys, "-", color="C0", lw=1)
-        ax.plot(
-            [a for a, d in zip(x, dup) if not d],
-            [y for y, d in zip(ys, dup) if not d],
-            "o",
-            color="C0",
-            ms=4,
-            label="measured",
-        )
+        ax.plot([a for a, d in zip(x, dup) if not d], [y for y, d in zip(ys, dup) if not d], "o", color="C0", ms=4)
         if any(dup):
             ax.plot(
-                [a for a, d in zip(x, dup) if d],
-                [y for y, d in zip(ys, dup) if d],
-                "o",
+                [a for a, d in zip(x, dup) if d], [y for y, d in zip(ys, dup) if d], "o", mfc="none", color="C1", ms=8
+            )
+        scale_y(ax, ys)
+        ax.set_title(MEASURES[key].name if key in MEASURES else "validation loss", fontsize=9)
+        ax.set_xlabel("training step" if have_steps else "checkpoint", fontsize=8)
+        ax.set_ylabel(axis_label(key), fontsize=8)
+        ax.tick_params(labelsize=7)
+        no_offsets(ax)
+    if not have_steps:
+        for ax in axes.flat[: len(keys)]:
+            ax.set_xticks(x, [r["checkpoint"] for r in rows], rotation=45, fontsize=6)
+    if any(dup):  # one legend entry for plain points says nothing: only when some are copies
+        from matplotlib.lines import Line2D
+
+        handles = [
+            Line2D([], [], ls="", marker="o", color="C0", ms=4, label="measured checkpoint"),
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
                 mfc="none",
                 color="C1",
                 ms=8,
                 label="weights identical to an earlier checkpoint (measures copied)",
-            )
-        pos = [y for y in ys if math.isfinite(y)]
-        if pos and min(pos) > 0 and max(pos) / min(pos) > 20:
-            ax.set_yscale("log")
-        ax.set_title(MEASURES[key].name if key in MEASURES else key, fontsize=9)
-        ax.set_xlabel("step" if have_steps else "checkpoint", fontsize=8)
-        ax.tick_params(labelsize=7)
-    if not have_steps:
-        for ax in axes.flat[: len(keys)]:
-            ax.set_xticks(x, [r["checkpoint"] for r in rows], rotation=45, fontsize=6)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    fig.suptitle("Neural collapse over training checkpoints", fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+            ),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    n = len(rows) - sum(dup)
+    head = f"Neural collapse over {len(rows)} training checkpoints ({n} measured)"
+    context = "; ".join(t for t in (f"model: {model}" if model else "", f"data: {data}" if data else "") if t)
+    fig.suptitle(head + (f"\n{context}" if context else ""), fontsize=10)
+    return fig

@@ -16,7 +16,11 @@ Statistics, per measure m over the n runs (paper Figure 1 and Table 1):
 - least-squares line ``m = a + b * val_loss`` and ``R^2 = r^2`` (Pearson r; ``scipy.stats.linregress``);
 - a two-sided permutation test of no association (``scipy.stats.permutation_test`` on ``|r|``):
   ``p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B)`` over B random permutations of the losses (seeded,
-  vectorised in batches of permutations), or the exact share of all n! orderings when n! <= B.
+  vectorised in batches of permutations), or the exact share of all n! orderings when n! <= B;
+- the p-values adjusted for testing all the measures at once (one family per analysis): Holm's
+  step-down (family-wise error, :func:`holm`) in ``p_holm`` and Benjamini-Hochberg (false discovery
+  rate, ``scipy.stats.false_discovery_control``) in ``p_bh``. Significance marks (``*``, bold)
+  follow ``p_holm < 0.05``.
 
 The design matters (paper section 5.1): Table 1 tests seed-only replicas of one architecture, where
 scale cannot drive the association; over a grid of sizes and training lengths the association is
@@ -38,7 +42,16 @@ import numpy as np
 from ..core.io import atomic_write_text, fmt
 from ..core.registry import MEASURES
 from .design import PAPER_TABLE1, confounded_factors, study_design, table1  # noqa: F401  (public here too)
-from .runs import CONFIG_COLUMNS, check_rows, collect_runs, metric_columns, read_csv_rows, read_run, write_csv  # noqa: F401  (public here too)
+from .runs import (  # noqa: F401  (public here too)
+    CONFIG_COLUMNS,
+    check_rows,
+    check_same_data,
+    collect_runs,
+    metric_columns,
+    read_csv_rows,
+    read_run,
+    write_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +60,19 @@ logger = logging.getLogger(__name__)
 # From the registry: variability, non-uniformity and misalignment shrink with collapse; duality and
 # agreement grow; interference and the log kernel fall towards their minima.
 COLLAPSE_DIRECTION = {key: m.sign for key, m in MEASURES.items()}
+CORRELATION_COLUMNS = (
+    "metric",
+    "n",
+    "r2",
+    "r",
+    "slope",
+    "intercept",
+    "p_value",
+    "p_holm",
+    "p_bh",
+    "num_permutations",
+    "exact",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,10 +152,39 @@ def permutation_test(x, y, num_permutations: int = 10_000, seed: int = 0, chunk:
     return float(res.pvalue)
 
 
+SIGNIFICANCE = 0.05
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error rate) of one family of tests.
+
+    With the m p-values sorted ascending, ``p_(i)`` adjusted is ``max_{j <= i} min(1, (m - j + 1) p_(j))``
+    (Holm 1979), returned in the input order. scipy has Benjamini-Hochberg
+    (``scipy.stats.false_discovery_control``) but not Holm, hence these few lines.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+        raise ValueError(f"p-values must be a 1-D array in [0, 1], got {p_values!r}")
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (p.size - np.arange(p.size)) * p[order])
+    out = np.empty_like(p)
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate): ``scipy.stats.false_discovery_control``."""
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p_values, dtype=np.float64)
+    return np.asarray(false_discovery_control(p, method="bh"), dtype=np.float64) if p.size else p
+
+
 def correlations(
     rows: Sequence[dict], metrics: Optional[Sequence[str]] = None, num_permutations: int = 10_000, seed: int = 0
 ) -> list[dict]:
-    """Per measure: fit vs ``val_loss``, R^2, permutation p-value (one row per measure)."""
+    """Per measure: fit vs ``val_loss``, R^2, permutation p-value and its Holm / Benjamini-Hochberg
+    adjustments over all the measures tested (``p_holm``, ``p_bh``); one row per measure."""
     if any(r.get("val_loss") is None for r in rows):
         missing = [r.get("name") for r in rows if r.get("val_loss") is None]
         raise ValueError(f"runs without a validation loss (eval_loss): {missing}")
@@ -150,7 +205,16 @@ def correlations(
                 "exact": exact,
             }
         )
+    if out:
+        raw = [f["p_value"] for f in out]
+        for f, ph, pb in zip(out, holm(raw), benjamini_hochberg(raw)):
+            f["p_holm"], f["p_bh"] = float(ph), float(pb)
     return out
+
+
+def star(fit: dict) -> str:
+    """``" *"`` when the measure's Holm-adjusted p-value is below 0.05, else ``""``."""
+    return " *" if fit["p_holm"] < SIGNIFICANCE else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +266,12 @@ def analyze(
     if not rows:
         raise ValueError("no runs to analyse")
     if len(rows) < 3 and not allow_few_runs:
-        raise ValueError(f"the analysis needs at least 3 runs, got {len(rows)}")
+        raise ValueError(
+            f"the analysis needs at least 3 runs, got {len(rows)}: train more (e.g. scripts/train_clm.py with "
+            f"other --data_seed, --width or --epochs values into the same --output_dir) and pass them all, "
+            f"or run `hf-collapse demo`, which trains and analyses a grid of 6"
+        )
+    check_same_data(rows)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = metric_columns(rows)
@@ -214,11 +283,7 @@ def analyze(
         return _report_without_fits(rows, metrics, out, title, notes, design)
     fits = correlations(rows, metrics, num_permutations=num_permutations, seed=seed)
     write_csv(rows, out / "runs.csv")
-    write_csv(
-        fits,
-        out / "correlations.csv",
-        ["metric", "n", "r2", "r", "slope", "intercept", "p_value", "num_permutations", "exact"],
-    )
+    write_csv(fits, out / "correlations.csv", CORRELATION_COLUMNS)
     confounded = confounded_factors(rows)
     short = "seed replicas of one configuration" if design["seed_replicas"] else design["label"].split(":")[0]
     figures = [plot_scatter(rows, metrics, fits, out / "nc_vs_val_loss.png", subtitle=f"design: {short}")]
@@ -227,6 +292,7 @@ def analyze(
         if None not in vals and len(vals) > 1:
             partners = [g for f, g in confounded if f == factor]
             figures.append(plot_scaling(rows, metrics, factor, out / f"scaling_{factor}.png", partners))
+    _remove_stale(out, {p.name for p in figures} | {"correlations.csv"})
     direction = direction_summary(rows, fits)
     exact = fits[0]["exact"]
     test = (
@@ -242,12 +308,16 @@ def analyze(
         f"**Design: {design['label']}.**",
         "",
         *_design_notes(design, confounded),
-        f"{len(rows)} runs; two-sided permutation tests of Pearson's r ({test}).",
+        f"{len(rows)} runs; two-sided permutation tests of Pearson's r ({test}). {len(fits)} measures are "
+        f"tested at once, so beside each raw p-value the report gives it adjusted for the {len(fits)} tests: "
+        f"Holm (family-wise error) and Benjamini-Hochberg (false discovery rate). Marks of significance "
+        f"(bold, *) follow Holm's adjusted p < 0.05.",
         "",
         "## Table 1 layout",
         "",
-        "Each measure against validation loss as in the paper's Table 1 (p < 0.05 in bold), beside the "
-        "paper's own values (21 seed replicas of a 2x768 model, 1 epoch, weight decay 0.0005, TinyStories).",
+        "Each measure against validation loss as in the paper's Table 1 (Holm-adjusted p < 0.05 in bold), "
+        "beside the paper's own values (21 seed replicas of a 2x768 model, 1 epoch, weight decay 0.0005, "
+        "TinyStories; the paper's p are unadjusted, bold when p < 0.05).",
         "",
         table1(fits, design["seed_replicas"]),
         "",
@@ -255,9 +325,10 @@ def analyze(
         "Least-squares line `measure = intercept + slope * val_loss` (`scipy.stats.linregress`), R² = r², "
         "and the two-sided permutation p-value of Pearson's r: p = (1 + #{|r_perm| >= |r_obs|}) / (1 + B) "
         "over B random permutations of the losses, or the exact share of all n! orderings when n! <= B "
-        "(`scipy.stats.permutation_test` on |r|).",
+        "(`scipy.stats.permutation_test` on |r|); `p_holm` and `p_bh` adjust it for the "
+        f"{len(fits)} measures tested (Holm's step-down; Benjamini-Hochberg, `scipy.stats.false_discovery_control`).",
         "",
-        markdown_table(fits, ["metric", "r2", "r", "slope", "intercept", "p_value"]),
+        markdown_table(fits, ["metric", "r2", "r", "slope", "intercept", "p_value", "p_holm", "p_bh"]),
         "",
         "## Direction",
         "",
@@ -280,6 +351,23 @@ def analyze(
         "figures": figures,
         "report": report,
     }
+
+
+# what analyze writes besides runs.csv and report.md: an earlier analysis's files not written again go
+ANALYSIS_OUTPUTS = (
+    "correlations.csv",
+    "nc_vs_val_loss.png",
+    "scaling_width.png",
+    "scaling_depth.png",
+    "scaling_epochs.png",
+)
+
+
+def _remove_stale(out: Path, written: set) -> None:
+    for name in ANALYSIS_OUTPUTS:
+        if name not in written and (out / name).is_file():
+            logger.info("removing %s of an earlier analysis", out / name)
+            (out / name).unlink()
 
 
 def _runs_section(rows, metrics) -> list[str]:
@@ -308,6 +396,7 @@ def _design_notes(design: dict, confounded) -> list:
 def _report_without_fits(rows, metrics, out: Path, title: str, notes: str, design: dict) -> dict:
     """runs.csv and a report.md with the runs' table; the fits need at least 3 runs."""
     write_csv(rows, out / "runs.csv")
+    _remove_stale(out, set())
     reason = f"fits not available: a fit against validation loss needs at least 3 runs, got {len(rows)}"
     text = [
         f"# {title}",

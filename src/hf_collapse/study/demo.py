@@ -15,6 +15,8 @@ a ~220K-token corpus, a larger learning rate (3e-3).
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -61,13 +63,58 @@ def _heads(width: int) -> int:
 
 
 def expected_direction(rows) -> dict:
-    """Does validation loss fall with size (at each training length) and with training (at each size)?"""
+    """Does validation loss fall with size (at each training length) and with training (at each size)?
+
+    Each answer is True / False, or None when it cannot be told: one size (or one training length) trained.
+    """
     by = {(r["depth"], r["width"], r["epochs"]): r["val_loss"] for r in rows}
     sizes = sorted({(r["num_parameters"], r["depth"], r["width"]) for r in rows})
     epochs = sorted({r["epochs"] for r in rows})
     size_ok = all(by[(a[1], a[2], e)] > by[(b[1], b[2], e)] for e in epochs for a, b in zip(sizes, sizes[1:]))
     train_ok = all(by[(s[1], s[2], a)] > by[(s[1], s[2], b)] for s in sizes for a, b in zip(epochs, epochs[1:]))
-    return {"loss_falls_with_size": size_ok, "loss_falls_with_epochs": train_ok}
+    return {
+        "loss_falls_with_size": size_ok if len(sizes) > 1 else None,
+        "loss_falls_with_epochs": train_ok if len(epochs) > 1 else None,
+    }
+
+
+def answer(holds, what: str) -> str:
+    """``yes`` / ``NO`` for an :func:`expected_direction` answer, or why it cannot be told."""
+    return f"cannot be told (one {what} trained)" if holds is None else ("yes" if holds else "NO")
+
+
+DESIGN_FILE = "demo.json"
+
+
+def check_design(out: Path, design: dict) -> None:
+    """Refuse an output folder that holds another demo design; record ``design`` in ``demo.json``.
+
+    A folder whose ``demo.json`` differs, or that holds a demo's ``runs/`` or ``report.md`` without one
+    (written before the record existed), raises ValueError naming the first differing field: runs of
+    another corpus, vocabulary or grid would replace runs of the same name and leave stale ones beside
+    them for ``hf-collapse analyze`` to pool. The same design again re-trains into the same folder.
+    """
+    import json
+
+    from ..core.io import atomic_write_text
+
+    record = out / DESIGN_FILE
+    hint = f"pass another --output-dir (or remove {out})"
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text(encoding="utf-8"))
+        except ValueError:
+            old = {}
+        for key in sorted(set(old) | set(design)):
+            if old.get(key) != design.get(key):
+                raise ValueError(
+                    f"{out} holds another demo design ({DESIGN_FILE}: {key} is {old.get(key)!r}, this run has "
+                    f"{design.get(key)!r}): {hint}"
+                )
+    elif (out / "runs").is_dir() or (out / "report.md").is_file():
+        raise ValueError(f"{out} holds results of an earlier demo without a design record ({DESIGN_FILE}): {hint}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(design, indent=2) + "\n")
 
 
 def replica_seeds(seeds: int, seed: int = 0, seed_init: bool = False) -> list[tuple[int, int]]:
@@ -133,12 +180,34 @@ def run_demo(
     from .analysis import analyze
     from .train import StudyArguments, prepare_data, train_one
 
-    say = (lambda *a, **k: None) if quiet else print
+    # flushed: progress shows line by line also when stdout is a pipe or a file (block-buffered)
+    say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
     start = time.perf_counter()
     plan = _plan(sizes, epochs, seeds, seed, seed_init, say)
     if weight_decay is None:
         weight_decay = 0.1 if seeds is None else 0.0005
     out = Path(output_dir)
+    real = bool(train_file or dataset_name)
+    check_design(
+        out,
+        {
+            "runs": [list(p) for p in plan],  # (depth, width, epochs, init seed, data seed)
+            "data": {
+                "builtin_stories": None if real else stories,
+                "train_file": os.path.abspath(train_file) if train_file else None,
+                "validation_file": os.path.abspath(validation_file) if validation_file else None,
+                "dataset_name": dataset_name,
+                "tokenizer": tokenizer if real else None,
+                "max_train_stories": max_train_stories,
+                "max_eval_blocks": max_eval_blocks,
+            },
+            "block_size": block_size,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "measure_max_tokens": measure_max_tokens,
+        },
+    )
     base = StudyArguments(
         block_size=block_size,
         batch_size=batch_size,
@@ -167,8 +236,9 @@ def run_demo(
     rows, times = [], []
     for i, (depth, width, e, s_init, s_data) in enumerate(plan, 1):
         args = replace(base, width=width, depth=depth, epochs=e, num_heads=_heads(width), seed=s_init, data_seed=s_data)
-        # ETA from the runs so far: exact for replicas, a rough guide for a grid of growing sizes
-        eta = f", about {sum(times) / len(times) * (len(plan) - i + 1):.0f} s left" if times else ""
+        # a time left only for replicas (runs of one configuration take alike): over a grid of growing sizes
+        # and lengths the runs so far say little about the rest (off by up to 20x), so none is given
+        eta = f", about {sum(times) / len(times) * (len(plan) - i + 1):.0f} s left" if times and seeds else ""
         seeds_text = "" if s_data is None else f", init seed {s_init}, data seed {s_data}"
         say(
             f"model {i}/{len(plan)}: {depth}x{width}, {e:g} epoch{'' if e == 1 else 's'}{seeds_text} "
@@ -176,7 +246,8 @@ def run_demo(
             flush=True,
         )
         t = time.perf_counter()
-        row = train_one(args, data)
+        # what the runs share, as read_run finds it in run.json / config.json: the figures' titles name it
+        row = {"data": data.source, "vocab_size": len(data.tokenizer), "model_type": "gpt_neo", **train_one(args, data)}
         times.append(time.perf_counter() - t)
         rows.append(row)
         say(
@@ -188,8 +259,8 @@ def run_demo(
         notes = (
             f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD, epochs {epochs}) trained on {data.source}. "
             f"Validation loss falls with model size at every training length: "
-            f"**{'yes' if direction['loss_falls_with_size'] else 'no'}**; with training at every size: "
-            f"**{'yes' if direction['loss_falls_with_epochs'] else 'no'}**."
+            f"**{answer(direction['loss_falls_with_size'], 'size')}**; with training at every size: "
+            f"**{answer(direction['loss_falls_with_epochs'], 'training length')}**."
         )
         title = "hf-collapse demo: neural collapse vs validation loss"
     else:

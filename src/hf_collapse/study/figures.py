@@ -5,12 +5,15 @@
 - ``scaling_<factor>.png``: each measure (and the loss) against width, depth or epochs, one line per
   combination of the other factors, so a 1-epoch and a 3-epoch model are never averaged together.
 
-Every panel's y label says which way is "more collapsed" (from the measure registry); the suptitle
-says when the plotted factor is confounded with another one in the grid.
+Every panel's y label names the measure, its kind of number and which way is "more collapsed" (from
+the measure registry); measures whose values span more than 20x get a log axis; no axis carries a
+matplotlib offset ("+1.284") or multiplier. The suptitle names the models and the data (from the runs'
+``config.json`` / ``run.json``) and says when the plotted factor is confounded with another one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,21 +25,81 @@ from ..core.registry import MEASURES
 LOSS_LABEL = "validation loss (nats/token)"
 FACTOR_LABELS = {"width": "width d (hidden size)", "depth": "depth L (layers)", "epochs": "training epochs"}
 _HINTS = {
-    "lower": "lower = more collapsed",
-    "higher": "higher = more collapsed",
-    "target": "nearer -1/(K-1) = more collapsed",
+    "lower": "↓ lower = more collapsed",
+    "higher": "↑ higher = more collapsed",
+    "target": "→ nearer -1/(K-1) = more collapsed",
     "none": "a scale: no collapse direction",
 }
+LOG_SPAN = 20.0  # a panel's y axis is logarithmic where its positive values span more than this factor
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def axis_label(key: str) -> str:
     """Y label of a panel: what is plotted, its kind of number, and which way is more collapsed."""
-    if key == "val_loss":
+    if key in ("val_loss", "eval_loss"):
         return f"{LOSS_LABEL}\nlower = better"
+    if key not in MEASURES:
+        return key
     m = MEASURES[key]
     unit = m.unit
     return f"{key}{f' ({unit})' if unit else ''}\n{_HINTS[m.direction]}"
+
+
+def spans_decades(values) -> bool:
+    """Whether values are all positive and span more than ``LOG_SPAN`` x (then plotted on a log axis)."""
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return v.size > 1 and v.min() > 0 and v.max() / v.min() > LOG_SPAN
+
+
+def scale_y(ax, values) -> None:
+    """A log y axis where ``values`` span decades (:func:`spans_decades`), labelled plainly at powers of
+    ten (unlabelled minor ticks), else a linear one."""
+    if spans_decades(values):
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.01, 1, 100: no 10^-2
+
+        def minor(v, _):  # under two decades in view one power of ten says little: label 2x and 5x too
+            lo, hi = ax.get_ylim()
+            mantissa = v / 10 ** math.floor(math.log10(v))
+            return f"{v:g}" if hi / lo < 100 and min(abs(mantissa - 2), abs(mantissa - 5)) < 1e-6 else ""
+
+        ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def no_offsets(ax) -> None:
+    """Plain tick labels: no offset ("+1.284") and no multiplier ("1e-5") above a linear axis."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if type(axis.get_major_formatter()) is ScalarFormatter:
+            fmt = ScalarFormatter(useOffset=False)
+            fmt.set_scientific(False)
+            axis.set_major_formatter(fmt)
+
+
+def _short(values: Sequence[str], limit: int = 3) -> str:
+    values = list(dict.fromkeys(str(v) for v in values))
+    return "; ".join(values[:limit]) + (f"; and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def study_context(rows: Sequence[dict]) -> str:
+    """``"models: gpt_neo 1x32, 2x64 (LxD), vocabulary 512; data: built-in procedural stories (...)"``
+    from the runs' columns; says "not recorded" for what the runs do not say."""
+    types = [r.get("model_type") for r in rows if r.get("model_type")]
+    sizes = sorted({(r["depth"], r["width"]) for r in rows if r.get("depth") and r.get("width")})
+    model = " ".join(
+        t
+        for t in (_short(types) if types else "", ", ".join(f"{d}x{w}" for d, w in sizes) + " (LxD)" if sizes else "")
+        if t
+    )
+    vocab = sorted({int(r["vocab_size"]) for r in rows if r.get("vocab_size")})
+    if vocab:
+        model += f", vocabulary {', '.join(map(str, vocab))}"
+    data = [r.get("data") for r in rows if r.get("data")]
+    return f"models: {model or 'not recorded'}; data: {_short(data) if data else 'not recorded'}"
 
 
 def _title(key: str) -> str:
@@ -88,8 +151,14 @@ def _integer_ticks(ax, values, log2: bool = False) -> None:
         ax.set_xlim(ux[0] - pad, ux[0] + pad)
 
 
-def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[dict], path, subtitle: str = "") -> Path:
-    """Figure 1 style: each measure against validation loss, coloured by model size, marked by epochs."""
+def plot_scatter(
+    rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[dict], path, subtitle: str = "", context: str = ""
+) -> Path:
+    """Figure 1 style: each measure against validation loss, coloured by model size, marked by epochs.
+
+    Each panel's title gives R², r, the raw permutation p and its Holm / Benjamini-Hochberg
+    adjustments; ``*`` marks Holm-adjusted p < 0.05. ``context``: models and data (default
+    :func:`study_context` of the rows), under the title."""
     import matplotlib
     import matplotlib.ticker
 
@@ -105,7 +174,8 @@ def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[di
     levels = sorted({e for e in epochs if e is not None})
     marker = {e: _MARKERS[i % len(_MARKERS)] for i, e in enumerate(levels)}
     by_metric = {f["metric"]: f for f in fits}
-    title = f"Neural collapse vs validation loss ({len(rows)} runs)" + (f"\n{subtitle}" if subtitle else "")
+    context = context or study_context(rows)
+    title = f"Neural collapse vs validation loss ({len(rows)} runs)\n{context}" + (f"\n{subtitle}" if subtitle else "")
     fig, axes = _grid(len(metrics), title)
     sc = None
     for ax, key in zip(axes, metrics):
@@ -124,17 +194,33 @@ def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[di
             )
         f = by_metric.get(key)
         head = _title(key)
+        scale_y(ax, y)
         if f is not None:
-            xs = np.linspace(loss.min(), loss.max(), 20)
-            ax.plot(xs, f["intercept"] + f["slope"] * xs, "r-", lw=1.2)
-            star = " *" if f["p_value"] < 0.05 else ""
-            head += f"\nR² = {f['r2']:.2f}, r = {f['r']:+.2f}, p = {f['p_value']:.3g}{star}"
+            xs = np.linspace(loss.min(), loss.max(), 50)
+            line = f["intercept"] + f["slope"] * xs
+            if ax.get_yscale() == "log":  # the line's non-positive part has no place on a log axis
+                line = np.where(line > 0, line, np.nan)
+            ax.plot(xs, line, "r-", lw=1.2)
+            p_holm = f.get("p_holm", f["p_value"])
+            star = " *" if p_holm < 0.05 else ""
+            head += f"\nR² = {f['r2']:.2f}, r = {f['r']:+.2f}\np = {f['p_value']:.3g}, Holm {p_holm:.3g}"
+            head += f", BH {f['p_bh']:.3g}{star}" if "p_bh" in f else star
         ax.set_title(head, fontsize=9)
         ax.set_xlabel(LOSS_LABEL, fontsize=8)
         ax.set_ylabel(axis_label(key), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(4))  # replicas' losses span ~0.01: long labels would overlap
+        no_offsets(ax)
         ax.tick_params(labelsize=7)
-    handles = [Line2D([], [], color="r", lw=1.2, label="least-squares fit (R², two-sided permutation p; * p < 0.05)")]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color="r",
+            lw=1.2,
+            label=f"least-squares fit; p: two-sided permutation test, Holm / BH adjusted over {len(fits)} "
+            "measures; * Holm p < 0.05",
+        )
+    ]
     if len(levels) > 1:
         handles += [
             Line2D([], [], ls="", marker=marker[e], mfc="lightgray", mec="k", label=factor_value("epochs", e))
@@ -165,7 +251,12 @@ def plot_scatter(rows: Sequence[dict], metrics: Sequence[str], fits: Sequence[di
 
 
 def plot_scaling(
-    rows: Sequence[dict], metrics: Sequence[str], factor: str, path, confounded_with: Sequence[str] = ()
+    rows: Sequence[dict],
+    metrics: Sequence[str],
+    factor: str,
+    path,
+    confounded_with: Sequence[str] = (),
+    context: str = "",
 ) -> Path:
     """Each measure (and the loss) against ``factor``: one line per combination of the other factors.
 
@@ -189,7 +280,7 @@ def plot_scaling(
     ]
     groups = sorted({tuple(r[g] for g in others) for r in rows})
     x = np.array([float(r[factor]) for r in rows])
-    title = f"Each measure against {FACTOR_LABELS[factor]} ({len(rows)} runs)"
+    title = f"Each measure against {FACTOR_LABELS[factor]} ({len(rows)} runs)\n{context or study_context(rows)}"
     if confounded_with:
         title += (
             f"\n{factor} is confounded with {', '.join(confounded_with)} in this grid: "
@@ -210,6 +301,8 @@ def plot_scaling(
             ax.scatter(x[sel], y[sel], s=18, alpha=0.6, **style)
             ax.plot(ux, [y[sel][x[sel] == v].mean() for v in ux], lw=1.2, ms=0, **style)  # mean over replicas
         _integer_ticks(ax, x, log2=factor == "width")
+        scale_y(ax, y)
+        no_offsets(ax)
         ax.set_title(_title(key), fontsize=9)
         ax.set_xlabel(FACTOR_LABELS[factor], fontsize=8)
         ax.set_ylabel(axis_label(key), fontsize=8)

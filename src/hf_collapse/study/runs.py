@@ -19,6 +19,10 @@ from ..integrations.trajectory import eval_loss
 logger = logging.getLogger(__name__)
 
 CONFIG_COLUMNS = ("name", "width", "depth", "epochs", "weight_decay", "seed", "data_seed", "num_parameters", "val_loss")
+# what the runs must share to be analysed together: the text they were trained and validated on and the
+# vocabulary (a loss in nats/token over another vocabulary or corpus is another quantity); model_type names them
+DATA_COLUMNS = ("data", "vocab_size", "model_type")
+MUST_AGREE = ("data", "vocab_size")
 
 # ---------------------------------------------------------------------------------------------
 # collecting runs
@@ -69,6 +73,9 @@ def read_run(folder: str | os.PathLike) -> dict:
         "data_seed": run.get("data_seed"),
         "num_parameters": run.get("num_parameters"),
         "val_loss": _find_loss(folder, metrics, run),
+        "data": run.get("data"),
+        "vocab_size": config.get("vocab_size"),
+        "model_type": config.get("model_type"),
     }
     for key in MEASURE_KEYS:
         if key in metrics and metrics[key] is not None:
@@ -106,7 +113,7 @@ def metric_columns(rows: Sequence[dict]) -> list[str]:
 def write_csv(rows: Sequence[dict], path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> None:
     """The rows as CSV (columns: ``columns`` or every key seen, config first), written atomically."""
     if columns is None:
-        columns = [c for c in (*CONFIG_COLUMNS, "path") if any(c in r for r in rows)]
+        columns = [c for c in (*CONFIG_COLUMNS, "path", *DATA_COLUMNS) if any(c in r for r in rows)]
         columns += [k for k in MEASURE_KEYS if any(k in r for r in rows)]
         columns += sorted({k for r in rows for k in r} - set(columns))
     write_csv_rows(rows, path, columns)
@@ -158,3 +165,23 @@ def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
             v = r.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ValueError(f"run {r.get('name')!r}: {key} is {v!r}, expected a number")
+
+
+def check_same_data(rows: Sequence[dict]) -> None:
+    """ValueError (one line) when runs were trained on different data or vocabularies (``MUST_AGREE``
+    columns; runs that do not record one are not checked): their losses are not comparable."""
+    for field in MUST_AGREE:
+        groups: dict = {}
+        for r in rows:
+            if r.get(field) is not None:
+                groups.setdefault(r[field], []).append(str(r.get("name")))
+        if len(groups) > 1:
+            parts = "; ".join(f"{_few(names)}: {value!r}" for value, names in groups.items())
+            raise ValueError(
+                f"the runs differ in {field} ({parts}): their validation losses are not comparable; "
+                f"analyse each group of runs separately"
+            )
+
+
+def _few(names: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
