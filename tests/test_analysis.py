@@ -363,8 +363,8 @@ def test_study_figures_log_axes_labels_titles_and_no_offsets(tmp_path, closed_fi
 
 
 def test_trajectory_figure_labels_title_log_axis_and_legend(closed_figures, tmp_path):
+    from hf_collapse.integrations.trajectory import plot_trajectory
     from hf_collapse.study.figures import axis_label
-    from hf_collapse.study.trajectory import plot_trajectory
 
     rows = [
         {

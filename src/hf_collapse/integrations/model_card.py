@@ -101,8 +101,8 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
     stats, per_class, metrics, result, record = read_measurement(folder, name)
     sub = measurement_subdir(name)
     fig_rel = None
-    model = info.get("model_name") or meta.get("model_name") or folder.name
-    data = str(info.get("data") or meta.get("data") or get("dataset") or get("data_files") or "data not recorded")
+    model = info.get("model_name") or record.model_name or folder.name
+    data = str(info.get("data") or record.data or info.get("dataset") or "data not recorded")
     title = f"{model}{f' ({name})' if name else ''}, measured on {data if len(data) <= 90 else data[:87] + '...'}"
     if figure and plot_per_class(per_class, folder / sub / FIGURE_FILE, title=title):
         fig_rel = f"{sub}/{FIGURE_FILE}"

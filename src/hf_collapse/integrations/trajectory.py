@@ -189,7 +189,7 @@ def sweep(
             if first is None
             else first.repo_id or str(first.folder if first.label == "final" else first.folder.parent)
         )
-        plot_trajectory(rows, out / TRAJECTORY_PNG, model=model, data=str(settings.get("data") or ""))
+        plot_trajectory(rows, out / TRAJECTORY_PNG, model=model, data=record.data or "")
     return rows
 
 
@@ -272,7 +272,7 @@ def trajectory_figure(rows: Sequence[dict], model: str = "", data: str = ""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import axis_label, no_offsets, scale_y
+    from .plots import axis_label, no_offsets, scale_y
 
     keys = [
         k
