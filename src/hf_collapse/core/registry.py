@@ -265,17 +265,6 @@ _UNITS = {
     "ncc_accuracy": "share of tokens",
 }
 
-# Table 1 of the paper (section 5.1): 21 seed replicas of 2x768, 1 epoch, weight decay 0.0005, 10^4
-# permutations. (property, measurement, key, R^2, p), the numbers copied as printed.
-PAPER_TABLE1: tuple[tuple[str, str, str, str, str], ...] = (
-    ("NC1", "Within-Class Variability Collapse", "nc1_cdnv", "0.192011", "0.0485"),
-    ("NC2", "Equinormness", "nc2_equinorm_cov", "0.026174", "0.4870"),
-    ("NC2", "Equiangularity", "nc2_equiangularity_cov", "0.218574", "0.0317"),
-    ("GNC2", "Hyperspherical Uniformity", "gnc2_uniformity_cov", "0.487935", "0.0002"),
-    ("NC3", "Self-Duality", "nc3_duality_mean", "0.322210", "0.0063"),
-    ("UNC3", "Uniform Duality", "unc3_duality_cov", "0.000036", "0.9784"),
-    ("NC4", "Classifier Agreement", "nc4_agreement", "0.490278", "0.0001"),
-)
 MEASURE_KEYS: tuple[str, ...] = tuple(MEASURES)
 # what one-line summaries show first: variability, norms, uniformity, duality, agreement
 HEADLINE_KEYS: tuple[str, ...] = (

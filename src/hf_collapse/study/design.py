@@ -12,11 +12,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..core.io import fmt
-from ..core.registry import PAPER_TABLE1
 
 # what may differ between runs besides the seeds; num_parameters follows from width and depth
 DESIGN_FACTORS = ("width", "depth", "epochs", "weight_decay")
 SEED_COLUMNS = ("seed", "data_seed")
+
+# Table 1 of the paper (section 5.1): 21 seed replicas of 2x768, 1 epoch, weight decay 0.0005, 10^4
+# permutations. (property, measurement, key, R^2, p), the numbers copied as printed.
+PAPER_TABLE1: tuple[tuple[str, str, str, str, str], ...] = (
+    ("NC1", "Within-Class Variability Collapse", "nc1_cdnv", "0.192011", "0.0485"),
+    ("NC2", "Equinormness", "nc2_equinorm_cov", "0.026174", "0.4870"),
+    ("NC2", "Equiangularity", "nc2_equiangularity_cov", "0.218574", "0.0317"),
+    ("GNC2", "Hyperspherical Uniformity", "gnc2_uniformity_cov", "0.487935", "0.0002"),
+    ("NC3", "Self-Duality", "nc3_duality_mean", "0.322210", "0.0063"),
+    ("UNC3", "Uniform Duality", "unc3_duality_cov", "0.000036", "0.9784"),
+    ("NC4", "Classifier Agreement", "nc4_agreement", "0.490278", "0.0001"),
+)
 
 
 def confounded_factors(rows: Sequence[dict], factors: Sequence[str] = ("width", "depth", "epochs")) -> list:
