@@ -136,3 +136,23 @@ def test_measured_folder_is_reused(shared_data, tmp_path, capsys):
     assert main(args2) == 0
     assert "skipping" not in capsys.readouterr().out
     assert json.loads((tmp_path / "other" / "collapse" / "metrics.json").read_text())["num_tokens"] == 2000
+
+
+def test_layerwise_run_hashes_the_weights_once(shared_data, tmp_path, monkeypatch):
+    import hf_collapse.integrations.folder as folder
+    import hf_collapse.integrations.weights_hash as weights_hash
+
+    calls = []
+    real = weights_hash.weights_sha256
+
+    def counting(x):
+        calls.append(type(x).__name__)
+        return real(x)
+
+    monkeypatch.setattr(weights_hash, "weights_sha256", counting)
+    monkeypatch.setattr(folder, "weights_sha256", counting)
+    out = tmp_path / "layers"
+    assert main(measure_args(shared_data, out, "--layers", "model.layers.1", "model.layers.3", "--no-reuse")) == 0
+    assert len(calls) == 1, calls  # the record is built once; every measurement writes its hash
+    hashes = {json.loads(p.read_text())["weights_sha256"] for p in out.glob("collapse/**/metrics.json")}
+    assert len(hashes) == 1 and len(list(out.glob("collapse/**/metrics.json"))) == 3

@@ -210,6 +210,7 @@ def collect_statistics(
     ignore_index: int = -100,
     reduce: bool = True,
     data_fingerprint: Optional[str] = None,
+    weights_sha256: Optional[str] = None,
 ) -> CollapseStatistics | dict[str, CollapseStatistics]:
     """Pass 1: accumulate per-class statistics of the classifier inputs over ``dataloader``.
 
@@ -229,6 +230,7 @@ def collect_statistics(
         reduce: all-reduce over processes at the end (one collective).
         data_fingerprint: identifies the data for checkpoint validation (default: hash of the
             dataloader's length and first batch).
+        weights_sha256: the weights' hash when known (checkpoint validation does not hash them again).
 
     Returns:
         ``CollapseStatistics`` for one module, or a dict name -> statistics for several.
@@ -258,7 +260,9 @@ def collect_statistics(
             "data": data_fingerprint,
             "world": rank_and_world()[1],
         }
-        fp = fingerprint(hooks.model, dataloader if data_fingerprint is None else None, extra=extra)
+        fp = fingerprint(
+            hooks.model, dataloader if data_fingerprint is None else None, extra=extra, weights_sha256=weights_sha256
+        )
         found = read_checkpoint(checkpoint_path, fp, names, hooks.num_classes)
         if found is not None:
             sink.statistics, skip, tokens0 = found
@@ -472,5 +476,6 @@ def measure_model(
         checkpoint_path=checkpoint_path,
         checkpoint_every=checkpoint_every,
         data_fingerprint=data_fingerprint,
+        weights_sha256=record.weights_sha256 if record is not None else None,
     )
     return finish_measurement(model, stats, cfg, nc4_dataloader, record=record, progress=progress)

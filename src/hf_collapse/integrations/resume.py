@@ -27,15 +27,19 @@ from ..core.io import atomic_write_text
 from ..core.statistics import CollapseStatistics
 
 
-def fingerprint(model, dataloader=None, *, extra: Optional[Mapping] = None) -> str:
+def fingerprint(
+    model, dataloader=None, *, extra: Optional[Mapping] = None, weights_sha256: Optional[str] = None
+) -> str:
     """A short sha256 over the model's weights, the data (length + first batch) and settings.
 
     Resuming from a checkpoint with another fingerprint raises, so statistics of different models
-    or data are never mixed.
+    or data are never mixed. ``weights_sha256``: the weights' hash when the caller has it (not hashed again).
     """
-    from .weights_hash import weights_sha256
+    if weights_sha256 is None:
+        from .weights_hash import weights_sha256 as hash_weights
 
-    h = hashlib.sha256(weights_sha256(model).encode())
+        weights_sha256 = hash_weights(model)
+    h = hashlib.sha256(weights_sha256.encode())
     if dataloader is not None:
         try:
             h.update(str(len(dataloader)).encode())
