@@ -96,6 +96,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_statistics(shared_
     assert proc.returncode == 0, (seed, reached, proc.stderr[-3000:])
     a = json.loads((full / "collapse" / "metrics.json").read_text())
     b = json.loads((out / "collapse" / "metrics.json").read_text())
+    a.pop("command"), b.pop("command")  # each names its own --output-dir (and --resume)
     assert a == b, (seed, reached)
     sa = CollapseStatistics.load(full / "collapse" / "statistics.safetensors")
     sb = CollapseStatistics.load(out / "collapse" / "statistics.safetensors")
@@ -127,7 +128,10 @@ def test_second_measure_on_the_same_output_dir_refuses(shared_data, tmp_path, ca
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
     assert json.loads((out / "collapse" / "metrics.json").read_text())["num_tokens"] == 3000
-    assert main(measure_args(shared_data, out)) == 0  # the lock went with the first process
+    capsys.readouterr()
+    assert main(measure_args(shared_data, out)) == 1  # a folder holding a measurement is not replaced silently
+    assert "already holds a measurement: pass --overwrite" in capsys.readouterr().err
+    assert main(measure_args(shared_data, out, "--overwrite")) == 0  # the lock went with the first process
 
 
 def _digest(folder: Path) -> dict:

@@ -350,15 +350,19 @@ def test_find_measurement_for_skipping_the_pass(hub_env, measured, tiny):
     measure_into(measured, model, tok, lines[:6], name="short", extra_meta={"max_tokens": "500"})
     push_measured(measured, "tester/findme")
     h = weights_sha256(model)
-    # folders written in the first release's header format (measure_into) are matched by their record
-    m = find_measurement("tester/findme", MeasurementRecord(weights_sha256=h, max_tokens=500))
+    # folders written in the first release's header format (measure_into: dataset/split keys) are matched
+    # by their record, whose data descriptor is built from those keys
+    data = "dataset:roneneldan/TinyStories split:validation"
+    want = MeasurementRecord(weights_sha256=h, data=data, max_tokens=500)
+    m = find_measurement("tester/findme", want)
     assert m is not None and m.name == "short" and m.model is None and m.record.max_tokens == 500
     assert not any(Path(m.path).glob("*.safetensors"))  # only collapse/ and JSON were fetched
-    assert find_measurement("tester/findme", MeasurementRecord(weights_sha256=h)).name is None
-    assert find_measurement("tester/findme", MeasurementRecord(weights_sha256=h, options=MeasureOptions(k=3))) is None
-    assert find_measurement("tester/findme", MeasurementRecord(weights_sha256="0" * 64)) is None
-    assert find_measurement("tester/nothing-here", MeasurementRecord(weights_sha256=h)) is None
-    assert find_measurement(measured, MeasurementRecord(weights_sha256=h, max_tokens=500)).name == "short"
+    assert find_measurement("tester/findme", want.replace(max_tokens=None)).name is None
+    assert find_measurement("tester/findme", want.replace(options=MeasureOptions(k=3))) is None
+    assert find_measurement("tester/findme", want.replace(weights_sha256="0" * 64)) is None
+    assert find_measurement("tester/findme", want.replace(data="dataset:other split:validation")) is None
+    assert find_measurement("tester/nothing-here", want) is None
+    assert find_measurement(measured, want).name == "short"
 
 
 def test_card_hyperparameters_from_statistics_header(measured, tiny):

@@ -216,7 +216,8 @@ def write_report(
     extra_metrics: Optional[Mapping] = None,
 ) -> MeasurementRecord:
     """Write every measurement of a ``CollapseReport``: the primary module as the default measurement,
-    each further module (layer-wise NC) as ``collapse/<layer_key>/``, all with ``report.record``. With
+    each further module (layer-wise NC) as ``collapse/<layer_key>/``, all with ``report.record``; the
+    default one's ``metrics.json`` also holds the other modules' measures as ``<layer_key>_<key>``. With
     ``model`` and a record without ``weights_sha256`` the weights are hashed here, once for all
     measurements. Returns the record written."""
     if not all(hasattr(report, a) for a in ("all_statistics", "results", "record")):
@@ -224,7 +225,10 @@ def write_report(
     record = report.record
     if model is not None and record.weights_sha256 is None:
         record = record.replace(weights_sha256=weights_sha256(model))
+    # the default measurement's metrics.json also carries the other modules' keys (<layer>_<key>)
+    layers = {k: v for k, v in report.metrics().items() if k not in report.result}
     for mod, stats in report.all_statistics.items():
         name = None if mod == report.primary else layer_key(mod)
-        write_measurement(folder, stats, report.results[mod], record, name=name, extra_metrics=extra_metrics)
+        extra = {**(layers if name is None else {}), **dict(extra_metrics or {})}
+        write_measurement(folder, stats, report.results[mod], record, name=name, extra_metrics=extra)
     return record

@@ -142,17 +142,20 @@ def _measurement_entry(folder: Path, name, info: dict, figure: bool) -> dict:
         "weights_sha256": record.weights_sha256,
         "figure": fig_rel,
         "settings": record.to_metrics(),
+        "hyperparameters": record.hyperparameters,
     }
 
 
 def _hyperparameters(info: dict, measurements: list) -> Optional[dict]:
-    """From ``info``: ``hyperparameters``, or those of a ``trainer``."""
+    """From ``info`` (``hyperparameters`` or a ``trainer``), else a measurement's record."""
     hp = info.get("hyperparameters")
     trainer = info.get("trainer")
     if hp is None and trainer is not None:
         from transformers.modelcard import extract_hyperparameters_from_trainer
 
         hp = extract_hyperparameters_from_trainer(trainer)
+    if hp is None:  # recorded with a measurement (MeasurementRecord.hyperparameters)
+        hp = next((m["hyperparameters"] for m in measurements if m["hyperparameters"]), None)
     return dict(hp) if hp else None
 
 

@@ -67,6 +67,19 @@ def _parse_option(name: str, value):
     return str(value)
 
 
+def _first_release_data(header: Mapping[str, str]) -> Optional[str]:
+    """The data descriptor of a header written before descriptors: ``dataset``/``split``/``dataset_config``
+    keys, or a file's ``data_files``/``data_sha256``."""
+    if not _none(header.get("dataset")):
+        config = header.get("dataset_config")
+        return f"dataset:{header['dataset']} split:{header.get('split') or 'train'}" + (
+            f" config:{config}" if not _none(config) else ""
+        )
+    if not _none(header.get("data_sha256")):
+        return f"file:{header.get('data_files') or 'text'} sha256:{header['data_sha256']}"
+    return None
+
+
 @dataclass(frozen=True)
 class MeasurementRecord:
     """What one measurement measured (see the module docstring). ``options`` is
@@ -89,6 +102,7 @@ class MeasurementRecord:
     torch_dtype: Optional[str] = None
     tokenizer: Optional[str] = None
     command: Optional[str] = None
+    hyperparameters: Optional[Mapping[str, Any]] = None  # of the training run, when known (the card lists them)
     step: Optional[int] = None
     library_version: str = __version__
 
@@ -137,7 +151,7 @@ class MeasurementRecord:
             elif f.name == "library_version":
                 out["measured_with"] = f"hf_collapse {value}"
             elif value is not None:
-                out[f.name] = json.dumps(value) if isinstance(value, bool) else str(value)
+                out[f.name] = json.dumps(value, sort_keys=True) if isinstance(value, (bool, Mapping)) else str(value)
         return out
 
     def to_metrics(self) -> dict[str, Any]:
@@ -162,13 +176,20 @@ class MeasurementRecord:
             if value is not None:
                 options[name] = _parse_option(name, value)
         version = header.get("measured_with", "")
+        data = get("data") or _first_release_data(header)
+        hyperparameters = get("hyperparameters")
+        if isinstance(hyperparameters, str):
+            try:
+                hyperparameters = json.loads(hyperparameters)
+            except ValueError:
+                hyperparameters = None
         covariance = get("covariance")
         values = dict(
             model_name=get("model_name"),
             revision=get("revision"),
             commit=get("commit"),
             weights_sha256=header.get("weights_sha256") or metrics.get("weights_sha256"),
-            data=get("data") or None,
+            data=data or None,
             nc4_data=get("nc4_data") or None,
             max_tokens=get("max_tokens"),
             nc4_max_tokens=get("nc4_max_tokens"),
@@ -180,6 +201,7 @@ class MeasurementRecord:
             torch_dtype=get("torch_dtype"),
             tokenizer=get("tokenizer"),
             command=get("command"),
+            hyperparameters=hyperparameters if isinstance(hyperparameters, Mapping) and hyperparameters else None,
             step=header.get("global_step") if not _none(header.get("global_step")) else metrics.get("step"),
             library_version=version.split(" ", 1)[1] if version.startswith("hf_collapse ") else (version or "unknown"),
         )
