@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=
 # ---------------------------------------------------------------------------------------- helpers
 def measure_into(folder: Path, model, tok, lines, name=None, extra_meta=None):
     """Measure ``model`` on ``lines`` and write a measurement into ``folder`` (the format
-    ``hf_collapse.hub.save_measured`` writes: statistics + per_class.* + metrics.json)."""
+    ``hf_collapse.save_measured`` writes: statistics + per_class.* + metrics.json)."""
     stats = CollapseStatistics(model.config.vocab_size, model.config.hidden_size)
     with torch.no_grad():
         for line in lines:
@@ -313,7 +313,7 @@ def test_offline_refs_main_trap(hub_env, measured, caplog):
         plain = None
     if plain is not None:
         assert plain.name == second.oid and not (plain / "model.safetensors").exists()
-    with caplog.at_level(logging.WARNING, logger="hf_collapse.hub"):
+    with caplog.at_level(logging.WARNING, logger="hf_collapse.integrations.hub"):
         m = load_measured(repo)
     assert m.commit == first.oid and m.model is not None
     assert "newest complete cached snapshot" in caplog.text

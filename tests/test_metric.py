@@ -165,7 +165,7 @@ def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path,
     home = tmp_path / "home"
     env = _clean_env(HF_HOME=str(home))
     out = subprocess.run(
-        [PY, "-c", "import hf_collapse, hf_collapse.hub, hf_collapse.trainer"],
+        [PY, "-c", "import hf_collapse, hf_collapse.integrations.hub, hf_collapse.integrations.trainer"],
         env=env,
         capture_output=True,
         text=True,

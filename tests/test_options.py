@@ -51,3 +51,18 @@ def test_options_are_validated_once_with_clear_errors():
         from hf_collapse import CollapseStatistics, measure_collapse
 
         measure_collapse(CollapseStatistics(3, 2), tile=4)
+
+
+def test_collapse_arguments_parse_from_the_command_line():
+    import torch
+    from transformers import HfArgumentParser
+
+    (c,) = HfArgumentParser(CollapseArguments).parse_args_into_dataclasses(
+        ["--collapse_k", "1.5", "--collapse_modules", "transformer.h.1", "lm_head", "--collapse_dtype", "float64"]
+    )
+    assert c.collapse_k == 1.5 and c.modules == ["transformer.h.1", "lm_head"]
+    assert c.options.torch_dtype == torch.float64
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        CollapseArguments(collapse_dtype="half")
+    with pytest.raises(ValueError, match="unknown collapse_measures"):
+        CollapseArguments(collapse_measures=["nc9"])

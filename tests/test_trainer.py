@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from hf_collapse import CollapseArguments, CollapseCallback, CollapseStatistics, CollapseTrainer, is_collapse_key
 
@@ -30,17 +29,6 @@ class Recorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         self.logs.append(dict(logs))
-
-
-def test_arguments_parse_from_command_line():
-    (c,) = HfArgumentParser(CollapseArguments).parse_args_into_dataclasses(
-        ["--collapse_k", "1.5", "--collapse_modules", "transformer.h.1", "lm_head", "--collapse_dtype", "float64"]
-    )
-    assert c.collapse_k == 1.5 and c.modules == ["transformer.h.1", "lm_head"] and c.torch_dtype == torch.float64
-    with pytest.raises(ValueError, match="collapse_dtype"):
-        CollapseArguments(collapse_dtype="half")
-    with pytest.raises(ValueError, match="unknown collapse_measures"):
-        CollapseArguments(collapse_measures=["nc9"])
 
 
 def test_collapse_trainer_logs_and_checkpoints(shared_data, tmp_path):
