@@ -551,6 +551,17 @@ def _cli_cases(w):
             "--block-size must be at least 2",
             "",
         ),
+        (
+            ["measure", model, "--train-file", str(d / "tinystories" / "train-head.txt"), "--layers", "model.layer.1"],
+            "has no submodule 'model.layer.1'; did you mean 'model.layers.1'",
+            "",
+        ),
+        (
+            ["measure", model, "--train-file", str(d / "tinystories"), "--no-progress"],
+            "is a directory; expected a text file",
+            "--train-file",
+        ),
+        (["measure", model, "--train-file", str(empty_txt), "--output-dir", good], "already holds a measurement", ""),
         (["push", str(root / "gone"), "user/repo"], "no measured model folder at", ""),
         (["push", good, "bad id!"], "not a valid Hub repo id", ""),
         (["push", str(root / "plain2")], None, None),  # argparse: missing REPO_ID (exit 2, checked below)

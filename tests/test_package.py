@@ -82,3 +82,24 @@ def test_wheel_carries_both_card_templates(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert Path(out.stdout.strip()) == tmp_path / "site" / "hf_collapse" / "model_cards"
+
+
+def test_gitignore_covers_what_the_documented_commands_write(tmp_path):
+    """README and example commands write into the clone root; none of it may show up as untracked."""
+    import re
+    import subprocess
+
+    readme = (REPO / "README.md").read_text()
+    written = set(re.findall(r"--output[-_]dir (\S+)", readme)) | set(re.findall(r'TrainingArguments\("(\w+)"', readme))
+    for example in (REPO / "examples").glob("*.py"):
+        written |= set(re.findall(r'"--(?:output-dir|statistics-file)", default="([^"]+)"', example.read_text()))
+    written = {w.strip("`") for w in written} - {"OUT"}  # OUT: a placeholder
+    assert {"stories260K-measured", "out", "runs", "analysis"} <= written
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *(w if "." in w else w + "/" for w in sorted(written))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    ignored = {w.rstrip("/") for w in ignored}
+    assert ignored == written, f"not ignored: {sorted(written - ignored)}"

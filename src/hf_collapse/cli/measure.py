@@ -46,6 +46,8 @@ def run(args) -> int:
     check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
     data.check()
     check_output_dir(args.output_dir, args.overwrite or args.resume, "hf-collapse measure")
+    if args.layers:
+        check_layers(args.model, args.layers)  # a mistyped name: one line before any data or weights are read
     if args.no_progress:  # no progress bars at all: transformers' loading bars included
         from transformers.utils import logging as hf_logging
 
@@ -75,6 +77,19 @@ def check_output_dir(folder, overwrite: bool, command: str) -> None:
         raise UserValueError(
             f"{folder!r} already holds a measurement: pass --overwrite to replace it, or choose another --output-dir"
         )
+
+
+def check_layers(source: str, layers) -> None:
+    """ValueError (with near matches) for a ``--layers`` name the model does not have, from the model's
+    skeleton on the meta device (its config only: no weights are read)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..integrations.hooks import resolve_modules
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    resolve_modules(skeleton, list(layers))
 
 
 def _lock_output(folder, main):

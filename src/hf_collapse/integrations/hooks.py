@@ -93,8 +93,12 @@ def resolve_modules(model: torch.nn.Module, modules: ModulesArg = None) -> dict[
             try:
                 mod = model.get_submodule(m)
             except AttributeError:
+                import difflib
+
+                close = difflib.get_close_matches(m, [n for n in names.values() if n], n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise ValueError(
-                    f"{type(model).__name__} has no submodule {m!r}; expected a name from model.named_modules()"
+                    f"{type(model).__name__} has no submodule {m!r}{hint} (expected a name from model.named_modules())"
                 ) from None
             out[m] = mod
         elif isinstance(m, torch.nn.Module):
