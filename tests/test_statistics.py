@@ -228,3 +228,59 @@ def test_metadata_is_string_json_safe(tmp_path):
     s.save(tmp_path / "s.safetensors", metadata={"data": metadata_json({"files": ["a.txt"], "tokens": 4})})
     t = CollapseStatistics.load(tmp_path / "s.safetensors")
     assert json.loads(t.metadata["data"]) == {"files": ["a.txt"], "tokens": 4}
+
+
+# ---------------------------------------------------------------- file format stability
+# Canonical digests of files written by the code before the state declaration (issue 17) for a fixed input.
+# safetensors writes the header's ``__metadata__`` in a random (hash) order, so the digest is over the
+# header as sorted JSON plus the tensor bytes; the library version is fixed. The input is chosen so that
+# every sum, shift and quotient is exact (integer features, first batches of 8 rows, counts powers of two):
+# the digests do not depend on the BLAS or the vector width of the machine.
+GOLDEN_DIGESTS = {
+    (False, False): "91aeb3e5c834c3fcd83c0f508c760bfd2b23cdf0faa07f222f836e2521d1183f",
+    (False, True): "5b5150331d8c8a2ca4b47b645b0c486cd1264276a9638781653765d3543718f0",
+    (True, False): "3a672966499817c95e1b4dc2ae9734b1f67a220dda7e83a64c7c696b12a87a1d",
+    (True, True): "456bbd469a7677f9b8fd3bb0267f3d1ee08190f365bb62e8bb048028745efc12",
+}
+
+
+def golden_input():
+    y = torch.tensor([0, 0, 1, 1, 1, 1, 3, 2, -100, 2, 2, 2, 0, 0, 1, 1, 1, 1])
+    g = torch.arange(len(y) * 3, dtype=torch.float64).reshape(-1, 3)
+    return (g * 7 % 11 - 3 + 1000).to(torch.float32), y  # (18, 3), (18,)
+
+
+def canonical_digest(path):
+    import hashlib
+
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode() + raw[8 + n :]).hexdigest()
+
+
+@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("covariance, metadata", sorted(GOLDEN_DIGESTS))
+def test_file_format_is_unchanged(tmp_path, monkeypatch, covariance, metadata, merged):
+    import hf_collapse.core.statistics as statistics_module
+
+    monkeypatch.setattr(statistics_module, "__version__", "0.0.0+golden")
+    h, y = golden_input()
+    s = CollapseStatistics(5, 3, covariance=covariance)
+    s.update(h[:8], y[:8])
+    if merged:  # a second part with another shift, re-centred exactly in merge: the same file as one pass
+        s.update(h[8:10], y[8:10])
+        other = CollapseStatistics(5, 3, covariance=covariance)
+        other.update(h[10:], y[10:])
+        s.merge(other)
+    else:
+        s.update(h[8:], y[8:])
+    if metadata:
+        s.metadata["dataset"] = "golden"
+    path = tmp_path / "s.safetensors"
+    s.save(
+        path,
+        extra_tensors={"per_class.count": s.counts.clone()} if metadata else None,
+        metadata={"k": "2.0"} if metadata else None,
+    )
+    assert canonical_digest(path) == GOLDEN_DIGESTS[covariance, metadata]
