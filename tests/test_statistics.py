@@ -42,10 +42,6 @@ def test_large_common_offset_one_pass_is_accurate():
     _, means, variances = dense_statistics(h.numpy(), y.numpy(), 10)
     np.testing.assert_allclose(s.variances.numpy(), variances, rtol=1e-6)
     np.testing.assert_allclose(s.means.numpy(), means, rtol=1e-12)
-    # and the exact second pass agrees too
-    s.begin_second_pass()
-    s.update_second_pass(h, y)
-    np.testing.assert_allclose(s.variances.numpy(), variances, rtol=1e-12)
 
 
 def test_large_offset_survives_merge_with_different_shifts():
@@ -228,3 +224,137 @@ def test_metadata_is_string_json_safe(tmp_path):
     s.save(tmp_path / "s.safetensors", metadata={"data": metadata_json({"files": ["a.txt"], "tokens": 4})})
     t = CollapseStatistics.load(tmp_path / "s.safetensors")
     assert json.loads(t.metadata["data"]) == {"files": ["a.txt"], "tokens": 4}
+
+
+# ---------------------------------------------------------------- file format stability
+# Canonical digests of files written by the code before the state declaration (issue 17) for a fixed input.
+# safetensors writes the header's ``__metadata__`` in a random (hash) order, so the digest is over the
+# header as sorted JSON plus the tensor bytes; the library version is fixed. The input is chosen so that
+# every sum, shift and quotient is exact (integer features, first batches of 8 rows, counts powers of two):
+# the digests do not depend on the BLAS or the vector width of the machine.
+GOLDEN_DIGESTS = {
+    (False, False): "91aeb3e5c834c3fcd83c0f508c760bfd2b23cdf0faa07f222f836e2521d1183f",
+    (False, True): "5b5150331d8c8a2ca4b47b645b0c486cd1264276a9638781653765d3543718f0",
+    (True, False): "3a672966499817c95e1b4dc2ae9734b1f67a220dda7e83a64c7c696b12a87a1d",
+    (True, True): "456bbd469a7677f9b8fd3bb0267f3d1ee08190f365bb62e8bb048028745efc12",
+}
+
+
+def golden_input():
+    y = torch.tensor([0, 0, 1, 1, 1, 1, 3, 2, -100, 2, 2, 2, 0, 0, 1, 1, 1, 1])
+    g = torch.arange(len(y) * 3, dtype=torch.float64).reshape(-1, 3)
+    return (g * 7 % 11 - 3 + 1000).to(torch.float32), y  # (18, 3), (18,)
+
+
+def canonical_digest(path):
+    import hashlib
+
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode() + raw[8 + n :]).hexdigest()
+
+
+@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("covariance, metadata", sorted(GOLDEN_DIGESTS))
+def test_file_format_is_unchanged(tmp_path, monkeypatch, covariance, metadata, merged):
+    import hf_collapse.core.statistics as statistics_module
+
+    monkeypatch.setattr(statistics_module, "__version__", "0.0.0+golden")
+    h, y = golden_input()
+    s = CollapseStatistics(5, 3, covariance=covariance)
+    s.update(h[:8], y[:8])
+    if merged:  # a second part with another shift, re-centred exactly in merge: the same file as one pass
+        s.update(h[8:10], y[8:10])
+        other = CollapseStatistics(5, 3, covariance=covariance)
+        other.update(h[10:], y[10:])
+        s.merge(other)
+    else:
+        s.update(h[8:], y[8:])
+    if metadata:
+        s.metadata["dataset"] = "golden"
+    path = tmp_path / "s.safetensors"
+    s.save(
+        path,
+        extra_tensors={"per_class.count": s.counts.clone()} if metadata else None,
+        metadata={"k": "2.0"} if metadata else None,
+    )
+    assert canonical_digest(path) == GOLDEN_DIGESTS[covariance, metadata]
+
+
+def test_loads_files_with_the_removed_second_pass(tmp_path):
+    # hf_collapse <= 0.1.0 wrote frozen_means (C, d), pass2_counts (C,), pass2_sq_sums (C,) after
+    # begin_second_pass(): such files load, without those tensors among the extras, and keep accumulating
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    h, y = make_data(N=200, C=6, d=4, dtype=torch.float64)
+    s = CollapseStatistics(6, 4, covariance=True)
+    s.update(h, y)
+    path = tmp_path / "new.safetensors"
+    s.save(path, extra_tensors={"per_class.count": s.counts.clone()})
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    legacy = tmp_path / "old.safetensors"
+    pass2 = {"frozen_means": s.means, "pass2_counts": s.counts, "pass2_sq_sums": s.variances * s.counts}
+    save_file({**tensors, **pass2}, str(legacy), metadata=meta)
+    t, extras = CollapseStatistics.load_with_extras(legacy)
+    assert set(extras) == {"per_class.count"}
+    for name in ("counts", "sums", "sq_sums", "shift", "second_moment", "means", "variances"):
+        torch.testing.assert_close(getattr(t, name), getattr(s, name), rtol=0, atol=0)
+    t.update(h[:50], y[:50])
+    s.update(h[:50], y[:50])
+    torch.testing.assert_close(t.variances, s.variances, rtol=0, atol=0)
+    assert not hasattr(t, "begin_second_pass")
+
+
+@pytest.mark.parametrize("name", ["means", "second_moment", "pass2_counts"])
+def test_extra_tensors_cannot_take_statistics_names(tmp_path, name):
+    s = CollapseStatistics(2, 2)  # no covariance: "second_moment" is still reserved
+    s.update(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="clashes"):
+        s.save(tmp_path / "s.safetensors", extra_tensors={name: torch.zeros(2)})
+
+
+@pytest.mark.parametrize("covariance", [False, True])
+def test_merge_of_two_halves_equals_one_pass(covariance):
+    h, y = make_data(N=640, C=7, d=5, seed=4, offset=50.0, dtype=torch.float64)
+    one = CollapseStatistics(7, 5, covariance=covariance)
+    one.update(h[:320], y[:320])  # one pass in two batches: the same first batch, so the same shift
+    one.update(h[320:], y[320:])
+    first, second = CollapseStatistics(7, 5, covariance=covariance), CollapseStatistics(7, 5, covariance=covariance)
+    first.update(h[:320], y[:320])
+    second.update(h[320:], y[320:])
+    assert not torch.equal(first.shift, second.shift)
+    merged = first.merge(second)
+    assert merged is first and torch.equal(merged.shift, one.shift)  # the first half's first batch
+    torch.testing.assert_close(merged.counts, one.counts, rtol=0, atol=0)
+    torch.testing.assert_close(merged.sums, one.sums, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(merged.sq_sums, one.sq_sums, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(merged.means, one.means, rtol=1e-13, atol=0)
+    torch.testing.assert_close(merged.variances, one.variances, rtol=1e-10, atol=0)
+    if covariance:
+        torch.testing.assert_close(merged.second_moment, one.second_moment, rtol=1e-12, atol=1e-8)
+
+
+@pytest.mark.parametrize("covariance", [False, True])
+def test_every_state_tensor_follows_the_declaration(tmp_path, covariance):
+    from hf_collapse.core.statistics import DERIVED_TENSORS, STATE
+
+    h, y = make_data(N=100, C=4, d=3, dtype=torch.float64)
+    s = CollapseStatistics(4, 3, covariance=covariance)
+    s.update(h, y)
+    c = s.clone()
+    names = [spec.name for spec in STATE if spec.optional is None or covariance]
+    assert set(s.state_dict()) == set(names) | set(DERIVED_TENSORS)
+    for spec in STATE:
+        t = getattr(s, spec.name)
+        if spec.name not in names:
+            assert t is None and getattr(c, spec.name) is None
+            continue
+        assert t.shape == spec.shape(4, 3) and t.dtype == torch.float64
+        assert torch.equal(getattr(c, spec.name), t) and getattr(c, spec.name) is not t  # clone copies
+    s.save(tmp_path / "s.safetensors")
+    t = CollapseStatistics.load(tmp_path / "s.safetensors")
+    for name in names:
+        assert torch.equal(getattr(t, name), getattr(s, name)), name

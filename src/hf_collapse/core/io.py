@@ -1,4 +1,6 @@
-"""Files and numbers as users see them: atomic writes, the statistics file schema, one number format.
+"""Files and numbers as users see them: atomic writes, one number format, tensor and metadata coercion.
+
+The statistics file's schema lives with the class it describes, in ``core.statistics``.
 
 Atomic writes: the content goes to a temporary file in the destination folder (same filesystem),
 which then replaces the destination with ``os.replace``; on any error the temporary file is removed
@@ -14,38 +16,6 @@ import tempfile
 from collections.abc import Callable
 
 import torch
-
-SCHEMA = "hf_collapse.statistics"
-SCHEMA_VERSION = 1
-# tensors and header entries of a statistics file that belong to the state, not to extras / user metadata
-STATE_TENSORS = frozenset(
-    {
-        "counts",
-        "sums",
-        "sq_sums",
-        "shift",
-        "means",
-        "variances",
-        "second_moment",
-        "frozen_means",
-        "pass2_counts",
-        "pass2_sq_sums",
-    }
-)
-HEADER_KEYS = frozenset(
-    {
-        "schema",
-        "schema_version",
-        "num_classes",
-        "dim",
-        "num_tokens",
-        "dtype",
-        "covariance",
-        "has_shift",
-        "ignore_index",
-        "library_version",
-    }
-)
 
 
 def _umask() -> int:
@@ -99,52 +69,6 @@ def fmt(value, digits: int = 5) -> str:
     if isinstance(value, float):
         return repr(value) if not math.isfinite(value) else f"{value:.{digits}g}"
     return str(value)
-
-
-def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Open a statistics safetensors file and check its header: ``(metadata, tensors)``.
-
-    Raises FileNotFoundError for a missing file and ValueError naming the file and the problem for an
-    unreadable, foreign, too new or malformed one. Never unpickles.
-    """
-    from safetensors import safe_open
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no statistics file at {path!r}")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
-    if meta.get("schema") != SCHEMA:
-        raise ValueError(
-            f"{path!r} is not an hf_collapse statistics file (schema {meta.get('schema')!r}, expected {SCHEMA!r})"
-        )
-    try:
-        version = int(meta.get("schema_version", ""))
-        int(meta["num_classes"]), int(meta["dim"])
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{path!r} has a malformed statistics header: {e}") from e
-    if version > SCHEMA_VERSION:
-        raise ValueError(
-            f"{path!r} uses statistics schema version {version}, newer than this hf_collapse "
-            f"supports ({SCHEMA_VERSION}); upgrade hf_collapse"
-        )
-    C, d = int(meta["num_classes"]), int(meta["dim"])
-    expected = {"counts": (C,), "sums": (C, d), "sq_sums": (C,), "shift": (d,), "means": (C, d), "variances": (C,)}
-    if meta.get("covariance") == "1":
-        expected["second_moment"] = (d, d)
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise ValueError(f"{path!r} lacks the tensor {name!r}")
-        t = tensors[name]
-        if tuple(t.shape) != shape or t.dtype != torch.float64:
-            raise ValueError(
-                f"{path!r}: tensor {name!r} has shape {tuple(t.shape)} dtype {t.dtype}, expected {shape} float64"
-            )
-    return meta, tensors
 
 
 def as_tensor(x, name: str) -> torch.Tensor:

@@ -20,25 +20,144 @@ Derived quantities follow the paper (Wu & Papyan 2024, eqs. 2-3):
     mu_bar    = (1/K) sum_{c present} mu_c         unweighted mean of the K classes with N_c > 0
     sigma_c^2 = Q_c / N_c - ||S_c / N_c||^2        biased variance E||h - mu_c||^2
 
-The paper computes sigma_c^2 in a second pass over the data with the means fixed. That exact mode is
-``begin_second_pass()`` + ``update_second_pass()``; once a second pass has covered every sample its
-variances replace the one-pass ones.
+The paper computes sigma_c^2 in a second pass over the data with the means fixed; the shifted one-pass
+sums give the same numbers to round-off (tests: a 1e3 offset on unit noise agrees to 1e-6), in one pass.
 
 Everything is accumulated in float64 whatever the input dtype.
+
+The state is declared once, in ``STATE`` (one ``StateSpec`` per tensor: shape, reduction, when it
+exists); allocation, ``to``, ``clone``, ``merge``, ``reduce``, ``state_dict``, ``load`` and the file's
+schema check all loop over it. The statistics file (safetensors) is described here too: ``SCHEMA``,
+``HEADER`` and ``read_statistics_file``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .._version import __version__
 from .checks import BatchChecks, check_batch_shapes
-from .io import HEADER_KEYS, SCHEMA, SCHEMA_VERSION, STATE_TENSORS, atomic_write, read_statistics_file
+from .io import atomic_write
 from .scope import comm_device, is_local
+
+
+# ---------------------------------------------------------------------- the state, declared once
+@dataclass(frozen=True)
+class StateSpec:
+    """One float64 tensor of the state of :class:`CollapseStatistics`.
+
+    Attributes:
+        name: the attribute of the statistics and the tensor's name in the statistics file.
+        shape: its shape as a function of (C, d).
+        reduction: how the states of two parts of the data combine. ``"sum"``: added, once both are
+            expressed around the same shift (``_recentre``); ``"shift"``: the reference point itself,
+            agreed on before the sums are added (``merge`` takes the first part's, ``reduce`` the global
+            mean), never added.
+        optional: the flag (constructor argument, attribute and header entry ``"1"``/``"0"``) under which
+            the tensor exists; ``None``: always. Absent tensors are ``None`` on the object and not in the file.
+    """
+
+    name: str
+    shape: Callable[[int, int], tuple[int, ...]]
+    reduction: str = "sum"
+    optional: Optional[str] = None
+
+
+STATE: tuple[StateSpec, ...] = (
+    StateSpec("counts", lambda C, d: (C,)),  # N_c
+    StateSpec("sums", lambda C, d: (C, d)),  # S_c = sum (h - s), shifted
+    StateSpec("sq_sums", lambda C, d: (C,)),  # Q_c = sum ||h - s||^2, shifted
+    StateSpec("shift", lambda C, d: (d,), reduction="shift"),  # s
+    StateSpec("second_moment", lambda C, d: (d, d), optional="covariance"),  # M = sum (h - s)(h - s)^T, shifted
+)
+
+# ---------------------------------------------------------------------- the statistics file
+SCHEMA = "hf_collapse.statistics"
+SCHEMA_VERSION = 1
+# tensors the file holds beside the state, derived from it for readers (``load`` recomputes them)
+DERIVED_TENSORS: dict[str, Callable[[int, int], tuple[int, ...]]] = {
+    "means": lambda C, d: (C, d),  # mu_c
+    "variances": lambda C, d: (C,),  # sigma_c^2
+}
+# written by hf_collapse <= 0.1.0 after the removed exact second pass (``begin_second_pass``); ignored by
+# ``load``, and reserved: no extra tensor may take these names
+LEGACY_TENSORS = frozenset({"frozen_means", "pass2_counts", "pass2_sq_sums"})
+# tensor names of a statistics file that belong to the statistics, not to the extras
+STATE_TENSORS = frozenset({spec.name for spec in STATE} | set(DERIVED_TENSORS) | LEGACY_TENSORS)
+# the header entries ``save`` writes, each a string function of the statistics; any other entry is user metadata
+HEADER: dict[str, Callable[[CollapseStatistics], str]] = {
+    "schema": lambda s: SCHEMA,
+    "schema_version": lambda s: str(SCHEMA_VERSION),
+    "num_classes": lambda s: str(s.num_classes),
+    "dim": lambda s: str(s.dim),
+    "num_tokens": lambda s: str(s.num_tokens),
+    "dtype": lambda s: "float64",
+    "covariance": lambda s: str(int(s.covariance)),
+    "has_shift": lambda s: str(int(s.has_shift)),
+    "ignore_index": lambda s: str(s.ignore_index),
+    "library_version": lambda s: __version__,
+}
+HEADER_KEYS = frozenset(HEADER)
+
+
+def _exists(spec: StateSpec, flags) -> bool:
+    """Whether ``spec`` is part of a state whose optional flags are ``flags`` (a mapping or an object)."""
+    if spec.optional is None:
+        return True
+    return bool(flags.get(spec.optional) if isinstance(flags, Mapping) else getattr(flags, spec.optional))
+
+
+def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Open a statistics safetensors file and check its header: ``(metadata, tensors)``.
+
+    Checks the schema name and version, then the shape and dtype (float64) of every state tensor of
+    ``STATE`` the header's flags call for and of the derived ``means``/``variances``. Raises
+    FileNotFoundError for a missing file and ValueError naming the file and the problem for an
+    unreadable, foreign, too new or malformed one. Never unpickles.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no statistics file at {path!r}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
+    if meta.get("schema") != SCHEMA:
+        raise ValueError(
+            f"{path!r} is not an hf_collapse statistics file (schema {meta.get('schema')!r}, expected {SCHEMA!r})"
+        )
+    try:
+        version = int(meta.get("schema_version", ""))
+        int(meta["num_classes"]), int(meta["dim"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path!r} has a malformed statistics header: {e}") from e
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path!r} uses statistics schema version {version}, newer than this hf_collapse "
+            f"supports ({SCHEMA_VERSION}); upgrade hf_collapse"
+        )
+    C, d = int(meta["num_classes"]), int(meta["dim"])
+    flags = {spec.optional: meta.get(spec.optional) == "1" for spec in STATE if spec.optional}
+    expected = {spec.name: spec.shape(C, d) for spec in STATE if _exists(spec, flags)}
+    expected.update({name: shape(C, d) for name, shape in DERIVED_TENSORS.items()})
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ValueError(f"{path!r} lacks the tensor {name!r}")
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != torch.float64:
+            raise ValueError(
+                f"{path!r}: tensor {name!r} has shape {tuple(t.shape)} dtype {t.dtype}, expected {shape} float64"
+            )
+    return meta, tensors
 
 
 class CollapseStatistics:
@@ -63,8 +182,12 @@ class CollapseStatistics:
         ([2.0, 0.0, 1.0], [2.0, 0.0], 1.0)
     """
 
-    # the state tensors (None when unused): what ``to`` moves and ``clone`` copies
-    _STATE = ("counts", "sums", "sq_sums", "shift", "second_moment", "frozen_means", "pass2_counts", "pass2_sq_sums")
+    # the state (see ``STATE``): float64, shifted by ``shift``; ``second_moment`` is None without covariance
+    counts: torch.Tensor  # (C,)
+    sums: torch.Tensor  # (C, d)
+    sq_sums: torch.Tensor  # (C,)
+    shift: torch.Tensor  # (d,)
+    second_moment: Optional[torch.Tensor]  # (d, d)
 
     def __init__(
         self,
@@ -91,18 +214,16 @@ class CollapseStatistics:
         self._allocate(torch.device(device) if device is not None else torch.device("cpu"))
 
     # ------------------------------------------------------------------ state
+    def _specs(self, reduction: Optional[str] = None) -> list[StateSpec]:
+        """The specs of ``STATE`` this statistics has (its optional flags set), of one ``reduction`` if given."""
+        return [s for s in STATE if _exists(s, self) and reduction in (None, s.reduction)]
+
     def _allocate(self, device: torch.device) -> None:
-        C, d, f64 = self.num_classes, self.dim, torch.float64
-        self.counts = torch.zeros(C, dtype=f64, device=device)  # (C,)
-        self.sums = torch.zeros(C, d, dtype=f64, device=device)  # (C, d), shifted
-        self.sq_sums = torch.zeros(C, dtype=f64, device=device)  # (C,), shifted
-        self.shift = torch.zeros(d, dtype=f64, device=device)  # (d,)
+        C, d = self.num_classes, self.dim
+        for spec in STATE:
+            zeros = torch.zeros(spec.shape(C, d), dtype=torch.float64, device=device)
+            setattr(self, spec.name, zeros if _exists(spec, self) else None)
         self.has_shift = False
-        self.second_moment = torch.zeros(d, d, dtype=f64, device=device) if self.covariance else None
-        # exact second pass (paper eq. 3): sum ||h - mu_c||^2 with frozen means
-        self.frozen_means: Optional[torch.Tensor] = None
-        self.pass2_counts: Optional[torch.Tensor] = None
-        self.pass2_sq_sums: Optional[torch.Tensor] = None
 
     @property
     def device(self) -> torch.device:
@@ -110,10 +231,8 @@ class CollapseStatistics:
 
     def to(self, device) -> CollapseStatistics:
         """Move the state to ``device`` in place and return ``self``."""
-        for name in self._STATE:
-            t = getattr(self, name)
-            if t is not None:
-                setattr(self, name, t.to(device))
+        for spec in self._specs():
+            setattr(self, spec.name, getattr(self, spec.name).to(device))
         return self
 
     @property
@@ -130,7 +249,7 @@ class CollapseStatistics:
         self._allocate(self.device)
 
     # ------------------------------------------------------------------ input checks
-    def _check_batch(self, features, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_batch(self, features, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features, labels = check_batch_shapes(features, labels, self.dim)
         features = features.reshape(-1, self.dim)  # (N, d)
         labels = labels.reshape(-1).to(features.device)  # (N,)
@@ -158,8 +277,6 @@ class CollapseStatistics:
         dtypes, labels outside [0, C) or non-finite features (the last two in ``check()`` with
         ``defer_checks``; no host sync happens here then).
         """
-        if self.frozen_means is not None:
-            raise RuntimeError("update() after begin_second_pass(): use update_second_pass() for the second pass")
         h, y, w = self._check_batch(features, labels)  # (N, d) float64, (N,), (N,) 1.0 = kept
         if y.numel() == 0:
             return
@@ -174,29 +291,18 @@ class CollapseStatistics:
         if self.second_moment is not None:
             self.second_moment.addmm_(h.T, h)
 
-    def begin_second_pass(self) -> None:
-        """Freeze the current means; subsequent ``update_second_pass`` calls accumulate the exact
-        variances ``sum ||h - mu_c||^2`` of the paper's eq. 3."""
-        if self.num_tokens == 0:
-            raise ValueError("begin_second_pass() needs a first pass: no labelled sample was accumulated")
-        self.frozen_means = self.means.clone()
-        self.pass2_counts = torch.zeros_like(self.counts)
-        self.pass2_sq_sums = torch.zeros_like(self.sq_sums)
-
-    def update_second_pass(self, features, labels) -> None:
-        """Accumulate exact squared deviations from the frozen means (same data as pass 1)."""
-        if self.frozen_means is None:
-            raise RuntimeError("call begin_second_pass() before update_second_pass()")
-        h, y, w = self._check_batch(features, labels)
-        if y.numel() == 0:
-            return
-        dev = (h - self.frozen_means[y]).pow(2).sum(1) * w  # (N,)
-        self.pass2_counts.index_add_(0, y, w)
-        self.pass2_sq_sums.index_add_(0, y, dev)
-
     # ------------------------------------------------------------------ combination
     def _recentre(self, new_shift: torch.Tensor) -> None:
-        """Express the shifted sums around ``new_shift`` instead of ``self.shift`` (exact algebra)."""
+        """Express the shifted sums around ``new_shift`` instead of ``self.shift`` (exact algebra).
+
+        With delta = s_old - s_new, h - s_new = (h - s_old) + delta, so for every class c and T = sum_c S_c:
+
+            S_c' = S_c + N_c delta
+            Q_c' = Q_c + 2 <S_c, delta> + N_c ||delta||^2
+            M'   = M + T delta^T + delta T^T + N delta delta^T
+
+        (Q_c' and M' use the old S_c, so S_c is updated last.)
+        """
         delta = self.shift - new_shift  # (d,)  h - new = (h - old) + delta
         if self.second_moment is not None:
             total = self.sums.sum(0)  # (d,)
@@ -216,11 +322,12 @@ class CollapseStatistics:
             )
         if other.covariance != self.covariance:
             raise ValueError("cannot merge statistics with and without covariance")
-        if self.frozen_means is not None or other.frozen_means is not None:
-            raise ValueError("merge the first-pass statistics before begin_second_pass()")
 
     def merge(self, other: CollapseStatistics) -> CollapseStatistics:
-        """Add ``other``'s samples to ``self`` (in place) and return ``self``."""
+        """Add ``other``'s samples to ``self`` (in place) and return ``self``.
+
+        A copy of ``other`` is re-centred on ``self``'s shift (exact), then every ``"sum"`` state is added.
+        """
         self._check_compatible(other)
         if other.num_tokens == 0:
             return self
@@ -228,11 +335,8 @@ class CollapseStatistics:
         if not self.has_shift:
             self.shift, self.has_shift = other.shift.clone(), True
         other._recentre(self.shift)
-        self.counts += other.counts
-        self.sums += other.sums
-        self.sq_sums += other.sq_sums
-        if self.second_moment is not None:
-            self.second_moment += other.second_moment
+        for spec in self._specs("sum"):
+            getattr(self, spec.name).add_(getattr(other, spec.name))
         return self
 
     def clone(self) -> CollapseStatistics:
@@ -244,9 +348,8 @@ class CollapseStatistics:
             ignore_index=self.ignore_index,
             defer_checks=self.defer_checks,
         )
-        for name in self._STATE:
-            t = getattr(self, name)
-            setattr(new, name, None if t is None else t.clone())
+        for spec in self._specs():
+            setattr(new, spec.name, getattr(self, spec.name).clone())
         new.has_shift, new._follow_input = self.has_shift, self._follow_input
         new.metadata = dict(self.metadata)
         return new
@@ -254,9 +357,12 @@ class CollapseStatistics:
     def reduce(self, group=None) -> CollapseStatistics:
         """All-reduce (SUM) the state over the processes of ``torch.distributed`` (in place).
 
-        Two collectives: a (d+1)-vector to agree on a common shift (the global mean), then the
-        sums. A no-op when torch.distributed is not initialised (single process). Every process
-        ends with the same, complete statistics. The second-pass sums are reduced too.
+        First a (d+1)-vector ``[sum_i h_i, N]`` agrees on a common shift (the global mean) that every
+        process re-centres on; then each ``"sum"`` state is all-reduced in place (one collective per
+        tensor, no copy of the (C, d) sums unless the backend needs the buffer on another device: NCCL
+        with a CPU state). A no-op when torch.distributed is not initialised (single process), for a
+        group of one, and inside ``core.scope.local_only()`` for the default group. Every process ends
+        with the same, complete statistics.
         """
         import torch.distributed as dist
 
@@ -264,29 +370,26 @@ class CollapseStatistics:
             return self
         if group is None and is_local():  # inside core.scope.local_only(): measure locally
             return self
+        where = comm_device(group)
         # 1) common shift = global mean of all samples; processes without data contribute zeros
-        head = torch.cat([self.sums.sum(0) + self.counts.sum() * self.shift, self.counts.sum()[None]])
-        head = head.to(comm_device(group))
+        head = torch.cat([self.sums.sum(0) + self.counts.sum() * self.shift, self.counts.sum()[None]])  # (d+1,)
+        head = head.to(where)
         dist.all_reduce(head, group=group)
         head = head.to(self.device)
         n = head[-1]
-        common = head[:-1] / n if n > 0 else torch.zeros_like(self.shift)
+        common = head[:-1] / n if n > 0 else torch.zeros_like(self.shift)  # (d,)
         self._recentre(common)
         self.has_shift = bool(n > 0)
-        # 2) one flat buffer, one all-reduce
-        names = ["counts", "sums", "sq_sums"]
-        if self.second_moment is not None:
-            names.append("second_moment")
-        if self.frozen_means is not None:
-            names += ["pass2_counts", "pass2_sq_sums"]
-        parts = [getattr(self, n_) for n_ in names]
-        flat = torch.cat([p.reshape(-1) for p in parts]).to(comm_device(group))
-        dist.all_reduce(flat, group=group)
-        flat = flat.to(self.device)
-        i = 0
-        for name, p in zip(names, parts):
-            setattr(self, name, flat[i : i + p.numel()].view_as(p).clone())
-            i += p.numel()
+        # 2) the sums, in place
+        for spec in self._specs("sum"):
+            t = getattr(self, spec.name)
+            if t.device == where:
+                dist.all_reduce(t, group=group)
+            else:
+                buf = t.to(where)
+                dist.all_reduce(buf, group=group)
+                t.copy_(buf)
+                del buf
         return self
 
     # ------------------------------------------------------------------ derived
@@ -298,17 +401,13 @@ class CollapseStatistics:
         """``(counts, means, variances)`` of the classes in ``index`` (default: all), float64.
 
         means mu_c = S_c / N_c + s; variances sigma_c^2 = Q_c / N_c - ||S_c / N_c||^2 (shifted one-pass,
-        clamped at 0 against round-off), or the exact second-pass sums once they cover every sample.
-        Absent classes get zeros. Indexing first keeps the cost at the size of ``index``.
+        clamped at 0 against round-off). Absent classes get zeros. Indexing first keeps the cost at the size of ``index``.
         """
         sel = (lambda t: t) if index is None else (lambda t: t[index])
         n = sel(self.counts)
         safe = n.clamp(min=1)
         means = sel(self.sums) / safe[:, None]  # (., d) shifted means, a new tensor (worked on in place)
-        if self.pass2_counts is not None and torch.equal(self.pass2_counts, self.counts):
-            variances = sel(self.pass2_sq_sums) / safe
-        else:
-            variances = (sel(self.sq_sums) / safe - means.pow(2).sum(1)).clamp(min=0)
+        variances = (sel(self.sq_sums) / safe - means.pow(2).sum(1)).clamp(min=0)  # (.,)
         means += self.shift
         empty = n == 0
         if bool(empty.any()):
@@ -342,20 +441,10 @@ class CollapseStatistics:
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {
-            "counts": self.counts,
-            "sums": self.sums,
-            "sq_sums": self.sq_sums,
-            "shift": self.shift,
-            "means": self.means,
-            "variances": self.variances,
-        }
-        if self.second_moment is not None:
-            state["second_moment"] = self.second_moment
-        if self.frozen_means is not None:
-            state.update(
-                frozen_means=self.frozen_means, pass2_counts=self.pass2_counts, pass2_sq_sums=self.pass2_sq_sums
-            )
+        """The tensors of the statistics file: the state of ``STATE`` and the derived ``DERIVED_TENSORS``
+        (means, variances), float64 on the CPU."""
+        state = {spec.name: getattr(self, spec.name) for spec in self._specs()}
+        _, state["means"], state["variances"] = self.moments()  # DERIVED_TENSORS
         return {k: v.detach().to("cpu", torch.float64).contiguous() for k, v in state.items()}
 
     def save(
@@ -376,27 +465,19 @@ class CollapseStatistics:
         self.check()
         tensors = self.state_dict()
         for k, v in (extra_tensors or {}).items():
-            if k in tensors:
+            if k in STATE_TENSORS:
                 raise ValueError(f"extra tensor name {k!r} clashes with a statistics tensor")
             tensors[k] = v.detach().cpu().contiguous()
         meta = {str(k): str(v) for k, v in {**self.metadata, **(metadata or {})}.items()}
-        meta.update(
-            schema=SCHEMA,
-            schema_version=str(SCHEMA_VERSION),
-            num_classes=str(self.num_classes),
-            dim=str(self.dim),
-            num_tokens=str(self.num_tokens),
-            dtype="float64",
-            covariance=str(int(self.covariance)),
-            has_shift=str(int(self.has_shift)),
-            ignore_index=str(self.ignore_index),
-            library_version=__version__,
-        )
+        meta.update({key: value(self) for key, value in HEADER.items()})
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> CollapseStatistics:
         """Read a file written by ``save``; validates the schema, shapes and dtypes.
+
+        Files of hf_collapse <= 0.1.0 written after the removed ``begin_second_pass`` load too: their
+        second-pass tensors are ignored, and the variances are the one-pass ones of the sums.
 
         Raises FileNotFoundError for a missing file and ValueError naming the file and the problem
         for a corrupt, foreign or inconsistent one. Never unpickles.
@@ -408,15 +489,12 @@ class CollapseStatistics:
     def load_with_extras(cls, path, device=None) -> tuple[CollapseStatistics, dict[str, torch.Tensor]]:
         """Like ``load`` but also return the extra tensors saved beside the statistics."""
         meta, tensors = read_statistics_file(path)
-        C, d, covariance = int(meta["num_classes"]), int(meta["dim"]), meta.get("covariance") == "1"
-        stats = cls(C, d, covariance=covariance, ignore_index=int(meta.get("ignore_index", -100)))
-        stats.counts, stats.sums, stats.sq_sums = tensors["counts"], tensors["sums"], tensors["sq_sums"]
-        stats.shift, stats.has_shift = tensors["shift"], meta.get("has_shift", "1") == "1"
-        if covariance:
-            stats.second_moment = tensors["second_moment"]
-        if "frozen_means" in tensors:
-            stats.frozen_means = tensors["frozen_means"]
-            stats.pass2_counts, stats.pass2_sq_sums = tensors["pass2_counts"], tensors["pass2_sq_sums"]
+        flags = {spec.optional: meta.get(spec.optional) == "1" for spec in STATE if spec.optional}
+        C, d = int(meta["num_classes"]), int(meta["dim"])
+        stats = cls(C, d, ignore_index=int(meta.get("ignore_index", -100)), **flags)
+        for spec in stats._specs():
+            setattr(stats, spec.name, tensors[spec.name])
+        stats.has_shift = meta.get("has_shift", "1") == "1"
         stats.metadata = {k: v for k, v in meta.items() if k not in HEADER_KEYS}
         if device is not None:
             stats.to(device)
