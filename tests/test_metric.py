@@ -377,3 +377,87 @@ def test_single_sample_add_and_app_imports_without_gradio(evaluate_env):
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)  # gradio is not needed to import it
     assert callable(app.main)
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nc_module_under_test", METRIC_DIR / "neural_collapse.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# _compute's parameters that are inputs or measure_collapse arguments, not measure options
+_NOT_OPTIONS = (
+    "self",
+    "features",
+    "labels",
+    "statistics",
+    "weights",
+    "bias",
+    "num_classes",
+    "test_features",
+    "test_labels",
+    "device",
+    "ood_features",
+)
+
+
+def test_compute_takes_exactly_the_measure_options():
+    """evaluate style: explicit keywords, whose option names and defaults are MeasureOptions' fields."""
+    import dataclasses
+    import inspect
+
+    from hf_collapse import MeasureOptions
+
+    params = inspect.signature(_module().NeuralCollapse._compute).parameters
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params.values())  # no *args / **kwargs
+    assert set(_NOT_OPTIONS) <= set(params)
+    options = [(name, p.default) for name, p in params.items() if name not in _NOT_OPTIONS]
+    assert options == [(f.name, f.default) for f in dataclasses.fields(MeasureOptions)]
+    # the options are described once, from the dataclass's help texts
+    doc = _module()._KWARGS_DESCRIPTION
+    for f in dataclasses.fields(MeasureOptions):
+        assert f"    {f.name} (default {f.default!r}): {f.metadata['help']}" in doc
+
+
+def test_every_option_reaches_the_core(evaluate_env):
+    from hf_collapse import MeasureOptions
+
+    centres, batches = _data(seed=4, C=9, d=6, sizes=(60, 61))
+    C, d = centres.shape
+    W = torch.randn(C, d)
+    stats = CollapseStatistics(C, d)
+    nc = _load(evaluate_env)
+    for h, y in batches:
+        nc.add_batch(features=h, labels=y)
+        stats.update(h, y)
+    values = dict(
+        k=1.0,
+        tile_size=3,
+        dtype="float64",
+        min_count=5,
+        classes=[0, 1, 2, 3, 5, 7],
+        global_mean="weighted",
+        riesz_s=1.5,
+    )
+    got = nc.compute(weights=W, **values)
+    want = measure_collapse(stats, weights=W, options=MeasureOptions(**values))
+    assert got == pytest.approx(dict(want), rel=1e-12) and "gnc2_riesz_mean" in got
+    assert got["nc1_cdnv"] != pytest.approx(measure_collapse(stats, weights=W)["nc1_cdnv"], rel=1e-6)
+    # invalid options: MeasureOptions' own errors; an unknown keyword is a TypeError (no **kwargs)
+    nc.add_batch(features=batches[0][0], labels=batches[0][1])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        nc.compute(dtype="float16")
+    nc = _load(evaluate_env)
+    nc.add_batch(features=batches[0][0], labels=batches[0][1])
+    with pytest.raises(TypeError, match="min_cnt"):
+        nc.compute(min_cnt=3)
+
+
+def test_each_batch_is_one_npy_row_of_its_dtype():
+    mod = _module()
+    for a in (np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 5)), np.array([3, -100, 7], dtype=np.int64)):
+        back = mod._from_npy(mod._to_npy(a))
+        assert back.dtype == a.dtype and back.shape == a.shape and np.array_equal(back, a)
