@@ -140,8 +140,19 @@ def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
     script = reg.register_metric(cache)
     assert script.read_bytes() == (reg.shipped_metric_dir() / "neural_collapse.py").read_bytes()
     assert script.parent.name == reg.source_hash(script.read_bytes()) and len(script.parent.name) == 64
-    for p in (cache, script.parents[2], script.parents[1], script.parent):
-        assert (p / "__init__.py").is_file()
+    # exactly the files docs/evaluate.md lists (what evaluate writes when it caches a module itself)
+    h = script.parent.name
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()) == sorted(
+        [
+            "__init__.py",
+            "evaluate_modules/__init__.py",
+            "evaluate_modules/metrics/__init__.py",
+            "evaluate_modules/metrics/evaluate-metric--neural_collapse/__init__.py",
+            f"evaluate_modules/metrics/evaluate-metric--neural_collapse/{h}/__init__.py",
+            f"evaluate_modules/metrics/evaluate-metric--neural_collapse/{h}/neural_collapse.json",
+            f"evaluate_modules/metrics/evaluate-metric--neural_collapse/{h}/neural_collapse.py",
+        ]
+    )
     assert reg.is_registered(cache)
     mtime = script.stat().st_mtime_ns
     assert reg.register_metric(cache) == script and script.stat().st_mtime_ns == mtime  # no rewrite
@@ -164,15 +175,14 @@ def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
 def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path, capsys):
     home = tmp_path / "home"
     env = _clean_env(HF_HOME=str(home))
-    out = subprocess.run(
-        [PY, "-c", "import hf_collapse, hf_collapse.integrations.hub, hf_collapse.integrations.trainer"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    code = (
+        "import logging, sys, hf_collapse, hf_collapse.integrations.hub, hf_collapse.integrations.trainer\n"
+        "print('filters', logging.getLogger('evaluate.loading').filters, 'evaluate' in sys.modules)\n"
     )
+    out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not home.exists()  # import registered nothing
+    assert "filters [] False" in out.stdout  # and left evaluate alone: no logging filter, not even imported
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     assert cli_main(["install-metric", "--modules-cache", str(blocker / "modules")]) == 1
@@ -182,6 +192,9 @@ def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path,
 def test_cli_install_check_export(tmp_path, capsys):
     cache = tmp_path / "modules"
     assert cli_main(["install-metric", "--modules-cache", str(cache), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "is NOT registered" in out and reg.INSTALL_HINT in out and "hf-collapse install-metric" in reg.INSTALL_HINT
+    assert not cache.exists()  # --check writes nothing
     assert cli_main(["install-metric", "--modules-cache", str(cache), "--export", str(tmp_path / "space")]) == 0
     assert cli_main(["install-metric", "--modules-cache", str(cache), "--check"]) == 0
     for name in reg.SHIPPED_FILES:

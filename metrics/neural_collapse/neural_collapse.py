@@ -65,7 +65,9 @@ Returns:
     ``hf_collapse.core.registry``):
 {measures}
 Examples:
-    Two classes in 2-D, means (2, 0) and (0, 3), both with variance 1: CDNV = (1 + 1) / (2 * 13^2).
+    The bare name needs ``hf-collapse install-metric`` once per cache (``hf_collapse.load_metric()``
+    needs nothing). Two classes in 2-D, means (2, 0) and (0, 3), both with variance 1:
+    CDNV = (1 + 1) / (2 * 13^2).
 
     >>> import numpy as np
     >>> import evaluate
