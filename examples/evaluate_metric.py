@@ -2,7 +2,7 @@
 
 ``hf_collapse.load_metric()`` loads the module shipped in the package (no registration, no Hub
 request). The bare name ``evaluate.load("neural_collapse")`` works too, once
-``hf-collapse install-metric`` has been run (or ``hf_collapse`` imported first).
+``hf-collapse install-metric`` has been run in this cache.
 
     python examples/evaluate_metric.py
 """

@@ -266,8 +266,8 @@ def test_evaluate_module_passes_the_options():
     s = stats_of(h, y, 12)
     ood = ood_features(12).numpy()  # numpy is accepted
     opts = dict(min_count=40, classes=list(range(10)), global_mean="weighted", riesz_s=2.0)
-    got = mod.NeuralCollapse(config_name="statistics")._measure(
-        [s], weights=W, dtype="float64", ood_features=ood, **opts
+    got = mod.NeuralCollapse(config_name="statistics")._compute(
+        statistics=[s], weights=W, dtype="float64", ood_features=ood, **opts
     )
     want = measure_collapse(s, weights=W, dtype=torch.float64, ood_features=torch.from_numpy(ood), **opts)
     assert got == dict(want) and "nc5_ood_orthogonality" in got and "gnc2_riesz_cov" in got

@@ -140,8 +140,19 @@ def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
     script = reg.register_metric(cache)
     assert script.read_bytes() == (reg.shipped_metric_dir() / "neural_collapse.py").read_bytes()
     assert script.parent.name == reg.source_hash(script.read_bytes()) and len(script.parent.name) == 64
-    for p in (cache, script.parents[2], script.parents[1], script.parent):
-        assert (p / "__init__.py").is_file()
+    # exactly the files docs/evaluate.md lists (what evaluate writes when it caches a module itself)
+    h = script.parent.name
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()) == sorted(
+        [
+            "__init__.py",
+            "evaluate_modules/__init__.py",
+            "evaluate_modules/metrics/__init__.py",
+            "evaluate_modules/metrics/evaluate-metric--neural_collapse/__init__.py",
+            f"evaluate_modules/metrics/evaluate-metric--neural_collapse/{h}/__init__.py",
+            f"evaluate_modules/metrics/evaluate-metric--neural_collapse/{h}/neural_collapse.json",
+            f"evaluate_modules/metrics/evaluate-metric--neural_collapse/{h}/neural_collapse.py",
+        ]
+    )
     assert reg.is_registered(cache)
     mtime = script.stat().st_mtime_ns
     assert reg.register_metric(cache) == script and script.stat().st_mtime_ns == mtime  # no rewrite
@@ -164,15 +175,14 @@ def test_registration_is_idempotent_byte_exact_and_newest(tmp_path):
 def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path, capsys):
     home = tmp_path / "home"
     env = _clean_env(HF_HOME=str(home))
-    out = subprocess.run(
-        [PY, "-c", "import hf_collapse, hf_collapse.integrations.hub, hf_collapse.integrations.trainer"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    code = (
+        "import logging, sys, hf_collapse, hf_collapse.integrations.hub, hf_collapse.integrations.trainer\n"
+        "print('filters', logging.getLogger('evaluate.loading').filters, 'evaluate' in sys.modules)\n"
     )
+    out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not home.exists()  # import registered nothing
+    assert "filters [] False" in out.stdout  # and left evaluate alone: no logging filter, not even imported
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     assert cli_main(["install-metric", "--modules-cache", str(blocker / "modules")]) == 1
@@ -182,6 +192,9 @@ def test_import_writes_nothing_and_unwritable_cache_is_one_clear_error(tmp_path,
 def test_cli_install_check_export(tmp_path, capsys):
     cache = tmp_path / "modules"
     assert cli_main(["install-metric", "--modules-cache", str(cache), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "is NOT registered" in out and reg.INSTALL_HINT in out and "hf-collapse install-metric" in reg.INSTALL_HINT
+    assert not cache.exists()  # --check writes nothing
     assert cli_main(["install-metric", "--modules-cache", str(cache), "--export", str(tmp_path / "space")]) == 0
     assert cli_main(["install-metric", "--modules-cache", str(cache), "--check"]) == 0
     for name in reg.SHIPPED_FILES:
@@ -377,3 +390,87 @@ def test_single_sample_add_and_app_imports_without_gradio(evaluate_env):
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)  # gradio is not needed to import it
     assert callable(app.main)
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nc_module_under_test", METRIC_DIR / "neural_collapse.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# _compute's parameters that are inputs or measure_collapse arguments, not measure options
+_NOT_OPTIONS = (
+    "self",
+    "features",
+    "labels",
+    "statistics",
+    "weights",
+    "bias",
+    "num_classes",
+    "test_features",
+    "test_labels",
+    "device",
+    "ood_features",
+)
+
+
+def test_compute_takes_exactly_the_measure_options():
+    """evaluate style: explicit keywords, whose option names and defaults are MeasureOptions' fields."""
+    import dataclasses
+    import inspect
+
+    from hf_collapse import MeasureOptions
+
+    params = inspect.signature(_module().NeuralCollapse._compute).parameters
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params.values())  # no *args / **kwargs
+    assert set(_NOT_OPTIONS) <= set(params)
+    options = [(name, p.default) for name, p in params.items() if name not in _NOT_OPTIONS]
+    assert options == [(f.name, f.default) for f in dataclasses.fields(MeasureOptions)]
+    # the options are described once, from the dataclass's help texts
+    doc = _module()._KWARGS_DESCRIPTION
+    for f in dataclasses.fields(MeasureOptions):
+        assert f"    {f.name} (default {f.default!r}): {f.metadata['help']}" in doc
+
+
+def test_every_option_reaches_the_core(evaluate_env):
+    from hf_collapse import MeasureOptions
+
+    centres, batches = _data(seed=4, C=9, d=6, sizes=(60, 61))
+    C, d = centres.shape
+    W = torch.randn(C, d)
+    stats = CollapseStatistics(C, d)
+    nc = _load(evaluate_env)
+    for h, y in batches:
+        nc.add_batch(features=h, labels=y)
+        stats.update(h, y)
+    values = dict(
+        k=1.0,
+        tile_size=3,
+        dtype="float64",
+        min_count=5,
+        classes=[0, 1, 2, 3, 5, 7],
+        global_mean="weighted",
+        riesz_s=1.5,
+    )
+    got = nc.compute(weights=W, **values)
+    want = measure_collapse(stats, weights=W, options=MeasureOptions(**values))
+    assert got == pytest.approx(dict(want), rel=1e-12) and "gnc2_riesz_mean" in got
+    assert got["nc1_cdnv"] != pytest.approx(measure_collapse(stats, weights=W)["nc1_cdnv"], rel=1e-6)
+    # invalid options: MeasureOptions' own errors; an unknown keyword is a TypeError (no **kwargs)
+    nc.add_batch(features=batches[0][0], labels=batches[0][1])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        nc.compute(dtype="float16")
+    nc = _load(evaluate_env)
+    nc.add_batch(features=batches[0][0], labels=batches[0][1])
+    with pytest.raises(TypeError, match="min_cnt"):
+        nc.compute(min_cnt=3)
+
+
+def test_each_batch_is_one_npy_row_of_its_dtype():
+    mod = _module()
+    for a in (np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 5)), np.array([3, -100, 7], dtype=np.int64)):
+        back = mod._from_npy(mod._to_npy(a))
+        assert back.dtype == a.dtype and back.shape == a.shape and np.array_equal(back, a)

@@ -1,11 +1,15 @@
 """Neural collapse (NC1-NC4) as a Hugging Face ``evaluate`` metric.
 
 A thin wrapper: samples are accumulated into ``hf_collapse.CollapseStatistics`` and measured by
-``hf_collapse.measure_collapse``; no formula is implemented here. Two configurations:
+``hf_collapse.measure_collapse``; no formula is implemented here, and the measure options are the fields of
+``hf_collapse.MeasureOptions`` (``_compute`` takes them under the same names and defaults and builds one
+``MeasureOptions``). Only evaluate's public API is used: the inputs are declared in ``_info`` and converted
+in ``add_batch``. Two configurations:
 
-- ``"default"``: ``features`` (N, d) and integer ``labels`` (N,) through ``add_batch``/``compute``.
-  Each ``add_batch`` call is stored as ONE Arrow row holding an ``Array2D`` (n, d) matrix, read back
-  in numpy format (evaluate's per-sample ``Sequence(float)`` rows cost ~20x more).
+- ``"default"``: ``features`` (n, d) and integer ``labels`` (n,) through ``add_batch``/``compute``.
+  Each ``add_batch`` call is stored as ONE Arrow row: the (n, d) matrix and the (n,) labels as ``.npy``
+  bytes (``datasets.Value("large_binary")``), so d and the dtype need no declaration and are read back
+  without copies (per-sample ``Sequence(float)`` rows cost ~20x more).
 - ``"statistics"``: precomputed statistics, a ``CollapseStatistics`` or the path of a file written
   by ``CollapseStatistics.save`` (several are merged), so vocabulary-scale results never pass
   tokens x d floats through Arrow.
@@ -14,6 +18,8 @@ Keep ``import evaluate`` + ``evaluate.Metric`` (not ``from evaluate import Metri
 the first ``EvaluationModule`` subclass it finds in this module's namespace as the metric.
 """
 
+import dataclasses
+import io
 import os
 import warnings
 
@@ -22,7 +28,7 @@ import evaluate
 import numpy as np
 import torch
 
-from hf_collapse import CollapseStatistics, measure_collapse
+from hf_collapse import CollapseStatistics, MeasureOptions, measure_collapse
 from hf_collapse.core.registry import CITATION_BIBTEX, MEASURES
 
 STATISTICS_CONFIG = "statistics"
@@ -47,24 +53,21 @@ Args (configuration "statistics"):
 Keyword arguments of ``compute`` (both configurations):
     weights: classifier rows W (C, d), e.g. ``model.get_output_embeddings().weight``; enables NC3.
     bias: optional classifier bias (C,) (needs ``weights``).
-    k: CDNV power (paper: 2).
     num_classes: C; default: rows of ``weights``, else the largest label + 1 ("default" only).
     test_features, test_labels: held-out samples (N, d) and (N,) for ``nc4_agreement`` and
         ``ncc_accuracy`` (need ``weights``).
-    dtype: "float32" (default, fast) or "float64" (exact) for the pairwise sweep and NC4.
-    tile_size: tile edge of the pairwise sweep (memory ~ tile_size^2 floats).
     device: where to measure, e.g. "cuda" (default: CPU).
-    min_count: classes with fewer samples are treated as absent (default 1).
-    classes: measure only these class ids (a list of ints); all others are treated as absent.
-    global_mean: "unweighted" (default, the paper's mean of class means) or "weighted" (by counts).
-    riesz_s: s > 0 adds gnc2_riesz_mean and gnc2_riesz_cov (Riesz s-kernel of unit class means).
     ood_features: out-of-distribution features (N, d); their mean gives nc5_ood_orthogonality.
+The measure options (the fields of ``hf_collapse.MeasureOptions``, same names and defaults):
+{options}
 Returns:
     dict of float, the keys of ``hf_collapse.measure_collapse`` that apply (from the registry,
     ``hf_collapse.core.registry``):
 {measures}
 Examples:
-    Two classes in 2-D, means (2, 0) and (0, 3), both with variance 1: CDNV = (1 + 1) / (2 * 13^2).
+    The bare name needs ``hf-collapse install-metric`` once per cache (``hf_collapse.load_metric()``
+    needs nothing). Two classes in 2-D, means (2, 0) and (0, 3), both with variance 1:
+    CDNV = (1 + 1) / (2 * 13^2).
 
     >>> import numpy as np
     >>> import evaluate
@@ -97,9 +100,11 @@ Examples:
     >>> nc_stats = evaluate.load("neural_collapse", "statistics")
     >>> print(round(nc_stats.compute(statistics=stats)["nc1_cdnv"], 6))
     0.005917
-""".replace(
-    "{measures}",
-    "\n".join(
+""".format(
+    options="\n".join(
+        f"    {f.name} (default {f.default!r}): {f.metadata['help']}" for f in dataclasses.fields(MeasureOptions)
+    ),
+    measures="\n".join(
         f"    {m.key}: {m.meaning}" + (f" (needs {', '.join(m.needs)})" if m.needs else "") for m in MEASURES.values()
     ),
 )
@@ -110,7 +115,7 @@ def _to_numpy(x, name):
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.is_floating_point() and x.dtype not in (torch.float32, torch.float64):
-            x = x.float()  # float16 / bfloat16 have no Arrow type here
+            x = x.float()  # bfloat16 has no numpy dtype
         return x.numpy()
     try:
         return np.asarray(x)
@@ -135,6 +140,21 @@ def _batch(features, labels):
     return np.ascontiguousarray(h.reshape(-1, h.shape[-1]), dtype=dtype), y.reshape(-1).astype(np.int64)
 
 
+def _to_npy(a):
+    """An array as ``.npy`` bytes (numpy's public format: a header with dtype and shape, then the data)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+    return buf.getvalue() + a.tobytes()
+
+
+def _from_npy(data):
+    """The array stored by ``_to_npy``, a read-only view of ``data`` (no copy)."""
+    buf = io.BytesIO(data)
+    np.lib.format.read_magic(buf)
+    shape, _, dtype = np.lib.format.read_array_header_1_0(buf)
+    return np.frombuffer(data, dtype=dtype, offset=buf.tell()).reshape(shape)
+
+
 def _is_statistics(x):
     return isinstance(x, CollapseStatistics) or (
         isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, CollapseStatistics) for s in x)
@@ -148,16 +168,13 @@ class NeuralCollapse(evaluate.Metric):
         if self.config_name == STATISTICS_CONFIG:
             features = datasets.Features({"statistics": datasets.Value("string")})  # one file path per row
         elif self.config_name == "default":
-            # (n, d) per add_batch call; d and the dtype are fixed by the first batch
+            # one row per add_batch call: the (n, d) features and (n,) labels as .npy bytes (see add_batch)
             features = datasets.Features(
-                {
-                    "features": datasets.Array2D(shape=(None, None), dtype="float32"),
-                    "labels": datasets.Sequence(datasets.Value("int64")),
-                }
+                {"features": datasets.Value("large_binary"), "labels": datasets.Value("large_binary")}
             )
         else:
             raise ValueError(f"unknown configuration {self.config_name!r}: use 'default' or {STATISTICS_CONFIG!r}")
-        info = evaluate.MetricInfo(
+        return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
@@ -166,32 +183,16 @@ class NeuralCollapse(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2405.17767"],
             license="Apache-2.0",
         )
-        # numpy format: one (n, d) array per row. MetricInfo only accepts it for Value features, so
-        # it is set after construction (evaluate reads it when compute() formats the data).
-        info.format = "numpy" if self.config_name == "default" else None
-        return info
 
     # ------------------------------------------------------------------ input
-    def _infer_feature_from_batch(self, batch):
-        if self.config_name == STATISTICS_CONFIG:
-            return self.features
-        h = batch["features"][0]  # (n, d) of the first batch fixes d and the dtype
-        return datasets.Features(
-            {
-                "features": datasets.Array2D(shape=(None, h.shape[1]), dtype=h.dtype.name),
-                "labels": datasets.Sequence(datasets.Value("int64")),
-            }
-        )
-
-    def add_batch(self, *, features=None, labels=None, **kwargs):
+    def add_batch(self, *, features=None, labels=None, statistics=None):
         """One batch: ``features`` (n, d) and ``labels`` (n,) (or ``statistics=`` path(s))."""
         if self.config_name == STATISTICS_CONFIG:
-            stats = kwargs.pop("statistics", None)
             if features is not None or labels is not None:
                 raise ValueError("the 'statistics' configuration takes `statistics=`, not features/labels")
-            if stats is None:
+            if statistics is None:
                 raise ValueError("add_batch needs `statistics=`: path(s) of saved CollapseStatistics files")
-            paths = [stats] if isinstance(stats, (str, os.PathLike)) else list(stats)
+            paths = [statistics] if isinstance(statistics, (str, os.PathLike)) else list(statistics)
             if any(isinstance(s, CollapseStatistics) for s in paths):
                 raise TypeError(
                     "CollapseStatistics objects cannot be stored in evaluate's Arrow cache: pass them to "
@@ -200,40 +201,44 @@ class NeuralCollapse(evaluate.Metric):
             for p in paths:
                 if not os.path.isfile(os.fspath(p)):
                     raise FileNotFoundError(f"no statistics file at {os.fspath(p)!r}")
-            return super().add_batch(statistics=[os.path.abspath(os.fspath(p)) for p in paths], **kwargs)
+            return super().add_batch(statistics=[os.path.abspath(os.fspath(p)) for p in paths])
+        if statistics is not None:
+            raise ValueError("`statistics=` needs the 'statistics' configuration: evaluate.load(..., 'statistics')")
         h, y = _batch(features, labels)
-        if self.selected_feature_format is not None:
-            d = self.selected_feature_format["features"].shape[1]
-            if h.shape[1] != d:
-                raise ValueError(f"features have dimension {h.shape[1]} but earlier batches had d={d}")
-            h = h.astype(self.selected_feature_format["features"].dtype, copy=False)
-        # one Arrow row per batch: the fast path (see the module docstring)
-        return super().add_batch(features=[h], labels=[y], **kwargs)
+        d = getattr(self, "_dim", None)  # set by the first batch since load() or the last compute()
+        if d is not None and h.shape[1] != d:
+            raise ValueError(f"features have dimension {h.shape[1]} but earlier batches had d={d}")
+        super().add_batch(features=[_to_npy(h)], labels=[_to_npy(y)])
+        self._dim = h.shape[1]
 
-    def add(self, *, features=None, labels=None, **kwargs):
+    def add(self, *, features=None, labels=None, statistics=None):
         """One sample: ``features`` (d,) and an int ``labels`` (or ``statistics=`` one path)."""
         if self.config_name == STATISTICS_CONFIG:
-            if kwargs.get("statistics") is None:
+            if statistics is None:
                 raise ValueError("add needs `statistics=`: the path of a saved CollapseStatistics file")
-            return self.add_batch(statistics=[kwargs.pop("statistics")], **kwargs)
+            return self.add_batch(statistics=[statistics])
         if features is None or labels is None:
             raise ValueError("add needs `features` (d,) and `labels` (an int)")
-        return self.add_batch(features=_to_numpy(features, "features")[None], labels=np.asarray([labels]), **kwargs)
+        return self.add_batch(features=_to_numpy(features, "features")[None], labels=np.asarray([labels]))
 
     def compute(self, **kwargs):
         """Measure all that was added plus this call's inputs; None off process 0."""
-        if self.config_name == STATISTICS_CONFIG and _is_statistics(kwargs.get("statistics")):
+        statistics = kwargs.get("statistics")
+        if self.config_name == STATISTICS_CONFIG and _is_statistics(statistics):
             # in-memory statistics skip the Arrow cache (they hold C x d floats)
             if len(self) or self.num_process > 1:
                 raise ValueError(
                     "pass CollapseStatistics objects to compute() only in a single process with "
                     "nothing added; in multi-process mode add saved files by path"
                 )
-            stats = kwargs.pop("statistics")
-            return self._measure(list(stats) if isinstance(stats, (list, tuple)) else [stats], **kwargs)
-        if self.config_name == STATISTICS_CONFIG and isinstance(kwargs.get("statistics"), (str, os.PathLike)):
-            kwargs["statistics"] = [kwargs["statistics"]]
-        return super().compute(**kwargs)
+            kwargs["statistics"] = list(statistics) if isinstance(statistics, (list, tuple)) else [statistics]
+            return self._compute(**kwargs)
+        if self.config_name == STATISTICS_CONFIG and isinstance(statistics, (str, os.PathLike)):
+            kwargs["statistics"] = [statistics]
+        try:
+            return super().compute(**kwargs)
+        finally:
+            self._dim = None  # the next batch starts a new measurement
 
     # ------------------------------------------------------------------ measure
     def _compute(
@@ -241,102 +246,65 @@ class NeuralCollapse(evaluate.Metric):
         features=None,
         labels=None,
         statistics=None,
-        num_classes=None,
         weights=None,
         bias=None,
-        k=2.0,
+        num_classes=None,
         test_features=None,
         test_labels=None,
-        dtype="float32",
-        tile_size=1024,
         device=None,
+        ood_features=None,
+        # the fields of hf_collapse.MeasureOptions, same order and defaults (tested)
+        k=2.0,
+        tile_size=1024,
+        dtype="float32",
         min_count=1,
         classes=None,
         global_mean="unweighted",
         riesz_s=None,
-        ood_features=None,
     ):
-        kwargs = dict(
-            weights=weights,
-            bias=bias,
-            k=k,
-            test_features=test_features,
-            test_labels=test_labels,
-            dtype=dtype,
-            tile_size=tile_size,
-            device=device,
-            min_count=min_count,
-            classes=classes,
-            global_mean=global_mean,
-            riesz_s=riesz_s,
-            ood_features=ood_features,
-        )
+        arguments = dict(locals())
+        options = MeasureOptions(**{name: arguments[name] for name in MeasureOptions.names()})
         if self.config_name == STATISTICS_CONFIG:
             if num_classes is not None:
                 raise ValueError("num_classes comes from the statistics file in the 'statistics' configuration")
-            return self._measure([CollapseStatistics.load(p) for p in statistics], **kwargs)
-        # features: (rows, n, d) when every batch had the same n, else an object array of (n_i, d)
-        rows = [(np.asarray(h), np.asarray(y)) for h, y in zip(features, labels)]
-        d = rows[0][0].shape[1]
-        if num_classes is None:
-            if kwargs.get("weights") is not None:
-                num_classes = len(kwargs["weights"])  # rows of W (C, d)
-            else:
-                num_classes = int(max((y.max() for _, y in rows if y.size), default=-1)) + 1
-                if num_classes < 1:
-                    raise ValueError("no labelled sample: every label is -100 (ignored)")
-        stats = CollapseStatistics(int(num_classes), d)
-        with warnings.catch_warnings():  # Arrow's arrays are read-only; the core only reads them
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            for h, y in rows:
-                stats.update(torch.from_numpy(h), torch.from_numpy(y))
-        return self._measure([stats], **kwargs)
-
-    def _measure(
-        self,
-        stats_list,
-        weights=None,
-        bias=None,
-        k=2.0,
-        test_features=None,
-        test_labels=None,
-        dtype="float32",
-        tile_size=1024,
-        device=None,
-        min_count=1,
-        classes=None,
-        global_mean="unweighted",
-        riesz_s=None,
-        ood_features=None,
-    ):
-        stats = stats_list[0] if len(stats_list) == 1 else stats_list[0].clone()
-        for other in stats_list[1:]:
-            stats.merge(other)  # sums add: merging shards equals accumulating their samples together
+            # CollapseStatistics objects (compute) or paths (through the Arrow cache); several are merged
+            stats_list = [s if isinstance(s, CollapseStatistics) else CollapseStatistics.load(s) for s in statistics]
+            stats = stats_list[0] if len(stats_list) == 1 else stats_list[0].clone()
+            for other in stats_list[1:]:
+                stats.merge(other)  # sums add: merging shards equals accumulating their samples together
+        else:
+            rows = [(_from_npy(h), _from_npy(y)) for h, y in zip(features, labels)]  # one per add_batch
+            dims = {h.shape[1] for h, _ in rows}
+            if len(dims) > 1:  # batches of several processes
+                raise ValueError(f"features of different dimensions were added: d in {sorted(dims)}")
+            if num_classes is None:
+                if weights is not None:
+                    num_classes = len(weights)  # rows of W (C, d)
+                else:
+                    num_classes = int(max((y.max() for _, y in rows if y.size), default=-1)) + 1
+                    if num_classes < 1:
+                        raise ValueError("no labelled sample: every label is -100 (ignored)")
+            stats = CollapseStatistics(int(num_classes), dims.pop())
+            with warnings.catch_warnings():  # the rows are read-only views of Arrow's bytes; the core only reads
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                for h, y in rows:
+                    stats.update(torch.from_numpy(h), torch.from_numpy(y))
         if (test_features is not None or test_labels is not None) and weights is None:
             raise ValueError(
                 "test_features/test_labels measure nc4_agreement, which needs the classifier: pass "
                 "weights= (C, d), e.g. model.get_output_embeddings().weight"
             )
-        if dtype not in ("float32", "float64", torch.float32, torch.float64):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         # tensors and numpy arrays go to the core as they are; it validates shapes and dtypes
         if ood_features is not None and not isinstance(ood_features, torch.Tensor):
             ood_features = torch.from_numpy(np.asarray(_to_numpy(ood_features, "ood_features"), dtype=np.float64))
         result = measure_collapse(
             stats,
-            weights=weights,
-            bias=bias,
-            k=k,
+            weights,
+            bias,
+            options=options,
             features=test_features,
             labels=test_labels,
-            dtype=dtype,
-            tile_size=tile_size,
             device=device,
-            min_count=min_count,
-            classes=classes,
-            global_mean=global_mean,
-            riesz_s=riesz_s,
             ood_features=ood_features,
         )
         return dict(result)

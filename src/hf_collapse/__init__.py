@@ -51,17 +51,6 @@ _LAZY = {
 }
 
 
-def _quiet_evaluate_cache_notice() -> None:
-    # evaluate logs "couldn't be found locally ... or remotely" on every bare-name load of the module that
-    # `hf-collapse install-metric` registered; drop exactly that message (integrations.metric)
-    from .integrations.metric import silence_cached_copy_notice
-
-    silence_cached_copy_notice()
-
-
-_quiet_evaluate_cache_notice()
-
-
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib

@@ -2,7 +2,11 @@
 
 hf-collapse install-metric                      # register in $HF_MODULES_CACHE (idempotent)
 hf-collapse install-metric --check              # exit 1 unless registered and up to date
-hf-collapse install-metric --export DIR         # write the shipped module folder (for a Space)
+hf-collapse install-metric --export DIR         # also write the shipped module folder (a Space, or
+                                                # ./neural_collapse: the bare name from that directory)
+
+Registration writes, under $HF_MODULES_CACHE (default $HF_HOME/modules):
+evaluate_modules/metrics/evaluate-metric--neural_collapse/<sha256>/neural_collapse.py (+ .json, __init__.py files).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def run(args) -> int:
     if args.check:
         ok = reg.is_registered(cache)
         print(f"neural_collapse {'is' if ok else 'is NOT'} registered (up to date) in {where}")
+        if not ok:
+            print(f"{reg.INSTALL_HINT}; without it, evaluate.load('neural_collapse') raises FileNotFoundError")
         return 0 if ok else 1
     try:
         script = reg.register_metric(cache)

@@ -1,21 +1,32 @@
 """Make ``evaluate.load("neural_collapse")`` work offline, from any directory.
 
-How evaluate resolves a bare name (evaluate 0.4, ``loading.evaluation_module_factory``):
-``./neural_collapse/neural_collapse.py``, then the Hub Space ``evaluate-metric/neural_collapse``,
-then the copy with the newest script mtime under
+How evaluate resolves a bare name (evaluate 0.4.6, ``loading.evaluation_module_factory``), in order:
 
-    $HF_MODULES_CACHE/evaluate_modules/metrics/evaluate-metric--neural_collapse/<64-hex hash>/neural_collapse.py
+1. ``./neural_collapse/neural_collapse.py`` in the working directory (``hf-collapse install-metric
+   --export ./neural_collapse`` puts the module there: no Hub request, no warning, that directory only);
+2. the Hub Space ``evaluate-metric/neural_collapse`` (skipped with ``HF_EVALUATE_OFFLINE=1``; it does not
+   exist, so online this costs a request, offline ~1.5 s of retries without the variable);
+3. the copy with the newest script mtime under evaluate's modules cache,
+   ``$HF_MODULES_CACHE/evaluate_modules/metrics/evaluate-metric--neural_collapse/<64 hex>/neural_collapse.py``
+   (``HF_MODULES_CACHE`` defaults to ``$HF_HOME/modules``, ``HF_HOME`` to ``$XDG_CACHE_HOME/huggingface``
+   or ``~/.cache/huggingface``); evaluate logs a WARNING "Using the latest cached version of the module
+   ... since it couldn't be found locally ..., or remotely on the Hugging Face Hub" whenever it takes
+   this path (there is no setting for it).
 
-(``HF_MODULES_CACHE`` defaults to ``$HF_HOME/modules``, ``HF_HOME`` to ``$XDG_CACHE_HOME/huggingface``
-or ``~/.cache/huggingface``). Registration writes the metric script shipped inside this package
-(``hf_collapse/evaluate_module/``) to that last place, byte for byte, under the sha256 of its bytes,
-and makes it the newest copy. It is idempotent (nothing is written when the copy is already there
-and newest) and atomic (temp file + ``os.replace``), so concurrent processes may all register.
+:func:`register_metric` (``hf-collapse install-metric``) writes step 3's copy, exactly the files evaluate
+itself writes when it caches a module downloaded from the Hub: the script shipped inside this package,
+byte for byte, under the sha256 of its bytes, the ``.json`` record beside it and the empty
+``__init__.py`` files that make the folders importable. It makes the copy the newest (evaluate picks by
+mtime), is idempotent (nothing is written when the copy is already there and newest) and atomic (temp
+file + ``os.replace``), so concurrent processes may all register. Importing hf_collapse writes nothing
+and changes nothing in evaluate.
 
-It runs through ``hf-collapse install-metric`` (which ``scripts/setup.sh`` runs) or
-:func:`register_metric`; importing hf_collapse writes nothing. :func:`load_metric` loads the shipped
-script by path instead: no registration, no Hub request. Set ``HF_EVALUATE_OFFLINE=1`` to skip
-evaluate's Hub attempt (about 1.5 s per load without network).
+In a cache where nothing was registered, ``evaluate.load("neural_collapse")`` fails with evaluate's own
+``FileNotFoundError`` ("Couldn't find a module script ... doesn't exist on the Hugging Face Hub either");
+evaluate raises it before any code of ours runs and offers no hook to extend it, so the hint to run
+``hf-collapse install-metric`` lives in the documentation, in ``hf-collapse install-metric --check``
+and in :data:`INSTALL_HINT`. :func:`load_metric` loads the shipped script by path instead: no
+registration, no Hub request, no warning.
 
 The module's files live once, in the repository's ``metrics/neural_collapse/`` (evaluate's layout);
 setuptools maps that folder to the package ``hf_collapse.evaluate_module``, so wheels and editable
@@ -135,7 +146,7 @@ def register_metric(cache: Optional[os.PathLike] = None) -> Path:
 
 INSTALL_HINT = (
     "evaluate.load('neural_collapse') finds the module only after it was registered in evaluate's "
-    "modules cache: run `hf-collapse install-metric` once (scripts/setup.sh does, for its own "
+    "modules cache: run `hf-collapse install-metric` once per cache (scripts/setup.sh does, for its own "
     "cache), or use hf_collapse.load_metric(), which needs no registration"
 )
 
@@ -165,26 +176,3 @@ def load_metric(config_name: Optional[str] = None, **kwargs):
             f"reinstall hf_collapse. {INSTALL_HINT}"
         )
     return evaluate.load(str(script), config_name, **kwargs)
-
-
-class _CachedCopyNotice(logging.Filter):
-    """Drops evaluate's warning that it fell back to the cached copy of *our* registered metric.
-
-    For a bare name evaluate tries the Hub Space ``evaluate-metric/neural_collapse`` (which does
-    not exist), then loads the newest cached copy and always logs, at WARNING, "Using the latest
-    cached version of the module from ... since it couldn't be found locally at
-    evaluate-metric--neural_collapse, or remotely on the Hugging Face Hub" (evaluate 0.4,
-    ``loading.CachedEvaluationModuleFactory.get_module``; there is no switch for it). That cached
-    copy is the one registration put there, so the message is expected; other modules' messages pass.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not (CACHE_NAME in msg and "couldn't be found locally" in msg)
-
-
-def silence_cached_copy_notice() -> None:
-    """Install ``_CachedCopyNotice`` on evaluate's loading logger (idempotent; evaluate need not be imported)."""
-    log = logging.getLogger("evaluate.loading")  # the logger evaluate.loading gets from its get_logger(__name__)
-    if not any(isinstance(f, _CachedCopyNotice) for f in log.filters):
-        log.addFilter(_CachedCopyNotice())
