@@ -254,8 +254,10 @@ class CollapseStatistics:
     def reduce(self, group=None) -> CollapseStatistics:
         """All-reduce (SUM) the state over the processes of ``torch.distributed`` (in place).
 
-        Two collectives: a (d+1)-vector to agree on a common shift (the global mean), then the
-        sums. A no-op when torch.distributed is not initialised (single process). Every process
+        A (d+1)-vector all-reduce to agree on a common shift (the global mean), then one in-place
+        all-reduce per sum tensor (3 to 6; no flat copy of the C x d state). ``group``: the
+        data-parallel process group to reduce over (default: the whole world); under tensor
+        parallelism pass the data-parallel group, so that TP replicas are counted once. A no-op when torch.distributed is not initialised (single process). Every process
         ends with the same, complete statistics. The second-pass sums are reduced too.
         """
         import torch.distributed as dist
@@ -273,20 +275,23 @@ class CollapseStatistics:
         common = head[:-1] / n if n > 0 else torch.zeros_like(self.shift)
         self._recentre(common)
         self.has_shift = bool(n > 0)
-        # 2) one flat buffer, one all-reduce
+        # 2) the sums, reduced in place: no copy of a C x d float64 tensor when the state lives where the
+        # collective runs (gloo on CPU, NCCL on the GPU); else each part goes through one buffer there
         names = ["counts", "sums", "sq_sums"]
         if self.second_moment is not None:
             names.append("second_moment")
         if self.frozen_means is not None:
             names += ["pass2_counts", "pass2_sq_sums"]
-        parts = [getattr(self, n_) for n_ in names]
-        flat = torch.cat([p.reshape(-1) for p in parts]).to(comm_device(group))
-        dist.all_reduce(flat, group=group)
-        flat = flat.to(self.device)
-        i = 0
-        for name, p in zip(names, parts):
-            setattr(self, name, flat[i : i + p.numel()].view_as(p).clone())
-            i += p.numel()
+        where = comm_device(group)
+        for name in names:
+            p = getattr(self, name)
+            if p.device == where and p.is_contiguous():
+                dist.all_reduce(p, group=group)
+            else:
+                buf = p.to(where)
+                dist.all_reduce(buf, group=group)
+                p.copy_(buf)
+                del buf
         return self
 
     # ------------------------------------------------------------------ derived

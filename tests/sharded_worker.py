@@ -1,0 +1,98 @@
+"""measure_model on a sharded tiny GPT-2 (gloo, CPU). Run by tests/test_sharded.py:
+
+    torchrun --nproc_per_node 2 tests/sharded_worker.py MODE OUT
+
+MODE: ``fsdp2`` (``fully_shard`` per block + root), ``fsdp2_uneven`` (7 batches on rank 0, 6 on rank 1),
+``fsdp1`` (``FullyShardedDataParallel(use_orig_params=True)``, one unit per block + root). Every rank writes
+``OUT/rank{r}.json`` with the report's metrics; :func:`reference` gives the 1-process unsharded numbers.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+N_BATCHES, B, T = 12, 2, 16
+
+
+def tiny_gpt2(seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def batches(n=N_BATCHES, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (n, B, T), generator=g)
+    return [{"input_ids": x, "labels": x.clone()} for x in ids]
+
+
+def settings():
+    from hf_collapse import CollapseArguments
+
+    return CollapseArguments(collapse_dtype="float64")
+
+
+def shard(data, rank, world, uneven=False):
+    """Rank r's batches: an even split of ``data``, or 7 / 6 of 13 when ``uneven``."""
+    if uneven:
+        return data[:7] if rank == 0 else data[7:]
+    return data[rank::world]
+
+
+def reference(uneven=False):
+    """The 1-process unsharded metrics of the data every mode measures in total."""
+    from hf_collapse.integrations.passes import measure_model
+
+    data = batches(13 if uneven else N_BATCHES)
+    return measure_model(tiny_gpt2(), data, data, settings(), progress=False).metrics()
+
+
+def main(mode, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+        from hf_collapse.integrations.passes import measure_model
+
+        model = tiny_gpt2()
+        if mode.startswith("fsdp2"):
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (world,))
+            for block in model.transformer.h:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        elif mode == "fsdp1":
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+            model = FSDP(
+                model,
+                auto_wrap_policy=ModuleWrapPolicy({GPT2Block}),
+                use_orig_params=True,
+                device_id=torch.device("cpu"),  # without it: "FSDP needs a non-CPU accelerator device"
+            )
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+        uneven = mode == "fsdp2_uneven"
+        mine = shard(batches(13 if uneven else N_BATCHES), rank, world, uneven)
+        report = measure_model(model, mine, mine, settings(), progress=False)
+        res = {"metrics": report.metrics(), "num_tokens": report.statistics.num_tokens}
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump(res, f)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+    main(*sys.argv[1:3])
