@@ -3,7 +3,8 @@
     torchrun --nproc_per_node 2 tests/sharded_worker.py MODE OUT
 
 MODE: ``fsdp2`` (``fully_shard`` per block + root), ``fsdp2_uneven`` (7 batches on rank 0, 6 on rank 1),
-``fsdp1`` (``FullyShardedDataParallel(use_orig_params=True)``, one unit per block + root). Every rank writes
+``fsdp1`` (``FullyShardedDataParallel(use_orig_params=True)``, one unit per block + root), ``tp`` (the head
+column-parallel over 2 ranks that both see all the data, reduced over the size-1 data-parallel group). Every rank writes
 ``OUT/rank{r}.json`` with the report's metrics; :func:`reference` gives the 1-process unsharded numbers.
 """
 
@@ -80,11 +81,21 @@ def main(mode, out):
                 use_orig_params=True,
                 device_id=torch.device("cpu"),  # without it: "FSDP needs a non-CPU accelerator device"
             )
+        elif mode == "tp":  # tensor parallel head (DTensor), data parallel degree 1: both ranks see all data
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.tensor import Replicate
+            from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+            mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "tp"))
+            parallelize_module(model, mesh["tp"], {"lm_head": ColwiseParallel(output_layouts=Replicate())})
+            data = batches()
+            report = measure_model(model, data, data, settings(), progress=False, group=mesh["dp"].get_group())
         else:
             raise SystemExit(f"unknown mode {mode}")
-        uneven = mode == "fsdp2_uneven"
-        mine = shard(batches(13 if uneven else N_BATCHES), rank, world, uneven)
-        report = measure_model(model, mine, mine, settings(), progress=False)
+        if mode != "tp":
+            uneven = mode == "fsdp2_uneven"
+            mine = shard(batches(13 if uneven else N_BATCHES), rank, world, uneven)
+            report = measure_model(model, mine, mine, settings(), progress=False)
         res = {"metrics": report.metrics(), "num_tokens": report.statistics.num_tokens}
         with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
             json.dump(res, f)

@@ -31,7 +31,7 @@ def _launch(mode, out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["fsdp2", "fsdp2_uneven", "fsdp1"])
+@pytest.mark.parametrize("mode", ["fsdp2", "fsdp2_uneven", "fsdp1", "tp"])
 def test_sharded_measure_model_equals_one_process(tmp_path, mode):
     ranks = _launch(mode, tmp_path)
     ref = sharded_worker.reference(uneven=mode == "fsdp2_uneven")
@@ -40,8 +40,9 @@ def test_sharded_measure_model_equals_one_process(tmp_path, mode):
         assert set(res["metrics"]) == set(ref)
         for key, want in ref.items():
             assert res["metrics"][key] == pytest.approx(want, rel=1e-6, abs=1e-12), key
-    if mode == "fsdp2_uneven":
-        assert ranks[0]["num_tokens"] == 13 * sharded_worker.B * (sharded_worker.T - 1)
+    n_batches = 13 if mode == "fsdp2_uneven" else sharded_worker.N_BATCHES
+    for res in ranks:  # tp: reduced over the data-parallel group, each token counted once (not once per TP rank)
+        assert res["num_tokens"] == n_batches * sharded_worker.B * (sharded_worker.T - 1)
 
 
 # ---------------------------------------------------------------- the head reader, one process

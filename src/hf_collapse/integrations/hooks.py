@@ -549,6 +549,7 @@ class FeatureHooks:
         h = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if not isinstance(h, torch.Tensor):
             raise ValueError("the hooked module received no tensor input")
+        h = _full(h)  # tensor parallel: a DTensor input (replicated: no communication; every TP rank is here)
         h, y = align_labels(
             h.detach(),
             self._batch,
@@ -569,7 +570,7 @@ class FeatureHooks:
             return None
         if self.task == "sequence_classification" and output.dim() == 3:
             return None  # pooled after the head: the weights predict instead
-        logits = output.detach()
+        logits = _full(output.detach())
         if self.drop_padded_duplicates:
             logits, _ = _keep_real_samples(logits, y)
         return logits.reshape(-1, logits.shape[-1])
