@@ -121,3 +121,66 @@ def test_hooks_skip_activation_checkpoint_recompute():
         out = net(input_ids=ids, labels=ids)
         out.sum().backward()  # recomputes the checkpointed region, hooks included
     assert hk.sink.statistics["lm_head"].num_tokens == 3
+
+
+# ---------------------------------------------------------------- the Trainer path
+def _eval_dataset():
+    from datasets import Dataset
+
+    rows = [b["input_ids"][0].tolist() for b in sharded_worker.batches()]
+    return Dataset.from_dict({"input_ids": rows, "labels": rows})
+
+
+@pytest.mark.slow
+def test_trainer_gradient_checkpointing_counts_each_token_once(tmp_path):
+    """Activation checkpointing: training recomputes forwards in backward, evaluation (no_grad) does not;
+    the NC statistics of an evaluation after checkpointed training steps count each token once."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from hf_collapse import CollapseArguments, CollapseTrainer
+
+    ds = _eval_dataset()
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}  # renamed in later transformers 5 releases
+    ckpt_field = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    out = {}
+    for ckpt in (False, True):
+        model = sharded_worker.tiny_gpt2()
+        args = TrainingArguments(
+            output_dir=str(tmp_path / str(ckpt)),
+            use_cpu=True,
+            report_to=[],
+            max_steps=2,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            **{ckpt_field: ckpt},
+            disable_tqdm=True,
+            save_strategy="no",
+            seed=0,
+        )
+        t = CollapseTrainer(
+            model=model, args=args, train_dataset=ds, eval_dataset=ds, collapse_args=CollapseArguments()
+        )
+        t.train()
+        on = getattr(model, "is_activation_checkpointing", None)
+        assert (model.is_gradient_checkpointing if on is None else on) == ckpt
+        out[ckpt] = (t.evaluate(), t.collapse_report.statistics.num_tokens)
+    assert out[True][1] == out[False][1] == len(ds) * (sharded_worker.T - 1)
+    for key, want in out[False][0].items():
+        if key.startswith("eval_nc") and "runtime" not in key:
+            assert out[True][0][key] == pytest.approx(want, rel=1e-5), key
+
+
+def test_trainer_warns_when_fsdp_is_dropped(caplog):
+    """TrainingArguments(fsdp=...) without an FSDP plugin (a CPU machine under torchrun): one warning."""
+    from types import SimpleNamespace
+
+    from hf_collapse.integrations.trainer import _warn_fsdp_dropped
+
+    with caplog.at_level("WARNING", logger="hf_collapse.integrations.trainer"):
+        _warn_fsdp_dropped(SimpleNamespace(args=SimpleNamespace(fsdp=["full_shard"]), is_fsdp_enabled=False))
+        _warn_fsdp_dropped(SimpleNamespace(args=SimpleNamespace(fsdp=["full_shard"]), is_fsdp_enabled=True))
+        _warn_fsdp_dropped(SimpleNamespace(args=SimpleNamespace(fsdp=[]), is_fsdp_enabled=False))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "not in effect" in msgs[0]
