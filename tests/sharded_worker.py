@@ -4,7 +4,8 @@
 
 MODE: ``fsdp2`` (``fully_shard`` per block + root), ``fsdp2_uneven`` (7 batches on rank 0, 6 on rank 1),
 ``fsdp1`` (``FullyShardedDataParallel(use_orig_params=True)``, one unit per block + root), ``tp`` (the head
-column-parallel over 2 ranks that both see all the data, reduced over the size-1 data-parallel group). Every rank writes
+column-parallel over 2 ranks that both see all the data, reduced over the size-1 data-parallel group), ``zero3``
+(DeepSpeed ZeRO-3 engine, ``DS_ACCELERATOR=cpu``; needs the optional deepspeed). Every rank writes
 ``OUT/rank{r}.json`` with the report's metrics; :func:`reference` gives the 1-process unsharded numbers.
 """
 
@@ -90,6 +91,17 @@ def main(mode, out):
             parallelize_module(model, mesh["tp"], {"lm_head": ColwiseParallel(output_layouts=Replicate())})
             data = batches()
             report = measure_model(model, data, data, settings(), progress=False, group=mesh["dp"].get_group())
+        elif mode == "zero3":  # DeepSpeed ZeRO-3 (optional: deepspeed installs and runs on CPU with gloo)
+            import deepspeed
+
+            config = {
+                "train_micro_batch_size_per_gpu": B,
+                "zero_optimization": {"stage": 3},
+                "optimizer": {"type": "SGD", "params": {"lr": 0.0}},
+                "zero_allow_untested_optimizer": True,
+            }
+            model, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+            assert model.module.lm_head.weight.shape == (0,)  # partitioned outside forward
         else:
             raise SystemExit(f"unknown mode {mode}")
         if mode != "tp":

@@ -155,7 +155,9 @@ def _is_zero3(p) -> bool:
 def _zero3_gathered(params):
     """``deepspeed.zero.GatheredParameters`` (a module-level seam so that tests can fake it)."""
     try:
-        from deepspeed.zero import GatheredParameters
+        import deepspeed  # ``deepspeed.zero`` is an attribute (deepspeed.runtime.zero), not an importable module
+
+        GatheredParameters = deepspeed.zero.GatheredParameters
     except ImportError as e:  # pragma: no cover - a ds_shape parameter without deepspeed
         raise ValueError(
             "the head's parameters are partitioned by DeepSpeed ZeRO-3 (they have ds_shape) but deepspeed "

@@ -99,7 +99,8 @@ def _warn_fsdp_dropped(trainer) -> None:
     """``TrainingArguments(fsdp=...)`` on a machine without an accelerator is dropped by transformers /
     accelerate to plain data parallelism without a log line: say it once."""
     fsdp = getattr(trainer.args, "fsdp", None)
-    if fsdp and not getattr(trainer, "is_fsdp_enabled", False):
+    main = getattr(trainer, "is_world_process_zero", lambda: True)()
+    if fsdp and not getattr(trainer, "is_fsdp_enabled", False) and main:
         logger.warning(
             "TrainingArguments(fsdp=%r) is not in effect (no FSDP plugin: on a CPU machine transformers and "
             "accelerate fall back to plain data parallelism); the model is not sharded and the collapse "
