@@ -93,10 +93,11 @@ def _model_device(model) -> torch.device:
 _END = object()
 
 
-def _masked(batch):
+def _masked(batch, task="causal_lm"):
     """A copy of ``batch`` whose every position is ignored (the dummy forward of a process that ran out)."""
-    if batch is None:  # this process had no batch at all: one token, nothing labelled
-        return {"input_ids": torch.zeros(1, 2, dtype=torch.long), "labels": torch.full((1, 2), -100)}
+    if batch is None:  # this process had no batch at all: one sequence of two tokens, nothing labelled
+        shape = (1,) if task == "sequence_classification" else (1, 2)
+        return {"input_ids": torch.zeros(1, 2, dtype=torch.long), "labels": torch.full(shape, -100)}
     out = dict(batch)
     ref = batch.get("labels") if batch.get("labels") is not None else batch.get("input_ids")
     out["labels"] = torch.full_like(ref, -100)
@@ -181,7 +182,7 @@ def _run_pass(
                     if float(more[0]) == 0.0:
                         break
                     if batch is _END:
-                        batch, dummy = _masked(last), True
+                        batch, dummy = _masked(last, hooks.task), True
                 elif batch is _END:
                     break
                 last = batch
