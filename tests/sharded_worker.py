@@ -5,7 +5,8 @@
 MODE: ``fsdp2`` (``fully_shard`` per block + root), ``fsdp2_uneven`` (7 batches on rank 0, 6 on rank 1),
 ``fsdp1`` (``FullyShardedDataParallel(use_orig_params=True)``, one unit per block + root), ``tp`` (the head
 column-parallel over 2 ranks that both see all the data, reduced over the size-1 data-parallel group), ``zero3``
-(DeepSpeed ZeRO-3 engine, ``DS_ACCELERATOR=cpu``; needs the optional deepspeed). Every rank writes
+(DeepSpeed ZeRO-3 engine, ``DS_ACCELERATOR=cpu``; needs the optional deepspeed), ``trainer_zero3``
+(``CollapseTrainer`` with ``TrainingArguments(deepspeed=ZeRO-3)``, ``evaluate()``). Every rank writes
 ``OUT/rank{r}.json`` with the report's metrics; :func:`reference` gives the 1-process unsharded numbers.
 """
 
@@ -51,6 +52,49 @@ def reference(uneven=False):
 
     data = batches(13 if uneven else N_BATCHES)
     return measure_model(tiny_gpt2(), data, data, settings(), progress=False).metrics()
+
+
+def eval_rows():
+    """The evaluation set of the Trainer modes: the first sequence of each batch (12 rows of T tokens)."""
+    return [b["input_ids"][0].tolist() for b in batches()]
+
+
+def reference_rows():
+    from hf_collapse.integrations.passes import measure_model
+
+    data = [{"input_ids": torch.tensor(r)[None], "labels": torch.tensor(r)[None]} for r in eval_rows()]
+    return measure_model(tiny_gpt2(), data, data, settings(), progress=False).metrics()
+
+
+def trainer_zero3(out):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from hf_collapse import CollapseTrainer
+
+    rows = eval_rows()
+    ds = Dataset.from_dict({"input_ids": rows, "labels": rows})
+    config = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "zero_optimization": {"stage": 3},
+        "zero_allow_untested_optimizer": True,
+    }
+    args = TrainingArguments(
+        output_dir=os.path.join(out, "trainer"),
+        use_cpu=True,
+        report_to=[],
+        deepspeed=config,
+        per_device_eval_batch_size=3,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    trainer = CollapseTrainer(model=tiny_gpt2(), args=args, eval_dataset=ds, collapse_args=settings())
+    metrics = trainer.evaluate()
+    assert trainer.model.lm_head.weight.shape == (0,)  # ZeRO-3 partitioned outside forward
+    keys = {k[len("eval_") :]: v for k, v in metrics.items() if k.startswith("eval_")}
+    return {"metrics": keys, "num_tokens": trainer.collapse_report.statistics.num_tokens}
 
 
 def main(mode, out):
@@ -102,9 +146,14 @@ def main(mode, out):
             }
             model, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
             assert model.module.lm_head.weight.shape == (0,)  # partitioned outside forward
+        elif mode == "trainer_zero3":  # CollapseTrainer with TrainingArguments(deepspeed=ZeRO-3), evaluate()
+            res = trainer_zero3(out)
+            with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+                json.dump(res, f)
+            return
         else:
             raise SystemExit(f"unknown mode {mode}")
-        if mode != "tp":
+        if mode not in ("tp", "zero3"):
             uneven = mode == "fsdp2_uneven"
             mine = shard(batches(13 if uneven else N_BATCHES), rank, world, uneven)
             report = measure_model(model, mine, mine, settings(), progress=False)
