@@ -89,10 +89,10 @@ def reducing() -> bool:
     return rank_and_world()[1] > 1
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, (0, 1) without a process group."""
+def rank_and_world(group=None) -> tuple[int, int]:
+    """(rank, world size) of torch.distributed (in ``group``, default the world), (0, 1) without a process group."""
     dist = _dist()
-    return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    return (dist.get_rank(group), dist.get_world_size(group)) if dist else (0, 1)
 
 
 def world_size() -> int:
@@ -100,13 +100,14 @@ def world_size() -> int:
     return rank_and_world()[1]
 
 
-def all_reduce_sum(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Sum (or ``op="max"``) a tensor over all processes; returns a tensor on ``t``'s device."""
+def all_reduce_sum(t: torch.Tensor, op: str = "sum", group=None) -> torch.Tensor:
+    """Sum (or ``op="max"``) a tensor over all processes (of ``group``); returns a tensor on ``t``'s device.
+    In place (``t`` itself returned) when ``t`` already lives where the collective runs."""
     dist = _dist()
-    if dist is None or dist.get_world_size() == 1:
+    if dist is None or dist.get_world_size(group) == 1:
         return t
-    buf = t.to(comm_device())
-    dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    buf = t.to(comm_device(group))
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
     return buf.to(t.device)
 
 
@@ -115,10 +116,10 @@ def all_true(flag: bool) -> bool:
     return bool(all_reduce_sum(torch.tensor([0.0 if flag else 1.0], dtype=torch.float64), op="max").item() == 0)
 
 
-def agree_dim(dim: Optional[int]) -> int:
+def agree_dim(dim: Optional[int], group=None) -> int:
     """All processes learn the feature dimension (a process that saw no batch does not know it)."""
     local = torch.tensor([-1.0 if dim is None else float(dim)], dtype=torch.float64)
-    agreed = int(all_reduce_sum(local, op="max").item())
+    agreed = int(all_reduce_sum(local, op="max", group=group).item())
     if agreed < 1:
         raise ValueError("no labelled token was collected: the data are empty or the budget yields nothing")
     return agreed
@@ -133,12 +134,16 @@ def finish_pass(
     ignore_index: int = -100,
     reduce: bool = True,
     what: str = "the data",
+    group=None,
 ) -> dict[str, CollapseStatistics]:
     """End a statistics pass: agree on dims, all-reduce, reject empty results; returns ``{name: stats}``
     in ``names`` order.
 
     Every process must call it (collectives): a process whose shard never reached a module still
-    joins with an empty accumulator of the agreed dimension.
+    joins with an empty accumulator of the agreed dimension. ``group``: the data-parallel process
+    group (default: the world). Under tensor parallelism every TP rank sees the same features, so
+    pass the data-parallel group (e.g. ``device_mesh["dp"].get_group()``): reducing over the world
+    would count each token once per TP rank. Reduced in place (no copy of the C x d sums).
     """
     stats = dict(statistics)
     for st in stats.values():  # the label / finiteness checks the hooks deferred (one sync each)
@@ -146,10 +151,10 @@ def finish_pass(
         st.defer_checks = False
     for name in names:
         if reduce:
-            dim = agree_dim(stats[name].dim if name in stats else None)
+            dim = agree_dim(stats[name].dim if name in stats else None, group=group)
             if name not in stats:
                 stats[name] = CollapseStatistics(num_classes, dim, covariance=covariance, ignore_index=ignore_index)
-            stats[name].reduce()
+            stats[name].reduce(group=group)
         if name not in stats or stats[name].num_tokens == 0:
             raise ValueError(
                 f"no labelled token was collected at {name!r} from {what}: the data are empty, the budget is too "

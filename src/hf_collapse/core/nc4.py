@@ -105,13 +105,14 @@ class NC4Counter:
         self.saw_logits |= other.saw_logits
         return self
 
-    def reduce(self) -> NC4Counter:
-        """All-reduce the counts (and flags) over torch.distributed processes; a no-op in one process."""
-        from .distributed import all_reduce_sum, world_size
+    def reduce(self, group=None) -> NC4Counter:
+        """All-reduce the counts (and flags) over torch.distributed processes (of the data-parallel
+        ``group``, default the world); a no-op in one process."""
+        from .distributed import all_reduce_sum, rank_and_world
 
-        if world_size() > 1:
+        if rank_and_world(group)[1] > 1:
             flags = torch.tensor([float(self._bad), float(self.saw_logits)], dtype=torch.float64)
-            total = all_reduce_sum(torch.cat([self.counts.cpu(), flags]))
+            total = all_reduce_sum(torch.cat([self.counts.cpu(), flags]), group=group)
             self.counts = total[:3].to(self.counts.device)
             self._bad = torch.tensor(bool(total[3] > 0), device=self.counts.device)
             self.saw_logits = bool(total[4] > 0)

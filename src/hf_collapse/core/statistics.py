@@ -362,7 +362,9 @@ class CollapseStatistics:
         tensor, no copy of the (C, d) sums unless the backend needs the buffer on another device: NCCL
         with a CPU state). A no-op when torch.distributed is not initialised (single process), for a
         group of one, and inside ``core.scope.local_only()`` for the default group. Every process ends
-        with the same, complete statistics.
+        with the same, complete statistics. ``group``: the data-parallel process group to reduce over
+        (default: the whole world); under tensor parallelism pass the data-parallel group, so that TP
+        replicas are counted once.
         """
         import torch.distributed as dist
 

@@ -128,26 +128,169 @@ def classifier_of(module: torch.nn.Module) -> tuple[Optional[torch.Tensor], Opti
 
 @contextlib.contextmanager
 def full_parameters(model):
-    """Inside: the parameters of an FSDP(1)-wrapped ``model`` are whole on every rank (collective;
-    every process must enter). A no-op for other models. Untested here (no GPU, FSDP needs one)."""
+    """Kept for callers of the old API: a no-op. Sharded heads are read by :func:`read_head`."""
+    yield
+
+
+# ---------------------------------------------------------------------------- the head reader
+# How NC3 / NC4 / the class count read a classifier that sharding may have cut. Every case gathers
+# outside forward and is a collective: every process must call ``read_head`` for the same module.
+#
+# - FSDP2 / tensor parallel: the weight is a DTensor; ``full_tensor()`` (in ``classifier_of``).
+# - FSDP1 (``use_orig_params=True`` leaves each original parameter a flat 1-D view of this rank's
+#   shard, possibly empty): ``FSDP.summon_full_params(unit, recurse=False, writeback=False)`` on the
+#   innermost FSDP unit of the *wrapped* model that contains the head (the unit that owns its
+#   parameters), else the root with ``recurse=True``.
+# - DeepSpeed ZeRO-3 (a partitioned parameter has shape (0,) and ``ds_shape`` / ``ds_status``):
+#   ``deepspeed.zero.GatheredParameters`` on the head's parameters (tied ones once).
+# - anything else: ``classifier_of`` (plain tensors; offloaded heads are handled there).
+# The result is checked: a 2-D (C, d) weight with data (not on the meta device); a head that cannot be
+# read is a ValueError naming the case, never a missing NC3 key.
+
+
+def _is_zero3(p) -> bool:
+    return isinstance(p, torch.Tensor) and hasattr(p, "ds_shape") and hasattr(p, "ds_status")
+
+
+def _zero3_gathered(params):
+    """``deepspeed.zero.GatheredParameters`` (a module-level seam so that tests can fake it)."""
+    try:
+        import deepspeed  # ``deepspeed.zero`` is an attribute (deepspeed.runtime.zero), not an importable module
+
+        GatheredParameters = deepspeed.zero.GatheredParameters
+    except ImportError as e:  # pragma: no cover - a ds_shape parameter without deepspeed
+        raise ValueError(
+            "the head's parameters are partitioned by DeepSpeed ZeRO-3 (they have ds_shape) but deepspeed "
+            "cannot be imported to gather them"
+        ) from e
+    return GatheredParameters(params, modifier_rank=None)
+
+
+def _fsdp1_classes():
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     except ImportError:  # pragma: no cover
-        FSDP = None
-    if FSDP is not None and isinstance(model, FSDP):
-        with FSDP.summon_full_params(model, writeback=False):
-            yield
-    else:
-        yield
+        return None
+    return FSDP
 
 
-def head_weights(model, name, module, stats: CollapseStatistics):
+def _fsdp1_unit(wrapped, module):
+    """(unit, recurse): the innermost FSDP1 unit of ``wrapped`` that contains ``module``, or (None, False)."""
+    FSDP = _fsdp1_classes()
+    if FSDP is None or not isinstance(wrapped, torch.nn.Module):
+        return None, False
+    best, best_size = None, None
+    for unit in wrapped.modules():
+        if isinstance(unit, FSDP) and any(m is module for m in unit.modules()):
+            size = sum(1 for _ in unit.modules())
+            if best is None or size < best_size:
+                best, best_size = unit, size
+    return best, False
+
+
+def is_sharded(*models) -> bool:
+    """Whether a model's parameters are sharded across processes (FSDP1/2, tensor parallel, ZeRO-3):
+    its forwards are collectives, so every process must run the same number of them."""
+    FSDP = _fsdp1_classes()
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch < 2.6
+        FSDPModule = ()
+    for model in models:
+        if not isinstance(model, torch.nn.Module):
+            continue
+        for m in model.modules():
+            if (FSDP is not None and isinstance(m, FSDP)) or (FSDPModule and isinstance(m, FSDPModule)):
+                return True
+        for p in model.parameters():
+            if hasattr(p, "full_tensor") or _is_zero3(p):
+                return True
+    return False
+
+
+def _check_head(name, w, b, case):
+    if w.dim() != 2:
+        raise ValueError(
+            f"cannot read the classifier {name!r} ({case}): its weight has shape {tuple(w.shape)}, not (C, d)"
+            + (
+                "; a flat or empty FSDP1 shard: pass the FSDP-wrapped model (the Trainer's model_wrapped), "
+                "not the unwrapped one"
+                if w.dim() == 1
+                else ""
+            )
+        )
+    if w.is_meta or (b is not None and b.is_meta):
+        raise ValueError(
+            f"cannot read the classifier {name!r} ({case}): its weight is on the meta device (offloaded or "
+            "not loaded); load the model with its weights or let accelerate place them"
+        )
+    return w, b
+
+
+def read_head(model, name, module, *, wrapped=None):
+    """The whole classifier ``(W (C, d), b (C,) or None)`` of ``module`` on every process, or ``(None, None)``
+    when ``module`` is not a linear layer. ``wrapped`` is the model as the caller holds it (FSDP1's
+    root wrapper included); default ``model``. A collective for sharded models (see above); gathered
+    weights are copies, plain ones the parameters themselves (detached)."""
+    if not isinstance(module, torch.nn.Linear):
+        return None, None
+    wrapped = model if wrapped is None else wrapped
+    w = getattr(module, "weight", None)
+    b = getattr(module, "bias", None)
+    b = b if isinstance(b, torch.Tensor) else None
+    if not isinstance(w, torch.Tensor):
+        return None, None
+    if _is_zero3(w) or (b is not None and _is_zero3(b)):
+        params = list({id(p): p for p in (w, b) if p is not None}.values())  # tied: once
+        with _zero3_gathered(params):
+            w2 = w.detach().clone()
+            b2 = None if b is None else b.detach().clone()
+        return _check_head(name, w2, b2, "DeepSpeed ZeRO-3")
+    if not hasattr(w, "full_tensor") and w.dim() != 2:  # an FSDP1 flat shard (use_orig_params=True)
+        FSDP = _fsdp1_classes()
+        unit, _ = _fsdp1_unit(wrapped, module)
+        if unit is None:
+            return _check_head(name, w.detach(), None if b is None else b.detach(), "not wrapped by FSDP")
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False):
+            w2, b2 = module.weight, module.bias
+            whole = w2.dim() == 2
+            if whole:
+                w2 = w2.detach().clone()
+                b2 = None if b2 is None else b2.detach().clone()
+        if not whole:  # the head's parameters belong to another unit (tied weights): gather everything
+            root = next(m for m in wrapped.modules() if isinstance(m, FSDP))
+            with FSDP.summon_full_params(root, recurse=True, writeback=False):
+                w2, b2 = module.weight.detach().clone(), None if module.bias is None else module.bias.detach().clone()
+        return _check_head(name, w2, b2, "FSDP1")
+    w2, b2 = classifier_of(module)
+    if w2 is None:
+        return None, None
+    return _check_head(name, w2, b2, "tensor parallel / FSDP2" if hasattr(w, "full_tensor") else "plain")
+
+
+def head_num_classes(module) -> Optional[int]:
+    """The number of classes of a head from what sharding leaves whole (``out_features``,
+    ``num_embeddings``, ZeRO-3's ``ds_shape``), with no collective; None if it does not say."""
+    if isinstance(module, torch.nn.Linear):
+        return int(module.out_features)
+    if isinstance(module, torch.nn.Embedding):
+        return int(module.num_embeddings)
+    w = getattr(module, "weight", None)
+    if _is_zero3(w):
+        return int(w.ds_shape[0])
+    if isinstance(w, torch.Tensor) and w.dim() == 2 and not w.is_meta:
+        return int(w.shape[0])
+    return None
+
+
+def head_weights(model, name, module, stats: CollapseStatistics, *, wrapped=None):
     """Classifier (W, b) of ``module`` for NC3/NC4, or (None, None) when it is not a classifier of
-    the statistics' C classes (an inner ``nn.Linear`` measured for layer-wise NC).
+    the statistics' C classes (an inner ``nn.Linear`` measured for layer-wise NC). Read with
+    :func:`read_head` (a collective for sharded models: every process calls it).
 
     The output embeddings must match the statistics: a mismatch means statistics of another model.
     """
-    w, b = classifier_of(module)
+    w, b = read_head(model, name, module, wrapped=wrapped)
     if w is None:
         return None, None
     if tuple(w.shape) == (stats.num_classes, stats.dim):
@@ -162,15 +305,18 @@ def head_weights(model, name, module, stats: CollapseStatistics):
 
 
 def _num_classes(model, modules: Mapping[str, torch.nn.Module], num_classes: Optional[int]) -> int:
+    """From what sharding leaves whole (no collective; equal on every process): the measured Linear's
+    ``out_features``, the output embeddings', ZeRO-3's ``ds_shape``, then the config."""
     if num_classes is not None:
         return int(num_classes)
     for mod in modules.values():
-        w, _ = classifier_of(mod)
-        if w is not None:
-            return int(w.shape[0])
+        if isinstance(mod, torch.nn.Linear):
+            return int(mod.out_features)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
+    if head is not None:
+        c = head_num_classes(head)
+        if c:
+            return c
     cfg = getattr(model, "config", None)
     for attr in ("num_labels", "vocab_size"):
         if cfg is not None and getattr(cfg, attr, None):
@@ -266,6 +412,16 @@ def _keep_real_samples(features: torch.Tensor, labels: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------- hooks
+def _in_backward() -> bool:
+    """Inside autograd's backward: activation checkpointing re-running a forward to recompute it. Its
+    hooks must not count the tokens a second time. (Under the passes' ``no_grad`` and the Trainer's
+    eval loop nothing is recomputed: checkpointing recomputes only in backward.)"""
+    try:
+        return torch._C._current_graph_task_id() != -1
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
 class StatisticsSink:
     """Folds each batch's (features, labels) into ``statistics[name]`` (pass 1; created lazily, d from the
     first batch). Checks of labels and finiteness are deferred to :meth:`check` (no host sync per batch)."""
@@ -376,7 +532,7 @@ class FeatureHooks:
 
     # -- hooks
     def _active(self) -> bool:
-        return self.enabled and self.sink is not None and not self.model.training
+        return self.enabled and self.sink is not None and not self.model.training and not _in_backward()
 
     def _top_hook(self, module, args, kwargs):
         if not self._active():
@@ -395,6 +551,7 @@ class FeatureHooks:
         h = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if not isinstance(h, torch.Tensor):
             raise ValueError("the hooked module received no tensor input")
+        h = _full(h)  # tensor parallel: a DTensor input (replicated: no communication; every TP rank is here)
         h, y = align_labels(
             h.detach(),
             self._batch,
@@ -415,7 +572,7 @@ class FeatureHooks:
             return None
         if self.task == "sequence_classification" and output.dim() == 3:
             return None  # pooled after the head: the weights predict instead
-        logits = output.detach()
+        logits = _full(output.detach())
         if self.drop_padded_duplicates:
             logits, _ = _keep_real_samples(logits, y)
         return logits.reshape(-1, logits.shape[-1])

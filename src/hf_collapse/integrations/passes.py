@@ -26,7 +26,7 @@ from ..core.nc4 import NC4Counter
 from ..core.registry import MEASURE_KEYS
 from ..core.statistics import CollapseStatistics
 from .folder import layer_key
-from .hooks import FeatureHooks, NC4Sink, StatisticsSink, full_parameters, head_weights, resolve_modules, unwrap_model
+from .hooks import FeatureHooks, NC4Sink, StatisticsSink, head_weights, is_sharded, resolve_modules, unwrap_model
 from .record import MeasurementRecord
 from .resume import fingerprint, read_checkpoint, write_checkpoint
 from .settings import CollapseArguments, as_settings
@@ -90,6 +90,20 @@ def _model_device(model) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+_END = object()
+
+
+def _masked(batch, task="causal_lm"):
+    """A copy of ``batch`` whose every position is ignored (the dummy forward of a process that ran out)."""
+    if batch is None:  # this process had no batch at all: one sequence of two tokens, nothing labelled
+        shape = (1,) if task == "sequence_classification" else (1, 2)
+        return {"input_ids": torch.zeros(1, 2, dtype=torch.long), "labels": torch.full(shape, -100)}
+    out = dict(batch)
+    ref = batch.get("labels") if batch.get("labels") is not None else batch.get("input_ids")
+    out["labels"] = torch.full_like(ref, -100)
+    return out
+
+
 SYNC_EVERY = 32  # batches between the host's reads of the token count and the deferred checks
 
 
@@ -112,6 +126,7 @@ def _run_pass(
     on_batch=None,
     tokens0=0,
     sync_every: Optional[int] = None,
+    group=None,
 ):
     """Drive ``model`` over ``dataloader`` under no_grad + eval mode; hooks do the accumulating.
 
@@ -126,7 +141,7 @@ def _run_pass(
     inner = hooks.model
     was_training = inner.training
     device = _model_device(inner)
-    rank, world = rank_and_world()
+    rank, world = rank_and_world(group)  # the data-parallel processes (a token budget is over them)
     tokens = torch.tensor(tokens0, dtype=torch.long, device=device)  # labelled tokens so far, all processes
     bound = float(tokens0)  # host-side upper bound of ``tokens``
     bar = None
@@ -143,15 +158,34 @@ def _run_pass(
         bar = tqdm(total=total, desc=desc, unit="batch", initial=skip_batches)
     inner.eval()
     hooks.install()
-    batches = 0
+    batches = steps = 0
+    # Sharded models (FSDP, tensor parallel, ZeRO-3): a forward is a collective, so every process runs the
+    # same number. Before each forward the processes all-reduce "I have a batch" (one 1-element
+    # all-reduce per batch, on the whole world); one that ran out runs a dummy forward of its last batch
+    # with every label masked (no token counted) until all have run out. With a token budget in several
+    # processes the per-batch token all-reduce needs the same agreement.
+    agree = rank_and_world()[1] > 1 and (max_tokens is not None or is_sharded(model, inner))
+    last = None
+    it = iter(dataloader)
     try:
         with torch.no_grad():
-            for batch in dataloader:
-                if max_batches is not None and batches >= max_batches:
-                    break
-                if batches < skip_batches:
+            while True:
+                batch = _END
+                if max_batches is None or batches < max_batches:
+                    batch = next(it, _END)
+                if batch is not _END and batches < skip_batches:
                     batches += 1
                     continue
+                dummy = False
+                if agree:
+                    more = all_reduce_sum(torch.tensor([0.0 if batch is _END else 1.0], dtype=torch.float64), op="max")
+                    if float(more[0]) == 0.0:
+                        break
+                    if batch is _END:
+                        batch, dummy = _masked(last, hooks.task), True
+                elif batch is _END:
+                    break
+                last = batch
                 if max_tokens is not None:  # device tensors: masking instead of a branch on the host
                     hooks.remaining = (
                         max_tokens - tokens
@@ -164,18 +198,22 @@ def _run_pass(
                 except Exception:
                     hooks.check()  # a bad label the hooks saw explains the model's own error best
                     raise
-                batches += 1
+                steps += 1
                 batch_tokens = hooks.batch_tokens
                 if max_tokens is not None and world > 1:
-                    batch_tokens = all_reduce_sum(torch.as_tensor(batch_tokens, device=device).reshape(1))[0]
+                    batch_tokens = all_reduce_sum(torch.as_tensor(batch_tokens, device=device).reshape(1), group=group)[
+                        0
+                    ]
                 tokens = tokens + batch_tokens
-                bound += _batch_numel(batch) * world
-                if bar is not None:
-                    bar.update(1)
-                if on_batch is not None:
-                    on_batch(batches, tokens)
+                if not dummy:
+                    batches += 1
+                    bound += _batch_numel(batch) * world
+                    if bar is not None:
+                        bar.update(1)
+                    if on_batch is not None:
+                        on_batch(batches, tokens)
                 near_end = max_tokens is not None and world == 1 and bound >= max_tokens
-                if batches % sync_every == 0 or near_end:
+                if steps % sync_every == 0 or near_end:
                     hooks.check()  # raises the deferred label / finiteness errors
                     seen = int(tokens)  # the one host sync of these batches
                     if bar is not None:
@@ -211,6 +249,7 @@ def collect_statistics(
     reduce: bool = True,
     data_fingerprint: Optional[str] = None,
     weights_sha256: Optional[str] = None,
+    group=None,
 ) -> CollapseStatistics | dict[str, CollapseStatistics]:
     """Pass 1: accumulate per-class statistics of the classifier inputs over ``dataloader``.
 
@@ -231,6 +270,8 @@ def collect_statistics(
         data_fingerprint: identifies the data for checkpoint validation (default: hash of the
             dataloader's length and first batch).
         weights_sha256: the weights' hash when known (checkpoint validation does not hash them again).
+        group: the data-parallel process group the statistics are reduced over (default: the world).
+            Under tensor parallelism pass the data-parallel group: TP ranks see the same tokens.
 
     Returns:
         ``CollapseStatistics`` for one module, or a dict name -> statistics for several.
@@ -284,6 +325,7 @@ def collect_statistics(
             skip_batches=skip,
             tokens0=tokens0,
             on_batch=on_batch if checkpoint_every else None,
+            group=group,
         )
     stats = finish_pass(
         sink.statistics,
@@ -292,6 +334,7 @@ def collect_statistics(
         covariance=cfg.collapse_covariance,
         ignore_index=ignore_index,
         reduce=reduce,
+        group=group,
     )
     return stats[names[0]] if len(names) == 1 else stats
 
@@ -305,6 +348,7 @@ def collect_nc4(
     max_batches: Optional[int] = None,
     progress: bool = True,
     reduce: bool = True,
+    group=None,
 ) -> dict[str, dict[str, float]]:
     """Pass 2: NC4 agreement and nearest-centre accuracy on held-out data against ``statistics``.
 
@@ -325,16 +369,19 @@ def collect_nc4(
     )
     stats = _as_dict(statistics, list(hooks.modules))
     counters = {}
+    sharded = is_sharded(model, hooks.model)
     for name, mod in hooks.modules.items():
-        with full_parameters(model):
-            w, b = head_weights(hooks.model, name, mod, stats[name])
-            if cfg.collapse_task != "sequence_classification":
-                w = b = None  # the head's own logits give the linear prediction: no copy of W needed
-            elif w is not None:  # pooled after a per-token head: predict with a copy of W
-                w, b = w.clone(), (None if b is None else b.clone())
-            counters[name] = NC4Counter.from_statistics(
-                stats[name], w, b, dtype=options.torch_dtype, min_count=options.min_count, classes=options.classes
-            )
+        w = b = None
+        seq = cfg.collapse_task == "sequence_classification"
+        if seq or not sharded:  # checks the head against the statistics; gathers only when W predicts
+            w, b = head_weights(hooks.model, name, mod, stats[name], wrapped=model)
+        if not seq:
+            w = b = None  # the head's own logits give the linear prediction: no copy of W needed
+        elif w is not None:  # pooled after a per-token head: predict with a copy of W
+            w, b = w.clone(), (None if b is None else b.clone())
+        counters[name] = NC4Counter.from_statistics(
+            stats[name], w, b, dtype=options.torch_dtype, min_count=options.min_count, classes=options.classes
+        )
     hooks.sink = NC4Sink(counters)
     hooks.sink.ignore_index = _first(statistics).ignore_index
     _run_pass(
@@ -345,11 +392,12 @@ def collect_nc4(
         max_batches=max_batches,
         progress=progress,
         desc="NC4",
+        group=group,
     )
     out = {}
     for name, counter in counters.items():
         if reduce:
-            counter.reduce()
+            counter.reduce(group=group)
         out[name] = counter.values()
     return out
 
@@ -390,17 +438,16 @@ def measure_statistics(
     stats = _as_dict(statistics, list(mods))
     results = {}
     for name, mod in mods.items():
-        with full_parameters(model):
-            w, b = head_weights(inner, name, mod, stats[name])
-            res = measure_collapse(
-                stats[name],
-                weights=w,
-                bias=b,
-                options=cfg.options,
-                per_class=cfg.collapse_per_class,
-                progress=progress,
-                coincident="exclude",
-            )
+        w, b = head_weights(inner, name, mod, stats[name], wrapped=model)  # a collective when sharded
+        res = measure_collapse(
+            stats[name],
+            weights=w,
+            bias=b,
+            options=cfg.options,
+            per_class=cfg.collapse_per_class,
+            progress=progress,
+            coincident="exclude",
+        )
         if nc4 is not None and name in nc4:
             vals = {**res, **nc4[name]}
             res = CollapseResult(
@@ -432,13 +479,14 @@ def finish_measurement(
     *,
     record: Optional[MeasurementRecord] = None,
     progress: bool = False,
+    group=None,
 ) -> CollapseReport:
     """The tail of the pipeline for reduced pass-1 statistics: the NC4 pass on ``nc4_dataloader`` (when
     given and ``collapse_nc4``), then the measures."""
     cfg = as_settings(settings)
     nc4 = None
     if nc4_dataloader is not None and cfg.collapse_nc4:
-        nc4 = collect_nc4(model, nc4_dataloader, statistics, cfg, progress=progress)
+        nc4 = collect_nc4(model, nc4_dataloader, statistics, cfg, progress=progress, group=group)
     return measure_statistics(model, statistics, cfg, nc4=nc4, progress=False, record=record)
 
 
@@ -456,6 +504,7 @@ def measure_model(
     checkpoint_path: Optional[str | os.PathLike] = None,
     checkpoint_every: Optional[int] = None,
     data_fingerprint: Optional[str] = None,
+    group=None,
 ) -> CollapseReport:
     """The whole pipeline: statistics on ``dataloader``, NC4 on ``nc4_dataloader``, the measures.
 
@@ -463,6 +512,12 @@ def measure_model(
     is being measured, for the report and the folder it is written to (default: the settings' part
     of it). Returns a ``CollapseReport`` (``.statistics``, ``.result``, ``.metrics()``, ``.record``),
     the same on every process.
+
+    Sharded models (FSDP1/2, tensor parallel, DeepSpeed ZeRO-3): pass the model as the launch wraps it
+    (FSDP1's wrapper included); the head is gathered on every process for NC3 (:func:`~hf_collapse.
+    integrations.hooks.read_head`) and the processes agree on the number of forwards, so uneven shards
+    do not hang (one 1-element all-reduce per batch). ``group``: the data-parallel process group the
+    statistics are reduced over (default: the world; under tensor parallelism the data-parallel group).
     """
     cfg = as_settings(settings)
     stats = collect_statistics(
@@ -477,5 +532,6 @@ def measure_model(
         checkpoint_every=checkpoint_every,
         data_fingerprint=data_fingerprint,
         weights_sha256=record.weights_sha256 if record is not None else None,
+        group=group,
     )
-    return finish_measurement(model, stats, cfg, nc4_dataloader, record=record, progress=progress)
+    return finish_measurement(model, stats, cfg, nc4_dataloader, record=record, progress=progress, group=group)

@@ -84,6 +84,31 @@ def save_report_statistics(report: CollapseReport, folder: str, step: Optional[i
     write_report(folder, report, model=model)
 
 
+def _wrapped(trainer):
+    """The model as the Trainer runs it: FSDP1's wrapper included, so that the head's FSDP unit can be
+    gathered (``read_head``); the DeepSpeed engine is left out (ZeRO-3 is gathered per parameter)."""
+    wrapped = getattr(trainer, "model_wrapped", None)
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover
+        return trainer.model
+    return wrapped if isinstance(wrapped, FSDP) else trainer.model
+
+
+def _warn_fsdp_dropped(trainer) -> None:
+    """``TrainingArguments(fsdp=...)`` on a machine without an accelerator is dropped by transformers /
+    accelerate to plain data parallelism without a log line: say it once."""
+    fsdp = getattr(trainer.args, "fsdp", None)
+    main = getattr(trainer, "is_world_process_zero", lambda: True)()
+    if fsdp and not getattr(trainer, "is_fsdp_enabled", False) and main:
+        logger.warning(
+            "TrainingArguments(fsdp=%r) is not in effect (no FSDP plugin: on a CPU machine transformers and "
+            "accelerate fall back to plain data parallelism); the model is not sharded and the collapse "
+            "measures are those of an unsharded run",
+            fsdp,
+        )
+
+
 def trainer_scope(trainer):
     """Context for a measurement inside ``trainer``: reduce over the processes the Trainer distributes
     over; ``core.distributed.local_only`` (one warning) when torch.distributed's group is another one."""
@@ -124,6 +149,7 @@ class CollapseTrainer(Trainer):
         # statistics into each checkpoint through the public on_save hook (runs right after the
         # checkpoint folder is written), not by overriding the private Trainer._save_checkpoint
         self.add_callback(_SaveReportOnCheckpoint(self))
+        _warn_fsdp_dropped(self)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if isinstance(eval_dataset, dict) or (eval_dataset is None and isinstance(self.eval_dataset, dict)):
@@ -154,7 +180,7 @@ class CollapseTrainer(Trainer):
                 hooks.remove()
         nc4_loader = self.get_eval_dataloader(self.nc4_dataset) if self.nc4_dataset is not None else dataloader
         if ride:
-            report = _finish(self.model, hooks, cargs, nc4_loader)
+            report = _finish(_wrapped(self), hooks, cargs, nc4_loader)
         else:
             report = self.measure_collapse(nc4_dataset=self.nc4_dataset, _nc4_loader=nc4_loader)
         self.collapse_report = report
@@ -178,7 +204,7 @@ class CollapseTrainer(Trainer):
             raise ValueError("measure_collapse needs a dataset: pass one or give the trainer an eval_dataset")
         loader = self.get_eval_dataloader(data)
         stats = collect_statistics(
-            self.model, loader, cargs, progress=self.is_world_process_zero() and not self.args.disable_tqdm
+            _wrapped(self), loader, cargs, progress=self.is_world_process_zero() and not self.args.disable_tqdm
         )
         if _nc4_loader is None:
             nc4_data = (
@@ -187,7 +213,7 @@ class CollapseTrainer(Trainer):
                 else (self.nc4_dataset if self.nc4_dataset is not None else self.eval_dataset)
             )
             _nc4_loader = self.get_eval_dataloader(nc4_data) if nc4_data is not None else None
-        report = finish_measurement(self.model, stats, cargs, _nc4_loader)
+        report = finish_measurement(_wrapped(self), stats, cargs, _nc4_loader)
         self.collapse_report = report
         return report
 
