@@ -18,7 +18,7 @@ import sys
 import time
 
 
-def one(C: int, d: int, tokens: int, batch: int) -> dict:
+def one(C: int, d: int, tokens: int, batch: int, measure: bool = True) -> dict:
     import torch
 
     from hf_collapse.core.measures import measure_collapse
@@ -38,8 +38,8 @@ def one(C: int, d: int, tokens: int, batch: int) -> dict:
     peak_pass = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     W = torch.randn(C, d)
     t0 = time.perf_counter()
-    res = measure_collapse(stats, weights=W, k=5)
-    t_measure = time.perf_counter() - t0
+    res = measure_collapse(stats, weights=W, k=5) if measure else {}
+    t_measure = time.perf_counter() - t0 if measure else float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "C": C,
@@ -62,15 +62,24 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=16_384)
+    p.add_argument(
+        "--measure-up-to",
+        type=int,
+        default=None,
+        help="run measure_collapse only up to this C (its pairwise sweep is O(C^2 d): ~70 s at 32k on 2 cores)",
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-measure", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.classes[0], args.dim, args.tokens, args.batch)))
+        print(json.dumps(one(args.classes[0], args.dim, args.tokens, args.batch, not args.no_measure)))
         return 0
     print("C        d    tokens     pass_s  measure_s  state_MiB  plan_peak_MiB  peak_RSS_MiB (process, torch incl.)")
     for C in args.classes:  # a fresh process each: ru_maxrss is a high-water mark
         cmd = [sys.executable, __file__, "--one", "--classes", str(C), "--dim", str(args.dim)]
         cmd += ["--tokens", str(args.tokens), "--batch", str(args.batch)]
+        if args.measure_up_to is not None and C > args.measure_up_to:
+            cmd.append("--no-measure")
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(
             f"{r['C']:<8} {r['d']:<4} {r['tokens']:<10} {r['pass_s']:<7} {r['measure_s']:<10} "
