@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import sys
+from typing import Optional
 
 import torch
 
@@ -28,7 +29,7 @@ from ..core.lockfile import OutputLock
 from ..core.options import MeasureOptions
 from ..integrations.folder import list_measurements
 from ..integrations.measurement_data import DataSpec
-from ..integrations.model_source import check_model_source, from_pretrained_or_explain
+from ..integrations.model_source import ModelSpec, check_model_source
 from ..integrations.record import MeasurementRecord
 from ..integrations.settings import CollapseArguments
 from .arguments import add_dataclass_arguments, dataclass_from_args
@@ -43,11 +44,13 @@ def run(args) -> int:
 
     data = dataclass_from_args(args, DataSpec)
     options = dataclass_from_args(args, MeasureOptions)  # validated before any model is loaded
+    spec = dataclass_from_args(args, ModelSpec)
+    spec.check()
     check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
     data.check()
     check_output_dir(args.output_dir, args.overwrite or args.resume, "hf-collapse measure")
     if args.layers:
-        check_layers(args.model, args.layers)  # a mistyped name: one line before any data or weights are read
+        check_layers(args.model, args.layers, spec)  # a mistyped name: one line before any data or weights are read
     if args.no_progress:  # no progress bars at all: transformers' loading bars included
         from transformers.utils import logging as hf_logging
 
@@ -62,7 +65,7 @@ def run(args) -> int:
     try:
         with scope_for(accelerator.num_processes, "hf-collapse measure"):
             lock = _lock_output(args.output_dir, accelerator.is_main_process)
-            return _measure(args, data, options, accelerator)
+            return _measure(args, data, options, accelerator, spec)
     finally:
         if lock is not None:
             lock.release()
@@ -79,7 +82,7 @@ def check_output_dir(folder, overwrite: bool, command: str) -> None:
         )
 
 
-def check_layers(source: str, layers) -> None:
+def check_layers(source: str, layers, spec: Optional[ModelSpec] = None) -> None:
     """ValueError (with near matches) for a ``--layers`` name the model does not have, from the model's
     skeleton on the meta device (its config only: no weights are read)."""
     from accelerate import init_empty_weights
@@ -88,7 +91,9 @@ def check_layers(source: str, layers) -> None:
     from ..integrations.hooks import resolve_modules
 
     with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+        spec = spec or ModelSpec()
+        config = spec.load(source, "model", auto_class=AutoConfig)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
     resolve_modules(skeleton, list(layers))
 
 
@@ -122,15 +127,13 @@ def command_line(args) -> str:
     return "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
 
 
-def _measure(args, data: DataSpec, options: MeasureOptions, accelerator) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _measure(args, data: DataSpec, options: MeasureOptions, accelerator, spec: ModelSpec) -> int:
     from ..integrations.hub import save_measured
+    from ..integrations.model_source import check_model_fits, resolved_commit
     from ..integrations.passes import CollapseReport, measure_model
-    from ..integrations.weights_hash import weights_sha256
 
     main = accelerator.is_main_process
-    tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, args.model, "tokenizer")
+    tokenizer = spec.load(args.model, "tokenizer")
 
     def loader(which):
         # the main process of each node tokenizes into the cache first; the others read the cached files
@@ -145,17 +148,19 @@ def _measure(args, data: DataSpec, options: MeasureOptions, accelerator) -> int:
         note = data.shortfall(blocks, which)
         if note and main:
             print(f"hf-collapse measure: note: {note}", file=sys.stderr)
-        return data.loader(blocks, accelerator.prepare_data_loader)
+        return blocks, data.loader(blocks, accelerator.prepare_data_loader)
 
-    train_dl, nc4_dl = loader("train"), loader("validation")
+    (train_blocks, train_dl), (nc4_blocks, nc4_dl) = loader("train"), loader("validation")
     # the model after the data: bad data fail fast, and tokenizing never overlaps the model in memory
-    model = from_pretrained_or_explain(
-        AutoModelForCausalLM.from_pretrained, args.model, "model", dtype=getattr(torch, args.torch_dtype)
-    )
-    model.to(accelerator.device).eval()
+    model = spec.load(args.model, "model", dtype=getattr(torch, args.torch_dtype))
+    spec.place(model, accelerator.device).eval()  # a model placed by --device-map stays where it is
+    # before any forward: context and vocabulary, one line naming both numbers
+    check_model_fits(model, data.block_size, tokenizer, (train_blocks, nc4_blocks))
     record = MeasurementRecord(
         model_name=model_name(args.model),
-        weights_sha256=weights_sha256(model),  # once per run: the reuse check and every measurement use it
+        revision=spec.revision,
+        commit=resolved_commit(model),
+        weights_sha256=_weights_digest(model, args.model),  # once per run: the reuse check and every measurement use it
         data=data.describe("train"),
         nc4_data=data.describe("validation"),
         max_tokens=data.max_tokens,
@@ -204,6 +209,7 @@ def _measure(args, data: DataSpec, options: MeasureOptions, accelerator) -> int:
             checkpoint_path=ckpt,
             checkpoint_every=args.checkpoint_every if ckpt else None,
             data_fingerprint=f"{record.data}|{record.max_tokens}|{record.block_size}|{record.batch_size}",
+            before_pass=_memory_plan(model, modules, options, args, main),
         )
     if main:
         print(report.table())
@@ -228,6 +234,11 @@ def add_data_arguments(p) -> None:
     add_dataclass_arguments(p.add_argument_group("data"), DataSpec)
 
 
+def add_model_arguments(p) -> None:
+    """The model-loading flags (shared with ``hf-collapse sweep``): the fields of ``ModelSpec``."""
+    add_dataclass_arguments(p.add_argument_group("model loading"), ModelSpec)
+
+
 def add_measure_arguments(p):
     """The measure flags (shared with ``hf-collapse sweep``): the fields of ``MeasureOptions``, then
     --covariance and --torch-dtype; returns the group for more."""
@@ -241,6 +252,44 @@ def add_measure_arguments(p):
         help="dtype to load the model in (default: float32)",
     )
     return m
+
+
+def _weights_digest(model, source):
+    """``weights_sha256`` of the model in memory; of its folder when a device map offloaded weights (on
+    'meta' outside forward; the two hashes are equal by design); None when neither can be read."""
+    from ..integrations.weights_hash import weights_sha256
+
+    if not any(t.device.type == "meta" for t in model.state_dict().values()):
+        return weights_sha256(model)
+    if os.path.isdir(source):
+        return weights_sha256(source)
+    return None
+
+
+def _memory_plan(model, modules, options, args, main):
+    """A callable for measure_model: prints the memory plan with the progress header and refuses, before
+    any forward, a plan larger than the statistics' device has free."""
+    from ..integrations.memory import available_bytes, plan_for, statistics_device
+
+    def before(hooks):
+        device = statistics_device(hooks.model, next(iter(hooks.modules.values())))
+        plan = plan_for(
+            hooks.model,
+            hooks.modules,
+            hooks.num_classes,
+            device,
+            covariance=args.covariance,
+            nc4_dtype=options.torch_dtype,
+        )
+        if main and not args.no_progress:
+            print("\n".join(plan.lines()), file=sys.stderr)
+        plan.check(
+            available_bytes(device),
+            "measure fewer modules (--layers) or on a device with more free memory; a class subset (--classes, "
+            "--min-count) only shrinks the measures' working set",
+        )
+
+    return before
 
 
 def _stored_measurement(source: str, record: MeasurementRecord):
@@ -279,6 +328,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="Hub id or local folder with model and tokenizer")
     add_data_arguments(p)
+    add_model_arguments(p)
     m = add_measure_arguments(p)
     m.add_argument(
         "--layers",

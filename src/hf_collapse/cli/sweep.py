@@ -24,16 +24,17 @@ from ..core.lockfile import OutputLock
 from ..core.options import MeasureOptions
 from ..core.registry import HEADLINE_KEYS
 from ..integrations.measurement_data import DataSpec
+from ..integrations.model_source import ModelSpec, check_model_fits
 from ..integrations.record import MeasurementRecord
 from ..integrations.settings import CollapseArguments
 from .arguments import dataclass_from_args
-from .measure import add_data_arguments, add_measure_arguments, command_line, model_name
+from .measure import add_data_arguments, add_measure_arguments, add_model_arguments, command_line, model_name
 
 logger = logging.getLogger(__name__)
 
 
-def _tokenizer(args, first_folder: Path):
-    from transformers import AutoTokenizer
+def _tokenizer(args, first_folder: Path, spec: ModelSpec):
+    from ..integrations.model_source import check_tokenizer
 
     candidates = (
         [args.tokenizer] if args.tokenizer else [str(first_folder)] + ([args.run] if os.path.isdir(args.run) else [])
@@ -41,17 +42,26 @@ def _tokenizer(args, first_folder: Path):
     errors = []
     for c in candidates:
         try:
-            return AutoTokenizer.from_pretrained(c)
+            tok = spec.load(c, "tokenizer") if c == args.tokenizer else _local_tokenizer(c)
+            check_tokenizer(tok, c)  # a folder without tokenizer files loads an empty tokenizer
+            return tok
         except (OSError, ValueError, TypeError) as e:
+            if c == args.tokenizer:
+                raise
             errors.append(f"{c}: {e}")
     raise ValueError(
         "no tokenizer found (Trainer checkpoints often have none): pass --tokenizer NAME_OR_PATH; " + "; ".join(errors)
     )
 
 
+def _local_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def run(args) -> int:
     import torch
-    from transformers import AutoModelForCausalLM
 
     from ..integrations.passes import measure_model
     from ..integrations.trajectory import (
@@ -65,12 +75,14 @@ def run(args) -> int:
 
     data = dataclass_from_args(args, DataSpec)
     options = dataclass_from_args(args, MeasureOptions)
+    spec = dataclass_from_args(args, ModelSpec)
+    spec.check()
     data.check()
     if args.revisions:
         checkpoints = hub_checkpoints(args.run, args.revisions)
     else:
         checkpoints = run_checkpoints(args.run)
-    tok = _tokenizer(args, resolve(checkpoints[0]))
+    tok = _tokenizer(args, resolve(checkpoints[0]), spec)
     train_blocks = data.blocks(tok, "train")
     nc4_blocks = data.blocks(tok, "validation")
     record = MeasurementRecord(
@@ -97,16 +109,22 @@ def run(args) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def measure(folder):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.torch_dtype)).to(device).eval()
+        model = spec.load(folder, "model", dtype=getattr(torch, args.torch_dtype))
+        spec.place(model, device).eval()  # a model placed by --device-map stays where it is
+        check_model_fits(model, data.block_size, tok, (train_blocks, nc4_blocks))  # before any forward
         return measure_model(
             model, data.loader(train_blocks), data.loader(nc4_blocks), cfg, record=record, progress=not args.no_progress
         )
 
+    created = not os.path.exists(args.output_dir)
     lock = OutputLock(args.output_dir, "hf-collapse sweep").acquire()  # two sweeps never interleave files
     try:
         rows = sweep(checkpoints, args.output_dir, measure, record)
-    finally:
+    except BaseException:
         lock.release()
+        _remove_if_empty(args.output_dir, created)  # a failed sweep leaves no empty output folder
+        raise
+    lock.release()
     shown = [k for k in HEADLINE_KEYS if any(k in r for r in rows)]
     print("  ".join(["checkpoint", "step", *shown, "eval_loss", "duplicate_of"]))
     for r in rows:
@@ -123,6 +141,19 @@ def run(args) -> int:
         )
     print(f"wrote {Path(args.output_dir) / TRAJECTORY_CSV}, {TRAJECTORY_PNG} and checkpoints/")
     return 0
+
+
+def _remove_if_empty(folder, created: bool) -> None:
+    """Remove ``folder`` (and empty folders inside it) when this run created it and wrote no file."""
+    if not created or not os.path.isdir(folder):
+        return
+    from ..core.lockfile import LOCK_NAME
+
+    if any(f != LOCK_NAME for _, _, files in os.walk(folder) for f in files):
+        return
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -147,6 +178,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokenizer", default=None, help="tokenizer name or folder (default: the first checkpoint's, else RUN_DIR's)"
     )
+    add_model_arguments(p)
     add_data_arguments(p)
     add_measure_arguments(p)
     o = p.add_argument_group("output")

@@ -121,9 +121,26 @@ def classifier_of(module: torch.nn.Module) -> tuple[Optional[torch.Tensor], Opti
     """(weight (C, d), bias (C,) or None) of a linear head, or (None, None) for other modules."""
     w = getattr(module, "weight", None)
     if isinstance(w, torch.Tensor) and w.dim() == 2 and isinstance(module, torch.nn.Linear):
+        if w.device.type == "meta":
+            return _offloaded_classifier(module)
         b = getattr(module, "bias", None)
         return _full(w.detach()), (_full(b.detach()) if isinstance(b, torch.Tensor) else None)
     return None, None
+
+
+def _offloaded_classifier(module: torch.nn.Module):
+    """(W, b) of a head whose weights accelerate offloaded (device map / cpu or disk offload: 'meta'
+    outside forward), read onto its execution device with ``accelerate.utils.align_module_device``."""
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module):
+        w, b = module.weight, getattr(module, "bias", None)
+        if w.device.type == "meta":
+            raise ValueError(
+                f"the weights of the head {type(module).__name__} are on the meta device and accelerate has no "
+                "offloaded copy of them: load the model with its weights"
+            )
+        return w.detach().clone(), (b.detach().clone() if isinstance(b, torch.Tensor) else None)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -86,8 +86,35 @@ def _move(batch, device):
 
 
 def _model_device(model) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    """Where batches go: the input embeddings' execution device (accelerate's hook under a device map or
+    offload, where the parameters may sit on 'meta'), else the first real parameter's device."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(emb, torch.nn.Module):
+        hook = getattr(emb, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+        w = getattr(emb, "weight", None)
+        if isinstance(w, torch.Tensor) and w.device.type != "meta":
+            return w.device
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def _forward_keywords(model) -> dict:
+    """``use_cache=False`` when the forward takes it: without the KV cache, packed documents (position ids
+    restarting per document) stay separate, and no cache is built."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "use_cache" in params:
+        return {"use_cache": False}
+    return {}
 
 
 _END = object()
@@ -141,6 +168,7 @@ def _run_pass(
     inner = hooks.model
     was_training = inner.training
     device = _model_device(inner)
+    forward_kwargs = _forward_keywords(inner)
     rank, world = rank_and_world(group)  # the data-parallel processes (a token budget is over them)
     tokens = torch.tensor(tokens0, dtype=torch.long, device=device)  # labelled tokens so far, all processes
     bound = float(tokens0)  # host-side upper bound of ``tokens``
@@ -194,7 +222,7 @@ def _run_pass(
                     )
                 hooks.batch_tokens = 0
                 try:
-                    model(**_move(batch, device))
+                    model(**{**forward_kwargs, **_move(batch, device)})
                 except Exception:
                     hooks.check()  # a bad label the hooks saw explains the model's own error best
                     raise
@@ -250,6 +278,7 @@ def collect_statistics(
     data_fingerprint: Optional[str] = None,
     weights_sha256: Optional[str] = None,
     group=None,
+    before_pass: Optional[Callable[[FeatureHooks], None]] = None,
 ) -> CollapseStatistics | dict[str, CollapseStatistics]:
     """Pass 1: accumulate per-class statistics of the classifier inputs over ``dataloader``.
 
@@ -272,6 +301,8 @@ def collect_statistics(
         weights_sha256: the weights' hash when known (checkpoint validation does not hash them again).
         group: the data-parallel process group the statistics are reduced over (default: the world).
             Under tensor parallelism pass the data-parallel group: TP ranks see the same tokens.
+        before_pass: called with the ``FeatureHooks`` before the first forward (the ``measure`` command's
+            memory plan: it may raise).
 
     Returns:
         ``CollapseStatistics`` for one module, or a dict name -> statistics for several.
@@ -289,6 +320,8 @@ def collect_statistics(
     )
     sink = hooks.sink = StatisticsSink(hooks.num_classes, covariance=cfg.collapse_covariance, ignore_index=ignore_index)
     names = list(hooks.modules)
+    if before_pass is not None:
+        before_pass(hooks)
     skip, tokens0, fp = 0, 0, None
     if checkpoint_path is not None:
         checkpoint_path = os.fspath(checkpoint_path)
@@ -505,6 +538,7 @@ def measure_model(
     checkpoint_every: Optional[int] = None,
     data_fingerprint: Optional[str] = None,
     group=None,
+    before_pass: Optional[Callable[[FeatureHooks], None]] = None,
 ) -> CollapseReport:
     """The whole pipeline: statistics on ``dataloader``, NC4 on ``nc4_dataloader``, the measures.
 
@@ -533,5 +567,6 @@ def measure_model(
         data_fingerprint=data_fingerprint,
         weights_sha256=record.weights_sha256 if record is not None else None,
         group=group,
+        before_pass=before_pass,
     )
     return finish_measurement(model, stats, cfg, nc4_dataloader, record=record, progress=progress, group=group)
