@@ -166,3 +166,64 @@ def test_revision_discovery(hub_env):
     hub_env.go_offline()
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set: name the revisions explicitly"):
         discover_revisions("tester/family", ["all"])
+
+
+def test_sweep_all_revisions_push_to_branches_and_index(hub_env, shared_data, tmp_path, capsys):
+    """sweep --revisions 'step*' of a family of three branches (two with the same weights): each pushed
+    to its branch of the measured repo and indexed; a second run pushes nothing; load_measured of a
+    revision online and offline."""
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForCausalLM
+
+    from hf_collapse import load_measured, load_measurements
+    from hf_collapse.cli import main
+
+    src = shared_data / "models" / "stories260K"
+    other = tmp_path / "perturbed"
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(1.5)
+    model.save_pretrained(other)
+    api = HfApi()
+    api.create_repo("tester/family")
+    for branch, folder in (("step100", src), ("step200", other)):
+        api.create_branch("tester/family", branch=branch)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id="tester/family",
+            revision=branch,
+            allow_patterns=["*.json", "*.safetensors"],
+        )
+    api.create_branch("tester/family", branch="step300", revision="step100")
+    d = shared_data
+    args = ["sweep", "tester/family", "--revisions", "step*", "--tokenizer", str(src)]
+    args += ["--train-file", str(d / "tinystories" / "train-head.txt"), "--max-tokens", "300", "--block-size", "32"]
+    args += ["--batch-size", "4", "--dtype", "float64", "--no-progress", "--output-dir", str(tmp_path / "sweep")]
+    args += ["--push-to", "tester/family-measured", "--index", "tester/family-index", "--collection", "tester/Family"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 revisions of tester/family: step100 step200 step300" in out and out.count(": pushed (") == 3
+    refs = {b.name for b in api.list_repo_refs("tester/family-measured").branches}
+    assert {"step100", "step200", "step300"} <= refs
+    rows = load_measurements("tester/family-index")
+    assert [(r["model"], r["revision"], r["step"]) for r in rows] == [
+        ("tester/family-measured", "step100", 100),
+        ("tester/family-measured", "step200", 200),
+        ("tester/family-measured", "step300", 300),
+    ]
+    by_rev = {r["revision"]: r for r in rows}
+    assert by_rev["step300"]["nc1_cdnv"] == by_rev["step100"]["nc1_cdnv"] != by_rev["step200"]["nc1_cdnv"]
+    commits = len(hub_env.hub.state.commits)
+    assert main(args) == 0  # resumable: measured and pushed before
+    assert capsys.readouterr().out.count(": up to date (") == 3
+    assert [c for c in hub_env.hub.state.commits[commits:] if c[0] == "tester/family-measured"] == []
+
+    got = load_measured("tester/family-measured", revision="step200", load_tokenizer=False)
+    assert (
+        got.weights_sha256 == by_rev["step200"]["weights_sha256"]
+        and got.metrics["nc1_cdnv"] == by_rev["step200"]["nc1_cdnv"]
+    )
+    hub_env.go_offline()
+    again = load_measured("tester/family-measured", revision="step200", load_tokenizer=False)
+    assert again.metrics == got.metrics and again.commit == got.commit
+    assert hub_env.hub.state.unhandled == []

@@ -124,10 +124,12 @@ def measurement_rows(
     model_repo: str,
     revision: Optional[str] = None,
     commit: Optional[str] = None,
+    step: Optional[int] = None,
     date: Optional[str] = None,
 ) -> list[dict]:
     """The rows of every measurement in a measured folder (the default one first), as dicts of
-    :data:`COLUMNS`. ``commit``: of the measured model repo (default: the record's)."""
+    :data:`COLUMNS`. ``commit``: of the measured model repo, ``step``: of the checkpoint (default: the
+    record's)."""
     folder = Path(folder)
     names = list_measurements(folder)
     if not names:
@@ -154,7 +156,7 @@ def measurement_rows(
             num_classes_present=int(stats.present.sum()),
             dim=int(stats.dim),
             k=record.options.get("k"),
-            step=record.step,
+            step=step if step is not None else record.step,
             eval_loss=_eval_loss(folder, metrics),
             statistics=f"{measurement_subdir(name)}/{STATISTICS_FILE}",
             hf_collapse_version=record.library_version,
@@ -216,13 +218,15 @@ def push_measurements(
     model_repo: str,
     revision: Optional[str] = None,
     commit: Optional[str] = None,
+    step: Optional[int] = None,
     token: Optional[str] = None,
     private: bool = False,
 ):
     """Write one Parquet row per measurement of the measured ``folder`` to the measurements dataset
     ``dataset_repo`` (created if missing), with the card as README.md, in ONE commit; returns its
     ``CommitInfo``. ``model_repo``/``revision``/``commit`` say where the measured model lives on the Hub
-    (as :func:`~hf_collapse.integrations.hub.push_measured` pushed it). Pushing the same (model,
+    (as :func:`~hf_collapse.integrations.hub.push_measured` pushed it); ``step`` overrides the recorded
+    training step (a sweep's checkpoint whose weights repeat another's). Pushing the same (model,
     revision, measurement) again replaces its row. A dataset repo that holds something else: ValueError."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import EntryNotFoundError
@@ -233,7 +237,9 @@ def push_measurements(
                 f"{repo!r} is not a valid Hub {what} repo id: expected 'namespace/name' of letters, digits, "
                 "'-', '_' and '.'"
             )
-    rows = measurement_rows(folder, model_repo=model_repo, revision=revision, commit=commit)  # before any traffic
+    rows = measurement_rows(
+        folder, model_repo=model_repo, revision=revision, commit=commit, step=step
+    )  # before any traffic
     api = HfApi(token=token)
     api.create_repo(dataset_repo, repo_type="dataset", private=private, exist_ok=True)
     files = api.list_repo_files(dataset_repo, repo_type="dataset")

@@ -407,12 +407,17 @@ def _stage(ck: Checkpoint, measured: Path, stage: Path) -> Path:
 
 
 def _remote_statistics_sha(api, repo_id: str, branch: str) -> Optional[str]:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
     from .folder import COLLAPSE_DIR, STATISTICS_FILE
 
-    try:
-        infos = api.get_paths_info(repo_id, [f"{COLLAPSE_DIR}/{STATISTICS_FILE}"], revision=branch)
-    except Exception:  # noqa: BLE001  (no repo, no branch yet: push it)
+    try:  # ask for the refs first (a GET): no repo or no branch yet means push it
+        refs = api.list_repo_refs(repo_id)
+    except RepositoryNotFoundError:
         return None
+    if branch not in {b.name for b in refs.branches}:
+        return None
+    infos = api.get_paths_info(repo_id, [f"{COLLAPSE_DIR}/{STATISTICS_FILE}"], revision=branch)
     for info in infos:
         lfs = getattr(info, "lfs", None)
         if lfs is not None:
@@ -478,6 +483,8 @@ def push_sweep(
                 )
                 commit, pushed = info.oid, True
             if index:
-                push_measurements(stage, index, model_repo=measured_repo, revision=branch, commit=commit, token=token)
+                push_measurements(
+                    stage, index, model_repo=measured_repo, revision=branch, commit=commit, step=ck.step, token=token
+                )
         done.append({"checkpoint": ck.label, "branch": branch, "commit": commit, "pushed": pushed})
     return done
