@@ -142,7 +142,7 @@ def test_cli_push_index_collection_and_analyze(hub_env, tmp_path):
     assert (tmp_path / "from_local" / "correlations.csv").read_text() == want
 
 
-def test_revision_discovery(hub_env):
+def test_revision_discovery(hub_env, shared_data, capsys):
     from huggingface_hub import HfApi
 
     from hf_collapse.integrations.trajectory import discover_revisions, is_revision_pattern, revision_step
@@ -163,6 +163,12 @@ def test_revision_discovery(hub_env):
         discover_revisions("tester/family", ["ckpt*"])
     with pytest.raises(ValueError, match="cannot list the revisions of 'tester/nope'"):
         discover_revisions("tester/nope", ["all"])
+    from hf_collapse.cli import main
+
+    data = ["--train-file", str(shared_data / "tinystories" / "train-head.txt"), "--output-dir", "unused"]
+    assert main(["sweep", "tester/family", "--revisions", "ckpt*", *data]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matches none of the 8 branches and tags" in err[0]
     hub_env.go_offline()
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set: name the revisions explicitly"):
         discover_revisions("tester/family", ["all"])
