@@ -21,6 +21,8 @@ __all__ = [
     "__version__",
     "load_measured",
     "push_measured",
+    "push_measurements",
+    "load_measurements",
     "save_measured",
     "MeasuredModel",
     "collect_statistics",
@@ -38,6 +40,8 @@ __all__ = [
 _LAZY = {
     "load_measured": "integrations.hub",
     "push_measured": "integrations.hub",
+    "push_measurements": "integrations.measurements",
+    "load_measurements": "integrations.measurements",
     "MeasuredModel": "integrations.hub",
     "save_measured": "integrations.hub",
     "collect_statistics": "integrations.passes",

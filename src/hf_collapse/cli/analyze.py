@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..study.analysis import analyze, collect_runs, markdown_table, read_csv_rows
+from ..study.runs import is_measurements_source, read_measurements_dataset
 
 # ---------------------------------------------------------------------------------------------
 # hf-collapse analyze
@@ -13,7 +14,12 @@ from ..study.analysis import analyze, collect_runs, markdown_table, read_csv_row
 def run(args) -> int:
     rows = []
     for p in args.runs:
-        rows.extend(read_csv_rows(p) if str(p).endswith(".csv") else collect_runs([p]))
+        if str(p).endswith(".csv"):
+            rows.extend(read_csv_rows(p))
+        elif is_measurements_source(p):
+            rows.extend(read_measurements_dataset(p))
+        else:
+            rows.extend(collect_runs([p]))
     print(
         f"analysing {len(rows)} run{'' if len(rows) == 1 else 's'} ({args.permutations} permutations per measure) ...",
         flush=True,
@@ -42,14 +48,19 @@ def add_parser(sub) -> None:
         "analyze",
         help="tabulate measured runs, fit measures against validation loss, plot",
         description="Collect measured runs (folders with collapse/metrics.json, or folders of "
-        "them, or runs.csv tables) into runs.csv, fit every measure against the "
+        "them, runs.csv tables, or a measurements dataset: a Hub dataset id or a local folder of its Parquet "
+        "files, whose default measurements are the runs and whose eval_loss is the validation loss) into runs.csv, fit every measure against the "
         "validation loss (R^2, permutation test) and write report.md with figures. "
         "Says whether the runs are seed replicas of one configuration (the paper's "
         "Table 1 design) or pooled over sizes / training lengths. Beside each raw p-value: Holm "
         "(family-wise) and Benjamini-Hochberg (false discovery rate) adjusted ones; * marks Holm p < 0.05. "
         "Refuses runs trained on different data or vocabularies, and fewer than 3 runs.",
     )
-    p.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or runs.csv files")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        help="run folders, folders holding run folders, runs.csv files, or measurements datasets (Hub id or folder)",
+    )
     p.add_argument("--output-dir", default="collapse_analysis", help="where report.md, CSVs and PNGs go")
     p.add_argument("--permutations", type=int, default=10_000, help="permutations per test (default 10^4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutation test")

@@ -28,6 +28,7 @@ def network_failure(e: BaseException) -> bool:
 def run(args) -> int:
     from ..core.errors import is_user_error
     from ..integrations.hub import push_measured
+    from ..integrations.measurements import add_to_collection, push_measurements
 
     try:
         info = push_measured(
@@ -38,6 +39,18 @@ def run(args) -> int:
             revision=args.revision,
             commit_message=args.commit_message,
         )
+        if args.index:
+            rows = push_measurements(
+                args.folder,
+                args.index,
+                model_repo=args.repo_id,
+                revision=args.revision,
+                commit=info.oid,
+                token=args.token,
+            )
+            print(rows.commit_url)
+        if args.collection:
+            print(add_to_collection(args.collection, args.repo_id, args.index, folder=args.folder, token=args.token))
     except Exception as e:  # Hub/network errors: one line (local files are untouched); others propagate
         if is_user_error(e) or not network_failure(e) or getattr(args, "debug", False):
             raise
@@ -63,6 +76,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
     p.add_argument(
         "--commit-message", default=None, help="commit message (default names the model and what was measured)"
+    )
+    p.add_argument(
+        "--index",
+        default=None,
+        metavar="DATASET_REPO",
+        help="also write one Parquet row per measurement to this measurements dataset (created if missing)",
+    )
+    p.add_argument(
+        "--collection",
+        default=None,
+        metavar="NAMESPACE/TITLE",
+        help="add the measured repo (and the --index dataset) to this Hub collection (created if missing)",
     )
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=run)

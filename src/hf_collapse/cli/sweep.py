@@ -67,7 +67,10 @@ def run(args) -> int:
     from ..integrations.trajectory import (
         TRAJECTORY_CSV,
         TRAJECTORY_PNG,
+        discover_revisions,
         hub_checkpoints,
+        is_revision_pattern,
+        push_sweep,
         resolve,
         run_checkpoints,
         sweep,
@@ -78,8 +81,14 @@ def run(args) -> int:
     spec = dataclass_from_args(args, ModelSpec)
     spec.check()
     data.check()
+    if (args.index or args.collection) and not args.push_to:
+        raise ValueError("--index and --collection publish what --push-to MEASURED_REPO pushes: give --push-to too")
     if args.revisions:
-        checkpoints = hub_checkpoints(args.run, args.revisions)
+        revisions = args.revisions
+        if is_revision_pattern(revisions):
+            revisions = discover_revisions(args.run, revisions, token=args.token)
+            print(f"{len(revisions)} revisions of {args.run}: {' '.join(revisions)}", flush=True)
+        checkpoints = hub_checkpoints(args.run, revisions)
     else:
         checkpoints = run_checkpoints(args.run)
     tok = _tokenizer(args, resolve(checkpoints[0]), spec)
@@ -140,6 +149,15 @@ def run(args) -> int:
             )
         )
     print(f"wrote {Path(args.output_dir) / TRAJECTORY_CSV}, {TRAJECTORY_PNG} and checkpoints/")
+    if args.push_to:
+        pushed = push_sweep(checkpoints, rows, args.output_dir, args.push_to, index=args.index, token=args.token)
+        for p in pushed:
+            print(f"{args.push_to}@{p['branch']}: {'pushed' if p['pushed'] else 'up to date'} ({p['commit'][:10]})")
+        if args.collection:
+            from ..integrations.measurements import add_to_collection
+
+            note = f"neural collapse over {len(rows)} revisions of {args.run} (branches {pushed[0]['branch']} ...)"
+            print(add_to_collection(args.collection, args.push_to, args.index, note=note[:500], token=args.token))
     return 0
 
 
@@ -173,7 +191,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="R",
-        help="measure these revisions (branches, tags, commits) of the Hub repo RUN_DIR",
+        help="measure these revisions (branches, tags, commits) of the Hub repo RUN_DIR; 'all' or glob patterns "
+        "such as 'step*' list its branches and tags (list_repo_refs) and order them by step, else commit date",
     )
     p.add_argument(
         "--tokenizer", default=None, help="tokenizer name or folder (default: the first checkpoint's, else RUN_DIR's)"
@@ -184,6 +203,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", required=True, help="where trajectory.csv, trajectory.png and checkpoints/ go")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    h = p.add_argument_group("publishing (see docs/family.md)")
+    h.add_argument(
+        "--push-to",
+        default=None,
+        metavar="MEASURED_REPO",
+        help="push each revision's measured folder to the branch of the same name in this model repo "
+        "(one commit each; a branch already holding these statistics is skipped)",
+    )
+    h.add_argument(
+        "--index", default=None, metavar="DATASET_REPO", help="also write the rows to this measurements dataset"
+    )
+    h.add_argument(
+        "--collection",
+        default=None,
+        metavar="NAMESPACE/TITLE",
+        help="add MEASURED_REPO and the index to this collection",
+    )
+    h.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=run)
 
 

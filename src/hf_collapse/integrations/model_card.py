@@ -255,22 +255,27 @@ def card_metrics(card: ModelCard) -> dict:
 
 # the columns of a measurements dataset row besides the measures (whose columns are their registry keys)
 MEASUREMENT_COLUMNS = {
-    "model": "Hub id of the measured model",
-    "revision": "the commit sha of the model that was measured",
-    "ref": "the branch or tag the revision was reached by (e.g. `main`, `step100`), if any",
+    "model": "Hub id of the measured model repo (its weights and `collapse/` statistics)",
+    "revision": "the branch or tag of that repo holding the measurement (e.g. `main`, `step3000`)",
+    "commit": "the commit sha of the measured model repo, if known",
+    "weights_sha256": "sha256 of the model's weights (see `hf_collapse.integrations.weights_hash.weights_sha256`)",
     "measurement": "the measurement's name (e.g. a layer); empty for the default measurement",
-    "dataset": "the text the features were collected on (a Hub dataset id or a file name)",
-    "dataset_config": "the dataset's configuration, if any",
-    "split": "the dataset split",
-    "dataset_revision": "the dataset's revision, if known",
+    "data": "what the features were collected on: `dataset:ID split:SPLIT[ config:C]` or `file:NAME sha256:HEX`",
+    "data_sha256": "sha256 of the text file measured on (null for Hub datasets)",
+    "nc4_data": "the held-out data of NC4, described the same way",
+    "max_tokens": "token budget of the statistics pass",
+    "nc4_max_tokens": "token budget of the NC4 pass",
+    "block_size": "tokens per block",
     "num_tokens": "tokens measured",
     "num_classes": "classes (the vocabulary size)",
     "num_classes_present": "classes that occur in the measured tokens",
     "dim": "hidden size of the measured features",
     "k": "the CDNV exponent",
-    "weights_sha256": "sha256 of the model's weights (see `hf_collapse.hub.weights_sha256`)",
+    "step": "the training step of the checkpoint, when known",
+    "eval_loss": "the validation loss recorded with the model, when known",
     "statistics": "path of the statistics file in the model repo, for recomputing or extending the measures",
     "hf_collapse_version": "the `hf_collapse` version that measured it",
+    "date": "when the row was written (UTC, ISO 8601)",
 }
 MEASUREMENTS_DATA_DIR = "data"
 

@@ -116,6 +116,68 @@ def hub_checkpoints(repo_id: str, revisions: Sequence[str]) -> list[Checkpoint]:
     return out
 
 
+_STEP = re.compile(r"(?:^|[^A-Za-z])(?:step|checkpoint-)(\d+)", re.IGNORECASE)
+
+
+def revision_step(name: str) -> Optional[int]:
+    """The training step a revision name carries (``step3000``, ``stage1-step3000-tokens12B``,
+    ``checkpoint-3000``), else None."""
+    m = _STEP.search(name)
+    return int(m.group(1)) if m else None
+
+
+def is_revision_pattern(revisions: Sequence[str]) -> bool:
+    """Whether ``--revisions`` asks for discovery: ``all`` or a glob pattern (``*``, ``?``, ``[``)."""
+    return any(r == "all" or any(c in r for c in "*?[") for r in revisions)
+
+
+def discover_revisions(repo_id: str, patterns: Sequence[str], *, token: Optional[str] = None) -> list[str]:
+    """The branches and tags of a Hub model repo matching ``patterns`` (``all`` for every one; globs as
+    ``fnmatch``; plain names kept as given), ordered by step (``stepN`` / ``checkpoint-N``), the others
+    after them by commit date. ValueError (one line) when nothing matches or the Hub cannot be asked."""
+    import fnmatch
+
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            f"--revisions {' '.join(patterns)} must list the refs of {repo_id} on the Hub, but HF_HUB_OFFLINE is "
+            "set: name the revisions explicitly (e.g. --revisions step1000 step2000)"
+        )
+    api = HfApi(token=token)
+    try:
+        refs = api.list_repo_refs(repo_id)
+    except Exception as e:  # noqa: BLE001  (offline, not found, no access: one line)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"cannot list the revisions of {repo_id!r} on the Hub ({why}): expected a reachable model repo"
+        ) from e
+    commits = {r.name: r.target_commit for r in [*refs.branches, *refs.tags]}
+    names: list[str] = []
+    for pat in patterns:
+        hits = sorted(commits) if pat == "all" else [n for n in sorted(commits) if fnmatch.fnmatchcase(n, pat)]
+        if not is_revision_pattern([pat]):
+            hits = [pat]
+        names += [n for n in hits if n not in names]
+    if not names:
+        raise ValueError(
+            f"--revisions {' '.join(patterns)} matches none of the {len(commits)} branches and tags of {repo_id} "
+            f"({', '.join(sorted(commits)[:8])}{' ...' if len(commits) > 8 else ''})"
+        )
+    stepped = sorted((n for n in names if revision_step(n) is not None), key=lambda n: (revision_step(n), n))
+    others = [n for n in names if revision_step(n) is None]
+    if len(others) > 1:
+
+        def date(name):
+            try:
+                return next(iter(api.list_repo_commits(repo_id, revision=name))).created_at.timestamp()
+            except Exception:  # noqa: BLE001
+                return 0.0
+
+        others.sort(key=lambda n: (date(n), n))
+    return stepped + others
+
+
 def resolve(ck: Checkpoint) -> Path:
     """The local folder of a checkpoint (a Hub revision is downloaded into the Hub cache)."""
     if ck.folder is None:
@@ -330,3 +392,99 @@ def trajectory_figure(rows: Sequence[dict], model: str = "", data: str = ""):
     context = "; ".join(t for t in (f"model: {model}" if model else "", f"data: {data}" if data else "") if t)
     fig.suptitle(head + (f"\n{context}" if context else ""), fontsize=10)
     return fig
+
+
+# ---------------------------------------------------------------------------------------- publishing
+def _stage(ck: Checkpoint, measured: Path, stage: Path) -> Path:
+    """A measured folder for ``ck`` in ``stage``: links to the checkpoint's top-level files (weights,
+    config, tokenizer) and a copy of the sweep's ``collapse/`` of it."""
+    stage.mkdir(parents=True, exist_ok=True)
+    for p in sorted(resolve(ck).iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.name not in ("README.md", RECORD_FILE):
+            os.symlink(p.resolve(), stage / p.name)
+    shutil.copytree(measured / "collapse", stage / "collapse")
+    return stage
+
+
+def _remote_statistics_sha(api, repo_id: str, branch: str) -> Optional[str]:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from .folder import COLLAPSE_DIR, STATISTICS_FILE
+
+    try:  # ask for the refs first (a GET): no repo or no branch yet means push it
+        refs = api.list_repo_refs(repo_id)
+    except RepositoryNotFoundError:
+        return None
+    if branch not in {b.name for b in refs.branches}:
+        return None
+    infos = api.get_paths_info(repo_id, [f"{COLLAPSE_DIR}/{STATISTICS_FILE}"], revision=branch)
+    for info in infos:
+        lfs = getattr(info, "lfs", None)
+        if lfs is not None:
+            return lfs.sha256
+    return None
+
+
+def push_sweep(
+    checkpoints: Sequence[Checkpoint],
+    rows: Sequence[dict],
+    output_dir: str | os.PathLike,
+    measured_repo: str,
+    *,
+    index: Optional[str] = None,
+    token: Optional[str] = None,
+    private: bool = False,
+) -> list[dict]:
+    """Publish a sweep: each checkpoint's measured folder (its weights, config and tokenizer files with the
+    sweep's ``collapse/``) to the branch of ``measured_repo`` named like its revision (``label`` for run
+    folders; ``main`` stays ``main``), one commit each, and its rows to the measurements dataset ``index``.
+    A checkpoint whose weights repeat an earlier one's carries that one's statistics. A branch whose
+    ``collapse/statistics.safetensors`` is already these bytes is not pushed again (resumable).
+    Returns ``{"checkpoint", "branch", "commit", "pushed"}`` per checkpoint."""
+    import hashlib
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    from .hub import push_measured
+    from .measurements import push_measurements
+
+    out = Path(output_dir)
+    api = HfApi(token=token)
+    done = []
+    for ck, row in zip(checkpoints, rows):
+        measured = out / CHECKPOINTS_DIR / (row.get("duplicate_of") or ck.label)
+        branch = ck.revision or ck.label
+        local = measured / "collapse" / "statistics.safetensors"
+        if not local.is_file():
+            raise FileNotFoundError(f"no statistics of checkpoint {ck.label} at {str(local)!r}: run the sweep first")
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        with tempfile.TemporaryDirectory(prefix="hf_collapse_push_") as tmp:
+            stage = _stage(ck, measured, Path(tmp) / ck.label)
+            if _remote_statistics_sha(api, measured_repo, branch) == digest:
+                logger.info(
+                    "%s: branch %s of %s already holds these statistics, skipped", ck.label, branch, measured_repo
+                )
+                commit, pushed = api.model_info(measured_repo, revision=branch).sha, False
+            else:
+                try:
+                    from .model_card import write_model_card
+
+                    write_model_card(stage, figure=False, **({"base_model": ck.repo_id} if ck.repo_id else {}))
+                except Exception as e:  # noqa: BLE001  (the card is a courtesy: the statistics are what counts)
+                    logger.warning("%s: no model card (%s)", ck.label, e)
+                info = push_measured(
+                    stage,
+                    measured_repo,
+                    revision=branch,
+                    token=token,
+                    private=private,
+                    commit_message=f"Neural-collapse statistics of {ck.repo_id or 'checkpoint'} at {branch}",
+                )
+                commit, pushed = info.oid, True
+            if index:
+                push_measurements(
+                    stage, index, model_repo=measured_repo, revision=branch, commit=commit, step=ck.step, token=token
+                )
+        done.append({"checkpoint": ck.label, "branch": branch, "commit": commit, "pushed": pushed})
+    return done

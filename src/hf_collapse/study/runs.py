@@ -100,6 +100,45 @@ def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return rows
 
 
+def read_measurements_dataset(path_or_repo: str | os.PathLike) -> list[dict]:
+    """Rows of a measurements dataset (:mod:`hf_collapse.integrations.measurements`: a Hub dataset id or a
+    local folder of its Parquet files) as run rows: the default measurement of each (model, revision)
+    (named / layer-wise ones are other quantities and are left out), ``val_loss`` from the row's
+    ``eval_loss``, named ``model`` (``model@revision`` off ``main``), ``vocab_size`` from ``num_classes``."""
+    from ..integrations.measurements import read_measurement_table
+
+    rows = []
+    for r in read_measurement_table(path_or_repo).to_pylist():
+        if r.get("measurement"):
+            continue
+        rev = r.get("revision") or "main"
+        row = {
+            "name": r["model"] if rev == "main" else f"{r['model']}@{rev}",
+            "path": f"{r['model']}@{rev}",
+            "val_loss": r.get("eval_loss"),
+            "data": r.get("data"),
+            "vocab_size": r.get("num_classes"),
+            "step": r.get("step"),
+        }
+        row.update({k: float(r[k]) for k in MEASURE_KEYS if r.get(k) is not None})
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"measurements dataset {str(path_or_repo)!r} holds no default measurements to analyse")
+    rows.sort(key=lambda r: r["name"])
+    return rows
+
+
+def is_measurements_source(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a measurements dataset: a local folder (or file) of Parquet files that is not
+    a run folder, or something that is no local path (a Hub dataset id)."""
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".parquet"
+    if p.is_dir():
+        return not _is_run(p) and not any(q.is_dir() and _is_run(q) for q in p.iterdir()) and any(p.rglob("*.parquet"))
+    return not str(path).endswith(".csv")
+
+
 def metric_columns(rows: Sequence[dict]) -> list[str]:
     """Measures present (finite) in every row, in ``MEASURE_KEYS`` order."""
     keys = []
