@@ -220,7 +220,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAMESPACE/TITLE",
         help="add MEASURED_REPO and the index to this collection",
     )
-    h.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=run)
 
 

@@ -142,6 +142,23 @@ def verify_weights(folder: str | os.PathLike, stats: CollapseStatistics, stats_p
     return actual
 
 
+def trainer_state(folder) -> dict:
+    """The folder's ``trainer_state.json`` (``{}`` when absent); ValueError when it is not JSON."""
+    path = Path(folder) / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def eval_loss(folder) -> Optional[float]:
+    """The last ``eval_loss`` logged in the folder's ``trainer_state.json`` (None when absent)."""
+    losses = [e["eval_loss"] for e in trainer_state(folder).get("log_history", []) if "eval_loss" in e]
+    return float(losses[-1]) if losses else None
+
+
 # ---------------------------------------------------------------------------------------- writing
 def _json_value(v):
     if isinstance(v, float) and not math.isfinite(v):

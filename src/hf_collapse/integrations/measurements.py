@@ -35,7 +35,7 @@ from typing import Any, Optional
 from ..core.registry import MEASURE_KEYS
 from .folder import STATISTICS_FILE, list_measurements, measurement_subdir, read_measurement
 from .model_card import MEASUREMENT_COLUMNS, MEASUREMENTS_DATA_DIR, render_measurements_card
-from .model_source import is_valid_repo_id
+from .model_source import is_valid_repo_id, looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _eval_loss(folder: Path, metrics: Mapping) -> Optional[float]:
     ):
         if src.get("eval_loss") is not None:
             return float(src["eval_loss"])
-    from .trajectory import eval_loss
+    from .folder import eval_loss
 
     return eval_loss(folder)
 
@@ -292,8 +292,8 @@ def read_measurement_table(path_or_repo: str | os.PathLike, *, token: Optional[s
             raise FileNotFoundError(f"{source!r} holds no Parquet files: expected a measurements dataset folder")
     else:
         repo = str(path_or_repo)
-        if not is_valid_repo_id(repo):
-            raise FileNotFoundError(f"no folder and no Hub dataset id {repo!r}: expected a measurements dataset")
+        if looks_like_path(repo) or not is_valid_repo_id(repo):
+            raise FileNotFoundError(f"no run folder at {repo!r} (and it is not a Hub dataset id either)")
         from huggingface_hub import snapshot_download
 
         root = Path(

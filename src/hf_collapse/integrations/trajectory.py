@@ -33,6 +33,7 @@ from typing import Optional
 
 from ..core.io import atomic_write_text, write_csv_rows
 from ..core.registry import MEASURE_KEYS, MEASURES
+from .folder import eval_loss, trainer_state  # noqa: F401  (eval_loss: the rows' loss)
 from .record import MeasurementRecord
 
 logger = logging.getLogger(__name__)
@@ -61,23 +62,6 @@ class Checkpoint:
 def has_weights(folder: Path) -> bool:
     """Whether ``folder`` holds model weights (``*.safetensors`` or ``pytorch_model*.bin``) at its top level."""
     return any(p.is_file() for pat in _WEIGHT_FILES for p in folder.glob(pat))
-
-
-def trainer_state(folder: Path) -> dict:
-    """The folder's ``trainer_state.json`` (``{}`` when absent); ValueError when it is not JSON."""
-    path = Path(folder) / "trainer_state.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-def eval_loss(folder: Path) -> Optional[float]:
-    """The last ``eval_loss`` logged in the folder's ``trainer_state.json`` (None when absent)."""
-    losses = [e["eval_loss"] for e in trainer_state(folder).get("log_history", []) if "eval_loss" in e]
-    return float(losses[-1]) if losses else None
 
 
 def run_checkpoints(run_dir: str | os.PathLike) -> list[Checkpoint]:

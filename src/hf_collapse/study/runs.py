@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..core.io import write_csv_rows
 from ..core.registry import MEASURE_KEYS
-from ..integrations.trajectory import eval_loss
+from ..integrations.folder import eval_loss
 
 logger = logging.getLogger(__name__)
 
