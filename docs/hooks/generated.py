@@ -8,6 +8,8 @@ Markers in a page's markdown, replaced at build time:
 - ``<!-- generated: cli-help COMMAND -->``: ``hf-collapse COMMAND --help`` as printed (``COMMAND`` may be
   empty for the top-level help);
 - ``<!-- generated: api-layer LAYER -->``: the API reference of every module of a layer;
+- ``<!-- generated: dependencies -->``: the Python version, the dependencies and the extras of
+  ``pyproject.toml``, with their version bounds, read at build time;
 - ``<!-- generated: include PATH -->``: a file of the repository (e.g. CHANGELOG.md), inlined without
   its title; its links to other repository files become plain text, since they are not pages of the
   site.
@@ -30,6 +32,13 @@ from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import get_plugin_logger
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser as a package (the docs extra installs it there)
+    import tomli as tomllib
 
 log = get_plugin_logger("generated")
 
@@ -123,6 +132,37 @@ def cli_help(command: str) -> str:
     return "```text\n" + out.getvalue().rstrip() + "\n```"
 
 
+def _bounds(specifier: SpecifierSet) -> str:
+    """``>=0.4.3,<0.5`` -> ``>= 0.4.3, < 0.5`` (lower bounds first)."""
+    ordered = sorted(specifier, key=lambda s: (not s.operator.startswith(">"), str(s)))
+    return ", ".join(f"{s.operator} {s.version}" for s in ordered)
+
+
+def _requirement(text: str) -> tuple[str, str]:
+    """``"evaluate>=0.4.3,<0.5"`` -> (``"evaluate"``, ``">= 0.4.3, < 0.5"``); extras and markers kept."""
+    req = Requirement(text)
+    name = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
+    spec = _bounds(req.specifier) or "any version"
+    if req.marker:
+        spec += f" (where {req.marker})"
+    return name, spec
+
+
+def dependencies() -> str:
+    """The version bounds of ``pyproject.toml``: Python, each dependency, then each extra."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    python = _bounds(SpecifierSet(project["requires-python"]))
+    rows = ["| package | versions |", "|---|---|", f"| Python | {_cell(python)} |"]
+    for text in project["dependencies"]:
+        name, spec = _requirement(text)
+        rows.append(f"| `{name}` | {_cell(spec)} |")
+    extras = []
+    for extra, reqs in project.get("optional-dependencies", {}).items():
+        items = ", ".join("`{}` {}".format(*_requirement(r)).replace(" any version", "") for r in reqs)
+        extras.append(f"- `{extra}`: {items}")
+    return "\n".join(rows) + '\n\nExtras (`pip install -e ".[EXTRA]"`):\n\n' + "\n".join(extras)
+
+
 def include(path: str) -> str:
     file = (REPO / path).resolve()
     if REPO not in file.parents or not file.is_file():
@@ -193,6 +233,8 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
             return logged_keys()
         if kind == "cli-help":
             return cli_help(arg)
+        if kind == "dependencies":
+            return dependencies()
         if kind == "include":
             return include(arg)
         if kind == "api-layer":
