@@ -80,12 +80,15 @@ class MemoryPlan:
 
 
 def gib(n: int) -> str:
+    """Bytes as GiB with two decimals."""
     return f"{n / 2**30:.2f} GiB"
 
 
 def module_plan(
     name: str, num_classes: int, dim: int, *, covariance: bool = False, nc4_dtype=torch.float32
 ) -> ModulePlan:
+    """The plan of one measured module: statistics state (C x d sums, per-class counts and square sums, the
+    shift, the d x d covariance when on), the NC4 pass's class means and the measures' working set."""
     C, d = int(num_classes), int(dim)
     state = F64 * (C * d + 4 * C + d + (d * d if covariance else 0))
     nc4 = torch.tensor([], dtype=nc4_dtype).element_size() * C * d
