@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hf_collapse import CollapseStatistics, MeasureOptions, measure_collapse
+from hf_collapse.core.errors import UserFileNotFoundError, UserTypeError, UserValueError
 from hf_collapse.core.registry import CITATION_BIBTEX, MEASURES
 
 STATISTICS_CONFIG = "statistics"
@@ -120,22 +121,22 @@ def _to_numpy(x, name):
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}: {e}") from None
+        raise UserTypeError(f"{name} must be an array or tensor, got {type(x).__name__}: {e}") from None
 
 
 def _batch(features, labels):
     """Validate one batch: features (..., d) float and labels (...) int -> (n, d), (n,)."""
     if features is None or labels is None:
-        raise ValueError("neural_collapse needs both `features` (n, d) and `labels` (n,)")
+        raise UserValueError("neural_collapse needs both `features` (n, d) and `labels` (n,)")
     h, y = _to_numpy(features, "features"), _to_numpy(labels, "labels")
     if h.dtype == object or not np.issubdtype(h.dtype, np.number):
-        raise TypeError(f"features must be numeric of shape (n, d), got dtype {h.dtype} (ragged rows?)")
+        raise UserTypeError(f"features must be numeric of shape (n, d), got dtype {h.dtype} (ragged rows?)")
     if h.ndim < 2:
-        raise ValueError(f"features must have shape (n, d) (or (..., d)), got {h.shape}; use `add` for one vector")
+        raise UserValueError(f"features must have shape (n, d) (or (..., d)), got {h.shape}; use `add` for one vector")
     if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"labels must be integers (class ids, -100 to ignore), got dtype {y.dtype}")
+        raise UserTypeError(f"labels must be integers (class ids, -100 to ignore), got dtype {y.dtype}")
     if y.shape != h.shape[:-1]:
-        raise ValueError(f"labels shape {y.shape} does not match features shape {h.shape}: expected {h.shape[:-1]}")
+        raise UserValueError(f"labels shape {y.shape} does not match features shape {h.shape}: expected {h.shape[:-1]}")
     dtype = np.float64 if h.dtype == np.float64 else np.float32
     return np.ascontiguousarray(h.reshape(-1, h.shape[-1]), dtype=dtype), y.reshape(-1).astype(np.int64)
 
@@ -173,7 +174,7 @@ class NeuralCollapse(evaluate.Metric):
                 {"features": datasets.Value("large_binary"), "labels": datasets.Value("large_binary")}
             )
         else:
-            raise ValueError(f"unknown configuration {self.config_name!r}: use 'default' or {STATISTICS_CONFIG!r}")
+            raise UserValueError(f"unknown configuration {self.config_name!r}: use 'default' or {STATISTICS_CONFIG!r}")
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -189,25 +190,25 @@ class NeuralCollapse(evaluate.Metric):
         """One batch: ``features`` (n, d) and ``labels`` (n,) (or ``statistics=`` path(s))."""
         if self.config_name == STATISTICS_CONFIG:
             if features is not None or labels is not None:
-                raise ValueError("the 'statistics' configuration takes `statistics=`, not features/labels")
+                raise UserValueError("the 'statistics' configuration takes `statistics=`, not features/labels")
             if statistics is None:
-                raise ValueError("add_batch needs `statistics=`: path(s) of saved CollapseStatistics files")
+                raise UserValueError("add_batch needs `statistics=`: path(s) of saved CollapseStatistics files")
             paths = [statistics] if isinstance(statistics, (str, os.PathLike)) else list(statistics)
             if any(isinstance(s, CollapseStatistics) for s in paths):
-                raise TypeError(
+                raise UserTypeError(
                     "CollapseStatistics objects cannot be stored in evaluate's Arrow cache: pass them to "
                     "compute(statistics=...) or add the path of a file written by stats.save(path)"
                 )
             for p in paths:
                 if not os.path.isfile(os.fspath(p)):
-                    raise FileNotFoundError(f"no statistics file at {os.fspath(p)!r}")
+                    raise UserFileNotFoundError(f"no statistics file at {os.fspath(p)!r}")
             return super().add_batch(statistics=[os.path.abspath(os.fspath(p)) for p in paths])
         if statistics is not None:
-            raise ValueError("`statistics=` needs the 'statistics' configuration: evaluate.load(..., 'statistics')")
+            raise UserValueError("`statistics=` needs the 'statistics' configuration: evaluate.load(..., 'statistics')")
         h, y = _batch(features, labels)
         d = getattr(self, "_dim", None)  # set by the first batch since load() or the last compute()
         if d is not None and h.shape[1] != d:
-            raise ValueError(f"features have dimension {h.shape[1]} but earlier batches had d={d}")
+            raise UserValueError(f"features have dimension {h.shape[1]} but earlier batches had d={d}")
         super().add_batch(features=[_to_npy(h)], labels=[_to_npy(y)])
         self._dim = h.shape[1]
 
@@ -215,10 +216,10 @@ class NeuralCollapse(evaluate.Metric):
         """One sample: ``features`` (d,) and an int ``labels`` (or ``statistics=`` one path)."""
         if self.config_name == STATISTICS_CONFIG:
             if statistics is None:
-                raise ValueError("add needs `statistics=`: the path of a saved CollapseStatistics file")
+                raise UserValueError("add needs `statistics=`: the path of a saved CollapseStatistics file")
             return self.add_batch(statistics=[statistics])
         if features is None or labels is None:
-            raise ValueError("add needs `features` (d,) and `labels` (an int)")
+            raise UserValueError("add needs `features` (d,) and `labels` (an int)")
         return self.add_batch(features=_to_numpy(features, "features")[None], labels=np.asarray([labels]))
 
     def compute(self, **kwargs):
@@ -227,7 +228,7 @@ class NeuralCollapse(evaluate.Metric):
         if self.config_name == STATISTICS_CONFIG and _is_statistics(statistics):
             # in-memory statistics skip the Arrow cache (they hold C x d floats)
             if len(self) or self.num_process > 1:
-                raise ValueError(
+                raise UserValueError(
                     "pass CollapseStatistics objects to compute() only in a single process with "
                     "nothing added; in multi-process mode add saved files by path"
                 )
@@ -266,7 +267,7 @@ class NeuralCollapse(evaluate.Metric):
         options = MeasureOptions(**{name: arguments[name] for name in MeasureOptions.names()})
         if self.config_name == STATISTICS_CONFIG:
             if num_classes is not None:
-                raise ValueError("num_classes comes from the statistics file in the 'statistics' configuration")
+                raise UserValueError("num_classes comes from the statistics file in the 'statistics' configuration")
             # CollapseStatistics objects (compute) or paths (through the Arrow cache); several are merged
             stats_list = [s if isinstance(s, CollapseStatistics) else CollapseStatistics.load(s) for s in statistics]
             stats = stats_list[0] if len(stats_list) == 1 else stats_list[0].clone()
@@ -276,21 +277,21 @@ class NeuralCollapse(evaluate.Metric):
             rows = [(_from_npy(h), _from_npy(y)) for h, y in zip(features, labels)]  # one per add_batch
             dims = {h.shape[1] for h, _ in rows}
             if len(dims) > 1:  # batches of several processes
-                raise ValueError(f"features of different dimensions were added: d in {sorted(dims)}")
+                raise UserValueError(f"features of different dimensions were added: d in {sorted(dims)}")
             if num_classes is None:
                 if weights is not None:
                     num_classes = len(weights)  # rows of W (C, d)
                 else:
                     num_classes = int(max((y.max() for _, y in rows if y.size), default=-1)) + 1
                     if num_classes < 1:
-                        raise ValueError("no labelled sample: every label is -100 (ignored)")
+                        raise UserValueError("no labelled sample: every label is -100 (ignored)")
             stats = CollapseStatistics(int(num_classes), dims.pop())
             with warnings.catch_warnings():  # the rows are read-only views of Arrow's bytes; the core only reads
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 for h, y in rows:
                     stats.update(torch.from_numpy(h), torch.from_numpy(y))
         if (test_features is not None or test_labels is not None) and weights is None:
-            raise ValueError(
+            raise UserValueError(
                 "test_features/test_labels measure nc4_agreement, which needs the classifier: pass "
                 "weights= (C, d), e.g. model.get_output_embeddings().weight"
             )

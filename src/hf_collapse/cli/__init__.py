@@ -3,8 +3,8 @@
 Each sub-command lives in its own module, which exposes ``add_parser(subparsers)``; the parser it
 adds sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
 
-Errors: a user error (``hf_collapse.core.errors.is_user_error``: a ValueError / TypeError /
-FileNotFoundError that hf_collapse raised on purpose after checking its input) is printed as one line
+Errors: a user error (``hf_collapse.core.errors.UserError``: the ValueError / TypeError /
+FileNotFoundError subclasses that every validation of hf_collapse raises) is printed as one line
 ``hf-collapse COMMAND: error: ...`` with exit code 1; any other exception keeps its traceback.
 ``--debug`` (before or after the command) shows the traceback of user errors too.
 """

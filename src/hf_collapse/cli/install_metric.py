@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..core.errors import UserValueError
 from ..integrations import metric as reg
 
 
@@ -66,7 +67,7 @@ def run(args) -> int:
     try:
         script = reg.register_metric(cache)
     except OSError as e:
-        raise ValueError(f"cannot write evaluate's modules cache {where}: {e}") from e
+        raise UserValueError(f"cannot write evaluate's modules cache {where}: {e}") from e
     print(f"registered {script}")
     if cache is not None and os.path.abspath(cache) != os.path.abspath(reg.modules_cache()):
         print(f"note: evaluate reads HF_MODULES_CACHE={reg.modules_cache()}; export HF_MODULES_CACHE={cache}")

@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..core.errors import UserValueError
 from ..core.io import fmt
 from ..core.lockfile import OutputLock
 from ..core.options import MeasureOptions
@@ -49,7 +50,7 @@ def _tokenizer(args, first_folder: Path, spec: ModelSpec):
             if c == args.tokenizer:
                 raise
             errors.append(f"{c}: {e}")
-    raise ValueError(
+    raise UserValueError(
         "no tokenizer found (Trainer checkpoints often have none): pass --tokenizer NAME_OR_PATH; " + "; ".join(errors)
     )
 
@@ -82,7 +83,7 @@ def run(args) -> int:
     spec.check()
     data.check()
     if (args.index or args.collection) and not args.push_to:
-        raise ValueError("--index and --collection publish what --push-to MEASURED_REPO pushes: give --push-to too")
+        raise UserValueError("--index and --collection publish what --push-to MEASURED_REPO pushes: give --push-to too")
     if args.revisions:
         revisions = args.revisions
         if is_revision_pattern(revisions):

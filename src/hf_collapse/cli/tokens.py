@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..core.errors import UserFileNotFoundError
 from ..core.io import atomic_write_text
 from ..integrations.model_source import check_model_source, from_pretrained_or_explain
 from ..integrations.token_report import format_report, token_report
@@ -26,7 +27,7 @@ def _tokenizer(folder: Path, name: Optional[str]):
 def run(args) -> int:
     folder = Path(args.folder)
     if not folder.exists():
-        raise FileNotFoundError(f"no measured folder at {folder}")
+        raise UserFileNotFoundError(f"no measured folder at {folder}")
     tok = _tokenizer(folder if folder.is_dir() else folder.parent, args.tokenizer)
     rep = token_report(folder, tok, top=args.top, lookup=args.lookup or (), min_count=args.min_count)
     if tok is None:

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from .errors import UserTypeError, UserValueError
 from .io import as_tensor
 
 
@@ -54,12 +55,12 @@ class BatchChecks:
         self.state = None
         if lo < 0 or hi >= self.num_classes:
             bad = lo if lo < 0 else hi
-            raise ValueError(
+            raise UserValueError(
                 f"label {bad} is outside [0, {self.num_classes}) (num_classes={self.num_classes}); "
                 f"use {self.ignore_index} (ignore_index) for positions without a class"
             )
         if nonfinite:
-            raise ValueError("features contain NaN or infinite values (in rows with a valid label)")
+            raise UserValueError("features contain NaN or infinite values (in rows with a valid label)")
 
 
 def check_batch_shapes(features, labels, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,15 +68,15 @@ def check_batch_shapes(features, labels, dim: int) -> tuple[torch.Tensor, torch.
     features = as_tensor(features, "features")
     labels = as_tensor(labels, "labels")
     if not features.is_floating_point():
-        raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+        raise UserTypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        raise UserTypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if features.dim() < 2:
-        raise ValueError(f"features must have shape (N, {dim}) (or (..., {dim})), got {tuple(features.shape)}")
+        raise UserValueError(f"features must have shape (N, {dim}) (or (..., {dim})), got {tuple(features.shape)}")
     if features.shape[-1] != dim:
-        raise ValueError(f"features have dimension {features.shape[-1]} but the statistics expect dim={dim}")
+        raise UserValueError(f"features have dimension {features.shape[-1]} but the statistics expect dim={dim}")
     if tuple(labels.shape) != tuple(features.shape[:-1]):
-        raise ValueError(
+        raise UserValueError(
             f"labels shape {tuple(labels.shape)} does not match features shape "
             f"{tuple(features.shape)}: expected labels of shape {tuple(features.shape[:-1])}"
         )

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from .errors import UserTypeError, UserValueError
 from .statistics import CollapseStatistics
 
 logger = logging.getLogger(__name__)
@@ -23,25 +24,25 @@ GLOBAL_MEANS = ("unweighted", "weighted")
 def check_selection(num_classes: int, min_count=1, classes=None, global_mean: str = "unweighted"):
     """Validate the class options; returns ``(min_count, classes as a sorted id tensor or None)``."""
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+        raise UserValueError(f"min_count must be an int >= 1, got {min_count!r}")
     if global_mean not in GLOBAL_MEANS:
-        raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+        raise UserValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
     if classes is None:
         return min_count, None
     if isinstance(classes, torch.Tensor):
         if classes.is_floating_point() or classes.is_complex():
-            raise TypeError(f"classes must hold integer class ids, got dtype {classes.dtype}")
+            raise UserTypeError(f"classes must hold integer class ids, got dtype {classes.dtype}")
         classes = classes.reshape(-1).tolist()
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
-        raise TypeError(f"classes must be a list of integer class ids, got {type(classes).__name__}")
+        raise UserTypeError(f"classes must be a list of integer class ids, got {type(classes).__name__}")
     bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int)]
     if bad:
-        raise TypeError(f"classes must be integer class ids, got {bad[:5]}")
+        raise UserTypeError(f"classes must be integer class ids, got {bad[:5]}")
     out = [c for c in classes if not 0 <= c < num_classes]
     if out:
-        raise ValueError(f"classes {out[:5]} lie outside [0, {num_classes})")
+        raise UserValueError(f"classes {out[:5]} lie outside [0, {num_classes})")
     if not classes:
-        raise ValueError("classes is empty: give at least 2 class ids (or None for all)")
+        raise UserValueError("classes is empty: give at least 2 class ids (or None for all)")
     return min_count, torch.tensor(sorted(set(classes)), dtype=torch.long)
 
 
@@ -103,14 +104,14 @@ def class_moments(
             if min_count == 1 and classes is None
             else f" (min_count={min_count}, classes={'given' if classes is not None else None})"
         )
-        raise ValueError(f"neural collapse needs at least 2 classes with samples, got {idx.numel()}{how}")
+        raise UserValueError(f"neural collapse needs at least 2 classes with samples, got {idx.numel()}{how}")
     counts, mu, sig = (t.to(dev) for t in stats.moments(idx.to(stats.device)))  # (K,), (K, d), (K,) float64
     same = coincident(mu)
     if not same:
         return idx, counts, mu, sig, 0
     ids = idx[same].tolist()
     if coincident_mode == "raise":
-        raise ValueError(
+        raise UserValueError(
             f"classes {ids[:6]} have means identical to another class's, so their CDNV is infinite; "
             f"pass coincident='exclude' to leave them out (or remove duplicate classes)"
         )
@@ -120,5 +121,5 @@ def class_moments(
     keep = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
     keep[same] = False
     if int(keep.sum()) < 2:
-        raise ValueError(f"neural collapse needs at least 2 classes with distinct means, got {int(keep.sum())}")
+        raise UserValueError(f"neural collapse needs at least 2 classes with distinct means, got {int(keep.sum())}")
     return idx[keep], counts[keep], mu[keep], sig[keep], len(same)

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from .errors import UserValueError
 from .scope import comm_device, is_local, local_only
 from .statistics import CollapseStatistics
 
@@ -121,7 +122,7 @@ def agree_dim(dim: Optional[int], group=None) -> int:
     local = torch.tensor([-1.0 if dim is None else float(dim)], dtype=torch.float64)
     agreed = int(all_reduce_sum(local, op="max", group=group).item())
     if agreed < 1:
-        raise ValueError("no labelled token was collected: the data are empty or the budget yields nothing")
+        raise UserValueError("no labelled token was collected: the data are empty or the budget yields nothing")
     return agreed
 
 
@@ -156,7 +157,7 @@ def finish_pass(
                 stats[name] = CollapseStatistics(num_classes, dim, covariance=covariance, ignore_index=ignore_index)
             stats[name].reduce(group=group)
         if name not in stats or stats[name].num_tokens == 0:
-            raise ValueError(
+            raise UserValueError(
                 f"no labelled token was collected at {name!r} from {what}: the data are empty, the budget is too "
                 f"small, or every label is {ignore_index}/padding"
             )

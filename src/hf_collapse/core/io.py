@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import UserTypeError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -84,7 +86,7 @@ def as_tensor(x, name: str) -> torch.Tensor:
         pass
     if isinstance(x, (list, tuple)):
         return torch.as_tensor(x)
-    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    raise UserTypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
 
 
 def metadata_json(obj) -> str:

@@ -51,6 +51,7 @@ import torch
 
 from .classes import check_selection, class_moments
 from .classes import global_mean as centre
+from .errors import UserTypeError, UserValueError
 from .io import as_tensor
 from .nc4 import NC4Counter
 from .options import MeasureOptions
@@ -109,21 +110,23 @@ def _mean_std(total: float, total_sq: float, n: float, shift: float = 0.0) -> tu
 def _check_weights(weights, bias, C, d, device):
     W = as_tensor(weights, "weights")
     if not W.is_floating_point():
-        raise TypeError(f"weights must be a floating-point tensor, got dtype {W.dtype}")
+        raise UserTypeError(f"weights must be a floating-point tensor, got dtype {W.dtype}")
     if W.dim() != 2 or W.shape[1] != d:
-        raise ValueError(f"weights must have shape (num_classes, {d}) = ({C}, {d}), got {tuple(W.shape)}")
+        raise UserValueError(f"weights must have shape (num_classes, {d}) = ({C}, {d}), got {tuple(W.shape)}")
     if W.shape[0] != C:
-        raise ValueError(
+        raise UserValueError(
             f"weights have {W.shape[0]} rows but the statistics have num_classes={C}: "
             f"expected weights of shape ({C}, {d})"
         )
     if not bool(torch.isfinite(W).all()):
-        raise ValueError("weights contain NaN or infinite values")
+        raise UserValueError("weights contain NaN or infinite values")
     b = None
     if bias is not None:
         b = as_tensor(bias, "bias")
         if not b.is_floating_point() or tuple(b.shape) != (C,):
-            raise ValueError(f"bias must be a floating-point tensor of shape ({C},), got {tuple(b.shape)} {b.dtype}")
+            raise UserValueError(
+                f"bias must be a floating-point tensor of shape ({C},), got {tuple(b.shape)} {b.dtype}"
+            )
         b = b.to(device, torch.float64)
     return W.detach().to(device, torch.float64), b
 
@@ -170,7 +173,7 @@ def measure_collapse(
     stats = _as_statistics(stats)
     opts = _as_options(options, option_values)
     if coincident not in ("raise", "exclude"):
-        raise ValueError(f"coincident must be 'raise' or 'exclude', got {coincident!r}")
+        raise UserValueError(f"coincident must be 'raise' or 'exclude', got {coincident!r}")
     k, tile_size, dtype, riesz_s, global_mean = opts.k, opts.tile_size, opts.torch_dtype, opts.riesz_s, opts.global_mean
     min_count, classes = check_selection(stats.num_classes, opts.min_count, opts.classes, opts.global_mean)
     dev = torch.device(device) if device is not None else stats.device
@@ -180,7 +183,7 @@ def measure_collapse(
     M = mu - mu_g  # (K, d) centred means
     r = M.norm(dim=1)  # (K,)
     if bool((r == 0).any()):
-        raise ValueError(
+        raise UserValueError(
             f"class(es) {idx[r == 0][:5].tolist()} have a mean equal to the global mean mu_G "
             f"(centred norm 0): their norms, angles and log kernel are undefined"
         )
@@ -208,7 +211,7 @@ def measure_collapse(
         out["nc5_ood_orthogonality"] = ood_orthogonality(u, as_tensor(ood_features, "ood_features"), mu_g)
     if features is not None or labels is not None:
         if features is None or labels is None:
-            raise ValueError("NC4 needs both features and labels of held-out samples")
+            raise UserValueError("NC4 needs both features and labels of held-out samples")
         counter = NC4Counter(idx, mu, stats.num_classes, W, b, dtype=dtype, ignore_index=stats.ignore_index)
         _count_nc4(counter, stats, features, labels, batch_size, progress)
         out.update(counter.values())
@@ -238,16 +241,16 @@ def _as_statistics(stats) -> CollapseStatistics:
     if isinstance(stats, (str, bytes)) or hasattr(stats, "__fspath__"):
         stats = CollapseStatistics.load(stats)
     if not isinstance(stats, CollapseStatistics):
-        raise TypeError(f"stats must be a CollapseStatistics, got {type(stats).__name__}")
+        raise UserTypeError(f"stats must be a CollapseStatistics, got {type(stats).__name__}")
     return stats
 
 
 def _as_options(options, values: dict) -> MeasureOptions:
     if options is not None and not isinstance(options, MeasureOptions):
-        raise TypeError(f"options must be a MeasureOptions, got {type(options).__name__}")
+        raise UserTypeError(f"options must be a MeasureOptions, got {type(options).__name__}")
     unknown = sorted(set(values) - set(MeasureOptions.names()))
     if unknown:
-        raise TypeError(
+        raise UserTypeError(
             f"measure_collapse got unknown keyword(s) {unknown}; the options are {list(MeasureOptions.names())}"
         )
     options = options or MeasureOptions()
@@ -285,7 +288,7 @@ def _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info
     """NC3 measures when ``weights`` are given; returns ``(W (C, d), b (C,), per-class duality)``."""
     if weights is None:
         if bias is not None:
-            raise ValueError("bias was given without weights")
+            raise UserValueError("bias was given without weights")
         return None, None, None
     W, b = _check_weights(weights, bias, stats.num_classes, stats.dim, dev)
     w = W[idx]  # (K, d)
@@ -320,14 +323,14 @@ def _riesz(sums, n_pairs: float, s: float) -> tuple[float, float]:
     """Mean and CoV over pairs of ||u_c - u_c'||^-s from the sweep's sums of R - 1, where
     R = ||u_c - u_c'||^-s / exp(s shift): the CoV is scale-free; the mean is put back in log space."""
     if not (math.isfinite(sums.riesz_sum) and math.isfinite(sums.riesz_sq)):
-        raise ValueError(
+        raise UserValueError(
             f"riesz_s={s} overflows float64: the Riesz kernel ||u_c - u_c'||^-s (or its square, for the CoV) "
             f"of the closest pairs of unit centred means exceeds 1.8e308; use a smaller s"
         )
     m, sd = _mean_std(sums.riesz_sum, sums.riesz_sq, n_pairs, 1.0)  # of R
     log_mean = s * sums.shift + math.log(m) if m > 0 else -math.inf
     if log_mean > math.log(torch.finfo(torch.float64).max):
-        raise ValueError(
+        raise UserValueError(
             f"riesz_s={s} overflows float64: the mean Riesz kernel is exp({log_mean:.1f}); use a smaller s"
         )
     return math.exp(log_mean), cov(sd, m)
@@ -339,7 +342,7 @@ def _duality(w, u, out: dict, info: dict) -> torch.Tensor:
     wn = w.norm(dim=1)
     ok = wn > 0
     if not bool(ok.any()):
-        raise ValueError("every classifier row of the present classes is zero: NC3 is undefined")
+        raise UserValueError("every classifier row of the present classes is zero: NC3 is undefined")
     if not bool(ok.all()):
         logger.warning("NC3: %d present classes have an all-zero classifier row and are skipped", int((~ok).sum()))
     duality = torch.full((w.shape[0],), math.nan, dtype=torch.float64, device=w.device)
@@ -360,20 +363,20 @@ def _count_nc4(
     h_all = as_tensor(features, "features")
     y_all = as_tensor(labels, "labels")
     if not h_all.is_floating_point():
-        raise TypeError(f"features must be a floating-point tensor, got dtype {h_all.dtype}")
+        raise UserTypeError(f"features must be a floating-point tensor, got dtype {h_all.dtype}")
     if h_all.dim() < 2 or h_all.shape[-1] != stats.dim:
-        raise ValueError(f"test features must have shape (N, {stats.dim}), got {tuple(h_all.shape)}")
+        raise UserValueError(f"test features must have shape (N, {stats.dim}), got {tuple(h_all.shape)}")
     if tuple(y_all.shape) != tuple(h_all.shape[:-1]) or y_all.is_floating_point():
-        raise ValueError(
+        raise UserValueError(
             f"test labels must be integers of shape {tuple(h_all.shape[:-1])}, got {tuple(y_all.shape)} {y_all.dtype}"
         )
     h_all, y_all = h_all.reshape(-1, stats.dim), y_all.reshape(-1)
     keep = y_all != stats.ignore_index
     h_all, y_all = h_all[keep], y_all[keep]
     if y_all.numel() and (int(y_all.min()) < 0 or int(y_all.max()) >= stats.num_classes):
-        raise ValueError(f"test labels must lie in [0, {stats.num_classes}) or equal {stats.ignore_index}")
+        raise UserValueError(f"test labels must lie in [0, {stats.num_classes}) or equal {stats.ignore_index}")
     if not bool(torch.isfinite(h_all).all()):
-        raise ValueError("test features contain NaN or infinite values")
+        raise UserValueError("test features contain NaN or infinite values")
     starts = range(0, h_all.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm

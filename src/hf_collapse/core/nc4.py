@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from .classes import selected_ids
+from .errors import UserValueError
 
 
 class NC4Counter:
@@ -64,7 +65,7 @@ class NC4Counter:
         samples, within ``classes`` when given: the classes ``measure_collapse`` measures)."""
         idx = selected_ids(stats, min_count, classes)
         if idx.numel() < 1:
-            raise ValueError(f"NC4 needs at least one class with samples (min_count={min_count}), got none")
+            raise UserValueError(f"NC4 needs at least one class with samples (min_count={min_count}), got none")
         return cls(idx, stats.moments(idx)[1], stats.num_classes, weights, bias, dtype, stats.ignore_index)
 
     @property
@@ -121,13 +122,13 @@ class NC4Counter:
     def values(self) -> dict[str, float]:
         """``ncc_accuracy`` and, with a linear classifier, ``nc4_agreement`` (one host sync)."""
         if bool(self._bad):
-            raise ValueError(
+            raise UserValueError(
                 f"NC4 data hold labels outside [0, {self.num_classes}) (other than "
                 f"{self.ignore_index}) or NaN/infinite features"
             )
         agree, correct, n = self.counts.tolist()
         if n == 0:
-            raise ValueError("the NC4 data hold no labelled sample (all labels are ignore_index)")
+            raise UserValueError("the NC4 data hold no labelled sample (all labels are ignore_index)")
         out = {"nc4_agreement": agree / n} if self.has_linear else {}
         out["ncc_accuracy"] = correct / n
         return out

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 
 from .classes import GLOBAL_MEANS, check_selection
+from .errors import UserTypeError, UserValueError
 
 DTYPES = ("float32", "float64")
 
@@ -79,24 +80,24 @@ class MeasureOptions:
     def __post_init__(self) -> None:
         k = self.k
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
-            raise ValueError(f"k must be a finite number >= 0, got {k!r}")
+            raise UserValueError(f"k must be a finite number >= 0, got {k!r}")
         object.__setattr__(self, "k", float(k))
         if isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int) or self.tile_size < 1:
-            raise ValueError(f"tile_size must be a positive int, got {self.tile_size!r}")
+            raise UserValueError(f"tile_size must be a positive int, got {self.tile_size!r}")
         dtype = self.dtype
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).replace("torch.", "")
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise UserValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         object.__setattr__(self, "dtype", dtype)
         _, ids = check_selection(2**62, self.min_count, self.classes, self.global_mean)
         object.__setattr__(self, "classes", None if ids is None else tuple(ids.tolist()))
         s = self.riesz_s
         if s is not None:
             if isinstance(s, bool) or not isinstance(s, (int, float)):
-                raise TypeError(f"riesz_s must be a number, got {type(s).__name__}")
+                raise UserTypeError(f"riesz_s must be a number, got {type(s).__name__}")
             if not (math.isfinite(s) and s > 0):
-                raise ValueError(f"riesz_s must be a finite number > 0, got {s}")
+                raise UserValueError(f"riesz_s must be a finite number > 0, got {s}")
             object.__setattr__(self, "riesz_s", float(s))
 
     @property

@@ -29,6 +29,8 @@ import math
 
 import torch
 
+from .errors import UserTypeError, UserValueError
+
 
 def gram(A: torch.Tensor, dtype: torch.dtype, chunk: int = 8192) -> torch.Tensor:
     """A^T A (d, d) in float64, from GEMMs in ``dtype`` over row chunks of ``A`` (K, d) (each chunk is
@@ -44,7 +46,7 @@ def etf_error(trace_ba: float, sum_a: torch.Tensor, sum_b: torch.Tensor, frob_sq
     """||S - E||_F for S = B A^T / ||B A^T||_F from tr(B A^T), sum_c a_c, sum_c b_c (d,) and
     ||B A^T||_F^2 (see the module docstring)."""
     if not frob_sq > 0:
-        raise ValueError("the ETF error is undefined: B A^T is the zero matrix")
+        raise UserValueError("the ETF error is undefined: B A^T is the zero matrix")
     inner = (trace_ba - float(sum_a @ sum_b) / K) / math.sqrt(K - 1) / math.sqrt(frob_sq)  # <S, E>
     return math.sqrt(max(2.0 - 2.0 * inner, 0.0))
 
@@ -79,7 +81,7 @@ def effective_rank(sigma: torch.Tensor) -> float:
     p_i; without it the effective rank of r equal nonzero singular values is exactly r."""
     total = float(sigma.sum())
     if not total > 0:
-        raise ValueError("the effective rank is undefined: every centred class mean is zero")
+        raise UserValueError("the effective rank is undefined: every centred class mean is zero")
     p = sigma[sigma > 0] / total
     return math.exp(float(-(p * p.log()).sum()))
 
@@ -97,17 +99,17 @@ def ood_orthogonality(u: torch.Tensor, ood_features, mu_g: torch.Tensor) -> floa
     means with the uncentred OOD mean; here both are centred at mu_G (the NECO geometry)."""
     h = ood_features
     if not isinstance(h, torch.Tensor) or not h.is_floating_point():
-        raise TypeError(
+        raise UserTypeError(
             f"ood_features must be a floating-point tensor (N, d), got {type(h).__name__}"
             + (f" of dtype {h.dtype}" if isinstance(h, torch.Tensor) else "")
         )
     if h.dim() < 1 or h.shape[-1] != u.shape[1] or h.numel() == 0:
-        raise ValueError(f"ood_features must have shape (N, {u.shape[1]}) with N >= 1, got {tuple(h.shape)}")
+        raise UserValueError(f"ood_features must have shape (N, {u.shape[1]}) with N >= 1, got {tuple(h.shape)}")
     mu_ood = h.reshape(-1, u.shape[1]).to(u.device, torch.float64).mean(0)  # (d,)
     if not bool(torch.isfinite(mu_ood).all()):
-        raise ValueError("ood_features contain NaN or infinite values")
+        raise UserValueError("ood_features contain NaN or infinite values")
     v = mu_ood - mu_g
     norm = float(v.norm())
     if norm <= 1e-12 * max(float(mu_ood.norm()), float(mu_g.norm())):  # zero up to round-off
-        raise ValueError("the OOD mean equals the global mean mu_G: its direction (and nc5) is undefined")
+        raise UserValueError("the OOD mean equals the global mean mu_G: its direction (and nc5) is undefined")
     return float((u @ (v / norm)).abs().mean())

@@ -42,6 +42,7 @@ import torch
 
 from .._version import __version__
 from .checks import BatchChecks, check_batch_shapes
+from .errors import UserFileNotFoundError, UserTypeError, UserValueError
 from .io import atomic_write
 from .scope import comm_device, is_local
 
@@ -124,24 +125,24 @@ def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no statistics file at {path!r}")
+        raise UserFileNotFoundError(f"no statistics file at {path!r}")
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
+        raise UserValueError(f"{path!r} is not a readable safetensors file: {e}") from e
     if meta.get("schema") != SCHEMA:
-        raise ValueError(
+        raise UserValueError(
             f"{path!r} is not an hf_collapse statistics file (schema {meta.get('schema')!r}, expected {SCHEMA!r})"
         )
     try:
         version = int(meta.get("schema_version", ""))
         int(meta["num_classes"]), int(meta["dim"])
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path!r} has a malformed statistics header: {e}") from e
+        raise UserValueError(f"{path!r} has a malformed statistics header: {e}") from e
     if version > SCHEMA_VERSION:
-        raise ValueError(
+        raise UserValueError(
             f"{path!r} uses statistics schema version {version}, newer than this hf_collapse "
             f"supports ({SCHEMA_VERSION}); upgrade hf_collapse"
         )
@@ -151,10 +152,10 @@ def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch
     expected.update({name: shape(C, d) for name, shape in DERIVED_TENSORS.items()})
     for name, shape in expected.items():
         if name not in tensors:
-            raise ValueError(f"{path!r} lacks the tensor {name!r}")
+            raise UserValueError(f"{path!r} lacks the tensor {name!r}")
         t = tensors[name]
         if tuple(t.shape) != shape or t.dtype != torch.float64:
-            raise ValueError(
+            raise UserValueError(
                 f"{path!r}: tensor {name!r} has shape {tuple(t.shape)} dtype {t.dtype}, expected {shape} float64"
             )
     return meta, tensors
@@ -200,9 +201,9 @@ class CollapseStatistics:
         defer_checks: bool = False,
     ) -> None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise UserValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+            raise UserValueError(f"dim must be a positive int, got {dim!r}")
         self.num_classes = num_classes
         self.dim = dim
         self.covariance = bool(covariance)
@@ -314,14 +315,14 @@ class CollapseStatistics:
 
     def _check_compatible(self, other: CollapseStatistics) -> None:
         if not isinstance(other, CollapseStatistics):
-            raise TypeError(f"can only merge CollapseStatistics, got {type(other).__name__}")
+            raise UserTypeError(f"can only merge CollapseStatistics, got {type(other).__name__}")
         if (other.num_classes, other.dim) != (self.num_classes, self.dim):
-            raise ValueError(
+            raise UserValueError(
                 f"cannot merge statistics of shape (C={other.num_classes}, d={other.dim}) into "
                 f"(C={self.num_classes}, d={self.dim})"
             )
         if other.covariance != self.covariance:
-            raise ValueError("cannot merge statistics with and without covariance")
+            raise UserValueError("cannot merge statistics with and without covariance")
 
     def merge(self, other: CollapseStatistics) -> CollapseStatistics:
         """Add ``other``'s samples to ``self`` (in place) and return ``self``.
@@ -397,7 +398,7 @@ class CollapseStatistics:
     # ------------------------------------------------------------------ derived
     def _require_data(self) -> None:
         if self.num_tokens == 0:
-            raise ValueError("no labelled sample has been accumulated: call update(features, labels) first")
+            raise UserValueError("no labelled sample has been accumulated: call update(features, labels) first")
 
     def moments(self, index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(counts, means, variances)`` of the classes in ``index`` (default: all), float64.
@@ -435,7 +436,7 @@ class CollapseStatistics:
     def within_class_covariance(self) -> torch.Tensor:
         """Pooled within-class covariance Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (d, d)."""
         if self.second_moment is None:
-            raise ValueError("the within-class covariance needs CollapseStatistics(..., covariance=True)")
+            raise UserValueError("the within-class covariance needs CollapseStatistics(..., covariance=True)")
         self._require_data()
         centred_means = self.sums / self.counts.clamp(min=1)[:, None]  # (C, d), shifted
         between = centred_means.T @ (self.counts[:, None] * centred_means)  # (d, d)
@@ -468,7 +469,7 @@ class CollapseStatistics:
         tensors = self.state_dict()
         for k, v in (extra_tensors or {}).items():
             if k in STATE_TENSORS:
-                raise ValueError(f"extra tensor name {k!r} clashes with a statistics tensor")
+                raise UserValueError(f"extra tensor name {k!r} clashes with a statistics tensor")
             tensors[k] = v.detach().cpu().contiguous()
         meta = {str(k): str(v) for k, v in {**self.metadata, **(metadata or {})}.items()}
         meta.update({key: value(self) for key, value in HEADER.items()})

@@ -23,6 +23,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .errors import UserValueError
+
 
 class SweepSums(NamedTuple):
     """Float64 sums over pairs c < c' (``row``: per-class CDNV row sums (K,), a device tensor)."""
@@ -89,7 +91,7 @@ def pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress, riesz_s: Op
         bar.close()
     sums = acc.tolist()  # the one host sync
     if not math.isfinite(sums[0]):
-        raise ValueError(
+        raise UserValueError(
             f"two present classes have means that are numerically indistinguishable in {dtype} "
             f"(distance 0 after rounding), so the CDNV is infinite; use dtype=torch.float64"
         )

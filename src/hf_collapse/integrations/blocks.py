@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..core.errors import UserValueError
+
 
 def budget_end(max_tokens: Optional[int], block_size: int) -> Optional[int]:
     """Stream position after which no token is used: blocks of ``block_size`` tokens hold
@@ -29,9 +31,9 @@ def budget_end(max_tokens: Optional[int], block_size: int) -> Optional[int]:
 def check_block_args(block_size, max_tokens):
     """ValueError unless ``block_size`` is an int >= 2 and ``max_tokens`` a positive int or None."""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
-        raise ValueError(f"block_size (--block-size) must be an int >= 2, got {block_size!r}")
+        raise UserValueError(f"block_size (--block-size) must be an int >= 2, got {block_size!r}")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        raise UserValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
 
 
 def _own_mapping(ds, column: str):
@@ -175,10 +177,10 @@ class TokenBlocks(_Blocks, torch.utils.data.Dataset):
     def to_tensor(self) -> torch.Tensor:
         """All blocks stacked ``(N, T)`` (equal lengths only, e.g. ``drop_last``); small data only."""
         if len(self) == 0:
-            raise ValueError("no block to stack")
+            raise UserValueError("no block to stack")
         rows = [self[i]["input_ids"] if self.examples else torch.as_tensor(self[i]) for i in range(len(self))]
         if len({len(r) for r in rows}) != 1:
-            raise ValueError("blocks of different lengths cannot be stacked (use drop_last=True)")
+            raise UserValueError("blocks of different lengths cannot be stacked (use drop_last=True)")
         return torch.stack(rows)  # (N, T)
 
 

@@ -38,6 +38,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Optional
 
+from ..core.errors import UserFileNotFoundError, UserValueError
 from .blocks import StreamingTokenBlocks, TokenBlocks, TokenStream, budget_end, check_block_args, collate  # noqa: F401  (re-exported: the pipeline's public names live here)
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def _file_format(path: str) -> str:
     Raises FileNotFoundError for a missing file and ValueError for one without any text.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no text file at {path!r}")
+        raise UserFileNotFoundError(f"no text file at {path!r}")
     has_text = has_eos = False
     try:
         with open(path, encoding="utf-8") as f:
@@ -95,9 +96,9 @@ def _file_format(path: str) -> str:
                 if has_eos and has_text:
                     break
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UserValueError(f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not has_text:
-        raise ValueError(f"{path!r} holds no text (empty file?): no labelled token to measure")
+        raise UserValueError(f"{path!r} holds no text (empty file?): no labelled token to measure")
     return "eos" if has_eos else "blank"
 
 
@@ -105,7 +106,7 @@ def split_documents(lines: Iterable[str], fmt: str = "eos") -> Iterator[str]:
     """Documents of a line stream: separated by ``<|endoftext|>`` lines (``fmt="eos"``) or by blank
     lines (``fmt="blank"``); stripped, empty ones skipped. O(one document) memory."""
     if fmt not in ("eos", "blank"):
-        raise ValueError(f"fmt must be 'eos' or 'blank', got {fmt!r}")
+        raise UserValueError(f"fmt must be 'eos' or 'blank', got {fmt!r}")
     current: list[str] = []
     for line in lines:
         line = line.rstrip("\r\n")
@@ -166,7 +167,7 @@ def check_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
         with tempfile.NamedTemporaryFile(dir=target, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise ValueError(
+        raise UserValueError(
             f"cannot write the datasets cache directory {target!r}: {e.strerror or e} "
             f"(choose another with --cache-dir or HF_DATASETS_CACHE)"
         ) from None
@@ -192,7 +193,7 @@ def load_text_dataset(
     import datasets
 
     if (files is None) == (dataset is None):
-        raise ValueError("give either files or dataset")
+        raise UserValueError("give either files or dataset")
     check_cache_dir(cache_dir)
     if files is not None:
         paths = [os.fspath(p) for p in ([files] if isinstance(files, (str, os.PathLike)) else files)]
@@ -207,18 +208,20 @@ def load_text_dataset(
                 _generate_documents, features=features, gen_kwargs=kwargs, cache_dir=cache_dir, fingerprint=fp
             )
         except OSError as e:
-            raise ValueError(f"could not write {paths} into the datasets cache: {e}") from None
+            raise UserValueError(f"could not write {paths} into the datasets cache: {e}") from None
     try:
         ds = datasets.load_dataset(dataset, config, split=split, streaming=streaming, cache_dir=cache_dir)
     except Exception as e:  # network, missing split, unreadable files, ... -> one clear line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"could not load dataset {dataset!r} (config {config!r}, split {split!r}): {msg}") from None
+        raise UserValueError(
+            f"could not load dataset {dataset!r} (config {config!r}, split {split!r}): {msg}"
+        ) from None
     cols = ds.column_names
     if cols is None:  # a streamed dataset whose features are unknown until the first row
         first = next(iter(ds), None)
         cols = [] if first is None else list(first)
     if text_column not in cols:
-        raise ValueError(
+        raise UserValueError(
             f"dataset {dataset!r} split {split!r} has no column {text_column!r}; columns: {cols}; "
             f"choose one with --text-column"
         )
@@ -284,7 +287,7 @@ def tokenize_dataset(
     bos_id = tokenizer.bos_token_id if bos else None
     eos_id = tokenizer.eos_token_id if eos else None
     if eos and eos_id is None:
-        raise ValueError("the tokenizer has no eos token to separate packed texts")
+        raise UserValueError("the tokenizer has no eos token to separate packed texts")
     fn = _Tokenize(tokenizer, text_column, bos_id, eos_id)
     features = _token_features(tokenizer)
     cols = ds.column_names
@@ -320,7 +323,7 @@ def tokenize_dataset(
             desc="tokenizing",
         )
     except OSError as e:
-        raise ValueError(f"could not write the tokenized data into the datasets cache: {e}") from None
+        raise UserValueError(f"could not write the tokenized data into the datasets cache: {e}") from None
 
 
 def text_blocks(

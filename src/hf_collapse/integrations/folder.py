@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..core.errors import UserFileNotFoundError, UserTypeError, UserValueError
 from ..core.io import atomic_write_text
 from ..core.measures import CollapseResult
 from ..core.registry import MEASURE_KEYS
@@ -55,7 +56,7 @@ def measurement_subdir(name: Optional[str] = None) -> str:
     if name is None or name == "":
         return COLLAPSE_DIR
     if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
-        raise ValueError(f"measurement name {name!r} is invalid: use letters, digits, '.', '_' and '-'")
+        raise UserValueError(f"measurement name {name!r} is invalid: use letters, digits, '.', '_' and '-'")
     return f"{COLLAPSE_DIR}/{name}"
 
 
@@ -74,18 +75,18 @@ def read_metrics(path: str | os.PathLike) -> dict:
     """Read ``metrics.json``; FileNotFoundError / ValueError name the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {str(path)!r}")
+        raise UserFileNotFoundError(f"no metrics file at {str(path)!r}")
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
+        raise UserValueError(f"{str(path)!r} is not valid JSON: {e}") from e
     if not isinstance(metrics, dict):
-        raise ValueError(f"{str(path)!r} holds a JSON {type(metrics).__name__}, expected an object of measures")
+        raise UserValueError(f"{str(path)!r} holds a JSON {type(metrics).__name__}, expected an object of measures")
     for key in MEASURE_KEYS:
         if metrics.get(key) in ("inf", "-inf", "nan"):  # how save_measured writes non-finite values
             metrics[key] = float(metrics[key])
         elif key in metrics and not isinstance(metrics[key], (int, float)):
-            raise ValueError(f"{str(path)!r}: measure {key!r} is {metrics[key]!r}, expected a number")
+            raise UserValueError(f"{str(path)!r}: measure {key!r} is {metrics[key]!r}, expected a number")
     return metrics
 
 
@@ -103,7 +104,7 @@ def read_measurement(
     if not stats_path.is_file():
         have = list_measurements(folder)
         listed = ", ".join("default" if n is None else repr(n) for n in have) or "none"
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no collapse statistics at {str(stats_path)!r} (measurements in this folder: {listed})"
         )
     stats, extras = CollapseStatistics.load_with_extras(stats_path)
@@ -111,7 +112,7 @@ def read_measurement(
     metrics = read_metrics(sub / METRICS_FILE)
     for key, actual in (("num_tokens", stats.num_tokens), ("num_classes", stats.num_classes)):
         if key in metrics and int(metrics[key]) != int(actual):
-            raise ValueError(
+            raise UserValueError(
                 f"{str(sub / METRICS_FILE)!r} says {key}={metrics[key]} but {str(stats_path)!r} holds "
                 f"{actual}: the two files come from different measurements"
             )
@@ -134,7 +135,7 @@ def verify_weights(folder: str | os.PathLike, stats: CollapseStatistics, stats_p
         return None
     actual = weights_sha256(folder)
     if actual != recorded:
-        raise ValueError(
+        raise UserValueError(
             f"{stats_path!r} was measured on weights with sha256 {recorded[:16]}..., but the weights in "
             f"{str(folder)!r} hash to {actual[:16]}...: the statistics do not belong to this model "
             "(pass check_weights=False to load anyway)"
@@ -150,7 +151,7 @@ def trainer_state(folder) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+        raise UserValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def eval_loss(folder) -> Optional[float]:
@@ -209,9 +210,9 @@ def write_measurement(
     process only.
     """
     if not isinstance(statistics, CollapseStatistics):
-        raise TypeError(f"statistics must be a CollapseStatistics, got {type(statistics).__name__}")
+        raise UserTypeError(f"statistics must be a CollapseStatistics, got {type(statistics).__name__}")
     if not isinstance(record, MeasurementRecord):
-        raise TypeError(f"record must be a MeasurementRecord, got {type(record).__name__}")
+        raise UserTypeError(f"record must be a MeasurementRecord, got {type(record).__name__}")
     sub = Path(folder) / measurement_subdir(name)
     extra = {}
     if getattr(result, "per_class", None):
@@ -238,7 +239,7 @@ def write_report(
     ``model`` and a record without ``weights_sha256`` the weights are hashed here, once for all
     measurements. Returns the record written."""
     if not all(hasattr(report, a) for a in ("all_statistics", "results", "record")):
-        raise TypeError(f"report must be a CollapseReport (measure_model's result), got {type(report).__name__}")
+        raise UserTypeError(f"report must be a CollapseReport (measure_model's result), got {type(report).__name__}")
     record = report.record
     if model is not None and record.weights_sha256 is None:
         record = record.replace(weights_sha256=weights_sha256(model))

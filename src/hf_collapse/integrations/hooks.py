@@ -39,6 +39,7 @@ from typing import Optional, Union
 import torch
 
 from ..core.distributed import rank_and_world
+from ..core.errors import UserTypeError, UserValueError
 from ..core.nc4 import NC4Counter
 from ..core.statistics import CollapseStatistics
 
@@ -53,12 +54,12 @@ ModulesArg = Union[None, str, torch.nn.Module, Sequence[Union[str, torch.nn.Modu
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """Strip DDP / DataParallel / FSDP / DeepSpeed / torch.compile wrappers (Accelerate's unwrap)."""
     if isinstance(model, (str, os.PathLike)):
-        raise TypeError(
+        raise UserTypeError(
             f"model must be a loaded torch.nn.Module, got the path or name {os.fspath(model)!r}: "
             "load it first, e.g. AutoModelForCausalLM.from_pretrained(...)"
         )
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise UserTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     try:
         from accelerate.utils import extract_model_from_parallel
 
@@ -80,7 +81,7 @@ def resolve_modules(model: torch.nn.Module, modules: ModulesArg = None) -> dict[
     if modules is None:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None:
-            raise ValueError(
+            raise UserValueError(
                 f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None): "
                 "name the classifier module, e.g. modules='score' or modules='classifier'"
             )
@@ -97,18 +98,18 @@ def resolve_modules(model: torch.nn.Module, modules: ModulesArg = None) -> dict[
 
                 close = difflib.get_close_matches(m, [n for n in names.values() if n], n=3, cutoff=0.6)
                 hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise ValueError(
+                raise UserValueError(
                     f"{type(model).__name__} has no submodule {m!r}{hint} (expected a name from model.named_modules())"
                 ) from None
             out[m] = mod
         elif isinstance(m, torch.nn.Module):
             if m not in names:
-                raise ValueError(f"module {type(m).__name__} is not part of the model")
+                raise UserValueError(f"module {type(m).__name__} is not part of the model")
             out[names[m]] = m
         else:
-            raise TypeError(f"modules must be names or nn.Modules, got {type(m).__name__}")
+            raise UserTypeError(f"modules must be names or nn.Modules, got {type(m).__name__}")
     if not out:
-        raise ValueError("modules is empty: name at least one module")
+        raise UserValueError("modules is empty: name at least one module")
     return out
 
 
@@ -136,7 +137,7 @@ def _offloaded_classifier(module: torch.nn.Module):
     with align_module_device(module):
         w, b = module.weight, getattr(module, "bias", None)
         if w.device.type == "meta":
-            raise ValueError(
+            raise UserValueError(
                 f"the weights of the head {type(module).__name__} are on the meta device and accelerate has no "
                 "offloaded copy of them: load the model with its weights"
             )
@@ -176,7 +177,7 @@ def _zero3_gathered(params):
 
         GatheredParameters = deepspeed.zero.GatheredParameters
     except ImportError as e:  # pragma: no cover - a ds_shape parameter without deepspeed
-        raise ValueError(
+        raise UserValueError(
             "the head's parameters are partitioned by DeepSpeed ZeRO-3 (they have ds_shape) but deepspeed "
             "cannot be imported to gather them"
         ) from e
@@ -227,7 +228,7 @@ def is_sharded(*models) -> bool:
 
 def _check_head(name, w, b, case):
     if w.dim() != 2:
-        raise ValueError(
+        raise UserValueError(
             f"cannot read the classifier {name!r} ({case}): its weight has shape {tuple(w.shape)}, not (C, d)"
             + (
                 "; a flat or empty FSDP1 shard: pass the FSDP-wrapped model (the Trainer's model_wrapped), "
@@ -237,7 +238,7 @@ def _check_head(name, w, b, case):
             )
         )
     if w.is_meta or (b is not None and b.is_meta):
-        raise ValueError(
+        raise UserValueError(
             f"cannot read the classifier {name!r} ({case}): its weight is on the meta device (offloaded or "
             "not loaded); load the model with its weights or let accelerate place them"
         )
@@ -314,7 +315,7 @@ def head_weights(model, name, module, stats: CollapseStatistics, *, wrapped=None
         return w, b
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if module is head or w.shape[0] == stats.num_classes:
-        raise ValueError(
+        raise UserValueError(
             f"statistics of shape (C={stats.num_classes}, d={stats.dim}) do not match the classifier {name!r} "
             f"of shape {tuple(w.shape)}: they were collected on another model or module"
         )
@@ -338,7 +339,7 @@ def _num_classes(model, modules: Mapping[str, torch.nn.Module], num_classes: Opt
     for attr in ("num_labels", "vocab_size"):
         if cfg is not None and getattr(cfg, attr, None):
             return int(getattr(cfg, attr))
-    raise ValueError("cannot tell the number of classes: pass num_classes=")
+    raise UserValueError("cannot tell the number of classes: pass num_classes=")
 
 
 # ---------------------------------------------------------------------------- labels
@@ -358,9 +359,9 @@ def align_labels(
     if task == "causal_lm":
         src = labels if labels is not None else input_ids
         if src is None:
-            raise ValueError("causal_lm collection needs 'labels' or 'input_ids' in the batch")
+            raise UserValueError("causal_lm collection needs 'labels' or 'input_ids' in the batch")
         if src.dim() != 2 or tuple(src.shape) != tuple(features.shape[:2]):
-            raise ValueError(
+            raise UserValueError(
                 f"causal_lm: features {tuple(features.shape)} do not line up with labels/input_ids "
                 f"{tuple(src.shape)}; expected features (B, T, d) for (B, T) tokens"
             )
@@ -373,10 +374,10 @@ def align_labels(
             y = y.masked_fill(~valid, ignore_index)
         return features, y
     if labels is None:
-        raise ValueError(f"{task} collection needs 'labels' in the batch")
+        raise UserValueError(f"{task} collection needs 'labels' in the batch")
     if task == "token_classification":
         if tuple(labels.shape) != tuple(features.shape[:-1]):
-            raise ValueError(
+            raise UserValueError(
                 f"token_classification: labels {tuple(labels.shape)} do not match features {tuple(features.shape)}"
             )
         return features, labels
@@ -385,7 +386,7 @@ def align_labels(
         if features.dim() == 2:
             return features, labels
         if features.dim() != 3 or features.shape[0] != labels.shape[0]:
-            raise ValueError(
+            raise UserValueError(
                 f"sequence_classification: features {tuple(features.shape)} do not match {labels.shape[0]} labels"
             )
         B, T = features.shape[:2]
@@ -400,9 +401,9 @@ def align_labels(
                 non_pad = torch.ones(B, T, dtype=torch.long, device=features.device)
             pos = (torch.arange(T, device=non_pad.device) * non_pad).argmax(-1).to(features.device)
         else:
-            raise ValueError(f"pooling must be 'last' or 'first', got {pooling!r}")
+            raise UserValueError(f"pooling must be 'last' or 'first', got {pooling!r}")
         return features[torch.arange(B, device=features.device), pos], labels  # (B, d), (B,)
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    raise UserValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
 def _keep_real_samples(features: torch.Tensor, labels: torch.Tensor):
@@ -567,7 +568,7 @@ class FeatureHooks:
     def _features_labels(self, args, kwargs):
         h = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if not isinstance(h, torch.Tensor):
-            raise ValueError("the hooked module received no tensor input")
+            raise UserValueError("the hooked module received no tensor input")
         h = _full(h)  # tensor parallel: a DTensor input (replicated: no communication; every TP rank is here)
         h, y = align_labels(
             h.detach(),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..core.errors import UserFileNotFoundError, UserValueError
 from ..core.measures import CollapseResult
 from ..core.statistics import CollapseStatistics
 from .folder import (
@@ -260,15 +261,15 @@ def push_measured(
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no measured model folder at {str(folder)!r}")
+        raise UserFileNotFoundError(f"no measured model folder at {str(folder)!r}")
     if not isinstance(repo_id, str) or not is_valid_repo_id(repo_id):
-        raise ValueError(
+        raise UserValueError(
             f"{repo_id!r} is not a valid Hub repo id: expected 'name' or 'namespace/name' of letters, "
             "digits, '-', '_' and '.'"
         )
     names = list_measurements(folder)
     if not names:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE} (nor "
             f"{COLLAPSE_DIR}/<name>/{STATISTICS_FILE}): measure it first"
         )

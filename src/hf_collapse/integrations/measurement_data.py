@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..core.errors import UserFileNotFoundError, UserValueError
 from .data import DEFAULT_HUB_DATASET, TokenBlocks, collate, file_digest, iter_documents, load_text_dataset, text_blocks
 
 WHICH = ("train", "validation")  # the statistics data (pass 1) and the NC4 data (pass 2)
@@ -53,29 +54,29 @@ class DataSpec:
         """ValueError for a missing or contradictory data choice, budget, block or batch size;
         FileNotFoundError for a missing text file. Reads no data."""
         if not self.train_file and not self.dataset:
-            raise ValueError("give the measurement data: --train-file FILE or --dataset NAME")
+            raise UserValueError("give the measurement data: --train-file FILE or --dataset NAME")
         if self.train_file and self.dataset:
-            raise ValueError("give either --train-file or --dataset, not both")
+            raise UserValueError("give either --train-file or --dataset, not both")
         for flag, value in (("--max-tokens", self.max_tokens), ("--nc4-max-tokens", self.nc4_max_tokens)):
             if value is not None and value < 1:
-                raise ValueError(f"{flag} must be positive, got {value}")
+                raise UserValueError(f"{flag} must be positive, got {value}")
         for flag, path in (("--train-file", self.train_file), ("--validation-file", self.validation_file)):
             if path and os.path.isdir(path):
-                raise ValueError(f"{flag} {path!r} is a directory; expected a text file")
+                raise UserValueError(f"{flag} {path!r} is a directory; expected a text file")
             if path and not os.path.isfile(path):
-                raise FileNotFoundError(f"no text file at {path!r} ({flag})")
+                raise UserFileNotFoundError(f"no text file at {path!r} ({flag})")
         if self.block_size < 2:
-            raise ValueError(f"--block-size must be at least 2, got {self.block_size}")
+            raise UserValueError(f"--block-size must be at least 2, got {self.block_size}")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
+            raise UserValueError(f"--batch-size must be positive, got {self.batch_size}")
         if self.num_proc is not None and self.num_proc < 1:
-            raise ValueError(f"--num-proc must be positive, got {self.num_proc}")
+            raise UserValueError(f"--num-proc must be positive, got {self.num_proc}")
 
     # ------------------------------------------------------------------ the two data
     def _source(self, which: str) -> tuple[Optional[str], Optional[str]]:
         """(file, split) of the statistics (``"train"``) or NC4 (``"validation"``) data."""
         if which not in WHICH:
-            raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+            raise UserValueError(f"which must be one of {WHICH}, got {which!r}")
         if which == "train":
             return self.train_file, (self.split if self.dataset else None)
         return self.validation_file, (self.validation_split if self.dataset else None)
@@ -133,7 +134,7 @@ class DataSpec:
         else:
             return None
         if isinstance(blocks, TokenBlocks) and len(blocks) == 0:
-            raise ValueError(f"the {which} data hold no labelled token (empty text?)")
+            raise UserValueError(f"the {which} data hold no labelled token (empty text?)")
         return blocks
 
     def shortfall(self, blocks, which: str) -> Optional[str]:

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from ..core.errors import UserFileNotFoundError, UserValueError
 from ..core.registry import MEASURE_KEYS
 from .folder import STATISTICS_FILE, list_measurements, measurement_subdir, read_measurement
 from .model_card import MEASUREMENT_COLUMNS, MEASUREMENTS_DATA_DIR, render_measurements_card
@@ -133,7 +134,7 @@ def measurement_rows(
     folder = Path(folder)
     names = list_measurements(folder)
     if not names:
-        raise FileNotFoundError(f"{str(folder)!r} holds no collapse/{STATISTICS_FILE}: measure it first")
+        raise UserFileNotFoundError(f"{str(folder)!r} holds no collapse/{STATISTICS_FILE}: measure it first")
     date = date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for name in names:
@@ -233,7 +234,7 @@ def push_measurements(
 
     for what, repo in (("dataset", dataset_repo), ("model", model_repo)):
         if not isinstance(repo, str) or not is_valid_repo_id(repo):
-            raise ValueError(
+            raise UserValueError(
                 f"{repo!r} is not a valid Hub {what} repo id: expected 'namespace/name' of letters, digits, "
                 "'-', '_' and '.'"
             )
@@ -289,11 +290,11 @@ def read_measurement_table(path_or_repo: str | os.PathLike, *, token: Optional[s
         files = [local] if local.is_file() else _parquet_files(local)
         source = str(local)
         if not files:
-            raise FileNotFoundError(f"{source!r} holds no Parquet files: expected a measurements dataset folder")
+            raise UserFileNotFoundError(f"{source!r} holds no Parquet files: expected a measurements dataset folder")
     else:
         repo = str(path_or_repo)
         if looks_like_path(repo) or not is_valid_repo_id(repo):
-            raise FileNotFoundError(f"no run folder at {repo!r} (and it is not a Hub dataset id either)")
+            raise UserFileNotFoundError(f"no run folder at {repo!r} (and it is not a Hub dataset id either)")
         from huggingface_hub import snapshot_download
 
         root = Path(
@@ -316,9 +317,9 @@ def read_measurement_table(path_or_repo: str | os.PathLike, *, token: Optional[s
         try:
             t = pq.read_table(f)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"{str(f)!r} is not a readable Parquet file: {e}") from e
+            raise UserValueError(f"{str(f)!r} is not a readable Parquet file: {e}") from e
         if "model" not in t.column_names or not any(k in t.column_names for k in MEASURE_KEYS):
-            raise ValueError(f"{str(f)!r} in {source!r} is not a measurements row (no model and measure columns)")
+            raise UserValueError(f"{str(f)!r} in {source!r} is not a measurements row (no model and measure columns)")
         cols = [
             t.column(c).cast(want.field(c).type) if c in t.column_names else pa.nulls(t.num_rows, want.field(c).type)
             for c in want.names
@@ -373,7 +374,7 @@ def add_to_collection(
 
     namespace, _, title = (collection or "").partition("/")
     if not namespace or not title.strip():
-        raise ValueError(
+        raise UserValueError(
             f"collection {collection!r} is invalid: expected 'NAMESPACE/TITLE', e.g. 'me/Pythia, measured'"
         )
     api = HfApi(token=token)

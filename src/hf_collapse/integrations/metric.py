@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..core.errors import UserFileNotFoundError
 from ..core.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def load_metric(config_name: Optional[str] = None, **kwargs):
 
     script = shipped_metric_dir() / f"{METRIC_NAME}.py"
     if not script.is_file():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"the neural_collapse module is missing from the installed package ({script}); "
             f"reinstall hf_collapse. {INSTALL_HINT}"
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._version import __version__
+from ..core.errors import UserFileNotFoundError, UserValueError
 from ..core.io import atomic_write, fmt
 from ..core.registry import ARXIV_ID, CITATION_BIBTEX, MEASURES
 from .folder import COLLAPSE_DIR, FIGURE_FILE, STATISTICS_FILE, list_measurements, measurement_subdir, read_measurement
@@ -173,7 +174,7 @@ def render_model_card(folder: str | os.PathLike, *, figure: bool = True, **info:
     folder = Path(folder)
     names = list_measurements(folder)
     if not names:
-        raise FileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE}: nothing to describe")
+        raise UserFileNotFoundError(f"{str(folder)!r} holds no {COLLAPSE_DIR}/{STATISTICS_FILE}: nothing to describe")
     measurements = [_measurement_entry(folder, name, info, figure) for name in names]
     trainer = info.get("trainer")
     base_model = info.get("base_model") or next((m["base_model"] for m in measurements if m["base_model"]), None)
@@ -305,7 +306,7 @@ def render_measurements_card(
     columns = list(columns) if columns is not None else [*MEASUREMENT_COLUMNS, *MEASURES]
     unknown = [c for c in columns if c not in MEASUREMENT_COLUMNS and c not in MEASURES]
     if unknown:
-        raise ValueError(
+        raise UserValueError(
             f"unknown measurements column(s) {unknown}: use {sorted(MEASUREMENT_COLUMNS)} or measure keys {sorted(MEASURES)}"
         )
     rows = [{"key": c, "meaning": MEASUREMENT_COLUMNS[c]} for c in columns if c in MEASUREMENT_COLUMNS]

@@ -216,7 +216,7 @@ class ModelSpec:
                 (auto or AutoTokenizer).from_pretrained, source, "tokenizer", **self.hub_kwargs(), **kwargs
             )
         if kind != "model":
-            raise ValueError(f"kind must be 'model' or 'tokenizer', got {kind!r}")
+            raise UserValueError(f"kind must be 'model' or 'tokenizer', got {kind!r}")
         from transformers import AutoModelForCausalLM
 
         return from_pretrained_or_explain(

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from ..core.distributed import all_reduce_sum, finish_pass, rank_and_world
+from ..core.errors import UserTypeError, UserValueError
 from ..core.measures import CollapseResult, measure_collapse
 from ..core.nc4 import NC4Counter
 from ..core.registry import MEASURE_KEYS
@@ -82,7 +83,9 @@ class CollapseReport:
 def _move(batch, device):
     if isinstance(batch, Mapping):
         return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    raise TypeError(f"batches must be dicts of tensors (input_ids, attention_mask, labels), got {type(batch).__name__}")
+    raise UserTypeError(
+        f"batches must be dicts of tensors (input_ids, attention_mask, labels), got {type(batch).__name__}"
+    )
 
 
 def _model_device(model) -> torch.device:
@@ -310,9 +313,9 @@ def collect_statistics(
     cfg = as_settings(settings)
     max_tokens = cfg.collapse_max_tokens
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+        raise UserValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     if checkpoint_every is not None and checkpoint_path is None:
-        raise ValueError("checkpoint_every needs checkpoint_path")
+        raise UserValueError("checkpoint_every needs checkpoint_path")
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     hooks = FeatureHooks(
@@ -442,11 +445,11 @@ def _first(statistics):
 def _as_dict(statistics, names) -> dict[str, CollapseStatistics]:
     if isinstance(statistics, CollapseStatistics):
         if len(names) != 1:
-            raise ValueError(f"one statistics object given for {len(names)} modules")
+            raise UserValueError(f"one statistics object given for {len(names)} modules")
         return {names[0]: statistics}
     missing = [n for n in names if n not in statistics]
     if missing:
-        raise ValueError(f"no statistics for module(s) {missing}")
+        raise UserValueError(f"no statistics for module(s) {missing}")
     return dict(statistics)
 
 

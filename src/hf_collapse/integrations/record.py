@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .._version import __version__
+from ..core.errors import UserTypeError
 from ..core.options import MeasureOptions
 
 _INT_FIELDS = ("max_tokens", "nc4_max_tokens", "block_size", "batch_size", "step")
@@ -53,7 +54,7 @@ def _options_record(options) -> dict[str, Any]:
         out = MeasureOptions().to_record()
         out.update({k: options[k] for k in out if k in options})
         return out
-    raise TypeError(f"options must be a MeasureOptions or its record, got {type(options).__name__}")
+    raise UserTypeError(f"options must be a MeasureOptions or its record, got {type(options).__name__}")
 
 
 def _parse_option(name: str, value):

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from ..core.distributed import rank_and_world
+from ..core.errors import UserValueError
 from ..core.io import atomic_write_text
 from ..core.statistics import CollapseStatistics
 
@@ -100,12 +101,12 @@ def read_checkpoint(path, fp, names, num_classes):
         info = json.load(f)
     rank, world = rank_and_world()
     if info.get("fingerprint") != fp:
-        raise ValueError(
+        raise UserValueError(
             f"the checkpoint in {path!r} was written for another model, data or settings "
             f"(fingerprint {info.get('fingerprint')} != {fp}); remove it or use another checkpoint_path"
         )
     if info.get("world_size") != world:
-        raise ValueError(
+        raise UserValueError(
             f"the checkpoint in {path!r} was written by {info.get('world_size')} processes, "
             f"this run has {world}: resume with the same number of processes"
         )
@@ -113,12 +114,12 @@ def read_checkpoint(path, fp, names, num_classes):
     stats = {}
     for name in info["modules"]:
         if name not in names:
-            raise ValueError(f"the checkpoint in {path!r} holds module {name!r}, not one of {sorted(names)}")
+            raise UserValueError(f"the checkpoint in {path!r} holds module {name!r}, not one of {sorted(names)}")
         st = CollapseStatistics.load(_ckpt_file(step_dir, rank, name))
         if st.num_classes != num_classes:
-            raise ValueError(f"checkpoint statistics have C={st.num_classes}, the model has {num_classes} classes")
+            raise UserValueError(f"checkpoint statistics have C={st.num_classes}, the model has {num_classes} classes")
         if st.metadata.get("fingerprint") != fp:
-            raise ValueError(f"checkpoint file for {name!r} does not match {path!r}/latest.json")
+            raise UserValueError(f"checkpoint file for {name!r} does not match {path!r}/latest.json")
         st.metadata.pop("fingerprint", None)
         st.metadata.pop("batches", None)
         stats[name] = st

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional  # noqa: F401  (Optional: the embedded fields' annotations name it)
 
+from ..core.errors import UserTypeError, UserValueError
 from ..core.options import MeasureOptions
 from ..core.registry import MEASURE_KEYS
 from .hooks import POOLINGS, TASKS
@@ -78,9 +79,9 @@ class CollapseArguments:
 
     def __post_init__(self):
         if self.collapse_task not in TASKS:
-            raise ValueError(f"collapse_task must be one of {TASKS}, got {self.collapse_task!r}")
+            raise UserValueError(f"collapse_task must be one of {TASKS}, got {self.collapse_task!r}")
         if self.collapse_pooling not in POOLINGS:
-            raise ValueError(f"collapse_pooling must be one of {POOLINGS}, got {self.collapse_pooling!r}")
+            raise UserValueError(f"collapse_pooling must be one of {POOLINGS}, got {self.collapse_pooling!r}")
         if isinstance(self.collapse_modules, str):
             self.collapse_modules = [self.collapse_modules]
         if isinstance(self.collapse_measures, str):
@@ -88,11 +89,11 @@ class CollapseArguments:
         for name in ("collapse_max_tokens", "collapse_nc4_max_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+                raise UserValueError(f"{name} must be a positive int or None, got {value!r}")
         if self.collapse_measures:
             bad = [m for m in self.collapse_measures if m not in MEASURE_KEYS]
             if bad:
-                raise ValueError(f"unknown collapse_measures {bad}; expected keys of {list(MEASURE_KEYS)}")
+                raise UserValueError(f"unknown collapse_measures {bad}; expected keys of {list(MEASURE_KEYS)}")
         options = self.options  # validates the measure options
         for f in dataclasses.fields(MeasureOptions):  # normalised (classes sorted, dtype a string)
             setattr(self, PREFIX + f.name, getattr(options, f.name))
@@ -106,7 +107,7 @@ class CollapseArguments:
     def from_options(cls, options: MeasureOptions, **fields: Any) -> CollapseArguments:
         """``CollapseArguments`` with ``options`` and the other ``fields`` (by their full names)."""
         if not isinstance(options, MeasureOptions):
-            raise TypeError(f"options must be a MeasureOptions, got {type(options).__name__}")
+            raise UserTypeError(f"options must be a MeasureOptions, got {type(options).__name__}")
         return cls(**{PREFIX + k: v for k, v in dataclasses.asdict(options).items()}, **fields)
 
     def replace(self, **changes: Any) -> CollapseArguments:
@@ -129,7 +130,7 @@ def as_settings(settings: Optional[CollapseArguments]) -> CollapseArguments:
     if settings is None:
         return CollapseArguments()
     if not isinstance(settings, CollapseArguments):
-        raise TypeError(f"settings must be CollapseArguments, got {type(settings).__name__}")
+        raise UserTypeError(f"settings must be CollapseArguments, got {type(settings).__name__}")
     return settings
 
 

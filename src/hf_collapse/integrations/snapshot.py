@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from ..core.errors import UserFileNotFoundError
 from .folder import COLLAPSE_DIR, METRICS_FILE, STATISTICS_FILE, measurement_subdir
 from .model_source import check_model_source
 
@@ -74,7 +75,7 @@ def resolve_folder(repo_id_or_path, revision, name, need_weights, token, cache_d
         or path.is_absolute()
         or repo_id_or_path.startswith(".")
     ):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no measured model folder at {os.fspath(repo_id_or_path)!r} (and it is not a valid Hub repo id either)"
         )
     check_model_source(repo_id_or_path, "measured model folder", need_config=False)
@@ -100,7 +101,7 @@ def resolve_folder(repo_id_or_path, revision, name, need_weights, token, cache_d
         folder = None
         reason = str(e).split(". ")[0]
     except RepositoryNotFoundError as e:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{repo_id!r} is neither a local folder nor a Hub repo you can access ({str(e).splitlines()[0]})"
         ) from e
     except (OSError, ValueError) as e:  # no network / offline without a cached copy (LocalEntryNotFoundError)
@@ -108,7 +109,7 @@ def resolve_folder(repo_id_or_path, revision, name, need_weights, token, cache_d
 
         if isinstance(e, HfHubHTTPError):  # the Hub answered (revision not found, ...): its own error
             raise
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no local folder {repo_id!r}, and it could not be fetched from the Hub: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
         ) from e
@@ -118,13 +119,13 @@ def resolve_folder(repo_id_or_path, revision, name, need_weights, token, cache_d
         if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
             fallback = None  # an explicit commit must not be swapped for another one
         elif folder is not None and _hub_answers(repo_id, revision, token, local_files_only):
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"{repo_id} (revision {revision or 'main'}, commit {folder.name}) holds no "
                 f"{sub}/{STATISTICS_FILE} with {METRICS_FILE}" + (" or no model files" if need_weights else "")
             )
         else:
             fallback = _fallback_snapshot(repo_id, cache_dir, sub, need_weights, reason)
         if fallback is None:
-            raise FileNotFoundError(f"{reason}, and no other cached snapshot holds them")
+            raise UserFileNotFoundError(f"{reason}, and no other cached snapshot holds them")
         folder = fallback
     return folder, repo_id, folder.name

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import UserValueError
 from ..core.io import fmt
 from ..core.statistics import CollapseStatistics
 
@@ -40,7 +41,7 @@ def load_per_class(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     per = {k[len("per_class.") :]: v for k, v in extras.items() if k.startswith("per_class.")}
     missing = [k for k in ("class_ids", *RANKED) if k not in per]
     if missing:
-        raise ValueError(
+        raise UserValueError(
             f"{path} has no per-class outputs {missing}: measure with per_class=True "
             f"(hf-collapse measure / the study save them)"
         )
@@ -71,7 +72,7 @@ def token_report(folder, tokenizer=None, *, top: int = 10, lookup: Sequence[str]
     average = {k: float(torch.nanmean(per[k].double())) for k in COLUMNS if k in per}
     keep = (count >= min_count).nonzero().squeeze(1)
     if keep.numel() == 0:
-        raise ValueError(f"no class has at least {min_count} tokens")
+        raise UserValueError(f"no class has at least {min_count} tokens")
     rankings = {}
     for key in RANKED:
         vals = per[key].double()[keep]

@@ -45,6 +45,7 @@ from typing import Optional
 from transformers import Trainer, TrainerCallback
 
 from ..core.distributed import finish_pass, group_size, scope_for
+from ..core.errors import UserTypeError, UserValueError
 from .folder import COLLAPSE_DIR, STATISTICS_FILE, write_report
 from .hooks import FeatureHooks, StatisticsSink
 from .passes import CollapseReport, collect_statistics, finish_measurement
@@ -140,7 +141,7 @@ class CollapseTrainer(Trainer):
     ):
         super().__init__(*args, **kwargs)
         if collapse_args is not None and not isinstance(collapse_args, CollapseArguments):
-            raise TypeError(f"collapse_args must be CollapseArguments, got {type(collapse_args).__name__}")
+            raise UserTypeError(f"collapse_args must be CollapseArguments, got {type(collapse_args).__name__}")
         self.collapse_args = collapse_args or CollapseArguments()
         self.collapse_dataset = collapse_dataset
         self.nc4_dataset = nc4_dataset
@@ -201,7 +202,7 @@ class CollapseTrainer(Trainer):
             else (self.collapse_dataset if self.collapse_dataset is not None else self.eval_dataset)
         )
         if data is None:
-            raise ValueError("measure_collapse needs a dataset: pass one or give the trainer an eval_dataset")
+            raise UserValueError("measure_collapse needs a dataset: pass one or give the trainer an eval_dataset")
         loader = self.get_eval_dataloader(data)
         stats = collect_statistics(
             _wrapped(self), loader, cargs, progress=self.is_world_process_zero() and not self.args.disable_tqdm

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..core.errors import UserFileNotFoundError, UserValueError
 from ..core.io import atomic_write_text, write_csv_rows
 from ..core.registry import MEASURE_KEYS, MEASURES
 from .folder import eval_loss, trainer_state  # noqa: F401  (eval_loss: the rows' loss)
@@ -69,7 +70,7 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[Checkpoint]:
     folder itself (label ``final``) when it holds weights. FileNotFoundError when there are none."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run folder at {str(run_dir)!r}")
+        raise UserFileNotFoundError(f"no run folder at {str(run_dir)!r}")
     found = []
     for p in run_dir.iterdir():
         m = _CHECKPOINT.match(p.name)
@@ -80,7 +81,9 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[Checkpoint]:
         step = trainer_state(run_dir).get("global_step")
         found.append(Checkpoint("final", int(step) if step is not None else None, run_dir))
     if not found:
-        raise FileNotFoundError(f"{str(run_dir)!r} holds no checkpoint-* folders with weights and no weights itself")
+        raise UserFileNotFoundError(
+            f"{str(run_dir)!r} holds no checkpoint-* folders with weights and no weights itself"
+        )
     return found
 
 
@@ -88,7 +91,7 @@ def hub_checkpoints(repo_id: str, revisions: Sequence[str]) -> list[Checkpoint]:
     """Checkpoints for revisions (branches, tags, commits) of a Hub repo, in the order given; a
     revision named like ``step1000`` or ``checkpoint-1000`` gets that step."""
     if not revisions:
-        raise ValueError("give at least one revision")
+        raise UserValueError("give at least one revision")
     out = []
     for rev in revisions:
         m = re.search(r"(\d+)$", rev)
@@ -96,7 +99,7 @@ def hub_checkpoints(repo_id: str, revisions: Sequence[str]) -> list[Checkpoint]:
         out.append(Checkpoint(label, int(m.group(1)) if m else None, None, repo_id, rev))
     labels = [c.label for c in out]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"revisions {list(revisions)} repeat (or differ only in characters replaced by '_')")
+        raise UserValueError(f"revisions {list(revisions)} repeat (or differ only in characters replaced by '_')")
     return out
 
 
@@ -124,7 +127,7 @@ def discover_revisions(repo_id: str, patterns: Sequence[str], *, token: Optional
     from huggingface_hub import HfApi, constants
 
     if constants.HF_HUB_OFFLINE:
-        raise ValueError(
+        raise UserValueError(
             f"--revisions {' '.join(patterns)} must list the refs of {repo_id} on the Hub, but HF_HUB_OFFLINE is "
             "set: name the revisions explicitly (e.g. --revisions step1000 step2000)"
         )
@@ -133,7 +136,7 @@ def discover_revisions(repo_id: str, patterns: Sequence[str], *, token: Optional
         refs = api.list_repo_refs(repo_id)
     except Exception as e:  # noqa: BLE001  (offline, not found, no access: one line)
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
+        raise UserValueError(
             f"cannot list the revisions of {repo_id!r} on the Hub ({why}): expected a reachable model repo"
         ) from e
     commits = {r.name: r.target_commit for r in [*refs.branches, *refs.tags]}
@@ -144,7 +147,7 @@ def discover_revisions(repo_id: str, patterns: Sequence[str], *, token: Optional
             hits = [pat]
         names += [n for n in hits if n not in names]
     if not names:
-        raise ValueError(
+        raise UserValueError(
             f"--revisions {' '.join(patterns)} matches none of the {len(commits)} branches and tags of {repo_id} "
             f"({', '.join(sorted(commits)[:8])}{' ...' if len(commits) > 8 else ''})"
         )
@@ -441,7 +444,9 @@ def push_sweep(
         branch = ck.revision or ck.label
         local = measured / "collapse" / "statistics.safetensors"
         if not local.is_file():
-            raise FileNotFoundError(f"no statistics of checkpoint {ck.label} at {str(local)!r}: run the sweep first")
+            raise UserFileNotFoundError(
+                f"no statistics of checkpoint {ck.label} at {str(local)!r}: run the sweep first"
+            )
         digest = hashlib.sha256(local.read_bytes()).hexdigest()
         with tempfile.TemporaryDirectory(prefix="hf_collapse_push_") as tmp:
             stage = _stage(ck, measured, Path(tmp) / ck.label)

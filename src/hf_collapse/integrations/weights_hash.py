@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import UserFileNotFoundError, UserTypeError, UserValueError
+
 # safetensors dtype codes, as in the file header, for the torch dtypes a model may hold
 _ST_DTYPES = {
     torch.float64: "F64",
@@ -48,7 +50,7 @@ def _folder_weight_files(folder: Path) -> list[Path]:
         hint = (
             f" (found {', '.join(pickled)}: re-save with save_pretrained(safe_serialization=True))" if pickled else ""
         )
-        raise FileNotFoundError(f"no *.safetensors weights in {str(folder)!r}{hint}")
+        raise UserFileNotFoundError(f"no *.safetensors weights in {str(folder)!r}{hint}")
     return files
 
 
@@ -57,15 +59,15 @@ def _file_digests(path: Path) -> list[str]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-            raise ValueError(f"{str(path)!r} is not a safetensors file (shorter than its 8-byte header length)")
+            raise UserValueError(f"{str(path)!r} is not a safetensors file (shorter than its 8-byte header length)")
         (n,) = struct.unpack("<Q", head)
         size = os.fstat(f.fileno()).st_size
         if n > size - 8:
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file (header length {n} > file size)")
+            raise UserValueError(f"{str(path)!r} is not a readable safetensors file (header length {n} > file size)")
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file (bad header: {e})") from e
+            raise UserValueError(f"{str(path)!r} is not a readable safetensors file (bad header: {e})") from e
         start = 8 + n
         digests = []
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
@@ -76,9 +78,9 @@ def _file_digests(path: Path) -> list[str]:
                     a, b = info["data_offsets"]
                     dtype, shape = info["dtype"], info["shape"]
                 except (KeyError, TypeError, ValueError) as e:
-                    raise ValueError(f"{str(path)!r}: tensor {name!r} has a malformed header entry") from e
+                    raise UserValueError(f"{str(path)!r}: tensor {name!r} has a malformed header entry") from e
                 if not 0 <= a <= b <= size - start:
-                    raise ValueError(f"{str(path)!r}: tensor {name!r} lies outside the file (truncated?)")
+                    raise UserValueError(f"{str(path)!r}: tensor {name!r} lies outside the file (truncated?)")
                 digests.append(_tensor_digest(dtype, shape, view[start + a : start + b]))
     return digests
 
@@ -87,9 +89,9 @@ def _module_digests(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     digests = []
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"weights_sha256: state entry {name!r} is a {type(t).__name__}, expected a tensor")
+            raise UserTypeError(f"weights_sha256: state entry {name!r} is a {type(t).__name__}, expected a tensor")
         if t.dtype not in _ST_DTYPES:
-            raise TypeError(f"weights_sha256: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+            raise UserTypeError(f"weights_sha256: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
         t = t.detach().to("cpu").contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         digests.append(_tensor_digest(_ST_DTYPES[t.dtype], t.shape, raw))
@@ -109,17 +111,17 @@ def weights_sha256(folder_or_model: str | os.PathLike | torch.nn.Module | Mappin
     if isinstance(folder_or_model, (str, os.PathLike)):
         folder = Path(folder_or_model)
         if not folder.is_dir():
-            raise FileNotFoundError(f"weights_sha256: no folder at {str(folder)!r}")
+            raise UserFileNotFoundError(f"weights_sha256: no folder at {str(folder)!r}")
         digests = [d for p in _folder_weight_files(folder) for d in _file_digests(p)]
     elif isinstance(folder_or_model, torch.nn.Module):
         digests = _module_digests(folder_or_model.state_dict())
     elif isinstance(folder_or_model, Mapping):
         digests = _module_digests(folder_or_model)
     else:
-        raise TypeError(
+        raise UserTypeError(
             f"weights_sha256 expects a folder path, an nn.Module or a dict of tensors, "
             f"got {type(folder_or_model).__name__}"
         )
     if not digests:
-        raise ValueError("weights_sha256: no tensors to hash")
+        raise UserValueError("weights_sha256: no tensors to hash")
     return hashlib.sha256("\n".join(sorted(set(digests))).encode()).hexdigest()

@@ -39,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.errors import UserValueError
 from ..core.io import atomic_write_text, fmt
 from ..core.registry import MEASURES
 from .design import PAPER_TABLE1, confounded_factors, study_design, table1  # noqa: F401  (public here too)
@@ -82,11 +83,11 @@ CORRELATION_COLUMNS = (
 def _as_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"x and y must be 1-D of equal length, got shapes {x.shape} and {y.shape}")
+        raise UserValueError(f"x and y must be 1-D of equal length, got shapes {x.shape} and {y.shape}")
     if x.size < 3:
-        raise ValueError(f"a fit needs at least 3 runs, got {x.size}")
+        raise UserValueError(f"a fit needs at least 3 runs, got {x.size}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ValueError("x and y must be finite (a run lacks a validation loss or a measure?)")
+        raise UserValueError("x and y must be finite (a run lacks a validation loss or a measure?)")
     return x, y
 
 
@@ -99,7 +100,7 @@ def linear_fit(x, y) -> dict:
 
     x, y = _as_xy(x, y)
     if np.ptp(x) == 0.0:
-        raise ValueError("x is constant: no line can be fitted")
+        raise UserValueError("x is constant: no line can be fitted")
     if np.ptp(y) == 0.0:
         return {"slope": 0.0, "intercept": float(y[0]), "r": 0.0, "r2": 0.0, "n": int(x.size)}
     fit = linregress(x, y)
@@ -130,7 +131,7 @@ def permutation_test(x, y, num_permutations: int = 10_000, seed: int = 0, chunk:
 
     x, y = _as_xy(x, y)
     if num_permutations < 1:
-        raise ValueError(f"num_permutations must be >= 1, got {num_permutations}")
+        raise UserValueError(f"num_permutations must be >= 1, got {num_permutations}")
     if np.ptp(x) == 0.0 or np.ptp(y) == 0.0:
         return 1.0
     xc = (x - x.mean()) / np.linalg.norm(x - x.mean())  # (n,) unit, centred
@@ -164,7 +165,7 @@ def holm(p_values) -> np.ndarray:
     """
     p = np.asarray(p_values, dtype=np.float64)
     if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
-        raise ValueError(f"p-values must be a 1-D array in [0, 1], got {p_values!r}")
+        raise UserValueError(f"p-values must be a 1-D array in [0, 1], got {p_values!r}")
     order = np.argsort(p, kind="stable")
     scaled = np.minimum(1.0, (p.size - np.arange(p.size)) * p[order])
     out = np.empty_like(p)
@@ -187,7 +188,7 @@ def correlations(
     adjustments over all the measures tested (``p_holm``, ``p_bh``); one row per measure."""
     if any(r.get("val_loss") is None for r in rows):
         missing = [r.get("name") for r in rows if r.get("val_loss") is None]
-        raise ValueError(f"runs without a validation loss (eval_loss): {missing}")
+        raise UserValueError(f"runs without a validation loss (eval_loss): {missing}")
     metrics = metric_columns(rows) if metrics is None else list(metrics)
     loss = [float(r["val_loss"]) for r in rows]
     out = []
@@ -264,9 +265,9 @@ def analyze(
 
     rows = list(rows)
     if not rows:
-        raise ValueError("no runs to analyse")
+        raise UserValueError("no runs to analyse")
     if len(rows) < 3 and not allow_few_runs:
-        raise ValueError(
+        raise UserValueError(
             f"the analysis needs at least 3 runs, got {len(rows)}: train more (e.g. scripts/train_clm.py with "
             f"other --data_seed, --width or --epochs values into the same --output_dir) and pass them all, "
             f"or run `hf-collapse demo`, which trains and analyses a grid of 6"
@@ -276,7 +277,7 @@ def analyze(
     out.mkdir(parents=True, exist_ok=True)
     metrics = metric_columns(rows)
     if not metrics:
-        raise ValueError("no measure is present in every run")
+        raise UserValueError("no measure is present in every run")
     design = study_design(rows)
     check_rows(rows, metrics)
     if len(rows) < 3:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
+from ..core.errors import UserValueError
 from ..integrations.data import EOS
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def generate_stories(num_stories: int, seed: int = 0) -> list[str]:
     Use different seeds for training and validation text.
     """
     if not isinstance(num_stories, int) or num_stories < 0:
-        raise ValueError(f"num_stories must be a non-negative int, got {num_stories!r}")
+        raise UserValueError(f"num_stories must be a non-negative int, got {num_stories!r}")
     return [_story(random.Random(f"hf_collapse-stories-{seed}-{i}")) for i in range(num_stories)]
 
 
@@ -285,7 +286,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 257 + 1:
-        raise ValueError(f"vocab_size must exceed the 256 byte tokens plus {EOS}, got {vocab_size}")
+        raise UserValueError(f"vocab_size must exceed the 256 byte tokens plus {EOS}, got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

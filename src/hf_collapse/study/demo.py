@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.errors import UserValueError
 from ..core.registry import HEADLINE_KEYS
 
 DEFAULT_SIZES = "1x32,2x64,2x128"
@@ -35,11 +36,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
         try:
             depth, width = (int(v) for v in item.strip().lower().split("x"))
         except ValueError:
-            raise ValueError(
+            raise UserValueError(
                 f"model sizes are DEPTHxWIDTH separated by commas (e.g. 1x32,2x64), got {item!r}"
             ) from None
         if depth < 1 or width < 1:
-            raise ValueError(f"model size {item!r} must have positive depth and width")
+            raise UserValueError(f"model size {item!r} must have positive depth and width")
         out.append((depth, width))
     return out
 
@@ -48,9 +49,9 @@ def _epochs(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"--epochs takes numbers separated by commas (e.g. 1,3), got {text!r}") from None
+        raise UserValueError(f"--epochs takes numbers separated by commas (e.g. 1,3), got {text!r}") from None
     if any(v <= 0 for v in vals):
-        raise ValueError(f"--epochs must be positive, got {text!r}")
+        raise UserValueError(f"--epochs must be positive, got {text!r}")
     return vals
 
 
@@ -107,12 +108,12 @@ def check_design(out: Path, design: dict) -> None:
             old = {}
         for key in sorted(set(old) | set(design)):
             if old.get(key) != design.get(key):
-                raise ValueError(
+                raise UserValueError(
                     f"{out} holds another demo design ({DESIGN_FILE}: {key} is {old.get(key)!r}, this run has "
                     f"{design.get(key)!r}): {hint}"
                 )
     elif (out / "runs").is_dir() or (out / "report.md").is_file():
-        raise ValueError(f"{out} holds results of an earlier demo without a design record ({DESIGN_FILE}): {hint}")
+        raise UserValueError(f"{out} holds results of an earlier demo without a design record ({DESIGN_FILE}): {hint}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(design, indent=2) + "\n")
 
@@ -121,7 +122,7 @@ def replica_seeds(seeds: int, seed: int = 0, seed_init: bool = False) -> list[tu
     """``(init seed, data seed)`` of each of ``seeds`` replicas: data seeds ``seed .. seed + N - 1``; the
     initialisation fixed at ``seed`` as in the paper's Table 1, or varied alike with ``seed_init``."""
     if not isinstance(seeds, int) or seeds < 3:
-        raise ValueError(f"--seeds needs at least 3 replicas for a fit and a permutation test, got {seeds!r}")
+        raise UserValueError(f"--seeds needs at least 3 replicas for a fit and a permutation test, got {seeds!r}")
     return [(seed + i if seed_init else seed, seed + i) for i in range(seeds)]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
+from ..core.errors import UserFileNotFoundError, UserValueError
 from ..core.io import write_csv_rows
 from ..core.registry import MEASURE_KEYS
 from ..integrations.folder import eval_loss
@@ -35,7 +36,7 @@ def _read_json(path: Path) -> Optional[dict]:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+        raise UserValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def _is_run(folder: Path) -> bool:
@@ -59,7 +60,7 @@ def read_run(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     metrics = _read_json(folder / "collapse" / "metrics.json")
     if metrics is None:
-        raise FileNotFoundError(f"{folder} is not a measured run: no collapse/metrics.json")
+        raise UserFileNotFoundError(f"{folder} is not a measured run: no collapse/metrics.json")
     run = _read_json(folder / "run.json") or {}
     config = _read_json(folder / "config.json") or {}
     row = {
@@ -93,10 +94,10 @@ def collect_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
         elif p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_dir() and _is_run(q))
             if not found:
-                raise FileNotFoundError(f"{p} holds no measured runs (folders with collapse/metrics.json)")
+                raise UserFileNotFoundError(f"{p} holds no measured runs (folders with collapse/metrics.json)")
             rows.extend(read_run(q) for q in found)
         else:
-            raise FileNotFoundError(f"no run folder at {p}")
+            raise UserFileNotFoundError(f"no run folder at {p}")
     return rows
 
 
@@ -123,7 +124,7 @@ def read_measurements_dataset(path_or_repo: str | os.PathLike) -> list[dict]:
         row.update({k: float(r[k]) for k in MEASURE_KEYS if r.get(k) is not None})
         rows.append(row)
     if not rows:
-        raise ValueError(f"measurements dataset {str(path_or_repo)!r} holds no default measurements to analyse")
+        raise UserValueError(f"measurements dataset {str(path_or_repo)!r} holds no default measurements to analyse")
     rows.sort(key=lambda r: r["name"])
     return rows
 
@@ -164,7 +165,7 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict]:
     sweep``) are named by ``checkpoint`` and fitted against their ``eval_loss``; rows of duplicated weights
     (``duplicate_of``) are left out, since they repeat a measured row."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no runs table at {os.fspath(path)!r}")
+        raise UserFileNotFoundError(f"no runs table at {os.fspath(path)!r}")
     rows = []
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -172,7 +173,7 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict]:
                 row = {}
                 for k, v in r.items():
                     if k is None or v is None:  # more / fewer cells than the header names
-                        raise ValueError(
+                        raise UserValueError(
                             f"{os.fspath(path)!r}: a row does not match the header {[k for k in r if k is not None]}"
                         )
                     if v == "":
@@ -190,7 +191,7 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict]:
                         row["val_loss"] = row.get("eval_loss")
                 rows.append(row)
     except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{os.fspath(path)!r} is not a UTF-8 CSV table: {e}") from e
+        raise UserValueError(f"{os.fspath(path)!r} is not a UTF-8 CSV table: {e}") from e
     return rows
 
 
@@ -198,12 +199,12 @@ def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
     """Every run has a numeric ``val_loss`` and numeric measures (a malformed runs.csv names the cell)."""
     missing = [r.get("name") for r in rows if r.get("val_loss") is None]
     if missing:
-        raise ValueError(f"runs without a validation loss (eval_loss): {missing}")
+        raise UserValueError(f"runs without a validation loss (eval_loss): {missing}")
     for r in rows:
         for key in ("val_loss", *metrics):
             v = r.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ValueError(f"run {r.get('name')!r}: {key} is {v!r}, expected a number")
+                raise UserValueError(f"run {r.get('name')!r}: {key} is {v!r}, expected a number")
 
 
 def check_same_data(rows: Sequence[dict]) -> None:
@@ -216,7 +217,7 @@ def check_same_data(rows: Sequence[dict]) -> None:
                 groups.setdefault(r[field], []).append(str(r.get("name")))
         if len(groups) > 1:
             parts = "; ".join(f"{_few(names)}: {value!r}" for value, names in groups.items())
-            raise ValueError(
+            raise UserValueError(
                 f"the runs differ in {field} ({parts}): their validation losses are not comparable; "
                 f"analyse each group of runs separately"
             )

@@ -38,6 +38,7 @@ from typing import Optional
 
 import torch
 
+from ..core.errors import UserValueError
 from ..core.io import atomic_write_text
 from ..integrations.data import (
     DEFAULT_HUB_DATASET,
@@ -142,9 +143,9 @@ def gpt_neo_config(
 
     for name, v in (("width", width), ("depth", depth), ("vocab_size", vocab_size), ("num_heads", num_heads)):
         if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+            raise UserValueError(f"{name} must be a positive int, got {v!r}")
     if width % num_heads:
-        raise ValueError(f"num_heads ({num_heads}) must divide the width ({width})")
+        raise UserValueError(f"num_heads ({num_heads}) must divide the width ({width})")
     eos = vocab_size - 1 if eos_token_id is None else eos_token_id
     kinds = ["global", "local"]
     # attention_types is GPT-Neo's run-length form: [[["global", "local"], L // 2]] (+ a final global if L is odd)
@@ -238,7 +239,7 @@ def prepare_data(args: StudyArguments) -> StudyData:
         val = blocks_from_texts(val_texts, tokenizer, args.block_size, max_tokens=val_budget, **pack)
     for name, blocks in (("training", train), ("validation", val)):
         if len(blocks) == 0:
-            raise ValueError(f"the {name} texts hold fewer tokens than one block of {args.block_size}")
+            raise UserValueError(f"the {name} texts hold fewer tokens than one block of {args.block_size}")
     logger.info(
         "data: %s -> %d x %d train, %d x %d validation tokens",
         source,
