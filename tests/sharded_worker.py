@@ -146,6 +146,8 @@ def main(mode, out):
             }
             model, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
             assert model.module.lm_head.weight.shape == (0,)  # partitioned outside forward
+            data = shard(batches(N_BATCHES), rank, world, False)
+            report = measure_model(model, data, data, settings(), progress=False)
         elif mode == "trainer_zero3":  # CollapseTrainer with TrainingArguments(deepspeed=ZeRO-3), evaluate()
             res = trainer_zero3(out)
             with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

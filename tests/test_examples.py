@@ -80,7 +80,8 @@ def test_trainer_example_under_torchrun_two_processes(tmp_path):
 @pytest.mark.slow  # fresh Python processes
 def test_layerwise_example_on_the_pretrained_model(tmp_path, shared_data):
     out = run_example("layerwise.py", cwd=tmp_path)
-    rows = [line.split() for line in out.strip().splitlines()[1:]]
+    lines = out.strip().splitlines()
+    rows = [line.split() for line in lines[next(i for i, x in enumerate(lines) if x.startswith("module")) + 1 :]]
     assert [r[0] for r in rows] == ["transformer.h.0", "transformer.h.1", "transformer.h.2", "lm_head"]
     assert all(r[1] == "4000" for r in rows)
     # stories260K, a trained Llama: within-class variability falls with depth (measured: 27.6 -> 0.023)

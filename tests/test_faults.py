@@ -204,10 +204,11 @@ def test_push_that_fails_mid_way_changes_nothing_and_a_retry_succeeds(
 def test_session_uses_a_temporary_hf_home():
     """conftest points every Hugging Face cache at a temporary folder before anything imports
     huggingface_hub: the evaluate metric that ``import hf_collapse`` registers lands there too."""
-    import huggingface_hub.constants as hc
-
     home = str(HF_TMP_HOME)
-    assert hc.HF_HOME.startswith(home) and hc.HF_HUB_CACHE.startswith(home)
+    # what a process of this session sees (a fresh one: in-process constants may be patched by fixtures)
+    probe = "import huggingface_hub.constants as hc; print(hc.HF_HOME); print(hc.HF_HUB_CACHE)"
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert all(p.startswith(home) for p in seen), seen
     for key in ("HF_HOME", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "MPLCONFIGDIR"):
         assert os.environ[key].startswith(home), key
     import datasets.config
@@ -216,4 +217,4 @@ def test_session_uses_a_temporary_hf_home():
     assert str(datasets.config.HF_MODULES_CACHE).startswith(home)
     assert str(evaluate.config.HF_MODULES_CACHE).startswith(home)
     real = Path.home() / ".cache" / "huggingface"
-    assert not str(hc.HF_HUB_CACHE).startswith(str(real))
+    assert not any(p.startswith(str(real)) for p in seen)
