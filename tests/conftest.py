@@ -37,6 +37,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 atexit.register(shutil.rmtree, HF_TMP_HOME, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Every test leaves the process environment as it found it (a library or CLI path that sets a variable,
+    e.g. an HF_HOME of a test's temporary folder, must not leak into later tests)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def free_port() -> int:
     """A TCP port that is free now on 127.0.0.1 (for torchrun / accelerate launch rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
