@@ -122,6 +122,24 @@ def model_name(source: str) -> str:
     return os.path.basename(os.path.normpath(source)) if os.path.isdir(source) else source
 
 
+def command_record(args, data: DataSpec, options: MeasureOptions, has_nc4: bool, **fields) -> MeasurementRecord:
+    """The record of a ``measure`` or ``sweep`` command: its data (each file hashed once), budgets,
+    block and batch size, options, model dtype and command line, with ``fields`` (model, weights, ...)."""
+    return MeasurementRecord(
+        data=data.describe("train"),
+        nc4_data=data.describe("validation"),
+        max_tokens=data.max_tokens,
+        nc4_max_tokens=data.budget("validation") if has_nc4 else None,
+        block_size=data.block_size,
+        batch_size=data.batch_size,
+        covariance=args.covariance,
+        options=options,
+        torch_dtype=args.torch_dtype,
+        command=command_line(args),
+        **fields,
+    )
+
+
 def command_line(args) -> str:
     """The command as typed (recorded in measured folders)."""
     return "hf-collapse " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
@@ -156,21 +174,15 @@ def _measure(args, data: DataSpec, options: MeasureOptions, accelerator, spec: M
     spec.place(model, accelerator.device).eval()  # a model placed by --device-map stays where it is
     # before any forward: context and vocabulary, one line naming both numbers
     check_model_fits(model, data.block_size, tokenizer, (train_blocks, nc4_blocks))
-    record = MeasurementRecord(
+    record = command_record(
+        args,
+        data,
+        options,
+        nc4_dl is not None,
         model_name=model_name(args.model),
         revision=spec.revision,
         commit=resolved_commit(model),
         weights_sha256=_weights_digest(model, args.model),  # once per run: the reuse check and every measurement use it
-        data=data.describe("train"),
-        nc4_data=data.describe("validation"),
-        max_tokens=data.max_tokens,
-        nc4_max_tokens=data.budget("validation") if nc4_dl is not None else None,
-        block_size=data.block_size,
-        batch_size=data.batch_size,
-        covariance=args.covariance,
-        options=options,
-        torch_dtype=args.torch_dtype,
-        command=command_line(args),
     )
     report = None
     if not args.no_reuse and not args.layers:

@@ -26,10 +26,9 @@ from ..core.options import MeasureOptions
 from ..core.registry import HEADLINE_KEYS
 from ..integrations.measurement_data import DataSpec
 from ..integrations.model_source import ModelSpec, check_model_fits
-from ..integrations.record import MeasurementRecord
 from ..integrations.settings import CollapseArguments
 from .arguments import dataclass_from_args
-from .measure import add_data_arguments, add_measure_arguments, add_model_arguments, command_line, model_name
+from .measure import add_data_arguments, add_measure_arguments, add_model_arguments, command_record, model_name
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +94,13 @@ def run(args) -> int:
     tok = _tokenizer(args, resolve(checkpoints[0]), spec)
     train_blocks = data.blocks(tok, "train")
     nc4_blocks = data.blocks(tok, "validation")
-    record = MeasurementRecord(
+    record = command_record(
+        args,
+        data,
+        options,
+        nc4_blocks is not None,
         model_name=model_name(args.run),
-        data=data.describe("train"),
-        nc4_data=data.describe("validation"),
-        max_tokens=data.max_tokens,
-        nc4_max_tokens=data.budget("validation") if nc4_blocks is not None else None,
-        block_size=data.block_size,
-        batch_size=data.batch_size,
-        covariance=args.covariance,
-        options=options,
-        torch_dtype=args.torch_dtype,
         tokenizer=f"{type(tok).__name__}:{len(tok)}",
-        command=command_line(args),
     )
     cfg = CollapseArguments.from_options(
         options,
