@@ -1,4 +1,4 @@
-"""Throughput of hf_collapse.hub.weights_sha256 on a folder and on in-memory tensors.
+"""Throughput of hf_collapse.integrations.weights_hash.weights_sha256 on a folder and on in-memory tensors.
 
 python scripts/benchmark_weights_hash.py [--mb 240]
 """

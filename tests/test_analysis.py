@@ -249,7 +249,8 @@ def test_fewer_than_three_runs(tmp_path):
 
 
 def test_figure_labels_say_the_collapse_direction_and_factor_values():
-    from hf_collapse.study.figures import axis_label, factor_value
+    from hf_collapse.integrations.plots import axis_label
+    from hf_collapse.study.figures import factor_value
 
     assert axis_label("nc1_cdnv").endswith("↓ lower = more collapsed")
     assert axis_label("nc4_agreement").endswith("higher = more collapsed")
@@ -342,7 +343,7 @@ def _decade_rows():
 
 
 def test_study_figures_log_axes_labels_titles_and_no_offsets(tmp_path, closed_figures):
-    from hf_collapse.study.figures import axis_label
+    from hf_collapse.integrations.plots import axis_label
 
     result = analyze(_decade_rows(), tmp_path, num_permutations=100)
     assert {p.name for p in result["figures"]} >= {"nc_vs_val_loss.png", "scaling_width.png"}
@@ -363,8 +364,8 @@ def test_study_figures_log_axes_labels_titles_and_no_offsets(tmp_path, closed_fi
 
 
 def test_trajectory_figure_labels_title_log_axis_and_legend(closed_figures, tmp_path):
+    from hf_collapse.integrations.plots import axis_label
     from hf_collapse.integrations.trajectory import plot_trajectory
-    from hf_collapse.study.figures import axis_label
 
     rows = [
         {

@@ -17,13 +17,8 @@ import torch
 
 from hf_collapse import CollapseStatistics, MeasurementRecord, MeasureOptions, measure_collapse
 from hf_collapse.core.registry import MEASURE_KEYS
-from hf_collapse.integrations.hub import (
-    find_measurement,
-    list_measurements,
-    load_measured,
-    push_measured,
-    read_measurement,
-)
+from hf_collapse.integrations.folder import list_measurements
+from hf_collapse.integrations.hub import find_measurement, load_measured, push_measured, read_measurement
 from hf_collapse.integrations.model_card import TEMPLATE_PATH, card_metrics, write_model_card
 from hf_collapse.integrations.weights_hash import weights_sha256
 

@@ -48,7 +48,7 @@ def run(args) -> int:
     spec.check()
     check_model_source(args.model, "model folder")  # a mistyped path: one line, before any loading
     data.check()
-    check_output_dir(args.output_dir, args.overwrite or args.resume, "hf-collapse measure")
+    check_output_dir(args.output_dir, args.overwrite or args.resume)
     if args.layers:
         check_layers(args.model, args.layers, spec)  # a mistyped name: one line before any data or weights are read
     if args.no_progress:  # no progress bars at all: transformers' loading bars included
@@ -73,7 +73,7 @@ def run(args) -> int:
             _shutdown()
 
 
-def check_output_dir(folder, overwrite: bool, command: str) -> None:
+def check_output_dir(folder, overwrite: bool) -> None:
     """An output folder that already holds a measurement is refused unless ``overwrite``: one line
     naming the folder and the way out."""
     if folder and not overwrite and list_measurements(folder):

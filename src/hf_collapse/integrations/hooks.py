@@ -1,6 +1,6 @@
 """Collect class statistics from a model's forward passes with hooks.
 
-The features of NC are the classifier's input. ``FeatureCollector`` captures them with forward
+The features of NC are the classifier's input. ``FeatureHooks`` captures them with forward
 (pre-)hooks on ``model.get_output_embeddings()`` (``lm_head`` of GPT-2/GPT-Neo/Llama, tied or
 untied) or on modules named by the user (``score``, ``classifier``, or intermediate layers for
 layer-wise NC: the *input* of each named module is its feature). One pre-hook on the top model reads
@@ -30,7 +30,6 @@ batch of a prepared dataloader, rank r keeps its first ``clamp(remainder - r*B, 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -144,12 +143,6 @@ def _offloaded_classifier(module: torch.nn.Module):
         return w.detach().clone(), (b.detach().clone() if isinstance(b, torch.Tensor) else None)
 
 
-@contextlib.contextmanager
-def full_parameters(model):
-    """Kept for callers of the old API: a no-op. Sharded heads are read by :func:`read_head`."""
-    yield
-
-
 # ---------------------------------------------------------------------------- the head reader
 # How NC3 / NC4 / the class count read a classifier that sharding may have cut. Every case gathers
 # outside forward and is a collective: every process must call ``read_head`` for the same module.
@@ -193,17 +186,17 @@ def _fsdp1_classes():
 
 
 def _fsdp1_unit(wrapped, module):
-    """(unit, recurse): the innermost FSDP1 unit of ``wrapped`` that contains ``module``, or (None, False)."""
+    """The innermost FSDP1 unit of ``wrapped`` that contains ``module``, or None."""
     FSDP = _fsdp1_classes()
     if FSDP is None or not isinstance(wrapped, torch.nn.Module):
-        return None, False
+        return None
     best, best_size = None, None
     for unit in wrapped.modules():
         if isinstance(unit, FSDP) and any(m is module for m in unit.modules()):
             size = sum(1 for _ in unit.modules())
             if best is None or size < best_size:
                 best, best_size = unit, size
-    return best, False
+    return best
 
 
 def is_sharded(*models) -> bool:
@@ -266,7 +259,7 @@ def read_head(model, name, module, *, wrapped=None):
         return _check_head(name, w2, b2, "DeepSpeed ZeRO-3")
     if not hasattr(w, "full_tensor") and w.dim() != 2:  # an FSDP1 flat shard (use_orig_params=True)
         FSDP = _fsdp1_classes()
-        unit, _ = _fsdp1_unit(wrapped, module)
+        unit = _fsdp1_unit(wrapped, module)
         if unit is None:
             return _check_head(name, w.detach(), None if b is None else b.detach(), "not wrapped by FSDP")
         with FSDP.summon_full_params(unit, recurse=False, writeback=False):

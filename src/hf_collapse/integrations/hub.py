@@ -26,28 +26,15 @@ from .folder import (
     list_measurements,
     measurement_subdir,
     read_measurement,
-    read_metrics,
     verify_weights,
     write_report,
 )
-from .model_card import render_model_card, write_model_card
+from .model_card import write_model_card
 from .model_source import is_valid_repo_id
 from .record import MeasurementRecord
 from .snapshot import resolve_folder
-from .weights_hash import weights_sha256
 
-__all__ = [
-    "MeasuredModel",
-    "find_measurement",
-    "load_measured",
-    "push_measured",
-    "save_measured",
-    "weights_sha256",
-    "write_model_card",
-    "render_model_card",
-    "read_metrics",
-    "list_measurements",
-]
+__all__ = ["MeasuredModel", "find_measurement", "load_measured", "push_measured", "save_measured"]
 
 if TYPE_CHECKING:  # annotations only: importing them here would load transformers for every reader
     from huggingface_hub import CommitInfo

@@ -523,7 +523,7 @@ def finish_measurement(
     nc4 = None
     if nc4_dataloader is not None and cfg.collapse_nc4:
         nc4 = collect_nc4(model, nc4_dataloader, statistics, cfg, progress=progress, group=group)
-    return measure_statistics(model, statistics, cfg, nc4=nc4, progress=False, record=record)
+    return measure_statistics(model, statistics, cfg, nc4=nc4, progress=progress, record=record)
 
 
 def measure_model(

@@ -38,6 +38,7 @@ Where the metrics enter the logs:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Optional
@@ -81,8 +82,7 @@ def save_report_statistics(report: CollapseReport, folder: str, step: Optional[i
     """Write the report's measurements into ``folder/collapse/``: the primary module as the default
     measurement, layer-wise ones as ``collapse/<layer>/`` (``load_measured(..., name=layer)``). The
     record carries the training step; with ``model`` it records the weights hash (hashed once)."""
-    report.record = report.record.replace(step=step)
-    write_report(folder, report, model=model)
+    write_report(folder, dataclasses.replace(report, record=report.record.replace(step=step)), model=model)
 
 
 def _wrapped(trainer):

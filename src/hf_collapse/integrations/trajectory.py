@@ -19,6 +19,7 @@ the measures and names the checkpoint it duplicates (public series hold byte-ide
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from typing import Optional
 from ..core.errors import UserFileNotFoundError, UserValueError
 from ..core.io import atomic_write_text, write_csv_rows
 from ..core.registry import MEASURE_KEYS, MEASURES
-from .folder import eval_loss, trainer_state  # noqa: F401  (eval_loss: the rows' loss)
+from .folder import eval_loss, trainer_state
 from .record import MeasurementRecord
 
 logger = logging.getLogger(__name__)
@@ -271,8 +272,8 @@ def _checkpoint_row(ck, sub: Path, measure, base: MeasurementRecord, key, hasher
 
         logger.info("%s: measuring %s", ck.label, folder)
         report = measure(folder)
-        report.record = base.replace(weights_sha256=digest, revision=ck.revision, step=ck.step)
-        write_report(sub, report, extra_metrics={"checkpoint": ck.label})
+        record = base.replace(weights_sha256=digest, revision=ck.revision, step=ck.step)
+        write_report(sub, dataclasses.replace(report, record=record), extra_metrics={"checkpoint": ck.label})
         row.update({k: float(v) for k, v in report.result.items()})
     row["eval_loss"] = eval_loss(folder)
     sub.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 The statistics header of a measured model records it (key ``weights_sha256``), so a reader can
 tell whether statistics belong to the weights beside them. Also exported as
-``hf_collapse.hub.weights_sha256``.
+``hf_collapse.integrations.weights_hash.weights_sha256``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.registry import MEASURES
-from ..integrations.plots import LOG_SPAN, LOSS_LABEL, axis_label, no_offsets, scale_y, spans_decades  # noqa: F401
+from ..integrations.plots import LOSS_LABEL, axis_label, no_offsets, scale_y
 
 FACTOR_LABELS = {"width": "width d (hidden size)", "depth": "depth L (layers)", "epochs": "training epochs"}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
