@@ -200,3 +200,59 @@ def test_memory_plan_counts_the_state_and_refuses_what_does_not_fit(shared_data,
     assert _measure_cli(shared_data, folder, "--block-size", "64") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--layers" in err[0] and "available" in err[0], err
+
+
+def _metrics(folder):
+    import json
+
+    from hf_collapse.core.registry import MEASURE_KEYS
+
+    data = json.loads((Path(folder) / "collapse" / "metrics.json").read_text())
+    return {k: v for k, v in data.items() if k in MEASURE_KEYS}
+
+
+def test_measure_cli_with_device_map_and_disk_offload_gives_the_plain_numbers(shared_data, tmp_path):
+    """``hf-collapse measure --device-map JSON --offload-folder F`` (embeddings, head and two layers on
+    disk) writes the plain run's numbers to 1e-6, NC3 included."""
+    import json
+
+    src = _model_dir(shared_data)
+    common = ("--block-size", "64", "--dtype", "float64", "--no-save-model")
+    assert _measure_cli(shared_data, src, *common, "--output-dir", str(tmp_path / "plain")) == 0
+    device_map = {"model.embed_tokens": "disk", "model.layers.1": "disk", "model.layers.4": "disk", "lm_head": "disk"}
+    device_map.update({f"model.layers.{i}": "cpu" for i in (0, 2, 3)})
+    device_map.update({"model.norm": "cpu", "model.rotary_emb": "cpu"})
+    offload = ("--device-map", json.dumps(device_map), "--offload-folder", str(tmp_path / "offload"))
+    assert _measure_cli(shared_data, src, *common, *offload, "--output-dir", str(tmp_path / "offloaded")) == 0
+    plain, offloaded = _metrics(tmp_path / "plain"), _metrics(tmp_path / "offloaded")
+    assert "nc3_duality_mean" in offloaded
+    _assert_close(plain, offloaded)
+
+
+def test_statistics_device_flag(shared_data, tmp_path, capsys):
+    """``--statistics-device cpu`` keeps the statistics in host memory with the same numbers; a name that
+    is no torch device is one line."""
+    src = _model_dir(shared_data)
+    common = ("--block-size", "64", "--no-save-model")
+    assert _measure_cli(shared_data, src, *common, "--output-dir", str(tmp_path / "a")) == 0
+    assert (
+        _measure_cli(shared_data, src, *common, "--statistics-device", "cpu", "--output-dir", str(tmp_path / "b")) == 0
+    )
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    capsys.readouterr()
+    assert (
+        _measure_cli(shared_data, src, *common, "--statistics-device", "gpu0", "--output-dir", str(tmp_path / "c")) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gpu0" in err[0] and "torch device" in err[0], err
+
+
+def test_statistics_sink_keeps_the_statistics_on_the_given_device():
+    from hf_collapse.integrations.hooks import StatisticsSink
+
+    follow, fixed = StatisticsSink(5), StatisticsSink(5, device="cpu")
+    h, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
+    follow.update("m", None, h, y, None)
+    fixed.update("m", None, h, y, None)
+    assert follow.statistics["m"]._follow_input and not fixed.statistics["m"]._follow_input
+    assert fixed.statistics["m"].device == torch.device("cpu")

@@ -298,3 +298,41 @@ def test_coincident_means_excluded_on_request():
     ref = measure_collapse(stats_of(h[keep], y[keep], 12), weights=W, features=ht, labels=yt, dtype=torch.float64)
     for key in ref:
         assert res[key] == pytest.approx(ref[key], rel=1e-10), key
+
+
+def test_row_chunks_change_no_result(monkeypatch):
+    """Rows read a few at a time (norms, classifier rows, NC4 scores) give the unchunked results exactly."""
+    import hf_collapse.core.nc4 as nc4
+    import hf_collapse.core.rows as rows
+
+    h, y, W, b, ht, yt = problem()
+    s = stats_of(h, y, 40)
+    kw = dict(weights=W.float(), bias=b, features=ht, labels=yt, per_class=True, tile_size=16)
+    whole = measure_collapse(s, **kw)
+    monkeypatch.setattr(rows, "CHUNK_BYTES", 3 * 8 * h.shape[1])  # 3 rows
+    monkeypatch.setattr(nc4, "SCORE_BYTES", 4 * 40 * 7)  # 7 tokens' scores
+    chunked = measure_collapse(s, **kw)
+    assert set(chunked) == set(whole)
+    for key in whole:
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-15), key
+    assert chunked.info["nc4_samples"] == whole.info["nc4_samples"]
+    for key, vec in whole.per_class.items():
+        torch.testing.assert_close(chunked.per_class[key], vec, rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+def test_measures_hold_one_class_by_feature_array():
+    """The measures' working set is one K x d float64 array (the centred means) beyond the statistics:
+    no allocation while measuring reaches K x d x 8 bytes but the class means (float32 weights are read
+    a chunk at a time, not copied to float64)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    C, d = 16384, 256  # one C x d float64 array: 32 MiB, twice a row chunk (16 MiB)
+    g = torch.Generator().manual_seed(0)
+    s = CollapseStatistics(C, d)
+    y = torch.arange(C).repeat(2)
+    s.update(torch.randn(2 * C, d, generator=g), y)
+    W = torch.randn(C, d, generator=g)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        measure_collapse(s, weights=W, tile_size=1024)  # tile buffers: 4 MiB each
+    big = [e.name for e in prof.events() if e.cpu_memory_usage >= C * d * 8 * 0.9]
+    assert big == ["aten::index_select"], big  # the class means, worked on in place

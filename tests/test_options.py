@@ -31,7 +31,9 @@ def test_cli_flags_are_exactly_the_options(command):
     group = next(g for g in sub._action_groups if g.title == "measures")
     dests = [a.dest for a in group._group_actions]
     assert dests[: len(NAMES)] == list(NAMES)  # generated from the fields, in their order
-    assert set(dests) - set(NAMES) == {"covariance", "torch_dtype"} | ({"layers"} if command == "measure" else set())
+    assert set(dests) - set(NAMES) == {"covariance", "statistics_device", "torch_dtype"} | (
+        {"layers"} if command == "measure" else set()
+    )
     args = sub.parse_args(["MODEL" if command == "measure" else "RUN", "--output-dir", "x"])
     assert {n: getattr(args, n) for n in NAMES} == DEFAULTS
     args = sub.parse_args(["M", "--classes", "7", "3", "--riesz-s", "2", "--dtype", "float64", "--output-dir", "x"])

@@ -210,6 +210,7 @@ def _measure(args, data: DataSpec, options: MeasureOptions, accelerator, spec: M
             collapse_nc4_max_tokens=record.nc4_max_tokens,
             collapse_per_class=True,
             collapse_covariance=args.covariance,
+            collapse_statistics_device=args.statistics_device,
         )
         report = measure_model(
             model,
@@ -258,6 +259,13 @@ def add_measure_arguments(p):
     add_dataclass_arguments(m, MeasureOptions)
     m.add_argument("--covariance", action="store_true", help="also accumulate the d x d covariance (nc1_trace_ratio)")
     m.add_argument(
+        "--statistics-device",
+        metavar="DEVICE",
+        default=None,
+        help="where the statistics live (default: where the features are computed); 'cpu' keeps them in host "
+        "memory when the GPU cannot hold them (see the memory plan printed before the pass)",
+    )
+    m.add_argument(
         "--torch-dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16"],
@@ -284,21 +292,17 @@ def _memory_plan(model, modules, options, args, main):
     from ..integrations.memory import available_bytes, plan_for, statistics_device
 
     def before(hooks):
-        device = statistics_device(hooks.model, next(iter(hooks.modules.values())))
+        device = args.statistics_device or statistics_device(hooks.model, next(iter(hooks.modules.values())))
         plan = plan_for(
-            hooks.model,
-            hooks.modules,
-            hooks.num_classes,
-            device,
-            covariance=args.covariance,
-            nc4_dtype=options.torch_dtype,
+            hooks.model, hooks.modules, hooks.num_classes, device, covariance=args.covariance, options=options
         )
         if main and not args.no_progress:
             print("\n".join(plan.lines()), file=sys.stderr)
         plan.check(
             available_bytes(device),
-            "measure fewer modules (--layers) or on a device with more free memory; a class subset (--classes, "
-            "--min-count) only shrinks the measures' working set",
+            "measure fewer modules (--layers), keep the statistics in host memory (--statistics-device cpu) or "
+            "use a device with more free memory; a class subset (--classes, --min-count) only shrinks the "
+            "measures' working set",
         )
 
     return before

@@ -108,6 +108,7 @@ def run(args) -> int:
         collapse_nc4_max_tokens=record.nc4_max_tokens,
         collapse_per_class=True,
         collapse_covariance=args.covariance,
+        collapse_statistics_device=args.statistics_device,
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -56,7 +56,9 @@ from .io import as_tensor
 from .nc4 import NC4Counter
 from .options import MeasureOptions
 from .registry import MEASURE_KEYS
+from .rows import all_finite
 from .spectral import (
+    classifier_rows,
     effective_rank,
     gram,
     nc2_etf_error,
@@ -118,7 +120,7 @@ def _check_weights(weights, bias, C, d, device):
             f"weights have {W.shape[0]} rows but the statistics have num_classes={C}: "
             f"expected weights of shape ({C}, {d})"
         )
-    if not bool(torch.isfinite(W).all()):
+    if not all_finite(W):
         raise UserValueError("weights contain NaN or infinite values")
     b = None
     if bias is not None:
@@ -128,7 +130,7 @@ def _check_weights(weights, bias, C, d, device):
                 f"bias must be a floating-point tensor of shape ({C},), got {tuple(b.shape)} {b.dtype}"
             )
         b = b.to(device, torch.float64)
-    return W.detach().to(device, torch.float64), b
+    return W.detach(), b  # as given: rows are converted a chunk at a time (a float64 copy is the state's size)
 
 
 def measure_collapse(
@@ -180,7 +182,9 @@ def measure_collapse(
     idx, counts, mu, sig, n_same = class_moments(stats, dev, coincident, min_count, classes)
     K = idx.numel()
     mu_g = centre(mu, counts, global_mean)  # (d,)
-    M = mu - mu_g  # (K, d) centred means
+    # (K, d) centred means; in place unless NC4 on given features needs the means (memory: one K x d)
+    nc4 = features is not None or labels is not None
+    M = mu - mu_g if nc4 else mu.sub_(mu_g)
     r = M.norm(dim=1)  # (K,)
     if bool((r == 0).any()):
         raise UserValueError(
@@ -209,7 +213,7 @@ def measure_collapse(
     W, b, duality = _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info)
     if ood_features is not None:
         out["nc5_ood_orthogonality"] = ood_orthogonality(u, as_tensor(ood_features, "ood_features"), mu_g)
-    if features is not None or labels is not None:
+    if nc4:
         if features is None or labels is None:
             raise UserValueError("NC4 needs both features and labels of held-out samples")
         counter = NC4Counter(idx, mu, stats.num_classes, W, b, dtype=dtype, ignore_index=stats.ignore_index)
@@ -291,9 +295,9 @@ def _classifier(weights, bias, stats, idx, u, r, sum_m, G, dtype, dev, out, info
             raise UserValueError("bias was given without weights")
         return None, None, None
     W, b = _check_weights(weights, bias, stats.num_classes, stats.dim, dev)
-    w = W[idx]  # (K, d)
-    duality = _duality(w, u, out, info)
-    out["nc3_self_duality_error"] = nc3_self_duality_error(w, u, r, sum_m, G, dtype)
+    rows = classifier_rows(W, idx.to(W.device), u, dtype)
+    duality = _duality(rows.norms, rows.dots, out, info)
+    out["nc3_self_duality_error"] = nc3_self_duality_error(rows, r, sum_m, G)
     return W, b, duality
 
 
@@ -336,17 +340,17 @@ def _riesz(sums, n_pairs: float, s: float) -> tuple[float, float]:
     return math.exp(log_mean), cov(sd, m)
 
 
-def _duality(w, u, out: dict, info: dict) -> torch.Tensor:
-    """NC3 from classifier rows ``w`` (K, d) of the measured classes; returns per-class cos(w_c, M_c)
-    (NaN where w_c = 0: those rows are skipped and counted)."""
-    wn = w.norm(dim=1)
+def _duality(wn, dots, out: dict, info: dict) -> torch.Tensor:
+    """NC3 from the norms ||w_c|| (K,) of the measured classes' classifier rows and their dots <w_c, u_c>
+    (K,) with the unit centred means; returns per-class cos(w_c, M_c) (NaN where w_c = 0: those rows are
+    skipped and counted)."""
     ok = wn > 0
     if not bool(ok.any()):
         raise UserValueError("every classifier row of the present classes is zero: NC3 is undefined")
     if not bool(ok.all()):
         logger.warning("NC3: %d present classes have an all-zero classifier row and are skipped", int((~ok).sum()))
-    duality = torch.full((w.shape[0],), math.nan, dtype=torch.float64, device=w.device)
-    duality[ok] = (w[ok] * u[ok]).sum(1) / wn[ok]
+    duality = torch.full((wn.shape[0],), math.nan, dtype=torch.float64, device=wn.device)
+    duality[ok] = dots[ok] / wn[ok]
     dv = duality[ok]
     m, sd = float(dv.mean()), float(dv.std(unbiased=False))
     out["nc3_duality_mean"], out["unc3_duality_cov"] = m, cov(sd, m)

@@ -19,6 +19,9 @@ import torch
 
 from .classes import selected_ids
 from .errors import UserValueError
+from .rows import row_slices, row_sq_norms
+
+SCORE_BYTES = 256 * 2**20  # the NCC / linear scores of one block of tokens: at most 256 MiB
 
 
 class NC4Counter:
@@ -48,8 +51,10 @@ class NC4Counter:
         self.idx = class_ids.to(dev)  # (K,)
         self.mu_bar = means.mean(0)  # (d,)
         self.dtype = dtype
-        self.Mc = (means - self.mu_bar).to(dtype)  # (K, d)
-        self.half_sq = 0.5 * self.Mc.pow(2).sum(1)  # (K,)
+        self.Mc = torch.empty(means.shape, dtype=dtype, device=dev)  # (K, d), filled a chunk at a time
+        for sl in row_slices(*means.shape):
+            self.Mc[sl] = means[sl] - self.mu_bar
+        self.half_sq = 0.5 * row_sq_norms(self.Mc)  # (K,)
         self.W = None if weights is None else weights.detach().to(dev, dtype)  # (C, d)
         self.b = None if bias is None else bias.detach().to(dev, dtype)  # (C,)
         self.num_classes, self.ignore_index = num_classes, ignore_index
@@ -83,15 +88,19 @@ class NC4Counter:
         self._bad |= (keep & ((y < 0) | (y >= self.num_classes))).any()
         self._bad |= (keep & ~torch.isfinite(h64).all(1)).any()  # not h64[keep]: a bool index syncs
         hc = (h64 - self.mu_bar).to(self.dtype)  # (N, d)
-        ncc = self.idx[torch.addmm(self.half_sq, hc, self.Mc.T, alpha=-1.0).argmin(1)]  # (N,)
+        # scores come a block of tokens at a time: an (N, K) matrix is 8 GiB at N = 16k, K = 128k
+        step = max(1, SCORE_BYTES // (hc.element_size() * max(self.Mc.shape[0], 1)))
+        ncc = torch.cat(
+            [
+                self.idx[torch.addmm(self.half_sq, hc[i : i + step], self.Mc.T, alpha=-1.0).argmin(1)]
+                for i in range(0, hc.shape[0], step)
+            ]
+        )  # (N,)
         if logits is not None:
             self.saw_logits = True
             lin = logits.reshape(-1, logits.shape[-1]).argmax(-1).to(dev)
         elif self.W is not None:
-            z = h64.to(self.dtype) @ self.W.T  # (N, C)
-            if self.b is not None:
-                z += self.b
-            lin = z.argmax(1)
+            lin = torch.cat([self._linear(h64[i : i + step]) for i in range(0, h64.shape[0], step)])  # (N,)
         else:
             lin = None
         agree = ((lin == ncc) & keep).sum() if lin is not None else torch.zeros((), device=dev)
@@ -99,6 +108,13 @@ class NC4Counter:
             [agree.to(torch.float64), ((ncc == y) & keep).sum().to(torch.float64), keep.sum().to(torch.float64)]
         )
         self.counts += batch
+
+    def _linear(self, h64: torch.Tensor) -> torch.Tensor:
+        """argmax_c (W h + b) (n,) of a block of features (n, d)."""
+        z = h64.to(self.dtype) @ self.W.T  # (n, C)
+        if self.b is not None:
+            z += self.b
+        return z.argmax(1)
 
     def merge(self, other: NC4Counter) -> NC4Counter:
         self.counts += other.counts.to(self.counts.device)

@@ -26,13 +26,17 @@ near 0 (2 - 2<S, E> cancels), and for K > d the effective rank loses the singula
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from .errors import UserTypeError, UserValueError
+from .rows import row_slices
+
+GRAM_CHUNK = 8192  # rows per GEMM of a Gram matrix
 
 
-def gram(A: torch.Tensor, dtype: torch.dtype, chunk: int = 8192) -> torch.Tensor:
+def gram(A: torch.Tensor, dtype: torch.dtype, chunk: int = GRAM_CHUNK) -> torch.Tensor:
     """A^T A (d, d) in float64, from GEMMs in ``dtype`` over row chunks of ``A`` (K, d) (each chunk is
     converted once; the chunk sums add in float64)."""
     G = torch.zeros(A.shape[1], A.shape[1], dtype=torch.float64, device=A.device)
@@ -57,15 +61,46 @@ def nc2_etf_error(r: torch.Tensor, sum_m: torch.Tensor, G: torch.Tensor) -> floa
     return etf_error(float(r @ r), sum_m, sum_m, float(G.pow(2).sum()), r.shape[0])
 
 
-def nc3_self_duality_error(
-    W: torch.Tensor, u: torch.Tensor, r: torch.Tensor, sum_m: torch.Tensor, G: torch.Tensor, dtype: torch.dtype
-) -> float:
-    """``nc3_self_duality_error`` from classifier rows W (K, d), unit centred means u (K, d) with norms
-    r (K,) (M = r u), sum_c M_c (d,) and G = M^T M. ||W M^T||_F^2 = <W^T W, M^T M>_F needs one more
-    d x d Gram. The authors' ``self_duality_error`` normalises the same S = W M^T."""
-    frob_sq = float((gram(W, dtype) * G).sum())
-    trace = float((W * u).sum(1) @ r)  # tr(W M^T) = sum_c r_c <w_c, u_c>
-    return etf_error(trace, sum_m, W.sum(0), frob_sq, W.shape[0])
+class ClassifierRows(NamedTuple):
+    """What NC3 needs of the classifier rows w_c of the K measured classes, float64: ``norms`` ||w_c||
+    (K,), ``dots`` <w_c, u_c> (K,) with the unit centred means, ``gram`` W^T W (d, d) and ``total``
+    sum_c w_c (d,)."""
+
+    norms: torch.Tensor
+    dots: torch.Tensor
+    gram: torch.Tensor
+    total: torch.Tensor
+
+
+def classifier_rows(W: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, dtype: torch.dtype) -> ClassifierRows:
+    """:class:`ClassifierRows` of the rows ``idx`` (K,) of the classifier W (C, d) (any dtype and device)
+    against unit centred means u (K, d), one chunk of rows at a time: no K x d copy of W. The Gram
+    takes the chunks of :func:`gram` (GEMMs in ``dtype``, float64 sums)."""
+    K, d = u.shape
+    norms = torch.empty(K, dtype=torch.float64, device=u.device)
+    dots = torch.empty_like(norms)
+    G = torch.zeros(d, d, dtype=torch.float64, device=u.device)
+    total = torch.zeros(d, dtype=torch.float64, device=u.device)
+    for i in range(0, K, GRAM_CHUNK):
+        a = torch.empty(min(GRAM_CHUNK, K - i), d, dtype=dtype, device=u.device)  # this Gram chunk in dtype
+        for sl in row_slices(*a.shape):  # float64 rows, a few MiB at a time
+            rows = slice(i + sl.start, i + sl.stop)
+            w = W.index_select(0, idx[rows]).to(u.device, torch.float64)  # (n, d)
+            norms[rows] = w.norm(dim=1)
+            dots[rows] = (w * u[rows]).sum(1)
+            total += w.sum(0)
+            a[sl] = w
+        G += (a.T @ a).double()
+    return ClassifierRows(norms, dots, G, total)
+
+
+def nc3_self_duality_error(rows: ClassifierRows, r: torch.Tensor, sum_m: torch.Tensor, G: torch.Tensor) -> float:
+    """``nc3_self_duality_error`` from the classifier rows' :class:`ClassifierRows`, the centred norms
+    r (K,) (M = r u), sum_c M_c (d,) and G = M^T M. ||W M^T||_F^2 = <W^T W, M^T M>_F needs one more d x d
+    Gram. The authors' ``self_duality_error`` normalises the same S = W M^T."""
+    frob_sq = float((rows.gram * G).sum())
+    trace = float(rows.dots @ r)  # tr(W M^T) = sum_c r_c <w_c, u_c>
+    return etf_error(trace, sum_m, rows.total, frob_sq, r.shape[0])
 
 
 def singular_values(M: torch.Tensor, G: torch.Tensor) -> torch.Tensor:

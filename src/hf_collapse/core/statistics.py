@@ -44,6 +44,7 @@ from .._version import __version__
 from .checks import BatchChecks, check_batch_shapes
 from .errors import UserFileNotFoundError, UserTypeError, UserValueError
 from .io import atomic_write
+from .rows import row_sq_norms
 from .scope import comm_device, is_local
 
 
@@ -406,11 +407,12 @@ class CollapseStatistics:
         means mu_c = S_c / N_c + s; variances sigma_c^2 = Q_c / N_c - ||S_c / N_c||^2 (shifted one-pass,
         clamped at 0 against round-off). Absent classes get zeros. Indexing first keeps the cost at the size of ``index``.
         """
-        sel = (lambda t: t) if index is None else (lambda t: t[index])
+        sel = (lambda t: t) if index is None else (lambda t: t.index_select(0, index))
         n = sel(self.counts)
         safe = n.clamp(min=1)
-        means = sel(self.sums) / safe[:, None]  # (., d) shifted means, a new tensor (worked on in place)
-        variances = (sel(self.sq_sums) / safe - means.pow(2).sum(1)).clamp(min=0)  # (.,)
+        # (., d) shifted means: one new K x d tensor, worked on in place (the statistics' size at scale)
+        means = self.sums / safe[:, None] if index is None else sel(self.sums).div_(safe[:, None])
+        variances = (sel(self.sq_sums) / safe - row_sq_norms(means)).clamp(min=0)  # (.,)
         means += self.shift
         empty = n == 0
         if bool(empty.any()):

@@ -54,7 +54,7 @@ def pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress, riesz_s: Op
     K = u.shape[0]
     dev = u.device
     shift = log_kernel_shift(u)
-    ut, rt, st = u.to(dtype), r.to(dtype), s.to(dtype)
+    rt, st = r.to(dtype), s.to(dtype)  # (K,): small; u is converted a block at a time (no K x d copy)
     consts = {
         "tiny": torch.finfo(dtype).tiny,
         "close": 1e5 * torch.finfo(dtype).eps,  # below this, 2 - 2 cos from a GEMM has lost most digits
@@ -82,9 +82,11 @@ def pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress, riesz_s: Op
         bar = tqdm(total=len(starts) * (len(starts) + 1) // 2, desc="pairwise sweep", unit="tile")
     for a, i0 in enumerate(starts):
         i1 = min(i0 + tile_size, K)
+        ui = u[i0:i1].to(dtype)  # (n, d) this row block in the tile dtype
         for j0 in starts[a:]:
             j1 = min(j0 + tile_size, K)
-            acc += _tile(ut, rt, st, u, s, row, bufs, consts, i0, i1, j0, j1)
+            uj = ui if j0 == i0 else u[j0:j1].to(dtype)  # (m, d): O(m d) per O(n m d) GEMM
+            acc += _tile(ui, uj, rt, st, u, s, row, bufs, consts, i0, i1, j0, j1)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -98,14 +100,15 @@ def pairwise_sweep(u, r, s, k, cos_mean, tile_size, dtype, progress, riesz_s: Op
     return SweepSums(sums[0], row, sums[1], sums[2], shift, sums[3], *sums[4:])
 
 
-def _tile(ut, rt, st, u, s, row, bufs, c, i0, i1, j0, j1) -> torch.Tensor:
-    """The sums of one tile (rows i0:i1, columns j0:j1; a diagonal tile counts each pair once); adds
-    the CDNV row sums into ``row``. Returns the tile's float64 sums (4 or, with Riesz, 6)."""
+def _tile(ui, uj, rt, st, u, s, row, bufs, c, i0, i1, j0, j1) -> torch.Tensor:
+    """The sums of one tile (rows i0:i1 of unit means ``ui``, columns j0:j1 ``uj``, both in the tile
+    dtype; a diagonal tile counts each pair once); adds the CDNV row sums into ``row``. Returns the
+    tile's float64 sums (4 or, with Riesz, 6)."""
     n, m = i1 - i0, j1 - j0
     diag = i0 == j0
-    ui, ri, rj = ut[i0:i1], rt[i0:i1], rt[j0:j1]
+    ri, rj = rt[i0:i1], rt[j0:j1]
     buf_t, buf_d, buf_r = (b[: n * m].view(n, m) for b in bufs[:3])
-    T = torch.addmm(c["two"], ui, ut[j0:j1].T, alpha=-2.0, out=buf_t)  # ||u_c - u_c'||^2
+    T = torch.addmm(c["two"], ui, uj.T, alpha=-2.0, out=buf_t)  # ||u_c - u_c'||^2
     _refine_close_pairs(T, u, i0, j0, c["close"], diag)
     T.clamp_min_(c["tiny"])
     # ||mu_c - mu_c'||^2 = (r_c - r_c')^2 + r_c r_c' ||u_c - u_c'||^2  (no cancellation in (r_c - r_c'))

@@ -437,15 +437,22 @@ class StatisticsSink:
     """Folds each batch's (features, labels) into ``statistics[name]`` (pass 1; created lazily, d from the
     first batch). Checks of labels and finiteness are deferred to :meth:`check` (no host sync per batch)."""
 
-    def __init__(self, num_classes: int, *, covariance: bool = False, ignore_index: int = -100, statistics=None):
+    def __init__(
+        self, num_classes: int, *, covariance: bool = False, ignore_index: int = -100, statistics=None, device=None
+    ):
         self.num_classes, self.covariance, self.ignore_index = num_classes, covariance, ignore_index
+        self.device = device  # None: each module's statistics follow its features' device
         self.statistics: dict[str, CollapseStatistics] = dict(statistics or {})
 
     def update(self, name, module, h, y, logits) -> None:
         st = self.statistics.get(name)
         if st is None:
             st = CollapseStatistics(
-                self.num_classes, h.shape[-1], covariance=self.covariance, ignore_index=self.ignore_index
+                self.num_classes,
+                h.shape[-1],
+                covariance=self.covariance,
+                ignore_index=self.ignore_index,
+                device=self.device,
             )
             self.statistics[name] = st
         st.defer_checks = True  # checked by check() / finish_pass, not once per batch

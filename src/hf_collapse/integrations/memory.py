@@ -4,9 +4,12 @@ Per measured module of C classes and feature width d (float64 = 8 bytes):
 
 - pass 1 state: sums C x d, counts C, squared sums C (and the pass's second counts/sums: 2 C), the shift
   d, and the d x d second moment when the covariance is on;
-- NC4 pass: the class means C x d in the measures' dtype (float32 by default: 4 bytes; float64: 8);
-- the measures' working set: about ``WORKING_SET`` C x d float64 arrays on top of the state, one module
-  at a time (the tiled sweep, the centred means, the weight copy).
+- NC4 pass: the class means C x d in the measures' dtype (float32 by default: 4 bytes; float64: 8), plus
+  one block of scores (``core.nc4.SCORE_BYTES``);
+- the measures' working set, one module at a time: one C x d float64 array (the class means, centred and
+  normalised in place) plus buffers that do not grow with C: the sweep's three tile x tile tiles (a fourth,
+  float64, with ``riesz_s``), one Gram chunk (``GRAM_CHUNK`` x d in the dtype) and two row chunks
+  (``core.rows.CHUNK_BYTES``). Every other K x d quantity is read a chunk at a time.
 
 At C = 128,256 and d = 4,096 the sums alone are 4.2 GB (3.9 GiB) per module; the plan adds them up
 for every module (``--layers``) and compares the peak with what the statistics' device has free.
@@ -22,9 +25,12 @@ from typing import Optional
 import torch
 
 from ..core.errors import UserValueError
+from ..core.nc4 import SCORE_BYTES
+from ..core.options import MeasureOptions
+from ..core.rows import CHUNK_BYTES
+from ..core.spectral import GRAM_CHUNK
 
 F64 = 8
-WORKING_SET = 4  # C x d float64 arrays the measures hold at their peak, beyond the state (measured: ~3.7)
 
 
 @dataclass(frozen=True)
@@ -85,14 +91,20 @@ def gib(n: int) -> str:
 
 
 def module_plan(
-    name: str, num_classes: int, dim: int, *, covariance: bool = False, nc4_dtype=torch.float32
+    name: str, num_classes: int, dim: int, *, covariance: bool = False, options: Optional[MeasureOptions] = None
 ) -> ModulePlan:
     """The plan of one measured module: statistics state (C x d sums, per-class counts and square sums, the
-    shift, the d x d covariance when on), the NC4 pass's class means and the measures' working set."""
+    shift, the d x d covariance when on), the NC4 pass's class means and scores, and the measures' working
+    set (one C x d float64 array plus fixed buffers; see the module docstring)."""
+    options = options or MeasureOptions()
     C, d = int(num_classes), int(dim)
+    size = torch.tensor([], dtype=options.torch_dtype).element_size()
     state = F64 * (C * d + 4 * C + d + (d * d if covariance else 0))
-    nc4 = torch.tensor([], dtype=nc4_dtype).element_size() * C * d
-    return ModulePlan(name, C, d, state, nc4, WORKING_SET * F64 * C * d)
+    nc4 = size * C * d + SCORE_BYTES
+    tile = min(options.tile_size, C) ** 2
+    buffers = 3 * size * tile + (F64 * tile if options.riesz_s is not None else 0)
+    working = F64 * C * d + buffers + size * min(GRAM_CHUNK, C) * d + 2 * CHUNK_BYTES
+    return ModulePlan(name, C, d, state, nc4, working)
 
 
 def feature_dim(module: torch.nn.Module, model=None) -> Optional[int]:
@@ -118,14 +130,14 @@ def plan_for(
     device,
     *,
     covariance: bool = False,
-    nc4_dtype=torch.float32,
+    options: Optional[MeasureOptions] = None,
 ) -> MemoryPlan:
     """The plan of measuring ``modules`` (name -> module) of ``model`` with ``num_classes`` classes."""
     plans = []
     for name, mod in modules.items():
         d = feature_dim(mod, model)
         if d is not None:
-            plans.append(module_plan(name, num_classes, d, covariance=covariance, nc4_dtype=nc4_dtype))
+            plans.append(module_plan(name, num_classes, d, covariance=covariance, options=options))
     return MemoryPlan(tuple(plans), str(device))
 
 

@@ -321,7 +321,12 @@ def collect_statistics(
     hooks = FeatureHooks(
         model, cfg.modules, task=cfg.collapse_task, pooling=cfg.collapse_pooling, num_classes=num_classes
     )
-    sink = hooks.sink = StatisticsSink(hooks.num_classes, covariance=cfg.collapse_covariance, ignore_index=ignore_index)
+    sink = hooks.sink = StatisticsSink(
+        hooks.num_classes,
+        covariance=cfg.collapse_covariance,
+        ignore_index=ignore_index,
+        device=cfg.collapse_statistics_device,
+    )
     names = list(hooks.modules)
     if before_pass is not None:
         before_pass(hooks)

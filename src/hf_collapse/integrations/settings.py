@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional  # noqa: F401  (Optional: the embedded fields' annotations name it)
 
+import torch
+
 from ..core.errors import UserTypeError, UserValueError
 from ..core.options import MeasureOptions
 from ..core.registry import MEASURE_KEYS
@@ -69,6 +71,14 @@ class CollapseArguments:
     )
     collapse_per_class: bool = field(default=False, metadata={"help": "Keep per-class outputs in the report."})
     collapse_covariance: bool = field(default=False, metadata={"help": "Accumulate the d x d covariance too."})
+    collapse_statistics_device: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Where the statistics (C x d float64 sums per module) live: default, the device the features "
+            "are computed on; 'cpu' keeps them in host memory (each batch's features are copied there) when "
+            "the accelerator cannot hold them."
+        },
+    )
     collapse_pooling: str = field(
         default="last",
         metadata={
@@ -90,6 +100,14 @@ class CollapseArguments:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserValueError(f"{name} must be a positive int or None, got {value!r}")
+        if self.collapse_statistics_device is not None:
+            try:
+                torch.device(self.collapse_statistics_device)
+            except (RuntimeError, TypeError) as e:
+                raise UserValueError(
+                    f"collapse_statistics_device must name a torch device such as 'cpu' or 'cuda:0', "
+                    f"got {self.collapse_statistics_device!r}"
+                ) from e
         if self.collapse_measures:
             bad = [m for m in self.collapse_measures if m not in MEASURE_KEYS]
             if bad:

@@ -60,7 +60,9 @@ STATISTICS_IN_CHECKPOINT = os.path.join(COLLAPSE_DIR, STATISTICS_FILE)
 def _install_hooks(model, cargs: CollapseArguments) -> FeatureHooks:
     """Statistics hooks that ride the Trainer's evaluation loop (no extra forward pass)."""
     hooks = FeatureHooks(model, cargs.modules, task=cargs.collapse_task, pooling=cargs.collapse_pooling)
-    hooks.sink = StatisticsSink(hooks.num_classes, covariance=cargs.collapse_covariance)
+    hooks.sink = StatisticsSink(
+        hooks.num_classes, covariance=cargs.collapse_covariance, device=cargs.collapse_statistics_device
+    )
     hooks.install()
     return hooks
 
