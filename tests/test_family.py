@@ -12,6 +12,7 @@ import torch
 from hf_collapse import CollapseStatistics, MeasurementRecord, measure_collapse
 from hf_collapse.core.registry import MEASURE_KEYS
 from hf_collapse.integrations.folder import write_measurement
+from hf_collapse.integrations.weights_hash import weights_sha256
 
 # huggingface_hub's LFS upload passes a file object as data=, which its HTTP client deprecates
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
@@ -189,7 +190,9 @@ def test_sweep_all_revisions_push_to_branches_and_index(hub_env, shared_data, tm
     model = AutoModelForCausalLM.from_pretrained(src)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(1.5)
-    model.save_pretrained(other)
+    other.mkdir()  # this revision holds only pytorch_model.bin (as older revisions of Hub models do)
+    model.config.save_pretrained(other)
+    torch.save(model.state_dict(), other / "pytorch_model.bin")
     api = HfApi()
     api.create_repo("tester/family")
     for branch, folder in (("step100", src), ("step200", other)):
@@ -198,8 +201,9 @@ def test_sweep_all_revisions_push_to_branches_and_index(hub_env, shared_data, tm
             folder_path=str(folder),
             repo_id="tester/family",
             revision=branch,
-            allow_patterns=["*.json", "*.safetensors"],
+            allow_patterns=["*.json", "*.safetensors", "*.bin"],
         )
+    assert not [f for f in api.list_repo_files("tester/family", revision="step200") if f.endswith(".safetensors")]
     api.create_branch("tester/family", branch="step300", revision="step100")
     d = shared_data
     args = ["sweep", "tester/family", "--revisions", "step*", "--tokenizer", str(src)]
@@ -218,6 +222,7 @@ def test_sweep_all_revisions_push_to_branches_and_index(hub_env, shared_data, tm
         ("tester/family-measured", "step300", 300),
     ]
     by_rev = {r["revision"]: r for r in rows}
+    assert by_rev["step200"]["weights_sha256"] == weights_sha256(model)  # read from the .bin
     assert by_rev["step300"]["nc1_cdnv"] == by_rev["step100"]["nc1_cdnv"] != by_rev["step200"]["nc1_cdnv"]
     commits = len(hub_env.hub.state.commits)
     assert main(args) == 0  # resumable: measured and pushed before

@@ -134,8 +134,38 @@ def test_weights_hash_same_for_model_folder_and_shards(tiny, tmp_path):
     (tmp_path / "odd" / "model.safetensors").write_bytes(b"\x00" * 4)
     with pytest.raises(ValueError, match="model.safetensors.*not a safetensors file"):
         weights_sha256(tmp_path / "odd")
-    with pytest.raises(FileNotFoundError, match="no \\*.safetensors weights"):
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors or pytorch_model\\*.bin weights"):
         weights_sha256(tmp_path)
+    # a folder holding only pytorch_model*.bin (sharded too): the same hash, read with weights_only=True
+    # (transformers 5 saves safetensors only, but loads pytorch_model*.bin: older revisions hold them)
+    state = model.state_dict()
+    names = list(state)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin-sharded").mkdir()
+    torch.save(state, tmp_path / "bin" / "pytorch_model.bin")
+    for i, part in enumerate((names[::2], names[1::2]), 1):
+        torch.save({k: state[k] for k in part}, tmp_path / "bin-sharded" / f"pytorch_model-0000{i}-of-00002.bin")
+    assert weights_sha256(tmp_path / "bin") == h == weights_sha256(tmp_path / "bin-sharded")
+    legacy = tmp_path / "bin-legacy"  # torch's pre-1.6 (non-zip) format
+    legacy.mkdir()
+    torch.save(state, legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert weights_sha256(legacy) == h
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="pytorch_model.bin.*not a readable PyTorch state dict"):
+        weights_sha256(tmp_path / "bin")
+    import pickle
+
+    from test_bad_input import Pwned
+
+    marker = tmp_path / "unpickled.txt"
+    torch.save({"w": Pwned(marker)}, tmp_path / "bin" / "pytorch_model.bin")  # code in the pickle
+    with pytest.raises(ValueError, match="not a readable PyTorch state dict"):
+        weights_sha256(tmp_path / "bin")
+    assert not marker.exists(), "weights_sha256 unpickled code"
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(pickle.dumps(Pwned(marker), protocol=2))
+    with pytest.raises(ValueError, match="not a readable PyTorch state dict"):
+        weights_sha256(tmp_path / "bin")
+    assert not marker.exists(), "weights_sha256 unpickled code"
     with pytest.raises(TypeError, match="expects a folder path"):
         weights_sha256(3)
 

@@ -110,7 +110,8 @@ def load_measured(
         model_class: the class whose ``from_pretrained`` loads the model (default
             ``AutoModelForCausalLM``); ``model_kwargs`` go to it (e.g. ``torch_dtype``).
 
-    Never unpickles: weights must be safetensors, statistics are safetensors, metrics JSON.
+    Never unpickles code: statistics are safetensors, metrics JSON, and weights safetensors or, as older
+    Hub revisions hold them, ``pytorch_model*.bin``, which transformers reads with ``weights_only=True``.
     """
     folder, repo_id, commit = resolve_folder(
         repo_id_or_path, revision, name, load_model, token, cache_dir, local_files_only
@@ -122,7 +123,6 @@ def load_measured(
     if load_model:
         if model_class is None:
             from transformers import AutoModelForCausalLM as model_class
-        model_kwargs.setdefault("use_safetensors", True)
         model = model_class.from_pretrained(folder, **model_kwargs)
     if load_tokenizer and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         from transformers import AutoTokenizer

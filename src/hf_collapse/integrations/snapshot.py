@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 def _snapshot_complete(folder: Path, sub: str, need_weights: bool) -> bool:
     if not (folder / sub / STATISTICS_FILE).is_file() or not (folder / sub / METRICS_FILE).is_file():
         return False
-    return not need_weights or ((folder / "config.json").is_file() and any(folder.glob("*.safetensors")))
+    weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    return not need_weights or ((folder / "config.json").is_file() and weights)
 
 
 def _fallback_snapshot(repo_id: str, cache_dir, sub: str, need_weights: bool, reason: str) -> Optional[Path]:

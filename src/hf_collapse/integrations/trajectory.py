@@ -167,14 +167,16 @@ def discover_revisions(repo_id: str, patterns: Sequence[str], *, token: Optional
 
 
 def resolve(ck: Checkpoint) -> Path:
-    """The local folder of a checkpoint (a Hub revision is downloaded into the Hub cache)."""
+    """The local folder of a checkpoint (a Hub revision is downloaded into the Hub cache): its config and
+    tokenizer files and whichever weights it holds, safetensors when there are any, else
+    ``pytorch_model*.bin`` (which transformers and the weights hash read with ``weights_only=True``)."""
     if ck.folder is None:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, snapshot_download
 
+        files = HfApi().list_repo_files(ck.repo_id, revision=ck.revision)
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "pytorch_model*.bin"
         ck.folder = Path(
-            snapshot_download(
-                ck.repo_id, revision=ck.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
-            )
+            snapshot_download(ck.repo_id, revision=ck.revision, allow_patterns=["*.json", weights, "*.txt", "*.model"])
         )
     return ck.folder
 

@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,14 +45,26 @@ def _tensor_digest(dtype: str, shape, data) -> str:
 
 
 def _folder_weight_files(folder: Path) -> list[Path]:
+    """The weight files of a folder as transformers picks them: ``*.safetensors``, else ``pytorch_model*.bin``."""
     files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
     if not files:
-        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        hint = (
-            f" (found {', '.join(pickled)}: re-save with save_pretrained(safe_serialization=True))" if pickled else ""
-        )
-        raise UserFileNotFoundError(f"no *.safetensors weights in {str(folder)!r}{hint}")
+        files = sorted(p for p in folder.glob("pytorch_model*.bin") if p.is_file())
+    if not files:
+        raise UserFileNotFoundError(f"no *.safetensors or pytorch_model*.bin weights in {str(folder)!r}")
     return files
+
+
+def _bin_digests(path: Path) -> list[str]:
+    """Per-tensor digests of a ``pytorch_model*.bin`` state dict, loaded with ``weights_only=True`` (tensors
+    and plain containers only: no code is unpickled, as in transformers)."""
+    try:
+        # mmap reads the zip format of torch >= 1.6 lazily; legacy files are read whole
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # noqa: BLE001 - pickle / zip errors of many kinds
+        raise UserValueError(f"{str(path)!r} is not a readable PyTorch state dict ({type(e).__name__}: {e})") from e
+    if not isinstance(state, Mapping):
+        raise UserValueError(f"{str(path)!r} holds a {type(state).__name__}, expected a state dict")
+    return _module_digests(state)
 
 
 def _file_digests(path: Path) -> list[str]:
@@ -101,7 +114,8 @@ def _module_digests(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 def weights_sha256(folder_or_model: str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
     """A hash of a model's weights that is the same for a saved folder and the model in memory.
 
-    ``folder_or_model``: a folder holding ``*.safetensors`` weights (top level; shards included), a
+    ``folder_or_model``: a folder holding ``*.safetensors`` weights (top level; shards included; else
+    ``pytorch_model*.bin``, read with ``weights_only=True``), a
     ``torch.nn.Module`` (its ``state_dict()``) or a mapping name -> tensor. Each tensor gives
     sha256(dtype | shape | raw little-endian bytes); the result is sha256 of the sorted set of those
     digests. Names are left out on purpose, and equal tensors count once: so the hash does not
@@ -112,7 +126,11 @@ def weights_sha256(folder_or_model: str | os.PathLike | torch.nn.Module | Mappin
         folder = Path(folder_or_model)
         if not folder.is_dir():
             raise UserFileNotFoundError(f"weights_sha256: no folder at {str(folder)!r}")
-        digests = [d for p in _folder_weight_files(folder) for d in _file_digests(p)]
+        digests = [
+            d
+            for p in _folder_weight_files(folder)
+            for d in (_bin_digests(p) if p.suffix == ".bin" else _file_digests(p))
+        ]
     elif isinstance(folder_or_model, torch.nn.Module):
         digests = _module_digests(folder_or_model.state_dict())
     elif isinstance(folder_or_model, Mapping):
