@@ -222,7 +222,7 @@ def _measure(args, data: DataSpec, options: MeasureOptions, accelerator, spec: M
             checkpoint_path=ckpt,
             checkpoint_every=args.checkpoint_every if ckpt else None,
             data_fingerprint=f"{record.data}|{record.max_tokens}|{record.block_size}|{record.batch_size}",
-            before_pass=_memory_plan(model, modules, options, args, main),
+            before_pass=memory_plan(options, args, main),
         )
     if main:
         print(report.table())
@@ -286,7 +286,7 @@ def _weights_digest(model, source):
     return None
 
 
-def _memory_plan(model, modules, options, args, main):
+def memory_plan(options, args, main):
     """A callable for measure_model: prints the memory plan with the progress header and refuses, before
     any forward, a plan larger than the statistics' device has free."""
     from ..integrations.memory import available_bytes, plan_for, statistics_device

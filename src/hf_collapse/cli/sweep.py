@@ -28,7 +28,14 @@ from ..integrations.measurement_data import DataSpec
 from ..integrations.model_source import ModelSpec, check_model_fits
 from ..integrations.settings import CollapseArguments
 from .arguments import dataclass_from_args
-from .measure import add_data_arguments, add_measure_arguments, add_model_arguments, command_record, model_name
+from .measure import (
+    add_data_arguments,
+    add_measure_arguments,
+    add_model_arguments,
+    command_record,
+    memory_plan,
+    model_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +124,13 @@ def run(args) -> int:
         spec.place(model, device).eval()  # a model placed by --device-map stays where it is
         check_model_fits(model, data.block_size, tok, (train_blocks, nc4_blocks))  # before any forward
         return measure_model(
-            model, data.loader(train_blocks), data.loader(nc4_blocks), cfg, record=record, progress=not args.no_progress
+            model,
+            data.loader(train_blocks),
+            data.loader(nc4_blocks),
+            cfg,
+            record=record,
+            progress=not args.no_progress,
+            before_pass=memory_plan(options, args, main=True),
         )
 
     created = not os.path.exists(args.output_dir)
