@@ -358,3 +358,60 @@ def test_every_state_tensor_follows_the_declaration(tmp_path, covariance):
     t = CollapseStatistics.load(tmp_path / "s.safetensors")
     for name in names:
         assert torch.equal(getattr(t, name), getattr(s, name)), name
+
+
+def test_streamed_safetensors_are_the_bytes_of_save_file(tmp_path, monkeypatch):
+    """write_safetensors (rows a chunk at a time) writes exactly what safetensors.torch.save_file writes."""
+    from safetensors.torch import save_file
+
+    import hf_collapse.core.rows as rows
+    from hf_collapse.core.io import Chunked, write_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "w": torch.randn(37, 5, generator=g, dtype=torch.float64),
+        "h": torch.randn(4, 3, 2, generator=g).bfloat16(),
+        "ids": torch.arange(9),
+        "flag": torch.tensor(True),
+        "empty": torch.zeros(0, 4),
+        "half": torch.randn(6, generator=g).half(),
+        "u8": torch.arange(5, dtype=torch.uint8),
+    }
+    meta = {"k": "2.0", "schema": "x"}
+    monkeypatch.setattr(rows, "CHUNK_BYTES", 24)  # a few rows per write
+    save_file(tensors, tmp_path / "ref.safetensors")
+    write_safetensors(tmp_path / "ours.safetensors", tensors)
+    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    # with metadata: safetensors orders the metadata keys as its hash map does; the rest is the same
+    save_file(tensors, tmp_path / "ref.safetensors", metadata=meta)
+    write_safetensors(tmp_path / "ours.safetensors", tensors, metadata=meta)
+    assert canonical_digest(tmp_path / "ours.safetensors") == canonical_digest(tmp_path / "ref.safetensors")
+    w = tensors["w"]
+    chunked = {**tensors, "w": Chunked(torch.float64, (37, 5), lambda: (w[i : i + 10] for i in range(0, 37, 10)))}
+    write_safetensors(tmp_path / "chunked.safetensors", chunked, metadata=meta)
+    assert canonical_digest(tmp_path / "chunked.safetensors") == canonical_digest(tmp_path / "ref.safetensors")
+    short = {"w": Chunked(torch.float64, (37, 5), lambda: iter([w[:3]]))}
+    with pytest.raises(ValueError, match="'w': its chunks hold 120 bytes, its shape \\(37, 5\\) needs 1480"):
+        write_safetensors(tmp_path / "short.safetensors", short)
+
+
+def test_save_writes_the_means_without_a_class_by_feature_copy(tmp_path):
+    """Saving allocates nothing of the size of the (C, d) sums: the means stream to the file a chunk at a
+    time, and the statistics file still loads the same."""
+    from torch.profiler import ProfilerActivity, profile
+
+    C, d = 8192, 512  # (C, d) float64: 32 MiB, twice a row chunk
+    s = CollapseStatistics(C, d)
+    y = torch.arange(C)
+    s.update(torch.randn(C, d), y)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        s.save(tmp_path / "s.safetensors")
+    big = [e.name for e in prof.events() if e.cpu_memory_usage >= C * d * 8 * 0.9]
+    assert big == [], big
+    back = CollapseStatistics.load(tmp_path / "s.safetensors")
+    torch.testing.assert_close(back.means, s.means, rtol=0, atol=0)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "s.safetensors"), framework="pt") as f:
+        torch.testing.assert_close(f.get_tensor("means"), s.means, rtol=0, atol=0)
+        torch.testing.assert_close(f.get_tensor("variances"), s.variances, rtol=0, atol=0)

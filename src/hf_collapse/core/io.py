@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 
-from .errors import UserTypeError
+from .errors import UserTypeError, UserValueError
 
 
 def _umask() -> int:
@@ -46,6 +49,86 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# safetensors dtype codes (as in a file header) of the torch dtypes a model or the statistics may hold
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        SAFETENSORS_DTYPES[getattr(torch, _name)] = _code
+
+
+_ORDER = ["I64", "F64", "F32", "I32", "BF16", "F16", "I16", "F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL", "?"]
+
+
+@dataclass(frozen=True)
+class Chunked:
+    """A tensor written in pieces: its ``dtype`` and ``shape``, and ``chunks()`` yielding its rows (along the
+    first axis) in order, each a tensor of that dtype on any device."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    chunks: Callable[[], Iterable[torch.Tensor]]
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor | Chunked], metadata=None) -> None:
+    """Write ``tensors`` (name -> tensor or :class:`Chunked`) and string ``metadata`` as a safetensors file,
+    streaming: rows go to the file a chunk at a time (``core.rows.row_slices``), so writing holds no copy
+    of a tensor and no byte string of the file (``safetensors.torch.save_file`` builds both). The layout
+    is the format's: an 8-byte little-endian header length, the JSON header padded with spaces to a
+    multiple of 8, then the tensors' little-endian bytes back to back in the header's order. Not atomic
+    by itself: call it inside :func:`atomic_write`."""
+    from .rows import row_slices
+
+    if sys.byteorder != "little":
+        raise UserValueError("write_safetensors writes the tensors' bytes as they are: it needs a little-endian host")
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in (metadata or {}).items()}} if metadata else {}
+    entries, offset = [], 0
+    # safetensors' own order (widest dtype first, then by name), so the bytes equal save_file's
+    ordered = sorted(tensors.items(), key=lambda kv: (_ORDER.index(SAFETENSORS_DTYPES.get(kv[1].dtype, "?")), kv[0]))
+    for name, t in ordered:
+        dtype, shape = t.dtype, tuple(t.shape)
+        if dtype not in SAFETENSORS_DTYPES:
+            raise UserTypeError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store")
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        entries.append((name, t, shape, nbytes))
+        offset += nbytes
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for name, t, shape, nbytes in entries:
+            if isinstance(t, torch.Tensor):
+                rows = t.reshape(t.shape[0] if t.dim() else 1, math.prod(t.shape[1:]))  # (rows, the rest)
+                pieces = (rows[sl] for sl in row_slices(*rows.shape))
+            else:
+                pieces = t.chunks()
+            written = 0
+            for piece in pieces:
+                raw = piece.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+                f.write(memoryview(raw.numpy()))
+                written += raw.numel()
+            if written != nbytes:
+                raise UserValueError(
+                    f"tensor {name!r}: its chunks hold {written} bytes, its shape {shape} needs {nbytes}"
+                )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

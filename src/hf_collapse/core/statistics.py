@@ -43,8 +43,8 @@ import torch
 from .._version import __version__
 from .checks import BatchChecks, check_batch_shapes
 from .errors import UserFileNotFoundError, UserTypeError, UserValueError
-from .io import atomic_write
-from .rows import row_sq_norms
+from .io import SAFETENSORS_DTYPES, Chunked, atomic_write, write_safetensors
+from .rows import row_slices, row_sq_norms
 from .scope import comm_device, is_local
 
 
@@ -114,6 +114,9 @@ def _exists(spec: StateSpec, flags) -> bool:
     return bool(flags.get(spec.optional) if isinstance(flags, Mapping) else getattr(flags, spec.optional))
 
 
+_SAFETENSORS_NAMES = {code: str(dtype)[6:] for dtype, code in SAFETENSORS_DTYPES.items()}  # "F64" -> "float64"
+
+
 def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """Open a statistics safetensors file and check its header: ``(metadata, tensors)``.
 
@@ -130,7 +133,9 @@ def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            # the derived tensors (the (C, d) means) are recomputed by load: read their shape, not their bytes
+            derived = {k: f.get_slice(k) for k in f.keys() if k in DERIVED_TENSORS or k in LEGACY_TENSORS}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k not in derived}
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise UserValueError(f"{path!r} is not a readable safetensors file: {e}") from e
     if meta.get("schema") != SCHEMA:
@@ -152,13 +157,14 @@ def read_statistics_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch
     expected = {spec.name: spec.shape(C, d) for spec in STATE if _exists(spec, flags)}
     expected.update({name: shape(C, d) for name, shape in DERIVED_TENSORS.items()})
     for name, shape in expected.items():
-        if name not in tensors:
+        if name in tensors:
+            got, dtype = tuple(tensors[name].shape), str(tensors[name].dtype)[6:]
+        elif name in derived:
+            got, dtype = tuple(derived[name].get_shape()), _SAFETENSORS_NAMES.get(derived[name].get_dtype(), "?")
+        else:
             raise UserValueError(f"{path!r} lacks the tensor {name!r}")
-        t = tensors[name]
-        if tuple(t.shape) != shape or t.dtype != torch.float64:
-            raise UserValueError(
-                f"{path!r}: tensor {name!r} has shape {tuple(t.shape)} dtype {t.dtype}, expected {shape} float64"
-            )
+        if got != shape or dtype != "float64":
+            raise UserValueError(f"{path!r}: tensor {name!r} has shape {got} dtype {dtype}, expected {shape} float64")
     return meta, tensors
 
 
@@ -465,17 +471,27 @@ class CollapseStatistics:
         sums needed to resume or merge, and ``extra_tensors`` (e.g. per-class outputs, saved under
         their own names). The header records schema, version, C, d, token count and ``metadata``.
         """
-        from safetensors.torch import save_file
-
         self.check()
-        tensors = self.state_dict()
+        tensors: dict = {spec.name: getattr(self, spec.name).to(torch.float64) for spec in self._specs()}
+        # the derived means are written a chunk of rows at a time (a (C, d) array is the state's size);
+        # the variances, filled on the way, follow them in the file
+        variances = torch.empty(self.num_classes, dtype=torch.float64)
+
+        def means():
+            for sl in row_slices(self.num_classes, self.dim):
+                _, mu, var = self.moments(torch.arange(sl.start, sl.stop, device=self.device))
+                variances[sl] = var.cpu()
+                yield mu
+
+        tensors["means"] = Chunked(torch.float64, (self.num_classes, self.dim), means)
+        tensors["variances"] = variances
         for k, v in (extra_tensors or {}).items():
             if k in STATE_TENSORS:
                 raise UserValueError(f"extra tensor name {k!r} clashes with a statistics tensor")
-            tensors[k] = v.detach().cpu().contiguous()
+            tensors[k] = v.detach()
         meta = {str(k): str(v) for k, v in {**self.metadata, **(metadata or {})}.items()}
         meta.update({key: value(self) for key, value in HEADER.items()})
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> CollapseStatistics:

@@ -19,23 +19,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import UserFileNotFoundError, UserTypeError, UserValueError
-
-# safetensors dtype codes, as in the file header, for the torch dtypes a model may hold
-_ST_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
-    if hasattr(torch, _name):
-        _ST_DTYPES[getattr(torch, _name)] = _code
+from ..core.io import SAFETENSORS_DTYPES
 
 
 def _tensor_digest(dtype: str, shape, data) -> str:
@@ -103,11 +87,11 @@ def _module_digests(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise UserTypeError(f"weights_sha256: state entry {name!r} is a {type(t).__name__}, expected a tensor")
-        if t.dtype not in _ST_DTYPES:
+        if t.dtype not in SAFETENSORS_DTYPES:
             raise UserTypeError(f"weights_sha256: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
         t = t.detach().to("cpu").contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        digests.append(_tensor_digest(_ST_DTYPES[t.dtype], t.shape, raw))
+        digests.append(_tensor_digest(SAFETENSORS_DTYPES[t.dtype], t.shape, raw))
     return digests
 
 
