@@ -576,7 +576,7 @@ def _cli_cases(w):
         (["analyze", str(root / "missing.csv")], "no runs table at", "missing.csv"),
         (["install-metric", "--modules-cache", str(bad_csv / "sub")], "cannot write evaluate's modules cache", ""),
         (["demo", "--sizes", "0x32"], "must have positive depth and width", ""),
-        (["demo", "--sizes", "big"], "DEPTHxWIDTH", ""),
+        (["demo", "--sizes", "big"], "LxD (L layers x width d)", ""),
         (["demo", "--epochs", "one"], "--epochs takes numbers", ""),
     ]
 

@@ -84,7 +84,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="folder for report.md, runs.csv, figures, runs/ and demo.json (the design: a folder holding "
         "another design is refused)",
     )
-    p.add_argument("--sizes", default=DEFAULT_SIZES, help="model sizes as DEPTHxWIDTH, comma separated")
+    p.add_argument(
+        "--sizes",
+        default=DEFAULT_SIZES,
+        help="model sizes as LxD (L layers x width d), comma separated; runs are named as the paper's, "
+        "TinyStories-LxD_<epochs><decay> (decay L = 0.0005, H = 0.1)",
+    )
     p.add_argument("--epochs", default=DEFAULT_EPOCHS, help="training lengths in epochs, comma separated")
     p.add_argument("--stories", type=int, default=3000, help="built-in stories to generate (training)")
     p.add_argument("--train-file", help="real text instead: TinyStories-format file (<|endoftext|> between stories)")

@@ -37,7 +37,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
             depth, width = (int(v) for v in item.strip().lower().split("x"))
         except ValueError:
             raise UserValueError(
-                f"model sizes are DEPTHxWIDTH separated by commas (e.g. 1x32,2x64), got {item!r}"
+                f"model sizes are LxD (L layers x width d) separated by commas (e.g. 1x32,2x64), got {item!r}"
             ) from None
         if depth < 1 or width < 1:
             raise UserValueError(f"model size {item!r} must have positive depth and width")
@@ -258,7 +258,9 @@ def run_demo(
     if seeds is None:
         direction = expected_direction(rows)
         notes = (
-            f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD, epochs {epochs}) trained on {data.source}. "
+            f"Grid of {len(rows)} GPT-Neo models ({sizes} as LxD: L layers x width d; epochs {epochs}) trained on "
+            f"{data.source}. Run names are the paper's, TinyStories-LxD_<epochs><decay> with decay L (low, 0.0005) "
+            f"or H (high, 0.1). "
             f"Validation loss falls with model size at every training length: "
             f"**{answer(direction['loss_falls_with_size'], 'size')}**; with training at every size: "
             f"**{answer(direction['loss_falls_with_epochs'], 'training length')}**."

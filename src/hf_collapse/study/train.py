@@ -103,7 +103,10 @@ class StudyArguments:
     )
     output_dir: str = field(default="runs", metadata={"help": "folder that receives one sub-folder per run"})
     run_name: Optional[str] = field(
-        default=None, metadata={"help": "run folder name (default: the TinyStories-LxD_ED naming)"}
+        default=None,
+        metadata={
+            "help": "run folder name (default: the paper's TinyStories-LxD_<epochs><decay>, decay L = 0.0005, H = 0.1)"
+        },
     )
     bf16: Optional[bool] = field(
         default=None, metadata={"help": "bf16 mixed precision (default: when the GPU supports it)"}
