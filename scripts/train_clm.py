@@ -9,9 +9,11 @@
 Default data: roneneldan/TinyStories from the Hub with the GPT-Neo tokenizer. NC metrics are logged
 at every evaluation (CollapseTrainer; ``--collapse_*`` flags); the model is saved as a measured
 folder ``<output_dir>/TinyStories-{L}x{d}_{E}{D}{S}`` (see ``hf_collapse.study.train``). Run several and
-then ``hf-collapse analyze <output_dir>``.
+then ``hf-collapse analyze <output_dir>``. Without ``--progress`` (tqdm bars) it prints one progress line
+a minute to stderr (step, loss, time spent and left), which reads well in a batch job's log file.
 """
 
+import contextlib
 import json
 import sys
 
@@ -24,9 +26,26 @@ from hf_collapse.study.train import StudyArguments, train_one
 def main(argv=None) -> int:
     parser = HfArgumentParser((StudyArguments, CollapseArguments))
     study, collapse = parser.parse_args_into_dataclasses(args=argv)
-    row = train_one(study, collapse_args=collapse)
+    with progress_bars(study.progress):  # without --progress: progress lines only, readable in a log file
+        row = train_one(study, collapse_args=collapse)
     print(json.dumps(row, indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """The tqdm bars of datasets and transformers (loading, writing) on or off for the run, restored after."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    was = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was[0] else datasets.disable_progress_bars)()
+        (hf_logging.enable_progress_bar if was[1] else hf_logging.disable_progress_bar)()
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def test_train_one_logs_nc_metrics_and_saves_measured_folder(tmp_path):
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
 
 
-def test_train_clm_script_on_real_text(tmp_path, shared_data):
-    """train_clm.py on the TinyStories sample with the GPT-2 tokenizer, tiny budget."""
+def test_train_clm_script_on_real_text(tmp_path, shared_data, capfd):
+    """train_clm.py on the TinyStories sample with the GPT-2 tokenizer, tiny budget; without --progress
+    it prints flushed progress lines (first step, then every minute, last step), no tqdm bars."""
     spec = importlib.util.spec_from_file_location("train_clm", REPO / "scripts" / "train_clm.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -112,6 +113,12 @@ def test_train_clm_script_on_real_text(tmp_path, shared_data):
         ]
     )
     assert rc == 0
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("TinyStories-1x32_1L: step ")]
+    assert lines[0].startswith("TinyStories-1x32_1L: step 1/") and "left" in lines[0], err[-2000:]
+    total = lines[0].split("/")[1].split()[0]
+    assert lines[-1].startswith(f"TinyStories-1x32_1L: step {total}/{total} (epoch 1.00), ")
+    assert "it/s]" not in err  # no tqdm bar
     folder = tmp_path / "TinyStories-1x32_1L"
     metrics = json.loads((folder / "collapse" / "metrics.json").read_text())
     assert metrics["num_classes"] == 50257 and 100 < metrics["num_classes_present"] < 3000

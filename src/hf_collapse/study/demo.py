@@ -248,7 +248,12 @@ def run_demo(
         )
         t = time.perf_counter()
         # what the runs share, as read_run finds it in run.json / config.json: the figures' titles name it
-        row = {"data": data.source, "vocab_size": len(data.tokenizer), "model_type": "gpt_neo", **train_one(args, data)}
+        row = {
+            "data": data.source,
+            "vocab_size": len(data.tokenizer),
+            "model_type": "gpt_neo",
+            **train_one(args, data, progress_every=None),
+        }
         times.append(time.perf_counter() - t)
         rows.append(row)
         say(

@@ -293,6 +293,52 @@ def _measure_final(trainer, args: StudyArguments, data: StudyData, name: str):
 # ---------------------------------------------------------------------------------------------
 # training
 
+PROGRESS_EVERY = 60.0  # seconds between two progress lines
+
+
+def progress_lines(name: str, every: float = PROGRESS_EVERY):
+    """A ``TrainerCallback`` printing one flushed line to stderr at the first step, then every ``every``
+    seconds and at the end: step, epoch, latest training loss, time spent and left. Unlike tqdm bars it
+    reads well when the output goes to a file (a batch job's log)."""
+    import sys
+    import time
+
+    from transformers import TrainerCallback
+
+    class ProgressLines(TrainerCallback):
+        def __init__(self):
+            self.start = self.last = None
+            self.loss = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+            self.last = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss = logs["loss"]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.monotonic()
+            if self.last is not None and now - self.last < every and state.global_step < state.max_steps:
+                return
+            self.last = now
+            spent = now - self.start
+            left = spent / state.global_step * (state.max_steps - state.global_step) if state.global_step else 0.0
+            loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
+            print(
+                f"{name}: step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f}){loss}, "
+                f"{_minutes(spent)} spent, about {_minutes(left)} left",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return ProgressLines()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
 
 def _bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -305,8 +351,12 @@ def train_one(
     collapse_args=None,
     report_to="none",
     training_overrides: Optional[dict] = None,
+    progress_every: Optional[float] = PROGRESS_EVERY,
 ) -> dict:
     """Train, evaluate, measure and save one model; returns its row (config, ``eval_loss``, measures).
+
+    Without ``args.progress`` (tqdm bars), a progress line goes to stderr every ``progress_every``
+    seconds (None: none; the demo prints its own).
 
     Training uses ``CollapseTrainer``: every evaluation (``eval_strategy``, and the final one) logs
     ``eval_nc*`` metrics of the validation data beside ``eval_loss`` (``collapse_args``:
@@ -359,8 +409,10 @@ def train_one(
     trainer = CollapseTrainer(
         model=model, args=targs, train_dataset=data.train, eval_dataset=data.validation, collapse_args=collapse_args
     )
-    if not args.progress:  # quiet: no per-log print lines either
+    if not args.progress:  # no bars, no per-log dicts: one progress line now and then (terminal or file)
         trainer.remove_callback(PrinterCallback)
+        if trainer.is_world_process_zero() and progress_every is not None:
+            trainer.add_callback(progress_lines(name, progress_every))
     train_out = trainer.train()
     try:
         final_eval = trainer.evaluate()
