@@ -165,3 +165,33 @@ def test_readme_quick_start_and_ci_agree():
     assert tests in ci and "mkdocs build --strict" in ci
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):  # every docs page the README links to exists
         assert (REPO / link).is_file(), link
+
+
+def test_gpu_check_rows_run_on_the_cpu_at_tiny_sizes():
+    """scripts/gpu_check.py runs on a lent GPU only (a few device-minutes): its sweep and collection rows
+    run here on tiny sizes first, so the one GPU run does not end in a typo."""
+    import argparse
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = argparse.Namespace(
+        classes=[300],
+        dims=[16],
+        tile_sizes=[64, 128],
+        width=32,
+        depth=2,
+        vocab=300,
+        batches=2,
+        batch_size=2,
+        seq_len=16,
+    )
+    cpu = torch.device("cpu")
+    rows = mod.sweep_rows(args, cpu, lambda: None) + mod.collection_rows(args, cpu, lambda: None)
+    names = [r[0] for r in rows]
+    assert sum("pairwise set C=300 d=16" in n for n in names) == 2 and sum("(best)" in n for n in names) == 1
+    assert any("statistics on the CPU" in n for n in names) and any("collect_nc4" in n for n in names)
+    assert all(len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows)
