@@ -390,6 +390,23 @@ def test_find_measurement_for_skipping_the_pass(hub_env, measured, tiny):
     assert find_measurement(measured, want).name == "short"
 
 
+def test_find_measurement_reports_a_truncated_stored_file(measured, tiny, caplog):
+    """A stored measurement whose statistics file is cut short is reported where it is found (a warning
+    naming the file), not skipped without a word: measure then measures again."""
+    model, tok, lines = tiny
+    measure_into(measured, model, tok, lines[:6], name="short", extra_meta={"max_tokens": "500"})
+    want = MeasurementRecord(
+        weights_sha256=weights_sha256(model), data="dataset:roneneldan/TinyStories split:validation", max_tokens=500
+    )
+    assert find_measurement(measured, want).name == "short"
+    stats_file = measured / "collapse" / "short" / "statistics.safetensors"
+    stats_file.write_bytes(stats_file.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="hf_collapse.integrations.hub"):
+        assert find_measurement(measured, want) is None
+    assert "stored measurement short" in caplog.text and "unreadable" in caplog.text
+    assert "statistics.safetensors" in caplog.text
+
+
 def test_card_hyperparameters_from_statistics_header(measured, tiny):
     model, tok, lines = tiny
     shutil.rmtree(measured / "collapse")

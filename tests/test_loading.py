@@ -195,6 +195,10 @@ def test_memory_plan_counts_the_state_and_refuses_what_does_not_fit(shared_data,
     assert abs(plan.state / 2**30 - 3.92) < 0.01
     assert memory.module_plan("x", 10, 4, covariance=True).state - memory.module_plan("x", 10, 4).state == 8 * 16
     assert memory.available_bytes("cpu") > 0
+    assert memory.module_plan("x", 10, 4, nc4=False).nc4_means == 0  # no validation data: no NC4 pass
+    # the measures' working set: one C x d float64 array plus buffers that do not grow with C
+    big, bigger = memory.module_plan("x", 128_256, 4096), memory.module_plan("x", 256_000, 4096)
+    assert bigger.working_set - big.working_set == 8 * (256_000 - 128_256) * 4096
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1000)
     folder = Path(_model_dir(shared_data))
     assert _measure_cli(shared_data, folder, "--block-size", "64") == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,14 +55,27 @@ def test_every_tiny_setting_follows_the_readme():
     assert NOT_RUN[0] + ".venv/bin/hf-collapse demo" in text and NOT_RUN[0] + NOT_RUN[1] in text
 
 
-def test_readme_top_to_bottom(tmp_path, shared_data, hub_env):
+@pytest.fixture
+def long_hub(tmp_path, monkeypatch):
+    """The local Hub for the whole walk-through (the ``hub_env`` server stops itself after 300 s)."""
+    from conftest import HubEnv
+    from hub_server import LocalHub
+
+    hub = LocalHub(max_seconds=3600).start()
+    try:
+        yield HubEnv(hub, tmp_path / "hf_home", monkeypatch)
+    finally:
+        hub.stop()
+
+
+def test_readme_top_to_bottom(tmp_path, shared_data, long_hub):
     clone = tmp_path / "clone"
     clone.mkdir()
     os.symlink(shared_data.parent, tmp_path / "shared")  # ../shared beside the clone
     os.symlink(Path(sys.prefix), clone / ".venv")
     for name in ("scripts", "examples"):
         os.symlink(REPO / name, clone / name)
-    env = {**hub_env.env, "PYTHONUNBUFFERED": "1"}
+    env = {**long_hub.env, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
     blocks = readme_blocks()
     assert len(blocks) >= 5
@@ -78,6 +92,4 @@ def test_readme_top_to_bottom(tmp_path, shared_data, hub_env):
     assert (clone / "stories260K-measured" / "collapse" / "metrics.json").is_file()
     assert (clone / "analysis" / "report.md").is_file() and (clone / "analysis" / "correlations.csv").is_file()
     assert len([p for p in (clone / "runs").iterdir() if (p / "run.json").is_file()]) == 3
-    from huggingface_hub import HfApi
-
-    assert "collapse/statistics.safetensors" in HfApi().list_repo_files("someuser/stories260K-measured")
+    assert long_hub.hub.file("someuser/stories260K-measured", "collapse/statistics.safetensors")

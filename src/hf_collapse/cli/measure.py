@@ -222,7 +222,7 @@ def _measure(args, data: DataSpec, options: MeasureOptions, accelerator, spec: M
             checkpoint_path=ckpt,
             checkpoint_every=args.checkpoint_every if ckpt else None,
             data_fingerprint=f"{record.data}|{record.max_tokens}|{record.block_size}|{record.batch_size}",
-            before_pass=memory_plan(options, args, main),
+            before_pass=memory_plan(options, args, main, nc4=nc4_dl is not None),
         )
     if main:
         print(report.table())
@@ -286,15 +286,15 @@ def _weights_digest(model, source):
     return None
 
 
-def memory_plan(options, args, main):
-    """A callable for measure_model: prints the memory plan with the progress header and refuses, before
-    any forward, a plan larger than the statistics' device has free."""
+def memory_plan(options, args, main, nc4: bool = True):
+    """A callable for measure_model: prints the memory plan (with an NC4 pass when ``nc4``) with the
+    progress header and refuses, before any forward, a plan larger than the statistics' device has free."""
     from ..integrations.memory import available_bytes, plan_for, statistics_device
 
     def before(hooks):
         device = args.statistics_device or statistics_device(hooks.model, next(iter(hooks.modules.values())))
         plan = plan_for(
-            hooks.model, hooks.modules, hooks.num_classes, device, covariance=args.covariance, options=options
+            hooks.model, hooks.modules, hooks.num_classes, device, covariance=args.covariance, options=options, nc4=nc4
         )
         if main and not args.no_progress:
             print("\n".join(plan.lines()), file=sys.stderr)

@@ -130,7 +130,7 @@ def run(args) -> int:
             cfg,
             record=record,
             progress=not args.no_progress,
-            before_pass=memory_plan(options, args, main=True),
+            before_pass=memory_plan(options, args, main=True, nc4=nc4_blocks is not None),
         )
 
     created = not os.path.exists(args.output_dir)

@@ -66,11 +66,11 @@ class MemoryPlan:
     def lines(self) -> list[str]:
         out = [
             f"memory plan on {self.device}: statistics {gib(self.state)}, peak {gib(self.peak)} "
-            f"(state + NC4 means + measures' working set)"
+            f"(state + NC4 means and scores + measures' working set)"
         ]
         for m in self.modules:
             out.append(
-                f"  {m.name}: C={m.num_classes:,} d={m.dim:,}: state {gib(m.state)}, NC4 means {gib(m.nc4_means)}, "
+                f"  {m.name}: C={m.num_classes:,} d={m.dim:,}: state {gib(m.state)}, NC4 {gib(m.nc4_means)}, "
                 f"measures {gib(m.working_set)}"
             )
         return out
@@ -91,7 +91,13 @@ def gib(n: int) -> str:
 
 
 def module_plan(
-    name: str, num_classes: int, dim: int, *, covariance: bool = False, options: Optional[MeasureOptions] = None
+    name: str,
+    num_classes: int,
+    dim: int,
+    *,
+    covariance: bool = False,
+    options: Optional[MeasureOptions] = None,
+    nc4: bool = True,
 ) -> ModulePlan:
     """The plan of one measured module: statistics state (C x d sums, per-class counts and square sums, the
     shift, the d x d covariance when on), the NC4 pass's class means and scores, and the measures' working
@@ -100,7 +106,7 @@ def module_plan(
     C, d = int(num_classes), int(dim)
     size = torch.tensor([], dtype=options.torch_dtype).element_size()
     state = F64 * (C * d + 4 * C + d + (d * d if covariance else 0))
-    nc4 = size * C * d + SCORE_BYTES
+    nc4 = size * C * d + SCORE_BYTES if nc4 else 0
     tile = min(options.tile_size, C) ** 2
     buffers = 3 * size * tile + (F64 * tile if options.riesz_s is not None else 0)
     working = F64 * C * d + buffers + size * min(GRAM_CHUNK, C) * d + 2 * CHUNK_BYTES
@@ -131,13 +137,15 @@ def plan_for(
     *,
     covariance: bool = False,
     options: Optional[MeasureOptions] = None,
+    nc4: bool = True,
 ) -> MemoryPlan:
-    """The plan of measuring ``modules`` (name -> module) of ``model`` with ``num_classes`` classes."""
+    """The plan of measuring ``modules`` (name -> module) of ``model`` with ``num_classes`` classes (and an
+    NC4 pass unless ``nc4`` is False)."""
     plans = []
     for name, mod in modules.items():
         d = feature_dim(mod, model)
         if d is not None:
-            plans.append(module_plan(name, num_classes, d, covariance=covariance, options=options))
+            plans.append(module_plan(name, num_classes, d, covariance=covariance, options=options, nc4=nc4))
     return MemoryPlan(tuple(plans), str(device))
 
 
