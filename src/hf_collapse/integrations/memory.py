@@ -8,7 +8,7 @@ Per measured module of C classes and feature width d (float64 = 8 bytes):
   one block of scores (``core.nc4.SCORE_BYTES``);
 - the measures' working set, one module at a time: one C x d float64 array (the class means, centred and
   normalised in place) plus buffers that do not grow with C: the sweep's three tile x tile tiles (a fourth,
-  float64, with ``riesz_s``), one Gram chunk (``GRAM_CHUNK`` x d in the dtype) and two row chunks
+  float64, with ``riesz_s``), one Gram chunk (``GRAM_CHUNK`` x d in the dtype) and up to four row chunks
   (``core.rows.CHUNK_BYTES``). Every other K x d quantity is read a chunk at a time.
 
 At C = 128,256 and d = 4,096 the sums alone are 4.2 GB (3.9 GiB) per module; the plan adds them up
@@ -109,7 +109,7 @@ def module_plan(
     nc4 = size * C * d + SCORE_BYTES if nc4 else 0
     tile = min(options.tile_size, C) ** 2
     buffers = 3 * size * tile + (F64 * tile if options.riesz_s is not None else 0)
-    working = F64 * C * d + buffers + size * min(GRAM_CHUNK, C) * d + 2 * CHUNK_BYTES
+    working = F64 * C * d + buffers + size * min(GRAM_CHUNK, C) * d + 4 * CHUNK_BYTES
     return ModulePlan(name, C, d, state, nc4, working)
 
 
