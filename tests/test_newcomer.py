@@ -93,3 +93,10 @@ def test_readme_top_to_bottom(tmp_path, shared_data, long_hub):
     assert (clone / "analysis" / "report.md").is_file() and (clone / "analysis" / "correlations.csv").is_file()
     assert len([p for p in (clone / "runs").iterdir() if (p / "run.json").is_file()]) == 3
     assert long_hub.hub.file("someuser/stories260K-measured", "collapse/statistics.safetensors")
+    # everything the walk-through wrote into the clone is ignored by git: a newcomer's `git status` stays clean
+    written = sorted(p.name for p in clone.iterdir() if p.name not in (".venv", "scripts", "examples"))
+    assert written
+    for name in written:
+        rc = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", name + "/"]).returncode
+        rc_file = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", name]).returncode
+        assert 0 in (rc, rc_file), f"the README's commands leave {name!r} in the clone and .gitignore misses it"

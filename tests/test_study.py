@@ -119,6 +119,8 @@ def test_train_clm_script_on_real_text(tmp_path, shared_data, capfd):
     total = lines[0].split("/")[1].split()[0]
     assert lines[-1].startswith(f"TinyStories-1x32_1L: step {total}/{total} (epoch 1.00), ")
     assert "it/s]" not in err  # no tqdm bar
+    assert f"TinyStories-1x32_1L: evaluated at step {total}: eval_loss " in err  # the final evaluation
+    assert "TinyStories-1x32_1L: measuring the trained model" in err
     folder = tmp_path / "TinyStories-1x32_1L"
     metrics = json.loads((folder / "collapse" / "metrics.json").read_text())
     assert metrics["num_classes"] == 50257 and 100 < metrics["num_classes_present"] < 3000

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -298,17 +299,22 @@ PROGRESS_EVERY = 60.0  # seconds between two progress lines
 
 def progress_lines(name: str, every: float = PROGRESS_EVERY):
     """A ``TrainerCallback`` printing one flushed line to stderr at the first step, then every ``every``
-    seconds and at the end: step, epoch, latest training loss, time spent and left. Unlike tqdm bars it
-    reads well when the output goes to a file (a batch job's log)."""
-    import sys
+    seconds and at the end: step, epoch, latest training loss, time spent and left; during an evaluation
+    (with its collapse passes) the batch reached, every ``every`` seconds, and its loss at the end.
+    Unlike tqdm bars it reads well when the output goes to a file (a batch job's log)."""
     import time
 
     from transformers import TrainerCallback
+
+    def say(text: str) -> None:
+        print(f"{name}: {text}", file=sys.stderr, flush=True)
 
     class ProgressLines(TrainerCallback):
         def __init__(self):
             self.start = self.last = None
             self.loss = None
+            self.eval_batches = 0
+            self.eval_start = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start = time.monotonic()
@@ -326,12 +332,31 @@ def progress_lines(name: str, every: float = PROGRESS_EVERY):
             spent = now - self.start
             left = spent / state.global_step * (state.max_steps - state.global_step) if state.global_step else 0.0
             loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
-            print(
-                f"{name}: step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f}){loss}, "
-                f"{_minutes(spent)} spent, about {_minutes(left)} left",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f}){loss}, "
+                f"{_minutes(spent)} spent, about {_minutes(left)} left"
             )
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            now = time.monotonic()
+            if self.eval_batches == 0:
+                self.eval_start = self.last = now
+                say(f"evaluating at step {state.global_step} (loss, then the collapse passes) ...")
+            self.eval_batches += 1
+            if now - self.last >= every:
+                self.last = now
+                total = len(eval_dataloader) if eval_dataloader is not None else "?"
+                say(f"evaluating: batch {self.eval_batches}/{total}, {_minutes(now - self.eval_start)} spent")
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            took = time.monotonic() - self.eval_start if self.eval_start is not None else 0.0
+            loss = (metrics or {}).get("eval_loss")
+            say(
+                f"evaluated at step {state.global_step}"
+                + (f": eval_loss {loss:.4f}" if loss is not None else "")
+                + f" ({_minutes(took)}, collapse passes included)"
+            )
+            self.eval_batches, self.eval_start = 0, None
 
     return ProgressLines()
 
@@ -422,6 +447,8 @@ def train_one(
         final_eval = trainer.evaluate()
     eval_loss = float(final_eval["eval_loss"])
     model = trainer.model
+    if progress_every is not None and trainer.is_world_process_zero():
+        print(f"{name}: measuring the trained model (statistics, then NC4) ...", file=sys.stderr, flush=True)
     report = _measure_final(trainer, args, data, name)
     result = report.result
     num_parameters = sum(p.numel() for p in model.parameters())
