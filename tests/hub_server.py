@@ -188,6 +188,12 @@ class HubHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ plumbing
     def _body(self) -> bytes:
+        """The request body, read once (a second call returns the same bytes)."""
+        if getattr(self, "_body_bytes", None) is None:
+            self._body_bytes = self._read_body()
+        return self._body_bytes
+
+    def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             out = bytearray()
             while True:
@@ -269,6 +275,16 @@ class HubHandler(BaseHTTPRequestHandler):
         raw = [p for p in url.path.split("/") if p]
         parts = [unquote(p) for p in raw]
         auth = self.headers.get("Authorization", "")
+        self._body_bytes = None
+        try:
+            self._answer(method, url, query, parts, auth)
+        finally:
+            # a keep-alive connection reads the next request where this one's body ended: a route that
+            # answered without reading the body (an error, a missing repo) must not leave it unread
+            if self._body_bytes is None and not self.close_connection:
+                self._body()
+
+    def _answer(self, method, url, query, parts, auth) -> None:
         with self.state.lock:
             self.state.requests.append((method, self.path))
             if auth.startswith("Bearer "):

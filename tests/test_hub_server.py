@@ -322,3 +322,24 @@ def test_measurements_card_renders_parses_and_cites():
     assert "arXiv:2405.17767" in few
     with pytest.raises(ValueError, match="unknown measurements column"):
         render_measurements_card(columns=["model", "nc9"])
+
+
+def test_an_error_answer_leaves_no_request_body_on_a_keep_alive_connection(hub_env):
+    """A POST answered with an error before its body was read (paths-info of a missing repo) does not
+    leave the body on the connection, where it would be parsed as the next request."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(hub_env.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    body = "paths=collapse%2Fstatistics.safetensors&expand=true"
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Bearer hf_local_test_token"}
+    conn.request("POST", "/api/models/tester/missing/paths-info/main", body=body, headers=headers)
+    first = conn.getresponse()
+    first.read()
+    assert first.status == 404
+    conn.request("GET", "/api/whoami-v2", headers=headers)  # the same connection
+    second = conn.getresponse()
+    assert second.status == 200 and json.loads(second.read())["name"] == "tester"
+    conn.close()
+    assert hub_env.hub.state.unhandled == [] and hub_env.hub.state.errors == []
