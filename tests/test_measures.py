@@ -336,3 +336,16 @@ def test_measures_hold_one_class_by_feature_array():
         measure_collapse(s, weights=W, tile_size=1024)  # tile buffers: 4 MiB each
     big = [e.name for e in prof.events() if e.cpu_memory_usage >= C * d * 8 * 0.9]
     assert big == ["aten::index_select"], big  # the class means, worked on in place
+
+
+def test_nc4_counter_takes_an_empty_batch():
+    """A rank that ran out of data feeds an empty batch (dummy forwards of uneven shards): nothing counted."""
+    from hf_collapse.core.nc4 import NC4Counter
+
+    g = torch.Generator().manual_seed(0)
+    counter = NC4Counter(torch.arange(3), torch.randn(3, 4, generator=g, dtype=torch.float64), 3, torch.randn(3, 4))
+    counter.update(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))
+    assert counter.num_samples == 0
+    counter.update(torch.randn(0, 4), torch.zeros(0, dtype=torch.long), logits=torch.randn(0, 3))
+    counter.update(torch.randn(5, 4, generator=g), torch.tensor([0, 1, 2, 0, 1]))
+    assert counter.num_samples == 5

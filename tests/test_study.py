@@ -316,7 +316,7 @@ def fake_training(monkeypatch):
             source=f"fake {args.train_file or 'built-in'}", train=tokens, validation=tokens, tokenizer=[0] * 512
         )
 
-    def train_one(args, data):
+    def train_one(args, data, progress_every=None):
         calls.append(("train", args.depth, args.width, args.epochs, args.seed, args.data_seed))
         name = train.run_name(args.width, args.depth, args.epochs, args.weight_decay, args.seed, args.data_seed)
         folder = Path(args.output_dir) / name

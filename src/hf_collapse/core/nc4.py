@@ -90,17 +90,15 @@ class NC4Counter:
         hc = (h64 - self.mu_bar).to(self.dtype)  # (N, d)
         # scores come a block of tokens at a time: an (N, K) matrix is 8 GiB at N = 16k, K = 128k
         step = max(1, SCORE_BYTES // (hc.element_size() * max(self.Mc.shape[0], 1)))
+        blocks = range(0, max(hc.shape[0], 1), step)  # one (empty) block for an empty batch
         ncc = torch.cat(
-            [
-                self.idx[torch.addmm(self.half_sq, hc[i : i + step], self.Mc.T, alpha=-1.0).argmin(1)]
-                for i in range(0, hc.shape[0], step)
-            ]
+            [self.idx[torch.addmm(self.half_sq, hc[i : i + step], self.Mc.T, alpha=-1.0).argmin(1)] for i in blocks]
         )  # (N,)
         if logits is not None:
             self.saw_logits = True
             lin = logits.reshape(-1, logits.shape[-1]).argmax(-1).to(dev)
         elif self.W is not None:
-            lin = torch.cat([self._linear(h64[i : i + step]) for i in range(0, h64.shape[0], step)])  # (N,)
+            lin = torch.cat([self._linear(h64[i : i + step]) for i in blocks])  # (N,)
         else:
             lin = None
         agree = ((lin == ncc) & keep).sum() if lin is not None else torch.zeros((), device=dev)
