@@ -227,7 +227,7 @@ def test_sweep_all_revisions_push_to_branches_and_index(hub_env, shared_data, tm
     commits = len(hub_env.hub.state.commits)
     assert main(args) == 0  # resumable: measured and pushed before
     assert capsys.readouterr().out.count(": up to date (") == 3
-    assert [c for c in hub_env.hub.state.commits[commits:] if c[0] == "tester/family-measured"] == []
+    assert hub_env.hub.state.commits[commits:] == []  # neither the measured repo nor the index (rows keep their date)
 
     got = load_measured("tester/family-measured", revision="step200", load_tokenizer=False)
     assert (
@@ -237,4 +237,54 @@ def test_sweep_all_revisions_push_to_branches_and_index(hub_env, shared_data, tm
     hub_env.go_offline()
     again = load_measured("tester/family-measured", revision="step200", load_tokenizer=False)
     assert again.metrics == got.metrics and again.commit == got.commit
+    assert hub_env.hub.state.unhandled == []
+
+
+def test_sweep_push_interrupted_half_way_resumes(hub_env, shared_data, tmp_path, capsys):
+    """sweep --push-to --index over two revisions whose second branch's commit is dropped by the server:
+    exit 1 with one line, the first branch and its index row are there, the second is not; the same
+    command again pushes only the second (the first is up to date) and indexes it once."""
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForCausalLM
+
+    from hf_collapse import load_measurements
+    from hf_collapse.cli import main
+
+    src = shared_data / "models" / "stories260K"
+    other = tmp_path / "perturbed"
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(1.5)
+    model.save_pretrained(other)
+    api = HfApi()
+    api.create_repo("tester/fam")
+    for branch, folder in (("step1", src), ("step2", other)):
+        api.create_branch("tester/fam", branch=branch)
+        api.upload_folder(
+            folder_path=str(folder), repo_id="tester/fam", revision=branch, allow_patterns=["*.json", "*.safetensors"]
+        )
+    d = shared_data / "tinystories"
+    base = ["sweep", "tester/fam", "--tokenizer", str(src), "--train-file", str(d / "train-head.txt")]
+    base += ["--max-tokens", "300", "--block-size", "32", "--batch-size", "4", "--no-progress"]
+    base += ["--output-dir", str(tmp_path / "sweep"), "--push-to", "tester/fam-measured", "--index", "tester/fam-index"]
+    assert main([*base, "--revisions", "step1"]) == 0  # the first branch, pushed and indexed
+    capsys.readouterr()
+    state = hub_env.hub.state
+    hub_env.hub.fail("commit", times=-1)  # every commit from now on is dropped: the push dies at step2
+    assert main([*base, "--revisions", "step*"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hf-collapse")]
+    assert len(err) == 1 and err[0].startswith("hf-collapse sweep: could not push to tester/fam-measured: "), err
+    assert "run the same command again" in err[0]
+    assert [p.split("/commit/")[0] for _, p in state.dropped] == ["/api/models/tester/fam-measured"], state.dropped
+    # push_measured creates the branch, then commits: the branch may exist, without the statistics
+    if "step2" in {b.name for b in api.list_repo_refs("tester/fam-measured").branches}:
+        assert "collapse/statistics.safetensors" not in hub_env.hub.files("tester/fam-measured", revision="step2")
+    assert [r["revision"] for r in load_measurements("tester/fam-index")] == ["step1"]
+    hub_env.hub.fail("commit", times=0)
+    commits = len(state.commits)
+    assert main([*base, "--revisions", "step*"]) == 0
+    out = capsys.readouterr().out
+    assert "tester/fam-measured@step1: up to date" in out and "tester/fam-measured@step2: pushed" in out
+    assert [c[1] for c in state.commits[commits:] if c[0] == "tester/fam-measured"] == ["step2"]
+    assert [r["revision"] for r in load_measurements("tester/fam-index")] == ["step1", "step2"]
     assert hub_env.hub.state.unhandled == []

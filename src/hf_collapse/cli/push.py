@@ -25,8 +25,19 @@ def network_failure(e: BaseException) -> bool:
     return False
 
 
-def run(args) -> int:
+def network_reason(e: BaseException, debug: bool = False):
+    """One line saying why a Hub / network failure ``e`` happened (its message and that of the error it
+    came from); None for anything else (a user error, a bug, or ``--debug``), which the caller re-raises."""
     from ..core.errors import is_user_error
+
+    if is_user_error(e) or not network_failure(e) or debug:
+        return None
+    chain = list(_chain(e))
+    first = lambda x: str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__  # noqa: E731
+    return first(e) + (f" ({type(chain[-1]).__name__}: {first(chain[-1])})" if len(chain) > 1 else "")
+
+
+def run(args) -> int:
     from ..integrations.hub import push_measured
     from ..integrations.measurements import add_to_collection, push_measurements
 
@@ -52,11 +63,9 @@ def run(args) -> int:
         if args.collection:
             print(add_to_collection(args.collection, args.repo_id, args.index, folder=args.folder, token=args.token))
     except Exception as e:  # Hub/network errors: one line (local files are untouched); others propagate
-        if is_user_error(e) or not network_failure(e) or getattr(args, "debug", False):
+        why = network_reason(e, getattr(args, "debug", False))
+        if why is None:
             raise
-        chain = list(_chain(e))
-        first = lambda x: str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__  # noqa: E731
-        why = first(e) + (f" ({type(chain[-1]).__name__}: {first(chain[-1])})" if len(chain) > 1 else "")
         print(f"hf-collapse push: could not push {args.folder} to {args.repo_id}: {why}", file=sys.stderr)
         return 1
     print(info.commit_url)

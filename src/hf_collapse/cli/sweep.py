@@ -158,7 +158,20 @@ def run(args) -> int:
         )
     print(f"wrote {Path(args.output_dir) / TRAJECTORY_CSV}, {TRAJECTORY_PNG} and checkpoints/")
     if args.push_to:
-        pushed = push_sweep(checkpoints, rows, args.output_dir, args.push_to, index=args.index, token=args.token)
+        try:
+            pushed = push_sweep(checkpoints, rows, args.output_dir, args.push_to, index=args.index, token=args.token)
+        except Exception as e:  # the Hub went away: one line; the measurements stay, a rerun pushes the rest
+            from .push import network_reason
+
+            why = network_reason(e, getattr(args, "debug", False))
+            if why is None:
+                raise
+            print(
+                f"hf-collapse sweep: could not push to {args.push_to}: {why}; the measurements are in "
+                f"{args.output_dir}: run the same command again to push what is missing",
+                file=sys.stderr,
+            )
+            return 1
         for p in pushed:
             print(f"{args.push_to}@{p['branch']}: {'pushed' if p['pushed'] else 'up to date'} ({p['commit'][:10]})")
         if args.collection:

@@ -261,6 +261,11 @@ def push_measurements(
     card = render_measurements_card(dataset_repo, models=sorted(models))
     operations = [CommitOperationAdd("README.md", str(card).encode("utf-8"))]
     for row in rows:
+        path = row_path(model_repo, revision, row["measurement"] or None)
+        if path in files:  # the same row again keeps its date: its bytes are equal, the Hub skips the file
+            old = _stored_row(api, dataset_repo, path)
+            if old is not None and all(old.get(k) == v for k, v in row.items() if k != "date"):
+                row["date"] = old.get("date") or row["date"]
         operations.append(
             CommitOperationAdd(row_path(model_repo, revision, row["measurement"] or None), rows_to_parquet([row]))
         )
@@ -272,6 +277,18 @@ def push_measurements(
     )
     logger.info("pushed %d rows of %s to %s (%s)", len(rows), folder, dataset_repo, info.commit_url)
     return info
+
+
+def _stored_row(api, dataset_repo: str, path: str) -> Optional[dict]:
+    """The one row of a stored Parquet file of the dataset (None when it cannot be read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(api.hf_hub_download(dataset_repo, path, repo_type="dataset")).to_pylist()
+    except Exception as e:  # noqa: BLE001 - unreadable or gone: the new row replaces it
+        logger.info("could not read %s of %s (%s): writing the row anew", path, dataset_repo, e)
+        return None
+    return rows[0] if len(rows) == 1 else None
 
 
 def _parquet_files(root: Path) -> list[Path]:

@@ -276,7 +276,7 @@ MEASUREMENT_COLUMNS = {
     "eval_loss": "the validation loss recorded with the model, when known",
     "statistics": "path of the statistics file in the model repo, for recomputing or extending the measures",
     "hf_collapse_version": "the `hf_collapse` version that measured it",
-    "date": "when the row was written (UTC, ISO 8601)",
+    "date": "when the row was first written (UTC, ISO 8601); pushing the same row again keeps it",
 }
 MEASUREMENTS_DATA_DIR = "data"
 
