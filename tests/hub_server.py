@@ -277,27 +277,24 @@ class HubHandler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         self._body_bytes = None
         try:
-            self._answer(method, url, query, parts, auth)
+            with self.state.lock:
+                self.state.requests.append((method, self.path))
+                if auth.startswith("Bearer "):
+                    self.state.tokens.add(auth[len("Bearer ") :])
+                try:
+                    handled = self._dispatch(method, parts, query)
+                except Exception as e:  # a bug here or a malformed request: answer, and record it for the tests
+                    self.state.errors.append((method, self.path, repr(e)))
+                    self._error(500, None, f"server error: {e!r}")
+                    return
+            if not handled:
+                self.state.unhandled.append((method, self.path))
+                self._error(404, None, f"unhandled route {method} {self.path}")
         finally:
             # a keep-alive connection reads the next request where this one's body ended: a route that
             # answered without reading the body (an error, a missing repo) must not leave it unread
             if self._body_bytes is None and not self.close_connection:
                 self._body()
-
-    def _answer(self, method, url, query, parts, auth) -> None:
-        with self.state.lock:
-            self.state.requests.append((method, self.path))
-            if auth.startswith("Bearer "):
-                self.state.tokens.add(auth[len("Bearer ") :])
-            try:
-                handled = self._dispatch(method, parts, query)
-            except Exception as e:  # a bug here or a malformed request: answer, and record it for the tests
-                self.state.errors.append((method, self.path, repr(e)))
-                self._error(500, None, f"server error: {e!r}")
-                return
-        if not handled:
-            self.state.unhandled.append((method, self.path))
-            self._error(404, None, f"unhandled route {method} {self.path}")
 
     do_GET = lambda self: self._route("GET")  # noqa: E731
     do_HEAD = lambda self: self._route("HEAD")  # noqa: E731

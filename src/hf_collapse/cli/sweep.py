@@ -36,6 +36,7 @@ from .measure import (
     memory_plan,
     model_name,
 )
+from .push import network_reason
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +162,6 @@ def run(args) -> int:
         try:
             pushed = push_sweep(checkpoints, rows, args.output_dir, args.push_to, index=args.index, token=args.token)
         except Exception as e:  # the Hub went away: one line; the measurements stay, a rerun pushes the rest
-            from .push import network_reason
-
             why = network_reason(e, getattr(args, "debug", False))
             if why is None:
                 raise

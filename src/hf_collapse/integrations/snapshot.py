@@ -16,6 +16,7 @@ from typing import Optional
 from ..core.errors import UserFileNotFoundError
 from .folder import COLLAPSE_DIR, METRICS_FILE, STATISTICS_FILE, measurement_subdir
 from .model_source import check_model_source
+from .weights_hash import has_weights
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +24,7 @@ logger = logging.getLogger(__name__)
 def _snapshot_complete(folder: Path, sub: str, need_weights: bool) -> bool:
     if not (folder / sub / STATISTICS_FILE).is_file() or not (folder / sub / METRICS_FILE).is_file():
         return False
-    weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
-    return not need_weights or ((folder / "config.json").is_file() and weights)
+    return not need_weights or ((folder / "config.json").is_file() and has_weights(folder))
 
 
 def _fallback_snapshot(repo_id: str, cache_dir, sub: str, need_weights: bool, reason: str) -> Optional[Path]:

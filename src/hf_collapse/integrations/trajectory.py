@@ -37,6 +37,7 @@ from ..core.io import atomic_write_text, write_csv_rows
 from ..core.registry import MEASURE_KEYS, MEASURES
 from .folder import eval_loss, trainer_state
 from .record import MeasurementRecord
+from .weights_hash import WEIGHT_FILES, has_weights
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ TRAJECTORY_PNG = "trajectory.png"
 RECORD_FILE = "sweep.json"
 CHECKPOINTS_DIR = "checkpoints"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 ROW_COLUMNS = ("checkpoint", "step", "revision", "weights_sha256", "duplicate_of")
 
 
@@ -59,11 +59,6 @@ class Checkpoint:
     folder: Optional[Path] = None
     repo_id: Optional[str] = None
     revision: Optional[str] = None
-
-
-def has_weights(folder: Path) -> bool:
-    """Whether ``folder`` holds model weights (``*.safetensors`` or ``pytorch_model*.bin``) at its top level."""
-    return any(p.is_file() for pat in _WEIGHT_FILES for p in folder.glob(pat))
 
 
 def run_checkpoints(run_dir: str | os.PathLike) -> list[Checkpoint]:
@@ -184,7 +179,7 @@ def resolve(ck: Checkpoint) -> Path:
 def source_files(folder: Path) -> list[list]:
     """(name, size, mtime_ns) of the weight files: unchanged files keep their recorded hash."""
     out = []
-    for pat in _WEIGHT_FILES:
+    for pat in WEIGHT_FILES:
         for p in sorted(folder.glob(pat)):
             st = p.resolve().stat()
             out.append([p.name, st.st_size, st.st_mtime_ns])

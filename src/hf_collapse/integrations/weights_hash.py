@@ -28,14 +28,22 @@ def _tensor_digest(dtype: str, shape, data) -> str:
     return h.hexdigest()
 
 
+# a folder's weight files, in the order transformers prefers them
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds model weights (``*.safetensors`` or ``pytorch_model*.bin``) at its top level."""
+    return any(p.is_file() for pat in WEIGHT_FILES for p in folder.glob(pat))
+
+
 def _folder_weight_files(folder: Path) -> list[Path]:
     """The weight files of a folder as transformers picks them: ``*.safetensors``, else ``pytorch_model*.bin``."""
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if not files:
-        files = sorted(p for p in folder.glob("pytorch_model*.bin") if p.is_file())
-    if not files:
-        raise UserFileNotFoundError(f"no *.safetensors or pytorch_model*.bin weights in {str(folder)!r}")
-    return files
+    for pat in WEIGHT_FILES:
+        files = sorted(p for p in folder.glob(pat) if p.is_file())
+        if files:
+            return files
+    raise UserFileNotFoundError(f"no *.safetensors or pytorch_model*.bin weights in {str(folder)!r}")
 
 
 def _bin_digests(path: Path) -> list[str]:
